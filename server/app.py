@@ -1,0 +1,164 @@
+"""The ASGI app: routes, error handlers, request logging and metrics, built by a function from its parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import NomoatError
+from .metrics import Metrics
+from .protocol import error_body
+from .registry import ModelRegistry
+from .serving import ClientDisconnected, CompletionService
+from .settings import Settings
+
+log = logging.getLogger("nomoat.http")
+
+
+def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | None = None) -> Starlette:
+    """The whole HTTP surface. The lifespan loads the registry's models off the event loop."""
+    metrics = metrics or Metrics()
+    metrics.watch_engines(registry.engines)
+    service = CompletionService(registry, metrics, settings.max_body_bytes)
+
+    async def health(request: Request) -> Response:
+        if not registry.ready:
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse({"status": "ok"})
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": registry.cards()})
+
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        for card in registry.cards():
+            if card["id"] == model_id:
+                return JSONResponse(card)
+        registry.resolve(model_id)  # raises the 404 with the list of ids
+        raise AssertionError("unreachable")
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
+        routes += [
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+            Route(prefix + "/models/{model_id:path}", get_model, methods=["GET"]),
+            Route(f"{prefix}/chat/completions", service.chat, methods=["POST"]),
+            Route(f"{prefix}/completions", service.completions, methods=["POST"]),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not registry.ready:
+            await asyncio.to_thread(registry.load)
+        log.info("serving %s on http://%s:%d/v1", ", ".join(registry.engines()), settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(registry.close)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            NomoatError: _nomoat_error,
+            HTTPException: _http_error,
+            ClientDisconnected: _client_gone,
+            Exception: _unexpected_error,
+        },
+    )
+    app.add_middleware(RequestLogMiddleware, metrics=metrics)
+    return app
+
+
+async def _nomoat_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NomoatError)
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = error_body(f"no route {request.method} {request.url.path}", "invalid_request_error", "not_found")
+    elif exc.status_code == 405:
+        body = error_body(f"method {request.method} is not allowed on {request.url.path}",
+                          "invalid_request_error", "method_not_allowed")
+    else:
+        body = error_body(str(exc.detail), "invalid_request_error")
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal server error", "server_error", "internal_error"), status_code=500)
+
+
+class RequestLogMiddleware:
+    """One log line and one metrics sample per HTTP request, after its last byte is sent."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            path = scope["path"]
+            if path not in ("/metrics", "/health"):
+                elapsed = time.perf_counter() - started
+                model = state.get("model", "")
+                endpoint = _endpoint(path)
+                self.metrics.requests.labels(model, endpoint, str(status[0])).inc()
+                if model:
+                    self.metrics.request_duration.labels(model, endpoint).observe(elapsed)
+                tokens = state.get("tokens")
+                log.info(
+                    "%s %s model=%s status=%d%s duration=%.3fs",
+                    scope["method"], path, model or "-", status[0],
+                    f" prompt_tokens={tokens[0]} completion_tokens={tokens[1]}" if tokens else "",
+                    elapsed,
+                )
+
+
+def _endpoint(path: str) -> str:
+    """A bounded label: known API paths as they are, anything else as `other`."""
+    known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/chat/completions", "/completions", "/models")
+    for k in known:
+        if path == k or path.startswith(k + "/"):
+            return k
+    return "other"

@@ -1,0 +1,185 @@
+"""A loaded GGUF model and its llama.cpp context: loading, tokenizing, templating, token pieces."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from ..errors import ConfigError, ContextLengthExceededError, InvalidRequestError
+from .chat_template import CHATML, ChatTemplate
+from .types import ChatPrompt, Prompt, TextPrompt, TokenPrompt
+
+log = logging.getLogger("nomoat.engine")
+_llama_log = logging.getLogger("nomoat.llama_cpp")
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
+_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_last_level = [logging.DEBUG]
+
+
+@llama_cpp.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty at INFO; keep its warnings and errors, the rest only at debug.
+    py_level = _last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)
+    _last_level[0] = py_level
+    message = text.decode("utf-8", "replace").rstrip()
+    if message:
+        _llama_log.log(py_level, "%s", message)
+
+
+def install_llama_logging() -> None:
+    """Route llama.cpp's log through Python logging instead of raw stderr (call once)."""
+    llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to load one model; built from models.toml by the registry."""
+
+    name: str
+    path: Path
+    n_ctx: int
+    n_batch: int
+    parallel: int
+    n_threads: int
+    n_gpu_layers: int = 0
+    repack: bool = False
+    chat_template: str | None = None
+
+
+class LoadedModel:
+    """Owns a `llama_model` and one `llama_context` with `parallel` KV streams.
+
+    Tokenizing and token pieces read only the vocabulary and are safe from any thread;
+    the context is used by the engine's worker thread alone.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        started = time.perf_counter()
+        self.spec = spec
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = spec.n_gpu_layers
+        # Repacked weights crash llama.cpp's AMX path on multi-token batches (DESIGN.md).
+        mparams.use_extra_bufts = spec.repack
+        self.model = llama_cpp.llama_model_load_from_file(str(spec.path).encode(), mparams)
+        if not self.model:
+            raise ConfigError(f"{spec.path}: llama.cpp could not load this file as a GGUF model")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        n_ctx = min(spec.n_ctx, n_ctx_train) if n_ctx_train > 0 else spec.n_ctx
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx * spec.parallel
+        cparams.n_seq_max = spec.parallel
+        cparams.kv_unified = False  # each sequence gets its own n_ctx cells: no request can starve another
+        cparams.n_batch = max(spec.n_batch, spec.parallel)
+        cparams.n_ubatch = cparams.n_batch
+        cparams.n_threads = spec.n_threads
+        cparams.n_threads_batch = spec.n_threads
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise ConfigError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_batch = cparams.n_batch
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self.chat_template = self._load_chat_template(spec.chat_template)
+        self.load_seconds = time.perf_counter() - started
+        self.architecture = self.metadata("general.architecture") or "unknown"
+
+    # --- vocabulary (any thread) -------------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buf = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
+        if n < 0:
+            size = -n
+            buf = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for when generated (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def prompt_tokens(self, prompt: Prompt) -> list[int]:
+        """Tokens for a prompt; chat prompts go through the chat template, others never do."""
+        if isinstance(prompt, TokenPrompt):
+            bad = next((t for t in prompt.tokens if not 0 <= t < self.n_vocab), None)
+            if bad is not None:
+                raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})", param="prompt")
+            tokens = list(prompt.tokens)
+        elif isinstance(prompt, ChatPrompt):
+            text = self.chat_template.render(prompt.messages)
+            bos_in_text = self.chat_template.bos_token and text.startswith(self.chat_template.bos_token)
+            tokens = self.tokenize(text, add_bos=self.add_bos and not bos_in_text, special=True)
+        else:
+            assert isinstance(prompt, TextPrompt)
+            tokens = self.tokenize(prompt.text, add_bos=self.add_bos, special=True)
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt" if not isinstance(prompt, ChatPrompt) else "messages")
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
+                f"{len(tokens)} tokens, leaving no room to generate.",
+                param="messages" if isinstance(prompt, ChatPrompt) else "prompt",
+            )
+        return tokens
+
+    def _load_chat_template(self, override: str | None) -> ChatTemplate:
+        source = override
+        if source is None:
+            raw = llama_cpp.llama_model_chat_template(self.model, None)
+            source = raw.decode("utf-8") if raw else CHATML
+        bos = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        eos = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
+        return ChatTemplate(source, bos_token=bos, eos_token=eos)
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

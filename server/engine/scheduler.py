@@ -1,0 +1,325 @@
+"""The engine: one worker thread per model advancing every active sequence in shared llama_decode steps."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import llama_cpp
+import numpy as np
+
+from ..errors import EngineError, RateLimitError, ServiceUnavailableError
+from .model import LoadedModel
+from .sampling import SamplerChain, log_softmax_row, top_logprobs
+from .stops import TextAssembler
+from .types import AdapterSet, GenerationRequest, TokenEvent, Usage
+
+log = logging.getLogger("nomoat.engine")
+
+# While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
+# long prompt delays each running stream by one short step instead of its whole prefill.
+PREFILL_CHUNK_WHILE_DECODING = 128
+
+
+class Generation:
+    """The caller's side of one submitted request: an async iterator of TokenEvents.
+
+    Exactly one final event (finish reason or error) ends it; `cancel()` stops generation
+    at the engine's next step.
+    """
+
+    def __init__(self, engine: "Engine", request: GenerationRequest, n_prompt: int) -> None:
+        self.request = request
+        self.n_prompt = n_prompt
+        self.cancelled = False
+        self.done = False
+        self._engine = engine
+        self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        if not self.done and not self.cancelled:
+            self.cancelled = True
+            self._engine._wake()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self.done and self._events.empty():
+            raise StopAsyncIteration
+        event = await self._events.get()
+        return event
+
+    def _push(self, event: TokenEvent) -> None:
+        """Runs on the event loop thread."""
+        if self.done:
+            return
+        self._events.put_nowait(event)
+        if event.final:
+            self.done = True
+            self._engine._retired()
+
+
+@dataclass(eq=False)
+class _Sequence:
+    gen: Generation
+    prompt: list[int]
+    max_new: int
+    sampler: SamplerChain
+    assembler: TextAssembler
+    seq_id: int = -1
+    n_past: int = 0
+    todo: list[int] = field(default_factory=list)
+    n_generated: int = 0
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.gen.request
+
+
+class Engine:
+    """Schedules every request for one loaded model on one llama.cpp context.
+
+    The HTTP side sees `submit()` (an awaitable returning a Generation) and `Generation.cancel()`.
+    All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
+    """
+
+    def __init__(self, model: LoadedModel, *, queue_size: int) -> None:
+        self.model = model
+        self.parallel = model.spec.parallel
+        self.capacity = self.parallel + queue_size
+        self._outstanding = 0  # admitted and not yet finished; touched on the event loop only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cv = threading.Condition()
+        self._inbox: collections.deque[_Sequence] = collections.deque()
+        self._active: list[_Sequence] = []
+        self._free_ids = list(range(self.parallel))
+        self._current_adapters: tuple = ()
+        self._adapters_ever_set = False
+        self._stopping = False
+        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model.spec.name}", daemon=True)
+        self._thread.start()
+
+    # --- event loop side ---------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return len(self._inbox)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    async def submit(self, request: GenerationRequest) -> Generation:
+        """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full."""
+        if self._stopping:
+            raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+        self._check_capacity()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
+        self._check_capacity()
+        room = self.model.n_ctx - len(prompt)
+        max_new = room if request.max_tokens is None else min(request.max_tokens, room)
+        gen = Generation(self, request, len(prompt))
+        seq = _Sequence(
+            gen=gen,
+            prompt=prompt,
+            max_new=max_new,
+            sampler=SamplerChain(request.sampling, self.model.n_vocab),
+            assembler=TextAssembler(request.stop),
+            todo=list(prompt),
+        )
+        self._outstanding += 1
+        with self._cv:
+            self._inbox.append(seq)
+            self._cv.notify()
+        return gen
+
+    def _check_capacity(self) -> None:
+        if self._outstanding >= self.capacity:
+            raise RateLimitError(
+                f"model {self.model.spec.name!r} is at capacity ({self._outstanding} requests "
+                "running or queued); retry shortly",
+                retry_after=max(1, self._outstanding // max(1, self.parallel)),
+            )
+
+    def _retired(self) -> None:
+        self._outstanding -= 1
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        self._tokenizer.shutdown(wait=False)
+        if not self._thread.is_alive():
+            llama_cpp.llama_batch_free(self._batch)
+            self.model.close()
+
+    # --- worker thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._inbox and not self._active:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                while self._inbox and self._free_ids:
+                    seq = self._inbox.popleft()
+                    seq.seq_id = self._free_ids.pop(0)
+                    self._active.append(seq)
+            try:
+                self._step()
+            except Exception as exc:  # never let the worker die: fail what was running, keep serving
+                log.exception("engine step failed")
+                self._fail_all(EngineError(f"generation failed: {exc}"))
+        self._fail_all(ServiceUnavailableError("the server is shutting down", retry_after=5))
+        for seq in list(self._inbox):
+            self._emit([(seq.gen, TokenEvent(error=ServiceUnavailableError("the server is shutting down")))])
+        self._inbox.clear()
+
+    def _step(self) -> None:
+        events: list[tuple[Generation, TokenEvent]] = []
+        for seq in [s for s in self._active if s.gen.cancelled]:
+            self._finish(seq, "cancelled", "", events)
+        decoding = [s for s in self._active if len(s.todo) == 1]
+        prefilling = [s for s in self._active if len(s.todo) > 1]
+        budget = self.model.n_batch - len(decoding)
+        chunk_cap = PREFILL_CHUNK_WHILE_DECODING if decoding else budget
+        work: list[tuple[_Sequence, list[int]]] = [(s, s.todo) for s in decoding]
+        for seq in prefilling:
+            take = min(budget, chunk_cap, len(seq.todo))
+            if take <= 0:
+                break
+            work.append((seq, seq.todo[:take]))
+            budget -= take
+        groups: dict[tuple, list[tuple[_Sequence, list[int]]]] = {}
+        for item in work:
+            groups.setdefault(item[0].request.adapters.key, []).append(item)
+        # Start with the set already applied: a switch re-reserves llama.cpp's graph (DESIGN.md).
+        for key in sorted(groups, key=lambda k: k != self._current_adapters):
+            self._decode_group(groups[key], events)
+        self._emit(events)
+
+    def _decode_group(self, items: list[tuple[_Sequence, list[int]]], events: list) -> None:
+        self._apply_adapters(items[0][0].request.adapters)
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[_Sequence, int]] = []
+        for seq, tokens in items:
+            for j, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = seq.n_past + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.seq_id
+                last = j == len(tokens) - 1 and len(tokens) == len(seq.todo)
+                batch.logits[n] = last
+                if last:
+                    outputs.append((seq, n))
+                n += 1
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.model.ctx, batch)
+        if rc != 0:
+            error = EngineError(f"llama_decode failed (code {rc})")
+            for seq, _ in items:
+                self._finish(seq, None, "", events, error=error)
+            return
+        for seq, tokens in items:
+            seq.n_past += len(tokens)
+            del seq.todo[: len(tokens)]
+        for seq, index in outputs:
+            self._sample(seq, index, events)
+
+    def _sample(self, seq: _Sequence, index: int, events: list) -> None:
+        request = seq.request
+        logprobs = None
+        if request.logprobs:
+            logprobs = log_softmax_row(self.model.ctx, index, self.model.n_vocab)
+        token = seq.sampler.sample(self.model.ctx, index)
+        seq.n_generated += 1
+        if self.model.is_eog(token):
+            self._finish(seq, "stop", seq.assembler.flush(), events)
+            return
+        piece = self.model.piece(token)
+        text = seq.assembler.feed(piece)
+        event = TokenEvent(
+            text=text,
+            token_id=token,
+            token_text=piece.decode("utf-8", "replace"),
+            token_bytes=list(piece),
+            logprob=float(logprobs[token]) if logprobs is not None else None,
+            top_logprobs=(
+                top_logprobs(logprobs, request.top_logprobs, self.model.piece) if logprobs is not None else None
+            ),
+        )
+        if seq.assembler.stopped:
+            self._finish(seq, "stop", text, events)
+        elif seq.n_generated >= seq.max_new:
+            self._finish(seq, "length", text + seq.assembler.flush(), events, last=event)
+        else:
+            events.append((seq.gen, event))
+            seq.todo = [token]
+
+    def _finish(self, seq: _Sequence, reason: str | None, text: str, events: list,
+                *, error: Exception | None = None, last: TokenEvent | None = None) -> None:
+        usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated)
+        if last is not None:
+            final = TokenEvent(
+                text=text, token_id=last.token_id, token_text=last.token_text, token_bytes=last.token_bytes,
+                logprob=last.logprob, top_logprobs=last.top_logprobs, finish_reason=reason, usage=usage,
+            )
+        else:
+            final = TokenEvent(text=text, finish_reason=reason, usage=usage, error=error)
+        events.append((seq.gen, final))
+        self._release(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        llama_cpp.llama_memory_seq_rm(self.model.memory, seq.seq_id, -1, -1)
+        seq.sampler.close()
+        self._active.remove(seq)
+        self._free_ids.append(seq.seq_id)
+
+    def _fail_all(self, error: Exception) -> None:
+        events: list[tuple[Generation, TokenEvent]] = []
+        for seq in list(self._active):
+            self._finish(seq, None, "", events, error=error)
+        self._emit(events)
+
+    def _apply_adapters(self, adapters: AdapterSet) -> None:
+        key = adapters.key
+        if key == self._current_adapters:
+            return
+        n = len(adapters.adapters)
+        if n == 0 and not self._adapters_ever_set:
+            return  # clearing a context that never had adapters segfaults (DESIGN.md)
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle for a in adapters.adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[a.scale for a in adapters.adapters])
+        rc = llama_cpp.llama_set_adapters_lora(self.model.ctx, handles, n, scales)
+        if rc != 0:
+            raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
+        self._current_adapters = key
+        self._adapters_ever_set = True
+
+    def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
+        if events and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver, events)
+
+
+def _deliver(events: list[tuple[Generation, TokenEvent]]) -> None:
+    for gen, event in events:
+        gen._push(event)

@@ -1,0 +1,130 @@
+"""The engine's own request and event types: plain dataclasses, no HTTP and no llama.cpp."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class AppliedAdapter:
+    """One loaded LoRA adapter at one scale. `handle` is the engine's opaque llama.cpp pointer."""
+
+    name: str
+    scale: float
+    content_hash: str
+    handle: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class AdapterSet:
+    """The LoRA adapters one sequence is evaluated under.
+
+    `key` identifies the set for any KV reuse: each adapter's content hash and scale, never
+    its name, so a file reloaded under an old name never meets KV computed under the old one.
+    """
+
+    adapters: tuple[AppliedAdapter, ...] = ()
+
+    @property
+    def key(self) -> tuple[tuple[str, float], ...]:
+        return tuple((a.content_hash, a.scale) for a in self.adapters)
+
+    def __bool__(self) -> bool:
+        return bool(self.adapters)
+
+    def label(self) -> str:
+        """`name@scale,...`; empty for the base model alone."""
+        return ",".join(f"{a.name}@{a.scale:g}" for a in self.adapters)
+
+
+NO_ADAPTERS = AdapterSet()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Chat messages to render with the model's chat template (OpenAI message dicts)."""
+
+    messages: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Raw text, tokenized as is: no chat template."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    tokens: list[int]
+
+
+Prompt = Union[ChatPrompt, TextPrompt, TokenPrompt]
+
+
+@dataclass
+class GenerationRequest:
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    adapters: AdapterSet = NO_ADAPTERS
+    logprobs: bool = False
+    top_logprobs: int = 0
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One step of a stream: new text (possibly empty while a stop string is undecided),
+    the token that produced it, and on the last event the finish reason and usage."""
+
+    text: str = ""
+    token_id: int | None = None
+    token_text: str = ""
+    token_bytes: list[int] | None = None
+    logprob: float | None = None
+    top_logprobs: list[TopLogprob] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: Exception | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None or self.error is not None

@@ -1,0 +1,332 @@
+"""The completion endpoints: protocol requests into engine requests, engine events into OpenAI answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator, Union
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .engine.scheduler import Generation
+from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
+from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
+from .metrics import Metrics
+from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
+from .registry import ModelRegistry, Target
+from .streaming import DONE, Choice, chat_logprob_entry, completion_logprobs, error_event, merged, sse
+
+log = logging.getLogger("nomoat.serving")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing oversized bodies (413) and malformed JSON (400)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def sampling_params(req: Union[ChatCompletionRequest, CompletionRequest], n_vocab: int, seed_offset: int) -> SamplingParams:
+    bias = {}
+    for key, value in (req.logit_bias or {}).items():
+        token = int(key)
+        if not 0 <= token < n_vocab:
+            raise InvalidRequestError(f"logit_bias token id {token} is outside the vocabulary", param="logit_bias")
+        bias[token] = value
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        repeat_penalty=req.repeat_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        # Choices of one request must differ, and stay reproducible for a given seed.
+        seed=None if req.seed is None else (req.seed + seed_offset) & 0xFFFFFFFF,
+        logit_bias=bias,
+    )
+
+
+class CompletionService:
+    """Handlers for /v1/chat/completions and /v1/completions."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, max_body_bytes: int) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def chat(self, request: Request) -> Response:
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.max_body_bytes))
+        target = self.registry.resolve(req.model)
+        request.state.model = target.model_id
+        prompt = ChatPrompt(req.template_messages())
+        top = req.top_logprobs or 0
+        if top and not req.logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        gen_requests = [
+            GenerationRequest(
+                prompt=prompt,
+                sampling=sampling_params(req, target.engine.model.n_vocab, i),
+                max_tokens=req.token_limit,
+                stop=req.stop_list(),
+                adapters=target.adapters,
+                logprobs=req.logprobs,
+                top_logprobs=top,
+            )
+            for i in range(req.n)
+        ]
+        gens = await self._submit_all(target, gen_requests)
+        started = time.perf_counter()
+        if req.stream:
+            return self._stream(gens, self._chat_chunks(request, req, target, gens, started), self._headers(target))
+        choices = await self._collect(request, gens, target, started)
+        return JSONResponse({
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": now(),
+            "model": target.model_id,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": {"content": [chat_logprob_entry(t) for t in c.tokens], "refusal": None}
+                    if req.logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in choices
+            ],
+            "usage": self._usage(request, [gens[0]], choices),
+        }, headers=self._headers(target))
+
+    async def completions(self, request: Request) -> Response:
+        req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.max_body_bytes))
+        target = self.registry.resolve(req.model)
+        request.state.model = target.model_id
+        if req.suffix:
+            raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise InvalidRequestError("best_of other than n is not supported", param="best_of")
+        prompts = req.prompts()
+        logprobs = req.logprobs is not None
+        gen_requests = [
+            GenerationRequest(
+                prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
+                sampling=sampling_params(req, target.engine.model.n_vocab, i * req.n + j),
+                max_tokens=req.max_tokens,
+                stop=req.stop_list(),
+                adapters=target.adapters,
+                logprobs=logprobs,
+                top_logprobs=req.logprobs or 0,
+            )
+            for i, p in enumerate(prompts)
+            for j in range(req.n)
+        ]
+        gens = await self._submit_all(target, gen_requests)
+        echo = [self._echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
+        started = time.perf_counter()
+        if req.stream:
+            return self._stream(gens, self._completion_chunks(request, req, target, gens, echo, started), self._headers(target))
+        choices = await self._collect(request, gens, target, started)
+        return JSONResponse({
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": now(),
+            "model": target.model_id,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "text": echo[c.index] + c.text,
+                    "logprobs": completion_logprobs(c.tokens, len(echo[c.index])) if logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in choices
+            ],
+            "usage": self._usage(request, gens[:: req.n], choices),
+        }, headers=self._headers(target))
+
+    # --- shared machinery -----------------------------------------------------------
+
+    async def _submit_all(self, target: Target, requests: list[GenerationRequest]) -> list[Generation]:
+        gens: list[Generation] = []
+        try:
+            for gen_request in requests:
+                gens.append(await target.engine.submit(gen_request))
+        except BaseException:
+            for gen in gens:
+                gen.cancel()
+            raise
+        return gens
+
+    def _echo_text(self, target: Target, prompt: Union[str, list[int]]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return b"".join(target.engine.model.piece(t) for t in prompt).decode("utf-8", "replace")
+
+    def _headers(self, target: Target) -> dict[str, str]:
+        return {"x-nomoat-adapters": target.adapters.label()} if target.adapters else {}
+
+    def _usage(self, request: Request, distinct_prompts: list[Generation], choices: list[Choice]) -> dict[str, Any]:
+        """Each distinct prompt counts once, as OpenAI counts it; `n` copies share it."""
+        prompt_tokens = sum(g.n_prompt for g in distinct_prompts)
+        completion = sum(c.usage.completion_tokens for c in choices if c.usage)
+        model = request.state.model
+        self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.metrics.completion_tokens.labels(model).inc(completion)
+        request.state.tokens = (prompt_tokens, completion)
+        return usage_dict(prompt_tokens, completion)
+
+    def _observe_first_token(self, target: Target, started: float) -> None:
+        self.metrics.time_to_first_token.labels(target.model_id).observe(time.perf_counter() - started)
+
+    async def _collect(self, request: Request, gens: list[Generation], target: Target, started: float) -> list[Choice]:
+        """Run every generation to its end, cancelling all of them if the client goes away."""
+        choices = [Choice(index=i) for i in range(len(gens))]
+
+        async def consume() -> None:
+            first = True
+            async for i, event in merged(gens):
+                if first:
+                    self._observe_first_token(target, started)
+                    first = False
+                _accumulate(choices[i], event)
+
+        consumer = asyncio.create_task(consume())
+        watcher = asyncio.create_task(_wait_disconnect(request))
+        try:
+            await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not consumer.done():
+                consumer.cancel()
+                for gen in gens:
+                    gen.cancel()
+        if not consumer.done() or consumer.cancelled():
+            raise ClientDisconnected
+        consumer.result()
+        return choices
+
+    def _stream(self, gens: list[Generation], chunks: AsyncIterator[dict[str, str]], headers: dict[str, str]) -> Response:
+        async def guarded() -> AsyncIterator[dict[str, str]]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                # A disconnect cancels this generator: stop generating at the next step.
+                for gen in gens:
+                    gen.cancel()
+
+        return EventSourceResponse(guarded(), sep="\n", ping=15, headers=headers)
+
+    async def _chat_chunks(self, request: Request, req: ChatCompletionRequest, target: Target, gens: list[Generation],
+                           started: float) -> AsyncIterator[dict[str, str]]:
+        cid, created = new_id("chatcmpl"), now()
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
+            return sse({
+                "id": cid, "object": "chat.completion.chunk", "created": created, "model": target.model_id,
+                "system_fingerprint": None,
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+            })
+
+        # The role goes out at once, before the prompt is evaluated (clients time out otherwise).
+        for i in range(len(gens)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        choices = [Choice(index=i) for i in range(len(gens))]
+        first = True
+        async for i, event in merged(gens):
+            if event.error is not None:
+                yield error_event(event.error)
+                return
+            if first and event.token_id is not None:
+                self._observe_first_token(target, started)
+                first = False
+            _accumulate(choices[i], event)
+            logprobs = {"content": [chat_logprob_entry(event)], "refusal": None} if req.logprobs and event.logprob is not None else None
+            if event.text or logprobs:
+                yield chunk(i, {"content": event.text}, logprobs=logprobs)
+            if event.finish_reason is not None:
+                yield chunk(i, {}, finish=event.finish_reason)
+        usage = self._usage(request, gens[:1], choices)
+        if req.include_usage:
+            yield sse({
+                "id": cid, "object": "chat.completion.chunk", "created": created, "model": target.model_id,
+                "system_fingerprint": None, "choices": [], "usage": usage,
+            })
+        yield DONE
+
+    async def _completion_chunks(self, request: Request, req: CompletionRequest, target: Target, gens: list[Generation],
+                                 echo: list[str], started: float) -> AsyncIterator[dict[str, str]]:
+        cid, created = new_id("cmpl"), now()
+        logprobs_on = req.logprobs is not None
+
+        def chunk(index: int, text: str, finish: str | None, logprobs: Any = None) -> dict[str, str]:
+            return sse({
+                "id": cid, "object": "text_completion", "created": created, "model": target.model_id,
+                "system_fingerprint": None,
+                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+            })
+
+        for i, text in enumerate(echo):
+            if text:
+                yield chunk(i, text, None)
+        offsets = [len(t) for t in echo]
+        choices = [Choice(index=i) for i in range(len(gens))]
+        first = True
+        async for i, event in merged(gens):
+            if event.error is not None:
+                yield error_event(event.error)
+                return
+            if first and event.token_id is not None:
+                self._observe_first_token(target, started)
+                first = False
+            _accumulate(choices[i], event)
+            logprobs = None
+            if logprobs_on and event.logprob is not None:
+                logprobs = completion_logprobs([event], offsets[i])
+                offsets[i] += len(event.token_text)
+            if event.text or logprobs or event.finish_reason:
+                yield chunk(i, event.text, event.finish_reason, logprobs)
+        usage = self._usage(request, gens[:: req.n], choices)
+        if req.include_usage:
+            yield sse({
+                "id": cid, "object": "text_completion", "created": created, "model": target.model_id,
+                "system_fingerprint": None, "choices": [], "usage": usage,
+            })
+        yield DONE
+
+
+class ClientDisconnected(Exception):
+    """The client went away before a non-streaming answer was ready; nobody reads a reply."""
+
+
+def _accumulate(choice: Choice, event: TokenEvent) -> None:
+    if event.error is not None:
+        raise event.error if isinstance(event.error, NomoatError) else NomoatError(str(event.error))
+    choice.text += event.text
+    if event.logprob is not None:
+        choice.tokens.append(event)
+    if event.finish_reason is not None:
+        choice.finish_reason = event.finish_reason
+        choice.usage = event.usage
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

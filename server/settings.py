@@ -1,0 +1,94 @@
+"""Server settings: one pydantic-settings object built once at startup (CLI > env NOMOAT_* > file > defaults)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every server-wide setting. Each field is a `--flag` of `nomoat serve` and a `NOMOAT_*` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="NOMOAT_", extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    config: Path | None = Field(
+        None,
+        description=(
+            "models.toml to read. Default: ./models.toml if present, else "
+            "$XDG_CONFIG_HOME/nomoat/models.toml, else /etc/nomoat/models.toml, "
+            "else the embedded SmolLM2-135M-Instruct."
+        ),
+    )
+    model: Path | None = Field(
+        None,
+        description="Serve this one GGUF file and ignore models.toml (like llama-server -m).",
+    )
+    model_name: str | None = Field(
+        None, description="Model id for --model (default: the file name without .gguf)."
+    )
+    n_ctx: int | None = Field(
+        None, ge=16, description="Context length per sequence for --model (default 4096, capped by the model's)."
+    )
+    n_gpu_layers: int | None = Field(
+        None, description="Layers to offload to the GPU for --model (-1: all; needs a CUDA/Metal build)."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="Threads per model when models.toml sets none (default: all cores)."
+    )
+    parallel: int | None = Field(
+        None, ge=1, le=256, description="Concurrent sequences per model, overriding models.toml."
+    )
+    queue_size: int = Field(
+        64, ge=0, description="Requests that may wait per model beyond the running ones; past it: 429."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted; past it: 413."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level."
+    )
+
+    @classmethod
+    def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":
+        """Merge file values under env and CLI values and validate once.
+
+        pydantic-settings ranks init kwargs above env, so file values are only passed
+        for keys the environment does not set.
+        """
+        env_values = EnvSettingsSource(cls)()
+        merged = {k: v for k, v in file_values.items() if k not in env_values}
+        merged.update({k: v for k, v in cli.items() if v is not None})
+        try:
+            return cls(**merged)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: `source: key.path: message (got value)`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        lines.append(f"{source}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def default_threads() -> int:
+    """All cores this process may run on; llama.cpp decode scales with physical cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
