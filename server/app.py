@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .adapter_routes import adapter_routes
 from .errors import NomoatError
 from .metrics import Metrics
 from .protocol import error_body
@@ -55,6 +56,7 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    routes += adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes)
     for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
         routes += [
             Route(f"{prefix}/models", list_models, methods=["GET"]),
@@ -148,8 +150,8 @@ class RequestLogMiddleware:
                     self.metrics.request_duration.labels(model, endpoint).observe(elapsed)
                 tokens = state.get("tokens")
                 log.info(
-                    "%s %s model=%s status=%d%s duration=%.3fs",
-                    scope["method"], path, model or "-", status[0],
+                    "%s %s model=%s adapters=%s status=%d%s duration=%.3fs",
+                    scope["method"], path, model or "-", state.get("adapters") or "-", status[0],
                     f" prompt_tokens={tokens[0]} completion_tokens={tokens[1]}" if tokens else "",
                     elapsed,
                 )

@@ -23,7 +23,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # `int | None`
             base = next(a for a in typing.get_args(annotation) if a is not type(None))
         kwargs: dict[str, Any] = {"dest": name, "default": None}
-        if typing.get_origin(base) is typing.Literal:
+        if typing.get_origin(base) is typing.Annotated:
+            base = typing.get_args(base)[0]
+        if typing.get_origin(base) is list:
+            kwargs["action"] = "append"
+        elif typing.get_origin(base) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(base))
         elif base is int:
             kwargs["type"] = int

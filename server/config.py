@@ -8,7 +8,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .settings import Settings, format_validation_error
@@ -31,13 +33,22 @@ def embedded_model_path() -> Path:
     return path
 
 
+def _check_id(value: str) -> str:
+    if any(c.isspace() for c in value):
+        raise ValueError(f"model ids may not contain whitespace: {value!r}")
+    return value
+
+
+ModelId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_id)]
+
+
 class ModelConfig(BaseModel):
     """One base model to serve."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, description="The id clients send as `model`.")
-    aliases: list[str] = Field(default_factory=list, description="Other ids for the same model.")
+    name: ModelId = Field(description="The id clients send as `model`.")
+    aliases: list[ModelId] = Field(default_factory=list, description="Other ids for the same model.")
     path: str = Field(EMBEDDED, description=f"A GGUF file (relative to models.toml) or {EMBEDDED!r}.")
     n_ctx: int = Field(4096, ge=16, description="Context length of each sequence (tokens).")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: the `threads` setting).")
@@ -53,16 +64,29 @@ class ModelConfig(BaseModel):
         ),
     )
 
-    @field_validator("name", "aliases")
-    @classmethod
-    def _no_whitespace(cls, value: Any) -> Any:
-        for name in [value] if isinstance(value, str) else value:
-            if not name or any(c.isspace() for c in name):
-                raise ValueError(f"model ids may not be empty or contain whitespace: {name!r}")
-        return value
-
     def ids(self) -> list[str]:
         return [self.name, *self.aliases]
+
+
+class AdapterConfig(BaseModel):
+    """A LoRA adapter served on a base model, selectable as its own model id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelId = Field(description="The id clients send as `model`.")
+    path: str = Field(min_length=1, description="A GGUF LoRA file or a PEFT directory (relative to models.toml).")
+    base: str | None = Field(None, description="The model it adapts (default: the default model).")
+    scale: float = Field(1.0, ge=-10.0, le=10.0, description="Scale applied when the adapter is selected by name.")
+
+
+class StackConfig(BaseModel):
+    """A named mix of adapters on one base, served as a model id of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelId
+    base: str | None = Field(None, description="The base model (default: the default model).")
+    adapters: dict[str, float] = Field(min_length=1, description="Adapter name to scale.")
 
 
 class ModelsFile(BaseModel):
@@ -73,18 +97,44 @@ class ModelsFile(BaseModel):
     default_model: str | None = Field(None, description="Model used when a request names none.")
     server: dict[str, Any] = Field(default_factory=dict, description="Any server setting.")
     models: list[ModelConfig] = Field(min_length=1)
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    stacks: list[StackConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_names(self) -> "ModelsFile":
         seen: set[str] = set()
-        for model in self.models:
-            for model_id in model.ids():
-                if model_id in seen:
-                    raise ValueError(f"model id {model_id!r} is used twice")
-                seen.add(model_id)
+        for model_id in [i for m in self.models for i in m.ids()] + [a.name for a in self.adapters] + [
+            s.name for s in self.stacks
+        ]:
+            if model_id in seen:
+                raise ValueError(f"model id {model_id!r} is used twice")
+            seen.add(model_id)
         if self.default_model is not None and self.default_model not in seen:
             raise ValueError(f"default_model {self.default_model!r} names no model")
+        bases = {m.name for m in self.models}
+        for model in self.models:
+            bases.update(model.aliases)
+        adapter_base = {}
+        for adapter in self.adapters:
+            if adapter.base is not None and adapter.base not in bases:
+                raise ValueError(f"adapter {adapter.name!r}: base {adapter.base!r} names no model")
+            adapter_base[adapter.name] = self.base_of(adapter.base)
+        for stack in self.stacks:
+            if stack.base is not None and stack.base not in bases:
+                raise ValueError(f"stack {stack.name!r}: base {stack.base!r} names no model")
+            for name in stack.adapters:
+                if name not in adapter_base:
+                    raise ValueError(f"stack {stack.name!r}: adapter {name!r} is not declared in [[adapters]]")
+                if adapter_base[name] != self.base_of(stack.base):
+                    raise ValueError(f"stack {stack.name!r}: adapter {name!r} belongs to another base model")
         return self
+
+    def base_of(self, name: str | None) -> str:
+        """The canonical model name for a base reference (an alias, a name, or None for the default)."""
+        for model in self.models:
+            if (name is None and model is self.default) or name in model.ids():
+                return model.name
+        raise ValueError(f"{name!r} names no model")
 
     @property
     def default(self) -> ModelConfig:
@@ -127,7 +177,33 @@ def parse_models(data: dict[str, Any], source: str, base_dir: Path) -> ModelsFil
         raise ConfigError(format_validation_error(exc, source)) from None
     for i, model in enumerate(models_file.models):
         model.path = str(resolve_model_path(model.path, base_dir, f"{source}: models.{i}.path"))
+    for i, adapter in enumerate(models_file.adapters):
+        adapter.path = str(resolve_adapter_path(adapter.path, base_dir, f"{source}: adapters.{i}.path"))
     return models_file
+
+
+def resolve_adapter_path(path: str, base_dir: Path, where: str) -> Path:
+    resolved = (base_dir / Path(path).expanduser()).resolve()
+    if not resolved.exists():
+        raise ConfigError(f"{where}: adapter not found: {resolved}")
+    return resolved
+
+
+def add_cli_adapters(models: ModelsFile, specs: list[str]) -> None:
+    """`--lora NAME=PATH[@BASE]`: adapters from the command line join those of models.toml."""
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"--lora {spec!r}: expected NAME=PATH or NAME=PATH@BASE")
+        path, _, base = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        try:
+            entry = AdapterConfig(name=name, path=str(resolve_adapter_path(path, Path.cwd(), f"--lora {spec}")),
+                                  base=base or None)
+            models.adapters.append(entry)
+            ModelsFile.model_validate(models.model_dump())
+        except ValidationError as exc:
+            models.adapters.pop()
+            raise ConfigError(format_validation_error(exc, f"--lora {spec}")) from None
 
 
 def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
@@ -170,6 +246,7 @@ def load(cli: dict[str, Any]) -> tuple[Settings, ModelsFile]:
             raise ConfigError(f"{config_path}: server: must be a table")
         settings = Settings.load(cli, server_values, f"{config_path}: server")
         models = parse_models(data, str(config_path), config_path.parent)
+    add_cli_adapters(models, settings.lora)
     if settings.parallel is not None:
         for model in models.models:
             model.parallel = settings.parallel

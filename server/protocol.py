@@ -22,6 +22,13 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class LoraRef(_Lenient):
+    """One entry of the non-OpenAI `lora` field: an adapter by name, at a scale."""
+
+    name: str = Field(min_length=1)
+    scale: float = Field(1.0, ge=-10.0, le=10.0)
+
+
 class TextPart(_Lenient):
     type: str
     text: str | None = None
@@ -68,6 +75,17 @@ class _SamplingFields(_Lenient):
     max_tokens: int | None = Field(None, ge=1)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # nomoat: the whole adapter set for this request, e.g. [{"name": "sql", "scale": 0.8}].
+    # When present, `model` only selects the base; [] means the base model alone.
+    lora: list[LoraRef] | None = Field(None, max_length=16)
+
+    def lora_pairs(self) -> list[tuple[str, float]] | None:
+        if self.lora is None:
+            return None
+        merged: dict[str, float] = {}
+        for ref in self.lora:  # naming one adapter twice adds its scales, as a sum of deltas would
+            merged[ref.name] = merged.get(ref.name, 0.0) + ref.scale
+        return list(merged.items())
 
     @field_validator("stop")
     @classmethod

@@ -70,8 +70,9 @@ class CompletionService:
 
     async def chat(self, request: Request) -> Response:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.max_body_bytes))
-        target = self.registry.resolve(req.model)
+        target = self.registry.resolve(req.model, req.lora_pairs())
         request.state.model = target.model_id
+        request.state.adapters = target.adapters.label()
         prompt = ChatPrompt(req.template_messages())
         top = req.top_logprobs or 0
         if top and not req.logprobs:
@@ -114,8 +115,9 @@ class CompletionService:
 
     async def completions(self, request: Request) -> Response:
         req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.max_body_bytes))
-        target = self.registry.resolve(req.model)
+        target = self.registry.resolve(req.model, req.lora_pairs())
         request.state.model = target.model_id
+        request.state.adapters = target.adapters.label()
         if req.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
@@ -178,7 +180,8 @@ class CompletionService:
         return b"".join(target.engine.model.piece(t) for t in prompt).decode("utf-8", "replace")
 
     def _headers(self, target: Target) -> dict[str, str]:
-        return {"x-nomoat-adapters": target.adapters.label()} if target.adapters else {}
+        # Always present, empty for the base alone: a silent fallback to the base shows.
+        return {"x-nomoat-adapters": target.adapters.label()}
 
     def _usage(self, request: Request, distinct_prompts: list[Generation], choices: list[Choice]) -> dict[str, Any]:
         """Each distinct prompt counts once, as OpenAI counts it; `n` copies share it."""

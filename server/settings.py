@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 
@@ -52,9 +52,38 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; past it: 413."
     )
+    adapter_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Directories adapters may be loaded from at runtime (POST /v1/adapters); repeatable, "
+            "comma-separated in the environment. No directory: runtime loading is refused."
+        ),
+    )
+    lora: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Serve an adapter: NAME=PATH (on the default model) or NAME=PATH@BASE; repeatable.",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Where converted adapters are cached (default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
+
+    @field_validator("adapter_dirs", "lora", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # NOMOAT_ADAPTER_DIRS=/a,/b reads better than JSON in a unit file or a shell.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        xdg = os.environ.get("XDG_STATE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "nomoat"
 
     @classmethod
     def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":

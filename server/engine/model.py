@@ -11,6 +11,7 @@ from pathlib import Path
 import llama_cpp
 
 from ..errors import ConfigError, ContextLengthExceededError, InvalidRequestError
+from ..peft import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .types import ChatPrompt, Prompt, TextPrompt, TokenPrompt
 
@@ -92,6 +93,7 @@ class LoadedModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
         self._pieces: dict[int, bytes] = {}
+        self._base_info: BaseModelInfo | None = None
         self.chat_template = self._load_chat_template(spec.chat_template)
         self.load_seconds = time.perf_counter() - started
         self.architecture = self.metadata("general.architecture") or "unknown"
@@ -107,6 +109,32 @@ class LoadedModel:
             buf = ctypes.create_string_buffer(n + 1)
             llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace")
+
+    def base_info(self) -> BaseModelInfo:
+        """The dimensions an adapter must match, from llama.cpp's view of the metadata (cached)."""
+        if self._base_info is None:
+            self._base_info = self._read_base_info()
+        return self._base_info
+
+    def _read_base_info(self) -> BaseModelInfo:
+        arch = self.architecture
+
+        def number(key: str, default: int | None = None) -> int | None:
+            value = self.metadata(f"{arch}.{key}")
+            return int(value) if value is not None and value.isdigit() else default
+
+        n_embd, n_head, n_layer = number("embedding_length"), number("attention.head_count"), number("block_count")
+        if not (n_embd and n_head and n_layer):
+            # Per-layer arrays (hybrid models) are not plain numbers here: let gguf read them.
+            return BaseModelInfo.from_gguf(self.spec.path)
+        head_dim = n_embd // n_head
+        return BaseModelInfo(
+            path=self.spec.path, architecture=arch, n_layer=n_layer, n_embd=n_embd,
+            n_ff=number("feed_forward_length", 0) or 0, n_head=n_head,
+            n_head_kv=number("attention.head_count_kv", n_head) or n_head,
+            head_dim_k=number("attention.key_length", head_dim) or head_dim,
+            head_dim_v=number("attention.value_length", head_dim) or head_dim,
+        )
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         data = text.encode("utf-8")

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import ctypes
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import llama_cpp
-import numpy as np
 
-from ..errors import EngineError, RateLimitError, ServiceUnavailableError
+from ..errors import AdapterError, EngineError, ModelNotFoundError, RateLimitError, ServiceUnavailableError
+from .adapters import LoraAdapter
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
 from .types import AdapterSet, GenerationRequest, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
+T = TypeVar("T")
 
 # While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
 # long prompt delays each running stream by one short step instead of its whole prefill.
@@ -104,6 +106,8 @@ class Engine:
         self._current_adapters: tuple = ()
         self._adapters_ever_set = False
         self._stopping = False
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._to_free: list[LoraAdapter] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.spec.name}", daemon=True)
@@ -128,6 +132,9 @@ class Engine:
         self._loop = loop
         prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
         self._check_capacity()
+        for applied in request.adapters.adapters:
+            if applied.handle.unloading:
+                raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(self, request, len(prompt))
@@ -144,6 +151,43 @@ class Engine:
             self._inbox.append(seq)
             self._cv.notify()
         return gen
+
+    def call(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T]":
+        """Run `fn` on the engine thread between two steps; await it with asyncio.wrap_future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to whoever waits on the future
+                    future.set_exception(exc)
+
+        with self._cv:
+            if self._stopping:
+                raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+            self._jobs.append(job)
+            self._cv.notify()
+        return future
+
+    def load_adapter(self, name: str, source: Any, gguf_path: Any, content_hash: str) -> "concurrent.futures.Future[LoraAdapter]":
+        """Load an adapter file on this model (on the engine thread)."""
+
+        def init() -> LoraAdapter:
+            ptr = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_path).encode())
+            if not ptr:
+                raise AdapterError(f"{source}: llama.cpp refused the adapter for model "
+                                   f"{self.model.spec.name!r} (see the log)", param="path")
+            return LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=ptr)
+
+        return self.call(init)
+
+    def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Stop admitting requests for `adapter`; it is freed once no sequence uses it."""
+        adapter.unloading = True
+        with self._cv:
+            self._to_free.append(adapter)
+            self._cv.notify()
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:
@@ -175,20 +219,29 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self._inbox and not self._active:
+                while not (self._stopping or self._inbox or self._active or self._jobs or self._to_free):
                     self._cv.wait()
                 if self._stopping:
                     break
+                jobs = list(self._jobs)
+                self._jobs.clear()
+                self._free_unused_adapters()
                 while self._inbox and self._free_ids:
                     seq = self._inbox.popleft()
                     seq.seq_id = self._free_ids.pop(0)
                     self._active.append(seq)
+            for job in jobs:
+                job()
+            if not self._active and not self._inbox:
+                continue
             try:
                 self._step()
             except Exception as exc:  # never let the worker die: fail what was running, keep serving
                 log.exception("engine step failed")
                 self._fail_all(EngineError(f"generation failed: {exc}"))
         self._fail_all(ServiceUnavailableError("the server is shutting down", retry_after=5))
+        for job in self._jobs:
+            job()  # adapter loads still waiting: let them finish rather than hang their callers
         for seq in list(self._inbox):
             self._emit([(seq.gen, TokenEvent(error=ServiceUnavailableError("the server is shutting down")))])
         self._inbox.clear()
@@ -307,13 +360,28 @@ class Engine:
         n = len(adapters.adapters)
         if n == 0 and not self._adapters_ever_set:
             return  # clearing a context that never had adapters segfaults (DESIGN.md)
-        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle for a in adapters.adapters])
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle.ptr for a in adapters.adapters])
         scales = (ctypes.c_float * max(n, 1))(*[a.scale for a in adapters.adapters])
         rc = llama_cpp.llama_set_adapters_lora(self.model.ctx, handles, n, scales)
         if rc != 0:
             raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
         self._current_adapters = key
         self._adapters_ever_set = True
+
+    def _free_unused_adapters(self) -> None:
+        """Free adapters marked for unloading that no queued or running sequence uses (lock held)."""
+        if not self._to_free:
+            return
+        in_use = {id(a.handle) for s in (*self._active, *self._inbox) for a in s.request.adapters.adapters}
+        for adapter in [a for a in self._to_free if id(a) not in in_use]:
+            if any(h == adapter.content_hash for h, _ in self._current_adapters):
+                # The context still points at it: switch it off before the memory goes.
+                llama_cpp.llama_set_adapters_lora(self.model.ctx, None, 0, None)
+                self._current_adapters = ()
+            llama_cpp.llama_adapter_lora_free(adapter.ptr)
+            adapter.ptr = None
+            self._to_free.remove(adapter)
+            log.info("freed adapter %s on %s", adapter.name, self.model.spec.name)
 
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
