@@ -10,7 +10,7 @@ import typing
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, NomoatError
 from .settings import Settings
 
 
@@ -91,8 +91,9 @@ def serve(cli: dict[str, Any]) -> int:
     registry = ModelRegistry(models, settings)
     try:
         registry.load()
-    except ConfigError as exc:
-        print(f"nomoat: cannot load model:\n{exc}", file=sys.stderr)
+    except (ConfigError, NomoatError) as exc:
+        registry.close()
+        print(f"nomoat: cannot start:\n{exc}", file=sys.stderr)
         return 2
     app = build_app(settings, registry)
     uvicorn.run(
