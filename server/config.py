@@ -56,6 +56,7 @@ class ModelConfig(BaseModel):
     n_batch: int = Field(512, ge=1, description="Most prompt tokens evaluated in one llama_decode.")
     parallel: int = Field(4, ge=1, le=256, description="Sequences generated at once.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's.")
+    prefix_cache: bool = Field(True, description="Reuse the KV of a prompt prefix a sequence slot still holds.")
     repack: bool = Field(
         False,
         description=(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -23,6 +23,10 @@ class Metrics:
         )
         self.prompt_tokens = Counter(
             "nomoat_prompt_tokens_total", "Prompt tokens evaluated or reused.", ["model"], registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "nomoat_prompt_cached_tokens_total", "Prompt tokens whose KV was reused (prefix cache hits).",
+            ["model"], registry=r,
         )
         self.completion_tokens = Counter(
             "nomoat_completion_tokens_total", "Tokens generated.", ["model"], registry=r
@@ -54,3 +58,15 @@ class _EngineCollector(Collector):
             active.add_metric([name], engine.active)  # type: ignore[attr-defined]
         yield waiting
         yield active
+        counters = {
+            "decode_calls": ("nomoat_decode_calls_total", "llama_decode calls (one per adapter group per step)."),
+            "decoded_tokens": ("nomoat_decoded_tokens_total", "Tokens evaluated by llama_decode (prompt and generated)."),
+            "adapter_switches": ("nomoat_adapter_switches_total", "Changes of the context's LoRA adapter set."),
+            "prompt_tokens": ("nomoat_engine_prompt_tokens_total", "Prompt tokens of sequences started."),
+            "cached_tokens": ("nomoat_prefix_cache_tokens_total", "Prompt tokens served from the prefix cache."),
+        }
+        for attr, (name, doc) in counters.items():
+            family = CounterMetricFamily(name, doc, labels=["model"])
+            for model, engine in self._engines().items():
+                family.add_metric([model], getattr(engine.stats, attr))  # type: ignore[attr-defined]
+            yield family

@@ -46,7 +46,7 @@ class AdapterEntry:
     base: str
     scale: float
     adapter: LoraAdapter
-    origin: str  # "config" (models.toml or --lora) or "api" (POST /v1/adapters)
+    origin: str  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict:
@@ -94,7 +94,7 @@ class ModelRegistry:
                 chat_template=config.chat_template,
             )
             model = LoadedModel(spec)
-            engine = Engine(model, queue_size=self._settings.queue_size)
+            engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache)
             self._models[config.name] = ServedModel(config, engine, int(time.time()))
             for model_id in config.ids():
                 self._ids[model_id] = config.name
@@ -120,19 +120,21 @@ class ModelRegistry:
 
     def _register(self, entry: AdapterEntry, started: float) -> AdapterEntry:
         self._adapters[entry.name] = entry
-        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s)", entry.name, entry.base,
-                 entry.adapter.source, (time.perf_counter() - started) * 1000, entry.adapter.content_hash[:12])
+        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
+                 entry.adapter.source, (time.perf_counter() - started) * 1000, entry.adapter.content_hash[:12],
+                 entry.origin)
         return entry
 
-    async def load_adapter(self, name: str, source: Path, base: str | None, scale: float) -> AdapterEntry:
-        """Runtime load (POST /v1/adapters): the name must be new; the path is already confined."""
+    async def load_adapter(self, name: str, source: Path, base: str | None, scale: float,
+                           origin: str = "api") -> AdapterEntry:
+        """Runtime load (POST /v1/adapters or a watched directory): the name must be new; the path is confined."""
         async with self._lock:
             if self._taken(name):
                 raise ConflictError(f"the id {name!r} is already in use; DELETE it first", param="name")
             base_name, started = self._base_name(base), time.perf_counter()
             future = await asyncio.to_thread(self._open_adapter, name, source, base_name)
             lora = await asyncio.wrap_future(future)
-            return self._register(AdapterEntry(name, base_name, scale, lora, "api"), started)
+            return self._register(AdapterEntry(name, base_name, scale, lora, origin), started)
 
     async def unload_adapter(self, name: str) -> AdapterEntry:
         """Runtime unload: new requests stop at once; running ones finish under the adapter."""

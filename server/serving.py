@@ -110,7 +110,7 @@ class CompletionService:
                 }
                 for c in choices
             ],
-            "usage": self._usage(request, [gens[0]], choices),
+            "usage": self._usage(request, choices, len(choices)),
         }, headers=self._headers(target))
 
     async def completions(self, request: Request) -> Response:
@@ -158,7 +158,7 @@ class CompletionService:
                 }
                 for c in choices
             ],
-            "usage": self._usage(request, gens[:: req.n], choices),
+            "usage": self._usage(request, choices, req.n),
         }, headers=self._headers(target))
 
     # --- shared machinery -----------------------------------------------------------
@@ -183,15 +183,18 @@ class CompletionService:
         # Always present, empty for the base alone: a silent fallback to the base shows.
         return {"x-nomoat-adapters": target.adapters.label()}
 
-    def _usage(self, request: Request, distinct_prompts: list[Generation], choices: list[Choice]) -> dict[str, Any]:
-        """Each distinct prompt counts once, as OpenAI counts it; `n` copies share it."""
-        prompt_tokens = sum(g.n_prompt for g in distinct_prompts)
+    def _usage(self, request: Request, choices: list[Choice], copies: int) -> dict[str, Any]:
+        """Each distinct prompt counts once, as OpenAI counts it: `copies` choices share one prompt."""
+        firsts = [c.usage for c in choices[::copies] if c.usage]
+        prompt_tokens = sum(u.prompt_tokens for u in firsts)
+        cached = sum(u.cached_tokens for u in firsts)
         completion = sum(c.usage.completion_tokens for c in choices if c.usage)
         model = request.state.model
         self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.metrics.cached_prompt_tokens.labels(model).inc(cached)
         self.metrics.completion_tokens.labels(model).inc(completion)
         request.state.tokens = (prompt_tokens, completion)
-        return usage_dict(prompt_tokens, completion)
+        return usage_dict(prompt_tokens, completion, cached)
 
     def _observe_first_token(self, target: Target, started: float) -> None:
         self.metrics.time_to_first_token.labels(target.model_id).observe(time.perf_counter() - started)
@@ -264,7 +267,7 @@ class CompletionService:
                 yield chunk(i, {"content": event.text}, logprobs=logprobs)
             if event.finish_reason is not None:
                 yield chunk(i, {}, finish=event.finish_reason)
-        usage = self._usage(request, gens[:1], choices)
+        usage = self._usage(request, choices, len(choices))
         if req.include_usage:
             yield sse({
                 "id": cid, "object": "chat.completion.chunk", "created": created, "model": target.model_id,
@@ -304,7 +307,7 @@ class CompletionService:
                 offsets[i] += len(event.token_text)
             if event.text or logprobs or event.finish_reason:
                 yield chunk(i, event.text, event.finish_reason, logprobs)
-        usage = self._usage(request, gens[:: req.n], choices)
+        usage = self._usage(request, choices, req.n)
         if req.include_usage:
             yield sse({
                 "id": cid, "object": "text_completion", "created": created, "model": target.model_id,

@@ -30,6 +30,18 @@ T = TypeVar("T")
 PREFILL_CHUNK_WHILE_DECODING = 128
 
 
+@dataclass
+class EngineStats:
+    """Running totals the metrics layer reads at scrape time (plain ints: no locking needed)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_trimmed: int = 0
+    decode_calls: int = 0
+    decoded_tokens: int = 0
+    adapter_switches: int = 0
+
+
 class Generation:
     """The caller's side of one submitted request: an async iterator of TokenEvents.
 
@@ -78,7 +90,9 @@ class _Sequence:
     assembler: TextAssembler
     seq_id: int = -1
     n_past: int = 0
+    n_cached: int = 0  # prompt tokens whose KV was reused from an earlier request
     todo: list[int] = field(default_factory=list)
+    evaluated: list[int] = field(default_factory=list)  # every token now in this sequence's KV
     n_generated: int = 0
 
     @property
@@ -93,8 +107,10 @@ class Engine:
     All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
     """
 
-    def __init__(self, model: LoadedModel, *, queue_size: int) -> None:
+    def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
+        self.stats = EngineStats()
         self.parallel = model.spec.parallel
         self.capacity = self.parallel + queue_size
         self._outstanding = 0  # admitted and not yet finished; touched on the event loop only
@@ -103,6 +119,10 @@ class Engine:
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
         self._free_ids = list(range(self.parallel))
+        # What each idle sequence slot still holds in its KV: (adapter set key, tokens). A new
+        # request takes the slot sharing its longest prefix under the same adapter set, as
+        # llama.cpp's server does, and evaluates only the rest.
+        self._slot_cache: dict[int, tuple[tuple, list[int]]] = {}
         self._current_adapters: tuple = ()
         self._adapters_ever_set = False
         self._stopping = False
@@ -227,9 +247,7 @@ class Engine:
                 self._jobs.clear()
                 self._free_unused_adapters()
                 while self._inbox and self._free_ids:
-                    seq = self._inbox.popleft()
-                    seq.seq_id = self._free_ids.pop(0)
-                    self._active.append(seq)
+                    self._start(self._inbox.popleft())
             for job in jobs:
                 job()
             if not self._active and not self._inbox:
@@ -245,6 +263,36 @@ class Engine:
         for seq in list(self._inbox):
             self._emit([(seq.gen, TokenEvent(error=ServiceUnavailableError("the server is shutting down")))])
         self._inbox.clear()
+
+    def _start(self, seq: _Sequence) -> None:
+        """Give a waiting sequence a slot, reusing the longest cached prefix of its prompt."""
+        key = seq.request.adapters.key
+
+        def score(slot: int) -> tuple[int, int]:
+            cached = self._slot_cache.get(slot)
+            if cached is None:
+                return 0, 0
+            if cached[0] != key:
+                return -1, -len(cached[1])  # KV computed under another adapter set is never reused
+            # Ties go to the slot holding the least, keeping longer caches for later requests.
+            return _common_prefix(cached[1], seq.prompt), -len(cached[1])
+
+        best = max(self._free_ids, key=score)
+        best_len = max(score(best)[0], 0)
+        self._free_ids.remove(best)
+        seq.seq_id = best
+        cached = self._slot_cache.pop(best, None)
+        # At least the last prompt token is evaluated again: its logits start the generation.
+        keep = min(best_len, len(seq.prompt) - 1) if self.prefix_cache else 0
+        llama_cpp.llama_memory_seq_rm(self.model.memory, best, keep, -1)
+        if cached is not None and keep < len(cached[1]):
+            self.stats.cache_trimmed += 1
+        seq.n_past = seq.n_cached = keep
+        seq.evaluated = seq.prompt[:keep]
+        seq.todo = seq.prompt[keep:]
+        self.stats.prompt_tokens += len(seq.prompt)
+        self.stats.cached_tokens += keep
+        self._active.append(seq)
 
     def _step(self) -> None:
         events: list[tuple[Generation, TokenEvent]] = []
@@ -292,8 +340,11 @@ class Engine:
             for seq, _ in items:
                 self._finish(seq, None, "", events, error=error)
             return
+        self.stats.decode_calls += 1
+        self.stats.decoded_tokens += n
         for seq, tokens in items:
             seq.n_past += len(tokens)
+            seq.evaluated.extend(tokens)
             del seq.todo[: len(tokens)]
         for seq, index in outputs:
             self._sample(seq, index, events)
@@ -330,7 +381,7 @@ class Engine:
 
     def _finish(self, seq: _Sequence, reason: str | None, text: str, events: list,
                 *, error: Exception | None = None, last: TokenEvent | None = None) -> None:
-        usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated)
+        usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated, cached_tokens=seq.n_cached)
         if last is not None:
             final = TokenEvent(
                 text=text, token_id=last.token_id, token_text=last.token_text, token_bytes=last.token_bytes,
@@ -339,10 +390,13 @@ class Engine:
         else:
             final = TokenEvent(text=text, finish_reason=reason, usage=usage, error=error)
         events.append((seq.gen, final))
-        self._release(seq)
+        self._release(seq, keep_cache=error is None)
 
-    def _release(self, seq: _Sequence) -> None:
-        llama_cpp.llama_memory_seq_rm(self.model.memory, seq.seq_id, -1, -1)
+    def _release(self, seq: _Sequence, keep_cache: bool) -> None:
+        if keep_cache and self.prefix_cache and seq.evaluated:
+            self._slot_cache[seq.seq_id] = (seq.request.adapters.key, seq.evaluated)
+        else:
+            llama_cpp.llama_memory_seq_rm(self.model.memory, seq.seq_id, -1, -1)
         seq.sampler.close()
         self._active.remove(seq)
         self._free_ids.append(seq.seq_id)
@@ -365,6 +419,7 @@ class Engine:
         rc = llama_cpp.llama_set_adapters_lora(self.model.ctx, handles, n, scales)
         if rc != 0:
             raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
+        self.stats.adapter_switches += 1
         self._current_adapters = key
         self._adapters_ever_set = True
 
@@ -386,6 +441,14 @@ class Engine:
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_deliver, events)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _deliver(events: list[tuple[Generation, TokenEvent]]) -> None:
