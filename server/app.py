@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .adapter_routes import adapter_routes
+from .adapter_watch import AdapterWatcher
 from .errors import NomoatError
 from .metrics import Metrics
 from .protocol import error_body
@@ -70,9 +71,14 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
         if not registry.ready:
             await asyncio.to_thread(registry.load)
         log.info("serving %s on http://%s:%d/v1", ", ".join(registry.engines()), settings.host, settings.port)
+        watcher = AdapterWatcher(registry, settings.adapter_dirs) if settings.watch_adapters else None
+        if watcher is not None:
+            await watcher.start()
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.stop()
             await asyncio.to_thread(registry.close)
 
     app = Starlette(

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
             "comma-separated in the environment. No directory: runtime loading is refused."
         ),
     )
+    watch_adapters: bool = Field(
+        False,
+        description=(
+            "Serve every GGUF file and PEFT directory in the adapter directories under its name, loading "
+            "what appears and unloading what disappears while running."
+        ),
+    )
     lora: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Serve an adapter: NAME=PATH (on the default model) or NAME=PATH@BASE; repeatable.",

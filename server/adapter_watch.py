@@ -1,0 +1,283 @@
+"""Drop-in adapters: GGUF files and PEFT directories that appear in an adapter directory are served by name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gguf
+import watchfiles
+
+from .errors import NomoatError
+from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
+from .registry import ModelRegistry
+
+log = logging.getLogger("nomoat.watch")
+
+ORIGIN = "watch"
+# A file must keep its size and mtime this long before it is read: most copies finish well within it,
+# and the header checks below catch a writer that pauses longer.
+SETTLE_SECONDS = 0.25
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+Signature = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether an entry can be loaded now: `incomplete` waits for the next change, `bad` is skipped."""
+
+    state: Literal["ready", "incomplete", "bad"]
+    reason: str = ""
+
+
+READY = Readiness("ready")
+
+
+def signature(entry: Path) -> Signature | None:
+    """Name, size and mtime of the entry (a file) or of the files directly in it (a directory); None if gone."""
+    try:
+        if entry.is_dir():
+            with os.scandir(entry) as it:
+                files = [(e.name, e.stat()) for e in it if e.is_file()]
+            return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in files))
+        st = entry.stat()
+    except OSError:
+        return None
+    return (("", st.st_size, st.st_mtime_ns),)
+
+
+def gguf_readiness(path: Path) -> Readiness:
+    try:
+        with path.open("rb") as stream:
+            magic = stream.read(4)
+    except OSError as exc:
+        return Readiness("incomplete", f"cannot be read yet ({exc.strerror})")
+    if magic != b"GGUF"[: len(magic)]:
+        return Readiness("bad", "not a GGUF file (no GGUF magic)")
+    if len(magic) < 4:
+        return Readiness("incomplete", "no GGUF header yet")
+    try:
+        # Maps the tensor data too, so a file cut anywhere, header or data, fails here.
+        gguf.GGUFReader(path, "r")
+    except Exception as exc:  # ValueError, IndexError, struct errors: whatever a partial file trips
+        return Readiness("incomplete", f"GGUF not complete yet ({type(exc).__name__})")
+    return READY
+
+
+def safetensors_readiness(path: Path) -> Readiness:
+    """Complete when the file holds its whole JSON header and every byte the header points at."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as stream:
+            prefix = stream.read(8)
+            if len(prefix) < 8:
+                return Readiness("incomplete", f"{path.name} has no header yet")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > _SAFETENSORS_MAX_HEADER:
+                return Readiness("bad", f"{path.name} is not a safetensors file (header length {header_len})")
+            if size < 8 + header_len:
+                return Readiness("incomplete", f"{path.name} header not complete yet")
+            header = json.loads(stream.read(header_len))
+    except OSError as exc:
+        return Readiness("incomplete", f"{path.name} cannot be read yet ({exc.strerror})")
+    except ValueError:
+        return Readiness("bad", f"{path.name} has a header that is not JSON")
+    if not isinstance(header, dict):
+        return Readiness("bad", f"{path.name} has a header that is not a JSON object")
+    ends = [e["data_offsets"][1] for k, e in header.items()
+            if k != "__metadata__" and isinstance(e, dict) and isinstance(e.get("data_offsets"), list)
+            and len(e["data_offsets"]) == 2 and isinstance(e["data_offsets"][1], int)]
+    if size < 8 + header_len + max(ends, default=0):
+        return Readiness("incomplete", f"{path.name} data not complete yet")
+    return READY
+
+
+def peft_readiness(directory: Path) -> Readiness:
+    config = directory / CONFIG_NAME
+    try:
+        json.loads(config.read_bytes())
+    except FileNotFoundError:
+        return Readiness("incomplete", f"no {CONFIG_NAME} yet")
+    except (OSError, ValueError):
+        return Readiness("incomplete", f"{CONFIG_NAME} not complete yet")
+    weights = directory / WEIGHTS_NAME
+    if weights.is_file():
+        return safetensors_readiness(weights)
+    if (directory / PICKLE_WEIGHTS_NAME).exists():
+        return READY  # loading refuses it with the reason; the user should hear it
+    return Readiness("incomplete", f"no {WEIGHTS_NAME} yet")
+
+
+@dataclass(frozen=True)
+class _Served:
+    name: str
+    source: Path
+    signature: Signature
+
+
+class AdapterWatcher:
+    """Watches adapter directories and keeps the adapters it loaded in step with what is on disk.
+
+    Each top-level entry of a directory (`NAME.gguf`, or a PEFT directory `NAME/`) is one candidate;
+    a change anywhere below it re-checks that candidate, one check at a time per candidate. Only
+    adapters this watcher loaded (origin "watch") are ever unloaded by it.
+    """
+
+    def __init__(self, registry: ModelRegistry, directories: list[Path], settle_seconds: float = SETTLE_SECONDS) -> None:
+        self._registry = registry
+        self._roots = [Path(os.path.realpath(d)) for d in directories]
+        self._settle = settle_seconds
+        self._served: dict[Path, _Served] = {}
+        self._failed: dict[Path, Signature] = {}
+        self._noted: dict[Path, object] = {}  # the last thing logged per entry, so nothing repeats
+        self._dirty: set[Path] = set()
+        self._workers: dict[Path, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        roots = []
+        for root in self._roots:
+            if root.is_dir():
+                roots.append(root)
+            else:
+                log.warning("not watching %s: it is not a directory", root)
+        if not roots:
+            log.warning("watch_adapters is on but there is no adapter directory to watch (--adapter-dir)")
+            return
+        self._roots = roots
+        # watchfiles logs every batch of changes at INFO; this module logs what they lead to instead.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        log.info("watching %s for adapters", ", ".join(map(str, roots)))
+        for root in roots:
+            for entry in sorted(root.iterdir()):
+                self._touch(entry)
+        self._task = asyncio.create_task(self._watch(), name="adapter-watch")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=5)
+            self._task.cancel()
+        workers = list(self._workers.values())
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=5)
+            for task in pending:
+                task.cancel()
+
+    async def _watch(self) -> None:
+        try:
+            async for changes in watchfiles.awatch(*self._roots, stop_event=self._stop, step=50, debounce=400):
+                for _, changed in changes:
+                    entry = self._entry_of(Path(changed))
+                    if entry is not None:
+                        self._touch(entry)
+        except Exception:  # the server goes on without drop-in loading rather than dying
+            log.exception("adapter directory watcher failed; drop-in loading is off")
+
+    def _entry_of(self, changed: Path) -> Path | None:
+        for root in self._roots:
+            if root in changed.parents:
+                return root / changed.relative_to(root).parts[0]
+        return None
+
+    def _touch(self, entry: Path) -> None:
+        if entry.name.startswith("."):  # editors' and downloaders' temporary files
+            return
+        self._dirty.add(entry)
+        if entry not in self._workers:
+            self._workers[entry] = asyncio.create_task(self._work(entry), name=f"adapter-watch {entry.name}")
+
+    async def _work(self, entry: Path) -> None:
+        try:
+            while entry in self._dirty and not self._stop.is_set():
+                self._dirty.discard(entry)
+                try:
+                    await self._reconcile(entry)
+                except Exception:  # one bad entry must never stop the others or the server
+                    log.exception("drop-in adapter %s: unexpected error; skipped", entry)
+        finally:
+            del self._workers[entry]
+
+    async def _settled(self, entry: Path) -> Signature | None:
+        sig = signature(entry)
+        while sig is not None:
+            await asyncio.sleep(self._settle)
+            again = signature(entry)
+            if again == sig:
+                return sig
+            sig = again
+        return None
+
+    async def _reconcile(self, entry: Path) -> None:
+        is_candidate = entry.is_dir() or (entry.suffix.lower() == ".gguf" and entry.is_file())
+        sig = await self._settled(entry) if is_candidate else None
+        served = self._served.get(entry)
+        if served is not None and served.signature == sig:
+            return
+        if served is not None:
+            await self._unload(served, "changed" if sig is not None else "removed")
+            del self._served[entry]
+        if sig is None:
+            self._noted.pop(entry, None)
+            self._failed.pop(entry, None)
+            return
+        if self._failed.get(entry) == sig:
+            return
+        readiness = await asyncio.to_thread(peft_readiness if entry.is_dir() else gguf_readiness, entry)
+        if readiness.state == "incomplete":
+            self._note(entry, "incomplete", logging.INFO, "drop-in adapter %s: waiting (%s)", entry, readiness.reason)
+            return
+        if readiness.state == "bad":
+            self._skip(entry, sig, readiness.reason)
+            return
+        await self._load(entry, sig)
+
+    async def _load(self, entry: Path, sig: Signature) -> None:
+        name, source = entry.stem if entry.is_file() else entry.name, Path(os.path.realpath(entry))
+        if not any(root in source.parents for root in self._roots):
+            self._skip(entry, sig, f"it resolves to {source}, outside the adapter directories")
+            return
+        if any(ch.isspace() for ch in name):
+            self._skip(entry, sig, f"its name {name!r} contains whitespace, which a model id cannot")
+            return
+        for other in self._registry.adapters():
+            if other.adapter.source == source and other.origin != ORIGIN:
+                self._note(entry, ("served", sig), logging.INFO,
+                           "drop-in adapter %s: already served as %r (origin %s)", entry, other.name, other.origin)
+                return
+        try:
+            await self._registry.load_adapter(name, source, None, 1.0, origin=ORIGIN)
+        except NomoatError as exc:
+            self._skip(entry, sig, exc.message)
+            return
+        self._served[entry] = _Served(name, source, sig)
+        self._failed.pop(entry, None)
+        self._noted.pop(entry, None)
+
+    async def _unload(self, served: _Served, why: str) -> None:
+        current = next((e for e in self._registry.adapters() if e.name == served.name), None)
+        if current is None or current.origin != ORIGIN or current.adapter.source != served.source:
+            return  # unloaded through the API meanwhile, perhaps replaced by someone else's adapter
+        try:
+            await self._registry.unload_adapter(served.name)
+        except NomoatError as exc:
+            log.warning("drop-in adapter %s: %s, but it cannot be unloaded: %s", served.name, why, exc.message)
+            return
+        log.info("drop-in adapter %s: %s on disk, unloaded", served.name, why)
+
+    def _skip(self, entry: Path, sig: Signature, reason: str) -> None:
+        self._failed[entry] = sig
+        self._note(entry, ("bad", sig), logging.WARNING, "drop-in adapter %s: skipped: %s", entry, reason)
+
+    def _note(self, entry: Path, key: object, level: int, message: str, *args: object) -> None:
+        if self._noted.get(entry) != key:
+            self._noted[entry] = key
+            log.log(level, message, *args)
