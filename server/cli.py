@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import types
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, NomoatError
-from .settings import Settings
+from .settings import Settings, format_validation_error
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_settings_flags(serve)
+    convert = sub.add_parser(
+        "convert-lora",
+        help="convert a Hugging Face PEFT LoRA directory to a GGUF LoRA adapter",
+        description=(
+            "Write the GGUF LoRA adapter that llama.cpp (and nomoat) loads for a PEFT directory "
+            "(adapter_config.json + adapter_model.safetensors). No torch, no download."
+        ),
+    )
+    convert.add_argument("peft_dir", metavar="PEFT_DIR", help="the PEFT adapter directory")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    convert.add_argument(
+        "--base", metavar="MODEL",
+        help="the base model: a GGUF file, or a model id from models.toml [default: the embedded model]",
+    )
+    convert.add_argument("--config", metavar="FILE", help="models.toml to look --base up in [default: as serve]")
     return parser
 
 
@@ -66,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     if args.command == "serve":
         return serve(cli)
+    if args.command == "convert-lora":
+        return convert_lora(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -101,3 +120,50 @@ def serve(cli: dict[str, Any]) -> int:
         access_log=False, timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def convert_lora(args: argparse.Namespace) -> int:
+    from .peft import BaseModelInfo, convert_peft_to_gguf, is_peft_dir
+
+    peft_dir, out = Path(args.peft_dir), Path(args.output)
+    try:
+        if not is_peft_dir(peft_dir):
+            raise ConfigError(f"{peft_dir}: not a PEFT adapter directory (no adapter_config.json)")
+        base_path = _base_model_path(args.base, Path(args.config) if args.config else None)
+        started = time.perf_counter()
+        convert_peft_to_gguf(peft_dir, BaseModelInfo.from_gguf(base_path), out)
+    except (ConfigError, NomoatError) as exc:
+        print(f"nomoat: cannot convert:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"nomoat: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, base {base_path.name}) "
+          f"in {time.perf_counter() - started:.2f}s")
+    return 0
+
+
+def _base_model_path(base: str | None, config_file: Path | None) -> Path:
+    """--base as a GGUF path, or the file of the model with that id in models.toml; None: the embedded model."""
+    from pydantic import ValidationError
+
+    from . import config
+
+    if base is None:
+        return config.embedded_model_path()
+    if Path(base).is_file():
+        return Path(base)
+    found = config.find_config_file(config_file)
+    if found is None:
+        raise ConfigError(f"--base {base!r}: no such GGUF file, and no models.toml to look the id up in")
+    data = config.read_config_file(found)
+    data.pop("server", None)
+    try:
+        models = config.ModelsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(found))) from None
+    for model in models.models:
+        if base in model.ids():
+            return config.resolve_model_path(model.path, found.parent, f"{found}: model {model.name!r}")
+    ids = ", ".join(i for m in models.models for i in m.ids())
+    raise ConfigError(f"--base {base!r}: no such GGUF file, and no model with that id in {found} (ids: {ids})")
