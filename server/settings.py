@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
@@ -105,20 +105,30 @@ class Settings(BaseSettings):
         try:
             return cls(**merged)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
+            # A bad value is reported where the user wrote it: a flag, a variable or the file.
+            def origin(key: str) -> str:
+                if key in cli:
+                    return "--" + key.replace("_", "-")
+                if key in env_values:
+                    return f"environment variable NOMOAT_{key.upper()}"
+                return source
+
+            raise ConfigError(format_validation_error(exc, source, origin)) from None
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: `source: key.path: message (got value)`."""
+def format_validation_error(exc: ValidationError, source: str,
+                            origin: Callable[[str], str] | None = None) -> str:
+    """One line per problem: `source: key.path: message (got value)`; `origin` names a key's source."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = origin(str(err["loc"][0])) if origin is not None and err["loc"] else source
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
-        lines.append(f"{source}: {key}: {msg}{shown}")
+        lines.append(f"{where}: {key}: {msg}{shown}")
     return "\n".join(lines)
 
 
