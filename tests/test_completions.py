@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import model_path
 from wire import (
     MODEL,
     NO_EOS,
@@ -15,6 +14,7 @@ from wire import (
     finish_reasons,
     post_ok,
     stream,
+    tokenize,
 )
 
 COMPLETIONS = "/v1/completions"
@@ -35,14 +35,6 @@ def text(answer: dict, index: int = 0) -> str:
     return answer["choices"][index]["text"]
 
 
-@pytest.fixture(scope="module")
-def tokenize():
-    import llama_cpp
-
-    vocab = llama_cpp.Llama(model_path=str(model_path()), vocab_only=True, verbose=False)
-    return lambda s: vocab.tokenize(s.encode(), add_bos=False, special=True)
-
-
 def test_answer_has_the_legacy_shape(client):
     answer = greedy(client, max_tokens=8)
     assert answer["id"].startswith("cmpl-")
@@ -57,7 +49,7 @@ def test_answer_has_the_legacy_shape(client):
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
 
 
-def test_no_chat_template_is_applied(client, tokenize):
+def test_no_chat_template_is_applied(client):
     raw = greedy(client, POEM, max_tokens=1)
     assert raw["usage"]["prompt_tokens"] == len(tokenize(POEM))
     chat = post_ok(client, "/v1/chat/completions", chat_body(max_tokens=24, temperature=0, logit_bias=NO_EOS))
@@ -138,7 +130,7 @@ def test_max_tokens_is_honoured(client):
     assert answer["choices"][0]["finish_reason"] == "length"
 
 
-def test_token_prompt_equals_the_string_prompt(client, tokenize):
+def test_token_prompt_equals_the_string_prompt(client):
     tokens = tokenize(PROMPT)
     by_tokens = greedy(client, tokens)
     assert by_tokens["usage"]["prompt_tokens"] == len(tokens)

@@ -3,6 +3,7 @@ OpenAI error checks and Prometheus lookups."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any, Callable, Iterable
@@ -15,6 +16,20 @@ MODEL = "smollm2-135m"
 # runs to max_tokens, so lengths, counts and long streams do not depend on what the model says.
 NO_EOS = {"0": -100, "2": -100, "4": -100}
 POEM = "Write a poem about the sea."
+
+
+@functools.lru_cache(maxsize=1)
+def _vocab() -> Any:
+    import llama_cpp
+
+    from server.config import embedded_model_path
+
+    return llama_cpp.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
+
+
+def tokenize(text: str) -> list[int]:
+    """The embedded model's tokens for raw text (no BOS: SmolLM2 adds none)."""
+    return _vocab().tokenize(text.encode(), add_bos=False, special=True)
 
 
 def chat_body(content: str = POEM, **fields: Any) -> dict[str, Any]:
