@@ -1,0 +1,149 @@
+"""nomoat against llama.cpp's own llama-server under the same streaming chat load.
+
+Run: .venv/bin/python bench/bench_server.py [--concurrency 1 4 8 16] [--tokens 128] [--rounds 2]
+Builds llama-server from the llama.cpp vendored in the installed llama-cpp-python (once, cached in
+bench/.cache), serves the same GGUF with the same threads, slots and context on both, and drives
+each with C clients that each send --rounds streaming chats of --tokens tokens (end-of-generation
+banned), with one adapter set and with three mixed sets (none/A/B, rank-8 random LoRAs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat  # noqa: E402
+from lora_factory import write_lora  # noqa: E402
+from server.config import embedded_model_path  # noqa: E402
+
+TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a clockmaker", "a desert train",
+          "a library at night", "a river pilot", "a chess club", "a night market", "an old violin",
+          "a mountain rescue", "a bakery", "a comet", "a beekeeper", "a ferry crossing", "a robot gardener"]
+
+
+class LlamaServer:
+    def __init__(self, binary: str, slots: int, n_ctx: int, threads: int, loras: list[Path]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [binary, "-m", str(embedded_model_path()), "--host", "127.0.0.1", "--port", str(self.port),
+                "-np", str(slots), "-c", str(n_ctx * slots), "-t", str(threads), "-tb", str(threads),
+                "--no-repack", "--no-webui", "-lv", "0"]
+        for lora in loras:
+            args += ["--lora", str(lora)]
+        if loras:
+            args.append("--lora-init-without-apply")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> "LlamaServer":
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("llama-server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@dataclass
+class Result:
+    tps: float
+    ttft_p50: float
+    ttft_p95: float
+    itl_p50: float
+
+
+def run_load(url: str, bodies: list[dict], concurrency: int, rounds: int) -> Result:
+    """C clients, each sending `rounds` requests back to back; aggregate completion tokens/s."""
+    def client(i: int) -> list:
+        with httpx.Client(timeout=600) as c:
+            return [stream_chat(url, bodies[(i + r * concurrency) % len(bodies)], c) for r in range(rounds)]
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        timings = [t for ts in pool.map(client, range(concurrency)) for t in ts]
+    wall = time.perf_counter() - start
+    ttfts = sorted(t.ttft for t in timings)
+    gaps = [g for t in timings for g in t.gaps]
+    return Result(
+        tps=sum(t.tokens for t in timings) / wall,
+        ttft_p50=statistics.median(ttfts),
+        ttft_p95=ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))],
+        itl_p50=statistics.median(gaps) if gaps else 0.0,
+    )
+
+
+def bodies_for(server: str, mixed: bool, tokens: int) -> list[dict]:
+    """Request bodies; with `mixed`, requests cycle through base, A and B."""
+    out = []
+    for i, topic in enumerate(TOPICS):
+        body = {"messages": [{"role": "user", "content": f"Tell me a story about {topic}."}],
+                "max_tokens": tokens, "temperature": 0, "logit_bias": NO_EOG}
+        which = i % 3 if mixed else 0
+        if server == "nomoat":
+            body["model"] = ["smollm2-135m", "a", "b"][which]
+        else:
+            body["model"] = "smollm2-135m"
+            body["lora"] = [{"id": 0, "scale": 1.0 if which == 1 else 0.0},
+                            {"id": 1, "scale": 1.0 if which == 2 else 0.0}]
+        out.append(body)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    args = ap.parse_args()
+    binary = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh")], check=True,
+                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        loras = [write_lora(Path(tmp) / f"{n}.gguf", i + 1, rank=8, std=0.02) for i, n in enumerate("ab")]
+        extra = "".join(f'[[adapters]]\nname = "{n}"\npath = "{p}"\n' for n, p in zip("ab", loras))
+        for mixed in (False, True):
+            results: dict[str, dict[int, Result]] = {}
+            with Nomoat(models_toml(parallel=args.slots, n_ctx=args.n_ctx, threads=args.threads, extra=extra)) as s:
+                run_load(s.url, bodies_for("nomoat", mixed, 8), 2, 1)  # warm-up
+                results["nomoat"] = {c: run_load(s.url, bodies_for("nomoat", mixed, args.tokens), c, args.rounds)
+                                     for c in args.concurrency}
+            with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
+                run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
+                results["llama"] = {c: run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds)
+                                    for c in args.concurrency}
+            for c in args.concurrency:
+                n, l = results["nomoat"][c], results["llama"][c]
+                rows.append((("3 mixed sets" if mixed else "one set"), c, n, l))
+    print(f"slots={args.slots} threads={args.threads} n_ctx/slot={args.n_ctx} tokens={args.tokens} rounds={args.rounds}")
+    print("| load | c | nomoat tok/s | llama-server tok/s | ratio | nomoat TTFT p50/p95 | llama-server TTFT p50/p95 | ITL p50 nomoat / llama |")
+    print("|---|---|---|---|---|---|---|---|")
+    for load, c, n, l in rows:
+        print(f"| {load} | {c} | {n.tps:.1f} | {l.tps:.1f} | {n.tps / l.tps:.2f} | "
+              f"{n.ttft_p50 * 1000:.0f}/{n.ttft_p95 * 1000:.0f} ms | {l.ttft_p50 * 1000:.0f}/{l.ttft_p95 * 1000:.0f} ms | "
+              f"{n.itl_p50 * 1000:.1f} / {l.itl_p50 * 1000:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
