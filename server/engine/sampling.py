@@ -7,6 +7,7 @@ import random
 import llama_cpp
 import numpy as np
 
+from ..errors import InvalidRequestError
 from .types import SamplingParams, TopLogprob
 
 # How many recent tokens presence/frequency/repeat penalties look at (llama.cpp's default).
@@ -16,7 +17,8 @@ PENALTY_LAST_N = 64
 class SamplerChain:
     """Owns one `llama_sampler` chain; `sample()` picks a token and feeds it back to the chain."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    def __init__(self, params: SamplingParams, n_vocab: int, vocab: llama_cpp.llama_vocab_p) -> None:
+        self._chain = None
         self.seed = params.seed if params.seed is not None else random.getrandbits(32)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
@@ -31,6 +33,12 @@ class SamplerChain:
                 n_vocab, PENALTY_LAST_N, params.repeat_penalty,
                 params.frequency_penalty, params.presence_penalty,
             ))
+        if params.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise InvalidRequestError("the grammar could not be parsed", param="grammar")
+            add(grammar)
         if params.greedy:
             add(llama_cpp.llama_sampler_init_greedy())
         else:

@@ -150,10 +150,15 @@ class Engine:
         self._check_capacity()
         loop = asyncio.get_running_loop()
         self._loop = loop
-        prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
-        self._check_capacity()
+        prompt, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+        try:
+            self._check_capacity()
+        except RateLimitError:
+            sampler.close()
+            raise
         for applied in request.adapters.adapters:
             if applied.handle.unloading:
+                sampler.close()
                 raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
@@ -162,7 +167,7 @@ class Engine:
             gen=gen,
             prompt=prompt,
             max_new=max_new,
-            sampler=SamplerChain(request.sampling, self.model.n_vocab),
+            sampler=sampler,
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
         )
@@ -208,6 +213,11 @@ class Engine:
         with self._cv:
             self._to_free.append(adapter)
             self._cv.notify()
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], SamplerChain]:
+        """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
+        prompt = self.model.prompt_tokens(request.prompt)
+        return prompt, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:

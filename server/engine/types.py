@@ -52,6 +52,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, root rule `root`: constrains every sampled token
 
     @property
     def greedy(self) -> bool:
