@@ -8,7 +8,6 @@ import concurrent.futures
 import ctypes
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, TypeVar
