@@ -156,7 +156,10 @@ def _base_model_path(base: str | None, config_file: Path | None) -> Path:
     found = config.find_config_file(config_file)
     if found is None:
         raise ConfigError(f"--base {base!r}: no such GGUF file, and no models.toml to look the id up in")
-    data = config.read_config_file(found)
+    try:
+        data = config.read_config_file(found)
+    except ConfigError as exc:
+        raise ConfigError(f"--base {base!r}: no such GGUF file, and no model ids to look it up in: {exc}") from None
     data.pop("server", None)
     try:
         models = config.ModelsFile.model_validate(data)
