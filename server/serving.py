@@ -12,7 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .engine.scheduler import Generation
+from .engine.generation import Generation
 from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
 from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
 from .metrics import Metrics

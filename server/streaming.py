@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from .engine.scheduler import Generation
+from .engine.generation import Generation
 from .engine.types import TokenEvent, Usage
 from .errors import NomoatError
 

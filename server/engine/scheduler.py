@@ -10,12 +10,13 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import llama_cpp
 
 from ..errors import AdapterError, EngineError, ModelNotFoundError, RateLimitError, ServiceUnavailableError
 from .adapters import LoraAdapter
+from .generation import EngineStats, Generation, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
@@ -27,57 +28,6 @@ T = TypeVar("T")
 # While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
 # long prompt delays each running stream by one short step instead of its whole prefill.
 PREFILL_CHUNK_WHILE_DECODING = 128
-
-
-@dataclass
-class EngineStats:
-    """Running totals the metrics layer reads at scrape time (plain ints: no locking needed)."""
-
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    cache_trimmed: int = 0
-    decode_calls: int = 0
-    decoded_tokens: int = 0
-    adapter_switches: int = 0
-
-
-class Generation:
-    """The caller's side of one submitted request: an async iterator of TokenEvents.
-
-    Exactly one final event (finish reason or error) ends it; `cancel()` stops generation
-    at the engine's next step.
-    """
-
-    def __init__(self, engine: "Engine", request: GenerationRequest, n_prompt: int) -> None:
-        self.request = request
-        self.n_prompt = n_prompt
-        self.cancelled = False
-        self.done = False
-        self._engine = engine
-        self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-
-    def cancel(self) -> None:
-        if not self.done and not self.cancelled:
-            self.cancelled = True
-            self._engine._wake()
-
-    def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self.done and self._events.empty():
-            raise StopAsyncIteration
-        event = await self._events.get()
-        return event
-
-    def _push(self, event: TokenEvent) -> None:
-        """Runs on the event loop thread."""
-        if self.done:
-            return
-        self._events.put_nowait(event)
-        if event.final:
-            self.done = True
-            self._engine._retired()
 
 
 @dataclass(eq=False)
@@ -161,7 +111,7 @@ class Engine:
                 raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
-        gen = Generation(self, request, len(prompt))
+        gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired)
         seq = _Sequence(
             gen=gen,
             prompt=prompt,
@@ -449,7 +399,7 @@ class Engine:
 
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_deliver, events)
+            self._loop.call_soon_threadsafe(deliver, events)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -458,8 +408,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _deliver(events: list[tuple[Generation, TokenEvent]]) -> None:
-    for gen, event in events:
-        gen._push(event)

@@ -1,0 +1,67 @@
+"""What the engine hands back: a Generation (async stream of TokenEvents) and running stats."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from .types import GenerationRequest, TokenEvent
+
+
+@dataclass
+class EngineStats:
+    """Running totals the metrics layer reads at scrape time (plain ints: no locking needed)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_trimmed: int = 0
+    decode_calls: int = 0
+    decoded_tokens: int = 0
+    adapter_switches: int = 0
+
+
+class Generation:
+    """The caller's side of one submitted request: an async iterator of TokenEvents.
+
+    Exactly one final event (finish reason or error) ends it; `cancel()` stops generation
+    at the engine's next step.
+    """
+
+    def __init__(self, request: GenerationRequest, n_prompt: int, *, wake: Callable[[], None],
+                 on_done: Callable[[], None]) -> None:
+        self.request = request
+        self.n_prompt = n_prompt
+        self.cancelled = False
+        self.done = False
+        self._wake = wake
+        self._on_done = on_done
+        self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        if not self.done and not self.cancelled:
+            self.cancelled = True
+            self._wake()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self.done and self._events.empty():
+            raise StopAsyncIteration
+        event = await self._events.get()
+        return event
+
+    def _push(self, event: TokenEvent) -> None:
+        """Runs on the event loop thread."""
+        if self.done:
+            return
+        self._events.put_nowait(event)
+        if event.final:
+            self.done = True
+            self._on_done()
+
+
+def deliver(events: list[tuple[Generation, TokenEvent]]) -> None:
+    for gen, event in events:
+        gen._push(event)
