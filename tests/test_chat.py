@@ -52,7 +52,7 @@ def test_answer_has_the_openai_shape(client):
     assert usage["prompt_tokens"] > 1
     assert 1 <= usage["completion_tokens"] <= 16
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert 0 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
 
 
 def test_ids_are_unique_per_answer(client):
@@ -276,7 +276,7 @@ def test_content_as_text_parts_equals_the_string(client):
     by_parts = greedy(client, messages=[{"role": "user", "content": parts}])
     by_string = greedy(client)
     assert content(by_parts) == content(by_string)
-    assert by_parts["usage"] == by_string["usage"]
+    assert by_parts["usage"]["prompt_tokens"] == by_string["usage"]["prompt_tokens"]
 
 
 def test_image_part_is_refused_with_400(client):

@@ -37,7 +37,7 @@ def test_chat_create(sdk):
     assert r.choices[0].message.content
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 12
-    assert r.usage.prompt_tokens_details.cached_tokens == 0
+    assert 0 <= r.usage.prompt_tokens_details.cached_tokens < r.usage.prompt_tokens  # LangChain reads it
 
 
 def test_chat_stream_accumulates_to_the_same_text(sdk):
