@@ -216,8 +216,27 @@ class AdapterWatcher:
             sig = again
         return None
 
+    def _escapes(self, entry: Path) -> Path | None:
+        """The real path of the entry, or of a PEFT file in it, when it lies outside every watched directory."""
+        paths = [entry, entry / CONFIG_NAME, entry / WEIGHTS_NAME, entry / PICKLE_WEIGHTS_NAME] \
+            if entry.is_dir() else [entry]
+        for path in paths:
+            real = Path(os.path.realpath(path))
+            if not any(root in real.parents for root in self._roots):
+                return real
+        return None
+
     async def _reconcile(self, entry: Path) -> None:
         is_candidate = entry.is_dir() or (entry.suffix.lower() == ".gguf" and entry.is_file())
+        escaped = self._escapes(entry) if is_candidate else None
+        if escaped is not None:  # a symlink out: nothing outside the adapter directories is opened
+            self._note(entry, ("escapes", escaped), logging.WARNING,
+                       "drop-in adapter %s: skipped: it resolves to %s, outside the adapter directories", entry,
+                       escaped)
+            served = self._served.pop(entry, None)
+            if served is not None:
+                await self._unload(served, "replaced by a link out")
+            return
         sig = await self._settled(entry) if is_candidate else None
         served = self._served.get(entry)
         if served is not None and served.signature == sig:
@@ -242,9 +261,6 @@ class AdapterWatcher:
 
     async def _load(self, entry: Path, sig: Signature) -> None:
         name, source = entry.stem if entry.is_file() else entry.name, Path(os.path.realpath(entry))
-        if not any(root in source.parents for root in self._roots):
-            self._skip(entry, sig, f"it resolves to {source}, outside the adapter directories")
-            return
         if any(ch.isspace() for ch in name):
             self._skip(entry, sig, f"its name {name!r} contains whitespace, which a model id cannot")
             return

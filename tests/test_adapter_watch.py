@@ -172,7 +172,9 @@ def test_bad_adapters_are_logged_once_and_skipped_while_serving_goes_on(watch_se
     write_lora(watched / "qwen.gguf", seed=3, arch="qwen2")
     write_peft_adapter(watched / "dora", BaseModelInfo.from_gguf(model_path()), modules=("q_proj",), layers=[0],
                        use_dora=True)
-    reasons = {"garbage.gguf": "not a GGUF file", "qwen.gguf": "architecture", "dora": "DoRA"}
+    (watched / "link.gguf").symlink_to(staging / "a.gguf")  # a link out of the directory: never opened
+    reasons = {"garbage.gguf": "not a GGUF file", "qwen.gguf": "architecture", "dora": "DoRA",
+               "link.gguf": "outside the adapter directories"}
 
     def warned() -> dict[str, list[str]]:
         lines = [line for line in watch_server.log().splitlines() if "WARNING" in line]
@@ -182,7 +184,7 @@ def test_bad_adapters_are_logged_once_and_skipped_while_serving_goes_on(watch_se
     time.sleep(1.0)  # more events for the same files must not repeat the warning
     for name, lines in warned().items():
         assert len(lines) == 1 and reasons[name] in lines[0], (name, lines)
-    assert not {"garbage", "qwen", "dora"} & model_ids(url)
+    assert not {"garbage", "qwen", "dora", "link"} & model_ids(url)
     assert answer(url, "ref-a")
     assert "Traceback" not in watch_server.log()
 
