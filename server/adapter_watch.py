@@ -130,7 +130,8 @@ class AdapterWatcher:
     adapters this watcher loaded (origin "watch") are ever unloaded by it.
     """
 
-    def __init__(self, registry: ModelRegistry, directories: list[Path], settle_seconds: float = SETTLE_SECONDS) -> None:
+    def __init__(self, registry: ModelRegistry, directories: list[Path],
+                 settle_seconds: float = SETTLE_SECONDS) -> None:
         self._registry = registry
         self._roots = [Path(os.path.realpath(d)) for d in directories]
         self._settle = settle_seconds
@@ -143,12 +144,13 @@ class AdapterWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        roots = []
+        roots, entries = [], []
         for root in self._roots:
-            if root.is_dir():
+            try:
+                entries += sorted(root.iterdir())
                 roots.append(root)
-            else:
-                log.warning("not watching %s: it is not a directory", root)
+            except OSError as exc:
+                log.warning("not watching %s: %s", root, exc.strerror or exc)
         if not roots:
             log.warning("watch_adapters is on but there is no adapter directory to watch (--adapter-dir)")
             return
@@ -156,9 +158,8 @@ class AdapterWatcher:
         # watchfiles logs every batch of changes at INFO; this module logs what they lead to instead.
         logging.getLogger("watchfiles").setLevel(logging.WARNING)
         log.info("watching %s for adapters", ", ".join(map(str, roots)))
-        for root in roots:
-            for entry in sorted(root.iterdir()):
-                self._touch(entry)
+        for entry in entries:
+            self._touch(entry)
         self._task = asyncio.create_task(self._watch(), name="adapter-watch")
 
     async def stop(self) -> None:

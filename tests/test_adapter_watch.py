@@ -14,6 +14,7 @@ from lora_factory import write_lora
 from peft_factory import write_peft_adapter
 
 from conftest import ServerProcess, model_path, models_toml
+from server.adapter_watch import gguf_readiness, peft_readiness
 from server.peft import BaseModelInfo
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -201,3 +202,28 @@ def test_config_and_api_adapters_are_never_unloaded_by_the_watcher(watch_server,
     assert {"api-shared", "from-config"} <= model_ids(url)
     assert answer(url, "api-shared") == outputs["ref-b"]
     assert answer(url, "from-config") == outputs["ref-b"]
+
+
+def test_readiness_says_incomplete_for_every_cut_and_bad_only_for_wrong_bytes(staging, tmp_path):
+    gguf_data = (staging / "a.gguf").read_bytes()
+    path = tmp_path / "x.gguf"
+    for cut in (0, 3, 4, 100, 5000, len(gguf_data) // 2, len(gguf_data) - 1):
+        path.write_bytes(gguf_data[:cut])
+        assert gguf_readiness(path).state == "incomplete", cut
+    path.write_bytes(gguf_data)
+    assert gguf_readiness(path).state == "ready"
+    path.write_bytes(b"GGUX" + gguf_data[4:])
+    assert gguf_readiness(path).state == "bad"
+
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    assert peft_readiness(peft).state == "incomplete"
+    shutil.copy(staging / "peft" / "adapter_config.json", peft)
+    weights = (staging / "peft" / "adapter_model.safetensors").read_bytes()
+    for cut in (0, 7, 8, 200, len(weights) // 2, len(weights) - 1):
+        (peft / "adapter_model.safetensors").write_bytes(weights[:cut])
+        assert peft_readiness(peft).state == "incomplete", cut
+    (peft / "adapter_model.safetensors").write_bytes(weights)
+    assert peft_readiness(peft).state == "ready"
+    (peft / "adapter_model.safetensors").write_bytes(b"\xff" * 8 + weights[8:])
+    assert peft_readiness(peft).state == "bad"

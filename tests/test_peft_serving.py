@@ -1,4 +1,4 @@
-"""PEFT LoRA directories served as they are: equal to an independent GGUF and to Llama(lora_path=...), refusals, cache."""
+"""PEFT LoRA directories served as they are: equal to a test-built GGUF and Llama(lora_path=...); refusals; cache."""
 
 from __future__ import annotations
 
