@@ -71,7 +71,7 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
         try:
             yield
         finally:
-            await asyncio.to_thread(registry.close)
+            await registry.aclose()
 
     app = Starlette(
         routes=routes,

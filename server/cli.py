@@ -17,6 +17,8 @@ from .settings import Settings
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per Settings field, documented from its description, env var and default."""
     for name, field in Settings.model_fields.items():
+        if field.validation_alias is not None:
+            continue  # systemd's own variables (NOTIFY_SOCKET...), not options
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
         base = annotation
@@ -67,12 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(cli: dict[str, Any]) -> int:
-    import uvicorn
-
     from . import config
-    from .app import build_app
+    from .daemon import Daemon
     from .engine.model import install_llama_logging
-    from .registry import ModelRegistry
 
     try:
         settings, models = config.load(cli)
@@ -84,15 +83,5 @@ def serve(cli: dict[str, Any]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_llama_logging()
-    registry = ModelRegistry(models, settings)
-    try:
-        registry.load()
-    except ConfigError as exc:
-        print(f"nomoat: cannot load model:\n{exc}", file=sys.stderr)
-        return 2
-    app = build_app(settings, registry)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=30,
-    )
-    return 0
+    # SIGHUP re-reads everything the way startup did: the same flags, environment and file.
+    return Daemon(settings, models, load_config=lambda: config.load(cli)).run()

@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
+    )
+
+    # Set by systemd for the sd_notify protocol, under its own names (no NOMOAT_ prefix, no flag).
+    notify_socket: str | None = Field(
+        None, validation_alias="NOTIFY_SOCKET", description="systemd's notify socket (path or @abstract)."
+    )
+    watchdog_usec: int | None = Field(
+        None, validation_alias="WATCHDOG_USEC", description="systemd's watchdog timeout in microseconds."
+    )
+    watchdog_pid: int | None = Field(
+        None, validation_alias="WATCHDOG_PID", description="The process systemd's watchdog applies to."
+    )
 
     @classmethod
     def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":

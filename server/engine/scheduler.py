@@ -119,6 +119,11 @@ class Engine:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def outstanding(self) -> int:
+        """Requests admitted and not yet finished, those still being tokenized included."""
+        return self._outstanding
+
     async def submit(self, request: GenerationRequest) -> Generation:
         """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full."""
         if self._stopping:
@@ -126,8 +131,13 @@ class Engine:
         self._check_capacity()
         loop = asyncio.get_running_loop()
         self._loop = loop
-        prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
-        self._check_capacity()
+        # Counted from admission, so a reload that retires this engine waits for its tokenizing too.
+        self._outstanding += 1
+        try:
+            prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
+        except BaseException:
+            self._outstanding -= 1
+            raise
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(self, request, len(prompt))
@@ -139,8 +149,11 @@ class Engine:
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
         )
-        self._outstanding += 1
         with self._cv:
+            if self._stopping:  # closed while tokenizing: the worker would never see this sequence
+                self._outstanding -= 1
+                seq.sampler.close()
+                raise ServiceUnavailableError("the server is shutting down", retry_after=5)
             self._inbox.append(seq)
             self._cv.notify()
         return gen
