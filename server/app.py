@@ -6,29 +6,44 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import NomoatError
+from .auth import Authenticator, AuthMiddleware, KeyRing
+from .errors import ConfigError, InvalidConfigError, NomoatError
 from .metrics import Metrics
 from .protocol import error_body
-from .registry import ModelRegistry
+from .registry import ModelRegistry, ReloadResult
 from .serving import ClientDisconnected, CompletionService
 from .settings import Settings
 
 log = logging.getLogger("nomoat.http")
 
+Reloader = Callable[[], Awaitable[ReloadResult]]
 
-def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | None = None) -> Starlette:
-    """The whole HTTP surface. The lifespan loads the registry's models off the event loop."""
+
+def build_app(
+    settings: Settings,
+    registry: ModelRegistry,
+    metrics: Metrics | None = None,
+    *,
+    auth: Authenticator | None = None,
+    reload: Reloader | None = None,
+) -> Starlette:
+    """The whole HTTP surface. The lifespan loads the registry's models off the event loop.
+
+    `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
+    """
     metrics = metrics or Metrics()
+    auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
     service = CompletionService(registry, metrics, settings.max_body_bytes)
 
@@ -51,10 +66,20 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def admin_reload(request: Request) -> Response:
+        try:
+            result = await reload()  # type: ignore[misc]
+        except ConfigError as exc:
+            raise InvalidConfigError(f"the configuration was not applied; the previous one still serves: {exc}") from None
+        return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
+                             "unchanged": result.unchanged})
+
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    if reload is not None:
+        routes.append(Route("/admin/reload", admin_reload, methods=["POST"]))
     for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
         routes += [
             Route(f"{prefix}/models", list_models, methods=["GET"]),
@@ -73,23 +98,48 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
         finally:
             await registry.aclose()
 
-    app = Starlette(
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
+        # Outermost first. Errors raised by the middleware below ErrorBoundary and by the
+        # routes are rendered by ErrorBoundary alone, so the log and the metrics see them.
+        middleware=[
+            Middleware(RequestLogMiddleware, metrics=metrics),
+            Middleware(ErrorBoundary),
+            Middleware(AuthMiddleware, auth=auth),
+        ],
         exception_handlers={
-            NomoatError: _nomoat_error,
             HTTPException: _http_error,
             ClientDisconnected: _client_gone,
             Exception: _unexpected_error,
         },
     )
-    app.add_middleware(RequestLogMiddleware, metrics=metrics)
-    return app
 
 
-async def _nomoat_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, NomoatError)
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+class ErrorBoundary:
+    """The one place a NomoatError becomes its OpenAI-shaped JSON answer, wherever it was raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except NomoatError as exc:
+            if started:  # a streaming answer already began; its generator reports errors in-band
+                raise
+            response = JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+            await response(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -83,5 +83,10 @@ def serve(cli: dict[str, Any]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_llama_logging()
-    # SIGHUP re-reads everything the way startup did: the same flags, environment and file.
-    return Daemon(settings, models, load_config=lambda: config.load(cli)).run()
+    try:
+        # SIGHUP re-reads everything the way startup did: the same flags, environment and file.
+        daemon = Daemon(settings, models, load_config=lambda: config.load(cli))
+    except ConfigError as exc:
+        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    return daemon.run()

@@ -11,6 +11,7 @@ from typing import Any, Callable, Coroutine, Iterator
 import uvicorn
 
 from .app import build_app
+from .auth import Authenticator, KeyRing, exposure_warning
 from .config import ModelsFile
 from .errors import ConfigError
 from .metrics import Metrics
@@ -44,11 +45,13 @@ class Daemon:
     """
 
     def __init__(self, settings: Settings, models: ModelsFile, load_config: ConfigLoader) -> None:
+        """Raises ConfigError for settings that cannot work (an unreadable key file, a required key missing)."""
         self.settings = settings
         self.metrics = Metrics()
         self.registry = ModelRegistry(models, settings)
         self.notifier = Notifier(settings.notify_socket)
-        self.app = build_app(settings, self.registry, self.metrics)
+        self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
+        self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload)
         self._load_config = load_config
         self._server: _Server | None = None
         self._stopping = False
@@ -86,6 +89,9 @@ class Daemon:
             self.notifier.close()
 
     async def _serve(self) -> int:
+        warning = exposure_warning(self.settings, self.auth.keys)
+        if warning:
+            log.warning("%s", warning)
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -145,7 +151,9 @@ class Daemon:
             self.notifier.reloading()
             try:
                 settings, models = await asyncio.to_thread(self._load_config)
+                keys = KeyRing.from_settings(settings)  # a rotated key file takes effect on reload
                 result = await self.registry.apply(models, drain_timeout=self._drain_timeout())
+                self.auth.keys = keys
             except ConfigError as exc:
                 log.error("reload failed; still serving the previous configuration:\n%s", exc)
                 self.notifier.ready("reload failed; serving the previous configuration")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
+    api_key: SecretStr | None = Field(
+        None, description="API key clients send as 'Authorization: Bearer KEY'; several: comma-separated."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File of API keys, one per line ('#' comments); re-read on SIGHUP."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Key for routes that change state (/admin/*, adapter load/unload)."
+    )
+    require_api_key: bool = Field(
+        False, description="Refuse to start without an API key (the Docker image sets this)."
+    )
+    metrics_require_key: bool = Field(False, description="Require an API key for /metrics too.")
 
     # Set by systemd for the sd_notify protocol, under its own names (no NOMOAT_ prefix, no flag).
     notify_socket: str | None = Field(
