@@ -17,8 +17,8 @@ def _model_ids(base_url: str) -> list[str]:
 def _connection_refused(base_url: str) -> bool:
     try:
         httpx.get(base_url + "/health", timeout=2)
-    except httpx.ConnectError:
-        return True
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        return True  # refused, or reset while waiting in the backlog of the closing listener
     return False
 
 
