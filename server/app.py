@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Authenticator, AuthMiddleware, KeyRing
 from .errors import ConfigError, InvalidConfigError, NomoatError
+from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .metrics import Metrics
 from .protocol import error_body
 from .registry import ModelRegistry, ReloadResult
@@ -45,7 +46,8 @@ def build_app(
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
-    service = CompletionService(registry, metrics, settings.max_body_bytes)
+    service = CompletionService(registry, metrics, RequestLimits.from_settings(settings))
+    limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
 
     async def health(request: Request) -> Response:
         if not registry.ready:
@@ -107,6 +109,7 @@ def build_app(
             Middleware(RequestLogMiddleware, metrics=metrics),
             Middleware(ErrorBoundary),
             Middleware(AuthMiddleware, auth=auth),
+            Middleware(ConcurrencyMiddleware, limiter=limiter),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -164,7 +164,8 @@ class Daemon:
 
     def _drain_timeout(self) -> float:
         """How long a replaced model may keep serving its admitted requests."""
-        return max(self.settings.shutdown_grace_seconds, 600.0)
+        # Every generation ends by request_timeout_seconds; without one, wait a generous ten minutes.
+        return (self.settings.request_timeout_seconds or 600.0) + self.settings.shutdown_grace_seconds
 
     def _note_restart_only(self, new: Settings) -> None:
         changed = sorted(

@@ -78,7 +78,8 @@ class ModelRegistry:
             chat_template=config.chat_template,
         )
         model = LoadedModel(spec)
-        engine = Engine(model, queue_size=self._settings.queue_size)
+        engine = Engine(model, queue_size=self._settings.queue_size,
+                        max_prompt_tokens=self._settings.max_prompt_tokens or None)
         log.info(
             "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
             config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from .engine.scheduler import Generation
 from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
 from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
+from .limits import RequestLimits
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
 from .registry import ModelRegistry, Target
@@ -63,16 +64,19 @@ def sampling_params(req: Union[ChatCompletionRequest, CompletionRequest], n_voca
 class CompletionService:
     """Handlers for /v1/chat/completions and /v1/completions."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
         self.registry = registry
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def chat(self, request: Request) -> Response:
-        req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.max_body_bytes))
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.limits.max_body_bytes))
         target = self.registry.resolve(req.model)
         request.state.model = target.model_id
         prompt = ChatPrompt(req.template_messages())
+        max_tokens = self.limits.completion_tokens(
+            req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        )
         top = req.top_logprobs or 0
         if top and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
@@ -80,7 +84,7 @@ class CompletionService:
             GenerationRequest(
                 prompt=prompt,
                 sampling=sampling_params(req, target.engine.model.n_vocab, i),
-                max_tokens=req.token_limit,
+                max_tokens=max_tokens,
                 stop=req.stop_list(),
                 adapters=target.adapters,
                 logprobs=req.logprobs,
@@ -113,7 +117,7 @@ class CompletionService:
         }, headers=self._headers(target))
 
     async def completions(self, request: Request) -> Response:
-        req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.max_body_bytes))
+        req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.limits.max_body_bytes))
         target = self.registry.resolve(req.model)
         request.state.model = target.model_id
         if req.suffix:
@@ -122,11 +126,12 @@ class CompletionService:
             raise InvalidRequestError("best_of other than n is not supported", param="best_of")
         prompts = req.prompts()
         logprobs = req.logprobs is not None
+        max_tokens = self.limits.completion_tokens(req.max_tokens, "max_tokens")
         gen_requests = [
             GenerationRequest(
                 prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
                 sampling=sampling_params(req, target.engine.model.n_vocab, i * req.n + j),
-                max_tokens=req.max_tokens,
+                max_tokens=max_tokens,
                 stop=req.stop_list(),
                 adapters=target.adapters,
                 logprobs=logprobs,
@@ -199,7 +204,7 @@ class CompletionService:
 
         async def consume() -> None:
             first = True
-            async for i, event in merged(gens):
+            async for i, event in merged(gens, self.limits.timeout):
                 if first:
                     self._observe_first_token(target, started)
                     first = False
@@ -248,7 +253,7 @@ class CompletionService:
             yield chunk(i, {"role": "assistant", "content": ""})
         choices = [Choice(index=i) for i in range(len(gens))]
         first = True
-        async for i, event in merged(gens):
+        async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return
@@ -287,7 +292,7 @@ class CompletionService:
         offsets = [len(t) for t in echo]
         choices = [Choice(index=i) for i in range(len(gens))]
         first = True
-        async for i, event in merged(gens):
+        async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return

@@ -52,6 +52,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; past it: 413."
     )
+    max_tokens_limit: int = Field(
+        4096, ge=1,
+        description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",
+    )
+    max_prompt_tokens: int = Field(
+        0, ge=0, description="Most prompt tokens per request; past it: 400 context_length_exceeded (0: the model's context)."
+    )
+    max_concurrent_streams: int = Field(
+        128, ge=0, description="Generation requests (streaming or not) running at once, all callers; past it: 429 (0: no limit)."
+    )
+    max_streams_per_key: int = Field(
+        32, ge=0, description="Generation requests running at once per API key (per client address without auth); past it: 429 (0: no limit)."
+    )
+    request_timeout_seconds: float = Field(
+        600.0, ge=0,
+        description="A generation running longer is stopped and answered with what it has, finish_reason 'length' (0: no limit).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

@@ -23,7 +23,8 @@ def _connection_refused(base_url: str) -> bool:
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_0(start_server):
-    srv = start_server(models_toml())
+    # A grace period far above the streams' length, even on a loaded 2-core machine.
+    srv = start_server(models_toml(), "--shutdown-grace-seconds", "300")
     readers = start_streams(srv.base_url + "/v1/completions", [long_completion(max_tokens=64)] * 4)
     srv.proc.send_signal(signal.SIGTERM)
     # The listener closes at once; the process stays up for the streams it admitted.
@@ -31,8 +32,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(start_server):
     assert srv.proc.poll() is None, "exited before its streams finished:\n" + srv.log()
     for reader in readers:
         reader.join(60)
-        assert reader.done, reader.describe()
-        assert reader.finish_reasons() == ["length"], reader.describe()
+        assert reader.done and reader.finish_reasons() == ["length"], reader.describe() + "\n" + srv.log()
     assert srv.proc.wait(60) == 0, srv.log()
     assert "draining in-flight requests" in srv.log()
 

@@ -15,11 +15,11 @@ from typing import AsyncIterator
 import llama_cpp
 import numpy as np
 
-from ..errors import EngineError, RateLimitError, ServiceUnavailableError
+from ..errors import ContextLengthExceededError, EngineError, RateLimitError, ServiceUnavailableError
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
-from .types import AdapterSet, GenerationRequest, TokenEvent, Usage
+from .types import AdapterSet, ChatPrompt, GenerationRequest, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 
@@ -91,8 +91,9 @@ class Engine:
     All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
     """
 
-    def __init__(self, model: LoadedModel, *, queue_size: int) -> None:
+    def __init__(self, model: LoadedModel, *, queue_size: int, max_prompt_tokens: int | None = None) -> None:
         self.model = model
+        self.max_prompt_tokens = max_prompt_tokens
         self.parallel = model.spec.parallel
         self.capacity = self.parallel + queue_size
         self._outstanding = 0  # admitted and not yet finished; touched on the event loop only
@@ -135,6 +136,7 @@ class Engine:
         self._outstanding += 1
         try:
             prompt = await loop.run_in_executor(self._tokenizer, self.model.prompt_tokens, request.prompt)
+            self._check_prompt_length(request, len(prompt))
         except BaseException:
             self._outstanding -= 1
             raise
@@ -157,6 +159,14 @@ class Engine:
             self._inbox.append(seq)
             self._cv.notify()
         return gen
+
+    def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
+        if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:
+            raise ContextLengthExceededError(
+                f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
+                "prompt tokens per request (max_prompt_tokens).",
+                param="messages" if isinstance(request.prompt, ChatPrompt) else "prompt",
+            )
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:
