@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -100,17 +101,27 @@ def build_app(
         finally:
             await registry.aclose()
 
+    # Outermost first. CORS sits above auth so preflights need no key and errors carry its
+    # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
+    middleware = [Middleware(RequestLogMiddleware, metrics=metrics)]
+    if settings.cors_origin_list:
+        middleware.append(Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],  # Authorization, Content-Type, the SDKs' X-Stainless-* headers
+            expose_headers=["x-request-id", "retry-after", "x-nomoat-adapters"],
+            max_age=600,
+        ))
+    middleware += [
+        Middleware(ErrorBoundary),
+        Middleware(AuthMiddleware, auth=auth),
+        Middleware(ConcurrencyMiddleware, limiter=limiter),
+    ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        # Outermost first. Errors raised by the middleware below ErrorBoundary and by the
-        # routes are rendered by ErrorBoundary alone, so the log and the metrics see them.
-        middleware=[
-            Middleware(RequestLogMiddleware, metrics=metrics),
-            Middleware(ErrorBoundary),
-            Middleware(AuthMiddleware, auth=auth),
-            Middleware(ConcurrencyMiddleware, limiter=limiter),
-        ],
+        middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
             ClientDisconnected: _client_gone,

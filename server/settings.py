@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         False, description="Refuse to start without an API key (the Docker image sets this)."
     )
     metrics_require_key: bool = Field(False, description="Require an API key for /metrics too.")
+    cors_origins: str = Field(
+        "", description="Browser origins allowed to call the API, comma-separated, or '*' (empty: CORS off)."
+    )
 
     # Set by systemd for the sd_notify protocol, under its own names (no NOMOAT_ prefix, no flag).
     notify_socket: str | None = Field(
@@ -99,6 +102,10 @@ class Settings(BaseSettings):
     watchdog_pid: int | None = Field(
         None, validation_alias="WATCHDOG_PID", description="The process systemd's watchdog applies to."
     )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @classmethod
     def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":

@@ -186,3 +186,33 @@ def test_require_api_key_is_checked_when_keys_are_built(tmp_path: Path):
         KeyRing.from_settings(Settings(require_api_key=True))
     ring = KeyRing.from_settings(Settings(require_api_key=True, api_key=SecretStr(" a , b ,")))
     assert ring.user_keys == (b"a", b"b")
+
+
+# --- CORS ----------------------------------------------------------------------------------
+
+
+def test_cors_is_off_by_default(keyed):
+    srv, _ = keyed
+    r = httpx.get(srv.base_url + "/v1/models", headers={**_bearer(ADMIN), "Origin": "http://example.test"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    preflight = httpx.options(srv.base_url + "/v1/chat/completions", headers={
+        "Origin": "http://example.test", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_origins_allow_preflight_without_a_key_and_label_errors(start_server):
+    origin = "http://app.test"
+    srv = start_server(models_toml(), "--cors-origins", f"{origin}, http://other.test",
+                       env={"NOMOAT_API_KEY": "k"})
+    preflight = httpx.options(srv.base_url + "/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    denied = httpx.get(srv.base_url + "/v1/models", headers={"Origin": origin})
+    assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == origin
+    ok = httpx.get(srv.base_url + "/v1/models", headers={"Origin": origin, **_bearer("k")})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
+    stranger = httpx.get(srv.base_url + "/v1/models", headers={"Origin": "http://evil.test", **_bearer("k")})
+    assert "access-control-allow-origin" not in stranger.headers
