@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -24,6 +23,7 @@ from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .metrics import Metrics
 from .protocol import error_body
 from .registry import ModelRegistry, ReloadResult
+from .requestlog import RequestLogMiddleware
 from .serving import ClientDisconnected, CompletionService
 from .settings import Settings
 
@@ -175,54 +175,3 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal server error", "server_error", "internal_error"), status_code=500)
-
-
-class RequestLogMiddleware:
-    """One log line and one metrics sample per HTTP request, after its last byte is sent."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.in_flight.dec()
-            path = scope["path"]
-            if path not in ("/metrics", "/health"):
-                elapsed = time.perf_counter() - started
-                model = state.get("model", "")
-                endpoint = _endpoint(path)
-                self.metrics.requests.labels(model, endpoint, str(status[0])).inc()
-                if model:
-                    self.metrics.request_duration.labels(model, endpoint).observe(elapsed)
-                tokens = state.get("tokens")
-                log.info(
-                    "%s %s model=%s status=%d%s duration=%.3fs",
-                    scope["method"], path, model or "-", status[0],
-                    f" prompt_tokens={tokens[0]} completion_tokens={tokens[1]}" if tokens else "",
-                    elapsed,
-                )
-
-
-def _endpoint(path: str) -> str:
-    """A bounded label: known API paths as they are, anything else as `other`."""
-    known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/chat/completions", "/completions", "/models")
-    for k in known:
-        if path == k or path.startswith(k + "/"):
-            return k
-    return "other"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import types
 import typing
@@ -72,16 +71,14 @@ def serve(cli: dict[str, Any]) -> int:
     from . import config
     from .daemon import Daemon
     from .engine.model import install_llama_logging
+    from .logs import configure_logging
 
     try:
         settings, models = config.load(cli)
     except ConfigError as exc:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     install_llama_logging()
     try:
         # SIGHUP re-reads everything the way startup did: the same flags, environment and file.

@@ -48,7 +48,7 @@ class Daemon:
         """Raises ConfigError for settings that cannot work (an unreadable key file, a required key missing)."""
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = ModelRegistry(models, settings)
+        self.registry = ModelRegistry(models, settings, self.metrics)
         self.notifier = Notifier(settings.notify_socket)
         self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
         self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload)
@@ -155,9 +155,11 @@ class Daemon:
                 result = await self.registry.apply(models, drain_timeout=self._drain_timeout())
                 self.auth.keys = keys
             except ConfigError as exc:
+                self.metrics.reloads.labels("error").inc()
                 log.error("reload failed; still serving the previous configuration:\n%s", exc)
                 self.notifier.ready("reload failed; serving the previous configuration")
                 raise
+            self.metrics.reloads.labels("ok").inc()
             self._note_restart_only(settings)
             self.notifier.ready(self._status_line())
             return result

@@ -13,6 +13,7 @@ from .engine.model import LoadedModel, ModelSpec
 from .engine.scheduler import Engine
 from .engine.types import NO_ADAPTERS, AdapterSet
 from .errors import ConfigError, ModelNotFoundError, ServiceUnavailableError
+from .metrics import Metrics
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -38,9 +39,10 @@ class ServedModel:
 class ModelRegistry:
     """Owns every loaded model; `resolve()` maps a request's `model` to a Target."""
 
-    def __init__(self, models_file: ModelsFile, settings: Settings) -> None:
+    def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None) -> None:
         self._file = models_file
         self._settings = settings
+        self._metrics = metrics
         self._models: dict[str, ServedModel] = {}
         self._ids: dict[str, str] = {}
         self._retiring: set[ServedModel] = set()
@@ -80,6 +82,8 @@ class ModelRegistry:
         model = LoadedModel(spec)
         engine = Engine(model, queue_size=self._settings.queue_size,
                         max_prompt_tokens=self._settings.max_prompt_tokens or None)
+        if self._metrics is not None:
+            self._metrics.model_load.labels(config.name).observe(model.load_seconds)
         log.info(
             "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
             config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, AsyncIterator, Union
 
 from sse_starlette.sse import EventSourceResponse
@@ -16,7 +15,7 @@ from .engine.scheduler import Generation
 from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
 from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
 from .limits import RequestLimits
-from .metrics import Metrics
+from .metrics import GenerationTimer, Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
 from .registry import ModelRegistry, Target
 from .streaming import DONE, Choice, chat_logprob_entry, completion_logprobs, error_event, merged, sse
@@ -71,8 +70,7 @@ class CompletionService:
 
     async def chat(self, request: Request) -> Response:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.limits.max_body_bytes))
-        target = self.registry.resolve(req.model)
-        request.state.model = target.model_id
+        target = self._route(request, req.model)
         prompt = ChatPrompt(req.template_messages())
         max_tokens = self.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -93,10 +91,10 @@ class CompletionService:
             for i in range(req.n)
         ]
         gens = await self._submit_all(target, gen_requests)
-        started = time.perf_counter()
+        timer = self._timer(request)
         if req.stream:
-            return self._stream(gens, self._chat_chunks(request, req, target, gens, started), self._headers(target))
-        choices = await self._collect(request, gens, target, started)
+            return self._stream(gens, self._chat_chunks(request, req, target, gens, timer), self._headers(target))
+        choices = await self._collect(request, gens, timer)
         return JSONResponse({
             "id": new_id("chatcmpl"),
             "object": "chat.completion",
@@ -118,8 +116,7 @@ class CompletionService:
 
     async def completions(self, request: Request) -> Response:
         req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.limits.max_body_bytes))
-        target = self.registry.resolve(req.model)
-        request.state.model = target.model_id
+        target = self._route(request, req.model)
         if req.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
@@ -142,10 +139,10 @@ class CompletionService:
         ]
         gens = await self._submit_all(target, gen_requests)
         echo = [self._echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
-        started = time.perf_counter()
+        timer = self._timer(request)
         if req.stream:
-            return self._stream(gens, self._completion_chunks(request, req, target, gens, echo, started), self._headers(target))
-        choices = await self._collect(request, gens, target, started)
+            return self._stream(gens, self._completion_chunks(request, req, target, gens, echo, timer), self._headers(target))
+        choices = await self._collect(request, gens, timer)
         return JSONResponse({
             "id": new_id("cmpl"),
             "object": "text_completion",
@@ -165,6 +162,17 @@ class CompletionService:
         }, headers=self._headers(target))
 
     # --- shared machinery -----------------------------------------------------------
+
+    def _route(self, request: Request, model: str | None) -> Target:
+        """Resolve the model, and label the request for its log line and metrics."""
+        target = self.registry.resolve(model)
+        request.state.model = target.model_id
+        request.state.base_model = target.base_id
+        request.state.adapter = adapter_label(target)
+        return target
+
+    def _timer(self, request: Request) -> GenerationTimer:
+        return self.metrics.timer(request.state.base_model, request.state.adapter)
 
     async def _submit_all(self, target: Target, requests: list[GenerationRequest]) -> list[Generation]:
         gens: list[Generation] = []
@@ -189,26 +197,25 @@ class CompletionService:
         """Each distinct prompt counts once, as OpenAI counts it; `n` copies share it."""
         prompt_tokens = sum(g.n_prompt for g in distinct_prompts)
         completion = sum(c.usage.completion_tokens for c in choices if c.usage)
-        model = request.state.model
-        self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
-        self.metrics.completion_tokens.labels(model).inc(completion)
+        step = max(1, len(choices) // max(1, len(distinct_prompts)))
+        cached = sum(c.usage.cached_tokens for c in choices[::step] if c.usage)
+        labels = (request.state.base_model, request.state.adapter)
+        self.metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        self.metrics.cached_prompt_tokens.labels(*labels).inc(cached)
+        self.metrics.completion_tokens.labels(*labels).inc(completion)
         request.state.tokens = (prompt_tokens, completion)
-        return usage_dict(prompt_tokens, completion)
+        return usage_dict(prompt_tokens, completion, cached)
 
-    def _observe_first_token(self, target: Target, started: float) -> None:
-        self.metrics.time_to_first_token.labels(target.model_id).observe(time.perf_counter() - started)
-
-    async def _collect(self, request: Request, gens: list[Generation], target: Target, started: float) -> list[Choice]:
+    async def _collect(self, request: Request, gens: list[Generation], timer: GenerationTimer) -> list[Choice]:
         """Run every generation to its end, cancelling all of them if the client goes away."""
         choices = [Choice(index=i) for i in range(len(gens))]
 
         async def consume() -> None:
-            first = True
             async for i, event in merged(gens, self.limits.timeout):
-                if first:
-                    self._observe_first_token(target, started)
-                    first = False
+                if event.token_id is not None:
+                    timer.token(i)
                 _accumulate(choices[i], event)
+            request.state.ttft = timer.ttft
 
         consumer = asyncio.create_task(consume())
         watcher = asyncio.create_task(_wait_disconnect(request))
@@ -238,7 +245,7 @@ class CompletionService:
         return EventSourceResponse(guarded(), sep="\n", ping=15, headers=headers)
 
     async def _chat_chunks(self, request: Request, req: ChatCompletionRequest, target: Target, gens: list[Generation],
-                           started: float) -> AsyncIterator[dict[str, str]]:
+                           timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
         cid, created = new_id("chatcmpl"), now()
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
@@ -252,20 +259,19 @@ class CompletionService:
         for i in range(len(gens)):
             yield chunk(i, {"role": "assistant", "content": ""})
         choices = [Choice(index=i) for i in range(len(gens))]
-        first = True
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return
-            if first and event.token_id is not None:
-                self._observe_first_token(target, started)
-                first = False
+            if event.token_id is not None:
+                timer.token(i)
             _accumulate(choices[i], event)
             logprobs = {"content": [chat_logprob_entry(event)], "refusal": None} if req.logprobs and event.logprob is not None else None
             if event.text or logprobs:
                 yield chunk(i, {"content": event.text}, logprobs=logprobs)
             if event.finish_reason is not None:
                 yield chunk(i, {}, finish=event.finish_reason)
+        request.state.ttft = timer.ttft
         usage = self._usage(request, gens[:1], choices)
         if req.include_usage:
             yield sse({
@@ -275,7 +281,7 @@ class CompletionService:
         yield DONE
 
     async def _completion_chunks(self, request: Request, req: CompletionRequest, target: Target, gens: list[Generation],
-                                 echo: list[str], started: float) -> AsyncIterator[dict[str, str]]:
+                                 echo: list[str], timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
         cid, created = new_id("cmpl"), now()
         logprobs_on = req.logprobs is not None
 
@@ -291,14 +297,12 @@ class CompletionService:
                 yield chunk(i, text, None)
         offsets = [len(t) for t in echo]
         choices = [Choice(index=i) for i in range(len(gens))]
-        first = True
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return
-            if first and event.token_id is not None:
-                self._observe_first_token(target, started)
-                first = False
+            if event.token_id is not None:
+                timer.token(i)
             _accumulate(choices[i], event)
             logprobs = None
             if logprobs_on and event.logprob is not None:
@@ -306,6 +310,7 @@ class CompletionService:
                 offsets[i] += len(event.token_text)
             if event.text or logprobs or event.finish_reason:
                 yield chunk(i, event.text, event.finish_reason, logprobs)
+        request.state.ttft = timer.ttft
         usage = self._usage(request, gens[:: req.n], choices)
         if req.include_usage:
             yield sse({
@@ -313,6 +318,11 @@ class CompletionService:
                 "system_fingerprint": None, "choices": [], "usage": usage,
             })
         yield DONE
+
+
+def adapter_label(target: Target) -> str:
+    """The adapter names a request runs under, for metrics and logs ("" for the base model)."""
+    return ",".join(a.name for a in target.adapters.adapters)
 
 
 class ClientDisconnected(Exception):
