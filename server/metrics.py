@@ -40,7 +40,7 @@ class Metrics:
             ["model", "adapter"], registry=r,
         )
         self.cached_prompt_tokens = Counter(
-            "nomoat_cached_prompt_tokens_total", "Prompt tokens reused from the cache instead of evaluated.",
+            "nomoat_prompt_cached_tokens_total", "Prompt tokens reused from the cache instead of evaluated.",
             ["model", "adapter"], registry=r,
         )
         self.completion_tokens = Counter(

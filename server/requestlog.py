@@ -17,6 +17,8 @@ log = logging.getLogger("nomoat.access")
 # A client's id is echoed only if it is short and plain: it goes into headers and log lines.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _QUIET_PATHS = ("/metrics", "/health")  # scraped every few seconds: no log line, no request metric
+_TEXT_ORDER = ("model", "adapter", "status", "prompt_tokens", "completion_tokens", "ttft_s", "duration_s",
+               "request_id", "key_id", "client")
 _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/adapters",
               "/chat/completions", "/completions", "/models", "/adapters", "/admin/reload")
 
@@ -79,7 +81,7 @@ class RequestLogMiddleware:
             "key_id": state.get("key_id"),
             "client": client[0] if client else None,
         }
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in ("method", "path"))
+        text = " ".join(f"{k}={fields[k]}" for k in _TEXT_ORDER if fields[k] is not None)
         log.info("%s %s %s", scope["method"], path, text, extra={"fields": fields})
 
 

@@ -1,4 +1,4 @@
-"""The metric set after real traffic: names in the Prometheus convention, the labels the README documents."""
+"""The full metric set after real traffic: names in the Prometheus convention, the labels the README documents."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_metric_names_and_labels_after_traffic(start_server):
     assert {"model": "smollm2-135m", "adapter": "", "endpoint": "/v1/chat/completions", "status": "200"} in requests
     assert {"model": "smollm2-135m", "adapter": "", "endpoint": "/v1/completions", "status": "200"} in requests
     assert {"model": "", "adapter": "", "endpoint": "/v1/completions", "status": "404"} in requests
-    for name in ("nomoat_prompt_tokens", "nomoat_cached_prompt_tokens", "nomoat_completion_tokens"):
+    for name in ("nomoat_prompt_tokens", "nomoat_prompt_cached_tokens", "nomoat_completion_tokens"):
         assert _labels(m[name], "_total") == [{"model": "smollm2-135m", "adapter": ""}], name
     completion = next(s.value for s in m["nomoat_completion_tokens"] if s.name.endswith("_total"))
     assert completion >= 7  # 1..4 chat tokens + 6 streamed
