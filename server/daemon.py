@@ -153,12 +153,17 @@ class Daemon:
                 settings, models = await asyncio.to_thread(self._load_config)
                 keys = KeyRing.from_settings(settings)  # a rotated key file takes effect on reload
                 result = await self.registry.apply(models, drain_timeout=self._drain_timeout())
-                self.auth.keys = keys
-            except ConfigError as exc:
+            except Exception as exc:
                 self.metrics.reloads.labels("error").inc()
+                if not isinstance(exc, ConfigError):
+                    log.exception("reload failed unexpectedly")
                 log.error("reload failed; still serving the previous configuration:\n%s", exc)
+                # systemd waits in "reloading" until READY=1, whatever happened.
                 self.notifier.ready("reload failed; serving the previous configuration")
-                raise
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(str(exc)) from exc
+            self.auth.keys = keys
             self.metrics.reloads.labels("ok").inc()
             self._note_restart_only(settings)
             self.notifier.ready(self._status_line())

@@ -85,10 +85,13 @@ def test_sighup_removes_a_model(start_server):
 
 def test_sighup_with_a_broken_models_toml_keeps_the_old_config(start_server):
     srv = start_server(models_toml())
+    (srv.config.parent / "garbage.gguf").write_bytes(b"GGUF but not really" * 100)
     for n, broken in enumerate([
         "this is [[ not toml",
         models_toml().replace('path = "embedded:smollm2-135m"', 'path = "missing.gguf"'),
         models_toml() + "unknown_key = 1\n",
+        # Valid file, but llama.cpp cannot load the new model: fails after validation, in apply().
+        models_toml() + '[[models]]\nname = "junk"\npath = "garbage.gguf"\nn_ctx = 256\nparallel = 1\n',
     ]):
         srv.config.write_text(broken)
         srv.proc.send_signal(signal.SIGHUP)
