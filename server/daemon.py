@@ -137,6 +137,10 @@ class Daemon:
         if self._stopping:
             log.info("SIGHUP ignored: shutting down")
             return
+        if self._server is None or not self._server.started:
+            # Reloading now would report READY=1 before the first load has finished.
+            log.warning("SIGHUP ignored: still starting; send it again once the server is ready")
+            return
         self._spawn(self._reload_quietly())
 
     async def _reload_quietly(self) -> None:
