@@ -31,9 +31,9 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(start_server):
     wait_for(lambda: _connection_refused(srv.base_url), timeout=30, what="listener closed")
     assert srv.proc.poll() is None, "exited before its streams finished:\n" + srv.log()
     for reader in readers:
-        reader.join(60)
+        reader.join(280)  # generous: CI machines are 2 shared cores
         assert reader.done and reader.finish_reasons() == ["length"], reader.describe() + "\n" + srv.log()
-    assert srv.proc.wait(60) == 0, srv.log()
+    assert srv.proc.wait(120) == 0, srv.log()
     assert "draining in-flight requests" in srv.log()
 
 
@@ -62,7 +62,7 @@ def test_sighup_adds_a_model_and_an_alias_without_touching_in_flight_streams(sta
         r = httpx.post(srv.base_url + "/v1/completions", json=long_completion(model, max_tokens=4), timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == model
-    reader.join(60)
+    reader.join(280)
     assert reader.done and reader.finish_reasons() == ["length"], reader.describe()
     assert reader.chunks()[-1]["model"] == "smollm2-135m"
     # The unchanged model was kept, not reloaded: same card creation time.
