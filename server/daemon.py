@@ -103,14 +103,18 @@ class Daemon:
             timeout_graceful_shutdown=self.settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         )
         server = self._server = _Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.05)
-        if server.started:
-            self.notifier.ready(self._status_line())
-        await serving
+        self._spawn(self._announce_ready(server))
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn's way out when it cannot start (port in use...), logged by it
+            return exc.code if isinstance(exc.code, int) else 1
         log.info("stopped")
-        return 0 if server.started or self._stopping else 1
+        return 0
+
+    async def _announce_ready(self, server: uvicorn.Server) -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        self.notifier.ready(self._status_line())
 
     # --- signals ---------------------------------------------------------------------
 

@@ -100,3 +100,15 @@ def test_sighup_with_a_broken_models_toml_keeps_the_old_config(start_server):
         assert r.status_code == 200, r.text
     assert _model_ids(srv.base_url) == ["smollm2-135m", "default"]
     assert srv.proc.poll() is None
+
+
+def test_port_in_use_fails_fast_without_a_traceback(start_server):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        srv = start_server(models_toml(), "--port", str(busy.getsockname()[1]), wait=False)
+        assert srv.proc.wait(120) != 0
+    assert "address already in use" in srv.log()
+    assert "Traceback" not in srv.log()
