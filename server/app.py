@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,21 +19,38 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .adapter_routes import adapter_routes
 from .adapter_watch import AdapterWatcher
-from .errors import NomoatError
+from .auth import Authenticator, AuthMiddleware, KeyRing
+from .errors import ConfigError, InvalidConfigError, NomoatError
+from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .metrics import Metrics
 from .protocol import error_body
-from .registry import ModelRegistry
+from .registry import ModelRegistry, ReloadResult
+from .requestlog import RequestLogMiddleware
 from .serving import ClientDisconnected, CompletionService
 from .settings import Settings
 
 log = logging.getLogger("nomoat.http")
 
+Reloader = Callable[[], Awaitable[ReloadResult]]
 
-def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | None = None) -> Starlette:
-    """The whole HTTP surface. The lifespan loads the registry's models off the event loop."""
+
+def build_app(
+    settings: Settings,
+    registry: ModelRegistry,
+    metrics: Metrics | None = None,
+    *,
+    auth: Authenticator | None = None,
+    reload: Reloader | None = None,
+) -> Starlette:
+    """The whole HTTP surface. The lifespan loads the registry's models off the event loop.
+
+    `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
+    """
     metrics = metrics or Metrics()
+    auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
-    service = CompletionService(registry, metrics, settings.max_body_bytes)
+    service = CompletionService(registry, metrics, RequestLimits.from_settings(settings))
+    limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
 
     async def health(request: Request) -> Response:
         if not registry.ready:
@@ -53,11 +71,21 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def admin_reload(request: Request) -> Response:
+        try:
+            result = await reload()  # type: ignore[misc]
+        except ConfigError as exc:
+            raise InvalidConfigError(f"the configuration was not applied; the previous one still serves: {exc}") from None
+        return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
+                             "unchanged": result.unchanged})
+
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     routes += adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes)
+    if reload is not None:
+        routes.append(Route("/admin/reload", admin_reload, methods=["POST"]))
     for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
         routes += [
             Route(f"{prefix}/models", list_models, methods=["GET"]),
@@ -79,25 +107,61 @@ def build_app(settings: Settings, registry: ModelRegistry, metrics: Metrics | No
         finally:
             if watcher is not None:
                 await watcher.stop()
-            await asyncio.to_thread(registry.close)
+            await registry.aclose()
 
-    app = Starlette(
+    # Outermost first. CORS sits above auth so preflights need no key and errors carry its
+    # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
+    middleware = [Middleware(RequestLogMiddleware, metrics=metrics)]
+    if settings.cors_origin_list:
+        middleware.append(Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],  # Authorization, Content-Type, the SDKs' X-Stainless-* headers
+            expose_headers=["x-request-id", "retry-after", "x-nomoat-adapters"],
+            max_age=600,
+        ))
+    middleware += [
+        Middleware(ErrorBoundary),
+        Middleware(AuthMiddleware, auth=auth),
+        Middleware(ConcurrencyMiddleware, limiter=limiter),
+    ]
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={
-            NomoatError: _nomoat_error,
             HTTPException: _http_error,
             ClientDisconnected: _client_gone,
             Exception: _unexpected_error,
         },
     )
-    app.add_middleware(RequestLogMiddleware, metrics=metrics)
-    return app
 
 
-async def _nomoat_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, NomoatError)
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+class ErrorBoundary:
+    """The one place a NomoatError becomes its OpenAI-shaped JSON answer, wherever it was raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except NomoatError as exc:
+            if started:  # a streaming answer already began; its generator reports errors in-band
+                raise
+            response = JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+            await response(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -119,54 +183,3 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body("internal server error", "server_error", "internal_error"), status_code=500)
-
-
-class RequestLogMiddleware:
-    """One log line and one metrics sample per HTTP request, after its last byte is sent."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.in_flight.dec()
-            path = scope["path"]
-            if path not in ("/metrics", "/health"):
-                elapsed = time.perf_counter() - started
-                model = state.get("model", "")
-                endpoint = _endpoint(path)
-                self.metrics.requests.labels(model, endpoint, str(status[0])).inc()
-                if model:
-                    self.metrics.request_duration.labels(model, endpoint).observe(elapsed)
-                tokens = state.get("tokens")
-                log.info(
-                    "%s %s model=%s adapters=%s status=%d%s duration=%.3fs",
-                    scope["method"], path, model or "-", state.get("adapters") or "-", status[0],
-                    f" prompt_tokens={tokens[0]} completion_tokens={tokens[1]}" if tokens else "",
-                    elapsed,
-                )
-
-
-def _endpoint(path: str) -> str:
-    """A bounded label: known API paths as they are, anything else as `other`."""
-    known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/chat/completions", "/completions", "/models")
-    for k in known:
-        if path == k or path.startswith(k + "/"):
-            return k
-    return "other"

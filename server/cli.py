@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import types
@@ -19,6 +18,8 @@ from .settings import Settings, format_validation_error
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per Settings field, documented from its description, env var and default."""
     for name, field in Settings.model_fields.items():
+        if field.validation_alias is not None:
+            continue  # systemd's own variables (NOTIFY_SOCKET...), not options
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
         base = annotation
@@ -90,36 +91,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(cli: dict[str, Any]) -> int:
-    import uvicorn
-
     from . import config
-    from .app import build_app
+    from .daemon import Daemon
     from .engine.model import install_llama_logging
-    from .registry import ModelRegistry
+    from .logs import configure_logging
 
     try:
         settings, models = config.load(cli)
     except ConfigError as exc:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     install_llama_logging()
-    registry = ModelRegistry(models, settings)
     try:
-        registry.load()
-    except (ConfigError, NomoatError) as exc:
-        registry.close()
-        print(f"nomoat: cannot start:\n{exc}", file=sys.stderr)
+        # SIGHUP re-reads everything the way startup did: the same flags, environment and file.
+        daemon = Daemon(settings, models, load_config=lambda: config.load(cli))
+    except ConfigError as exc:
+        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    app = build_app(settings, registry)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=30,
-    )
-    return 0
+    return daemon.run()
 
 
 def convert_lora(args: argparse.Namespace) -> int:

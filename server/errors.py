@@ -122,6 +122,14 @@ class EngineError(NomoatError):
     code = "engine_error"
 
 
+class InvalidConfigError(NomoatError):
+    """An admin asked for a reload and the configuration on disk is invalid; the old one still serves."""
+
+    status_code = 422
+    type = "invalid_request_error"
+    code = "invalid_config"
+
+
 class ConfigError(Exception):
     """A configuration file or setting is invalid; raised before anything starts."""
 

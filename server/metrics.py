@@ -1,49 +1,111 @@
-"""Prometheus metrics: one registry per app, named in the Prometheus convention (nomoat_ prefix)."""
+"""Prometheus metrics: one registry per app, named in the Prometheus convention (nomoat_ prefix, units, _total)."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Metrics:
-    """Every metric the server exports. Built once per app and passed down; no global state."""
+    """Every metric the server exports. Built once per process and passed down; no global state.
+
+    `adapter` labels hold the adapter names a request used, comma-joined, "" for the base model.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "nomoat_requests_total", "HTTP requests by model, endpoint and status.",
-            ["model", "endpoint", "status"], registry=r,
+            "nomoat_requests_total", "HTTP requests by model, adapter, endpoint and status.",
+            ["model", "adapter", "endpoint", "status"], registry=r,
         )
         self.prompt_tokens = Counter(
-            "nomoat_prompt_tokens_total", "Prompt tokens evaluated or reused.", ["model"], registry=r
+            "nomoat_prompt_tokens_total", "Prompt tokens of finished requests, cached ones included.",
+            ["model", "adapter"], registry=r,
+        )
+        self.cached_prompt_tokens = Counter(
+            "nomoat_prompt_cached_tokens_total", "Prompt tokens reused from the cache instead of evaluated.",
+            ["model", "adapter"], registry=r,
         )
         self.cached_prompt_tokens = Counter(
             "nomoat_prompt_cached_tokens_total", "Prompt tokens whose KV was reused (prefix cache hits).",
             ["model"], registry=r,
         )
         self.completion_tokens = Counter(
-            "nomoat_completion_tokens_total", "Tokens generated.", ["model"], registry=r
+            "nomoat_completion_tokens_total", "Tokens generated.", ["model", "adapter"], registry=r
         )
         self.time_to_first_token = Histogram(
             "nomoat_time_to_first_token_seconds", "From request admission to the first generated token.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["model", "adapter"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "nomoat_inter_token_latency_seconds", "Gap between consecutive tokens of one generation.",
+            ["model", "adapter"], buckets=_TOKEN_GAP_BUCKETS, registry=r,
         )
         self.request_duration = Histogram(
             "nomoat_request_duration_seconds", "From request start to the last byte sent.",
-            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["model", "adapter", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.in_flight = Gauge("nomoat_requests_in_flight", "HTTP requests being served.", registry=r)
+        self.model_load = Histogram(
+            "nomoat_model_load_seconds", "Time to load a model; its _count is the number of loads.",
+            ["model"], buckets=_LOAD_BUCKETS, registry=r,
+        )
+        self.adapter_load = Histogram(
+            "nomoat_adapter_load_seconds", "Time to load a LoRA adapter; its _count is the number of loads.",
+            ["model", "adapter"], buckets=_LOAD_BUCKETS, registry=r,
+        )
+        self.reloads = Counter(
+            "nomoat_config_reloads_total", "Configuration reloads (SIGHUP or POST /admin/reload) by result.",
+            ["result"], registry=r,
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     def watch_engines(self, engines: Callable[[], dict[str, object]]) -> None:
-        """Export queue depth and active sequences, read from the engines at scrape time."""
+        """Export queue depth, active sequences and loaded models, read from the engines at scrape time."""
         self.registry.register(_EngineCollector(engines))
+
+    def timer(self, model: str, adapter: str) -> "GenerationTimer":
+        return GenerationTimer(self, model, adapter)
+
+
+class GenerationTimer:
+    """Time to first token and inter-token gaps of one request's generations (choices by index)."""
+
+    def __init__(self, metrics: Metrics, model: str, adapter: str) -> None:
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self._ttft_metric = metrics.time_to_first_token.labels(model, adapter)
+        self._gap_metric = metrics.inter_token_latency.labels(model, adapter)
+        self._last: dict[int, float] = {}
+
+    def token(self, index: int) -> None:
+        now = time.perf_counter()
+        last = self._last.get(index)
+        if last is not None:
+            self._gap_metric.observe(now - last)
+        elif self.ttft is None:
+            self.ttft = now - self.started
+            self._ttft_metric.observe(self.ttft)
+        self._last[index] = now
 
 
 class _EngineCollector(Collector):
@@ -53,7 +115,8 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         waiting = GaugeMetricFamily("nomoat_queue_depth", "Requests admitted and waiting for a sequence slot.", labels=["model"])
         active = GaugeMetricFamily("nomoat_active_sequences", "Sequences being evaluated.", labels=["model"])
-        for name, engine in self._engines().items():
+        engines = self._engines()
+        for name, engine in engines.items():
             waiting.add_metric([name], engine.waiting)  # type: ignore[attr-defined]
             active.add_metric([name], engine.active)  # type: ignore[attr-defined]
         yield waiting
@@ -70,3 +133,4 @@ class _EngineCollector(Collector):
             for model, engine in self._engines().items():
                 family.add_metric([model], getattr(engine.stats, attr))  # type: ignore[attr-defined]
             yield family
+        yield GaugeMetricFamily("nomoat_models_loaded", "Models loaded and served.", value=len(engines))

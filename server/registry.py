@@ -15,7 +15,10 @@ from .engine.adapters import LoraAdapter, prepare_adapter
 from .engine.model import LoadedModel, ModelSpec
 from .engine.scheduler import Engine
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
-from .errors import ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError, ServiceUnavailableError
+from .errors import (
+    ConfigError, ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError, ServiceUnavailableError,
+)
+from .metrics import Metrics
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -31,7 +34,7 @@ class Target:
     adapters: AdapterSet = NO_ADAPTERS
 
 
-@dataclass
+@dataclass(eq=False)
 class ServedModel:
     config: ModelConfig
     engine: Engine
@@ -48,6 +51,7 @@ class AdapterEntry:
     adapter: LoraAdapter
     origin: str  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
     created: int = field(default_factory=lambda: int(time.time()))
+    path: str | None = None  # as models.toml gave it, to tell a changed entry on reload
 
     def card(self) -> dict:
         return {
@@ -68,49 +72,153 @@ class StackEntry:
 class ModelRegistry:
     """Owns every loaded model; `resolve()` maps a request's `model` to a Target."""
 
-    def __init__(self, models_file: ModelsFile, settings: Settings) -> None:
+    def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None) -> None:
         self._file = models_file
         self._settings = settings
+        self._metrics = metrics
         self._models: dict[str, ServedModel] = {}
         self._ids: dict[str, str] = {}
         self._adapters: dict[str, AdapterEntry] = {}
         self._stacks: dict[str, StackEntry] = {}
         self._cache_dir = settings.resolved_state_dir() / "adapters"
         self._lock = asyncio.Lock()  # serialises runtime adapter loads and unloads
+        self._retiring: set[ServedModel] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
 
     def load(self) -> None:
         """Load every model (blocking: run it off the event loop)."""
-        for config in self._file.models:
-            spec = ModelSpec(
-                name=config.name,
-                path=Path(config.path),
-                n_ctx=config.n_ctx,
-                n_batch=config.n_batch,
-                parallel=config.parallel,
-                n_threads=config.n_threads or self._settings.threads or default_threads(),
-                n_gpu_layers=config.n_gpu_layers,
-                repack=config.repack,
-                chat_template=config.chat_template,
-            )
-            model = LoadedModel(spec)
-            engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache)
-            self._models[config.name] = ServedModel(config, engine, int(time.time()))
-            for model_id in config.ids():
-                self._ids[model_id] = config.name
-            log.info(
-                "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
-                config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,
-                spec.n_gpu_layers,
-            )
-        for adapter in self._file.adapters:
-            base, started = self._file.base_of(adapter.base), time.perf_counter()
-            lora = self._open_adapter(adapter.name, Path(adapter.path), base).result()
-            self._register(AdapterEntry(adapter.name, base, adapter.scale, lora, "config"), started)
-        for stack in self._file.stacks:
-            self._stacks[stack.name] = StackEntry(stack.name, self._file.base_of(stack.base),
-                                                  tuple(stack.adapters.items()))
+        self._models = self._load_all(self._file.models)
+        self._ids = _id_map(self._file)
+        try:
+            self._load_config_adapters(self._file)
+        except BaseException:
+            self.close()
+            raise
         self.ready = True
+
+    def _load_config_adapters(self, models_file: ModelsFile, skip: set[str] = frozenset()) -> None:
+        """Load the adapters models.toml (and --lora) declares, and its stacks (blocking)."""
+        for adapter in models_file.adapters:
+            if adapter.name in skip:
+                continue
+            base, started = models_file.base_of(adapter.base), time.perf_counter()
+            lora = self._open_adapter(adapter.name, Path(adapter.path), base).result()
+            self._register(AdapterEntry(adapter.name, base, adapter.scale, lora, "config",
+                                        path=adapter.path), started)
+        self._stacks = {
+            s.name: StackEntry(s.name, models_file.base_of(s.base), tuple(s.adapters.items()))
+            for s in models_file.stacks
+        }
+
+    def _load_all(self, configs: list[ModelConfig]) -> dict[str, ServedModel]:
+        """Load each model or none: on a failure the ones loaded so far are closed again."""
+        loaded: dict[str, ServedModel] = {}
+        try:
+            for config in configs:
+                loaded[config.name] = self._load_one(config)
+        except BaseException:
+            for served in loaded.values():
+                served.engine.close()
+            raise
+        return loaded
+
+    def _load_one(self, config: ModelConfig) -> ServedModel:
+        spec = ModelSpec(
+            name=config.name,
+            path=Path(config.path),
+            n_ctx=config.n_ctx,
+            n_batch=config.n_batch,
+            parallel=config.parallel,
+            n_threads=config.n_threads or self._settings.threads or default_threads(),
+            n_gpu_layers=config.n_gpu_layers,
+            repack=config.repack,
+            chat_template=config.chat_template,
+        )
+        model = LoadedModel(spec)
+        engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache,
+                        max_prompt_tokens=self._settings.max_prompt_tokens or None)
+        if self._metrics is not None:
+            self._metrics.model_load.labels(config.name).observe(model.load_seconds)
+        log.info(
+            "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
+            config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,
+            spec.n_gpu_layers,
+        )
+        return ServedModel(config, engine, int(time.time()))
+
+    async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> "ReloadResult":
+        """Serve `models_file` from now on, loading only what changed (call on the event loop).
+
+        New and changed models load off the loop while the old set keeps serving; if one
+        fails, nothing changes (ConfigError). The swap happens on the loop, where resolve()
+        runs, so a request sees the old set or the new one, never a mix. Removed and
+        replaced engines are closed once their admitted requests have finished.
+        """
+        if not self.ready:
+            raise ConfigError("models are still loading; try again once they are ready")
+        old = self._models
+        kept = {
+            c.name: old[c.name] for c in models_file.models
+            if c.name in old and not _needs_reload(old[c.name].config, c)
+        }
+        loaded = await asyncio.to_thread(self._load_all, [c for c in models_file.models if c.name not in kept])
+        models: dict[str, ServedModel] = {}
+        for config in models_file.models:
+            served = kept.get(config.name) or loaded[config.name]
+            served.config = config  # aliases may have changed without a reload
+            models[config.name] = served
+        retired = [s for name, s in old.items() if models.get(name) is not s]
+        self._file, self._models, self._ids = models_file, models, _id_map(models_file)
+        await self._sync_adapters(models_file, {s.config.name for s in retired})
+        for served in retired:
+            self._retiring.add(served)
+            task = asyncio.create_task(self._retire(served, drain_timeout))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        result = ReloadResult(
+            loaded=sorted(loaded), removed=sorted(set(old) - set(models)), unchanged=sorted(kept),
+        )
+        log.info("models.toml applied: loaded %s, removed %s, unchanged %s",
+                 result.loaded or "none", result.removed or "none", result.unchanged or "none")
+        return result
+
+    async def _sync_adapters(self, models_file: ModelsFile, replaced_bases: set[str]) -> None:
+        """After a reload: adapters on replaced or removed models go; models.toml's adapters are
+        loaded where new or changed and unloaded where gone; stacks follow the file."""
+        wanted = {a.name: a for a in models_file.adapters}
+        async with self._lock:
+            for name, entry in list(self._adapters.items()):
+                spec = wanted.get(name)
+                unchanged = (
+                    entry.origin == "config" and spec is not None and entry.base not in replaced_bases
+                    and entry.path == spec.path and entry.scale == spec.scale
+                    and entry.base == models_file.base_of(spec.base)
+                )
+                if entry.origin == "config" and unchanged:
+                    continue
+                if entry.origin != "config" and entry.base in self._models and entry.base not in replaced_bases:
+                    continue  # runtime adapters stay while their model does
+                del self._adapters[name]
+                if entry.base not in replaced_bases:
+                    self._models[entry.base].engine.unload_adapter(entry.adapter)
+                log.info("reload: adapter %s removed", name)
+            keep = {n for n, e in self._adapters.items() if e.origin == "config"}
+            try:
+                await asyncio.to_thread(self._load_config_adapters, models_file, keep)
+            except Exception as exc:  # one bad adapter must not take the reloaded models down
+                log.error("reload: adapters not all loaded: %s", exc)
+
+    async def _retire(self, served: ServedModel, timeout: float) -> None:
+        """Close an engine nobody can reach any more, after its admitted requests end."""
+        deadline = time.monotonic() + timeout
+        while served.engine.outstanding and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if served.engine.outstanding:
+            log.warning("closing model %s with %d requests still running after %.0fs",
+                        served.config.name, served.engine.outstanding, timeout)
+        self._retiring.discard(served)
+        await asyncio.to_thread(served.engine.close)
 
     def _open_adapter(self, name: str, source: Path, base: str) -> "concurrent.futures.Future[LoraAdapter]":
         """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
@@ -234,7 +342,34 @@ class ModelRegistry:
         return {name: served.engine for name, served in self._models.items()}
 
     def close(self) -> None:
-        for served in self._models.values():
+        """Close every engine (blocking). Engines still retiring after a reload close here too."""
+        retiring, self._retiring = list(self._retiring), set()
+        for served in [*self._models.values(), *retiring]:
             served.engine.close()
         self._models.clear()
         self.ready = False
+
+    async def aclose(self) -> None:
+        """close() from the event loop: stop pending retirements first so no engine closes twice."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.close)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What apply() changed, by model name."""
+
+    loaded: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _id_map(models_file: ModelsFile) -> dict[str, str]:
+    return {model_id: config.name for config in models_file.models for model_id in config.ids()}
+
+
+def _needs_reload(old: ModelConfig, new: ModelConfig) -> bool:
+    """Anything but the ids changes how the model is loaded; ids only change the routing."""
+    return old.model_dump(exclude={"aliases"}) != new.model_dump(exclude={"aliases"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, AsyncIterator, Union
 
 from sse_starlette.sse import EventSourceResponse
@@ -15,7 +14,8 @@ from starlette.responses import JSONResponse, Response
 from .engine.generation import Generation
 from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
 from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
-from .metrics import Metrics
+from .limits import RequestLimits
+from .metrics import GenerationTimer, Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
 from .registry import ModelRegistry, Target
 from .streaming import DONE, Choice, chat_logprob_entry, completion_logprobs, error_event, merged, sse
@@ -63,17 +63,18 @@ def sampling_params(req: Union[ChatCompletionRequest, CompletionRequest], n_voca
 class CompletionService:
     """Handlers for /v1/chat/completions and /v1/completions."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
         self.registry = registry
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def chat(self, request: Request) -> Response:
-        req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.max_body_bytes))
-        target = self.registry.resolve(req.model, req.lora_pairs())
-        request.state.model = target.model_id
-        request.state.adapters = target.adapters.label()
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.limits.max_body_bytes))
+        target = self._route(request, req.model, req.lora_pairs())
         prompt = ChatPrompt(req.template_messages())
+        max_tokens = self.limits.completion_tokens(
+            req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        )
         top = req.top_logprobs or 0
         if top and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
@@ -81,7 +82,7 @@ class CompletionService:
             GenerationRequest(
                 prompt=prompt,
                 sampling=sampling_params(req, target.engine.model.n_vocab, i),
-                max_tokens=req.token_limit,
+                max_tokens=max_tokens,
                 stop=req.stop_list(),
                 adapters=target.adapters,
                 logprobs=req.logprobs,
@@ -90,10 +91,10 @@ class CompletionService:
             for i in range(req.n)
         ]
         gens = await self._submit_all(target, gen_requests)
-        started = time.perf_counter()
+        timer = self._timer(request)
         if req.stream:
-            return self._stream(gens, self._chat_chunks(request, req, target, gens, started), self._headers(target))
-        choices = await self._collect(request, gens, target, started)
+            return self._stream(gens, self._chat_chunks(request, req, target, gens, timer), self._headers(target))
+        choices = await self._collect(request, gens, timer)
         return JSONResponse({
             "id": new_id("chatcmpl"),
             "object": "chat.completion",
@@ -114,21 +115,20 @@ class CompletionService:
         }, headers=self._headers(target))
 
     async def completions(self, request: Request) -> Response:
-        req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.max_body_bytes))
-        target = self.registry.resolve(req.model, req.lora_pairs())
-        request.state.model = target.model_id
-        request.state.adapters = target.adapters.label()
+        req: CompletionRequest = parse(CompletionRequest, await read_json(request, self.limits.max_body_bytes))
+        target = self._route(request, req.model, req.lora_pairs())
         if req.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise InvalidRequestError("best_of other than n is not supported", param="best_of")
         prompts = req.prompts()
         logprobs = req.logprobs is not None
+        max_tokens = self.limits.completion_tokens(req.max_tokens, "max_tokens")
         gen_requests = [
             GenerationRequest(
                 prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
                 sampling=sampling_params(req, target.engine.model.n_vocab, i * req.n + j),
-                max_tokens=req.max_tokens,
+                max_tokens=max_tokens,
                 stop=req.stop_list(),
                 adapters=target.adapters,
                 logprobs=logprobs,
@@ -139,10 +139,10 @@ class CompletionService:
         ]
         gens = await self._submit_all(target, gen_requests)
         echo = [self._echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
-        started = time.perf_counter()
+        timer = self._timer(request)
         if req.stream:
-            return self._stream(gens, self._completion_chunks(request, req, target, gens, echo, started), self._headers(target))
-        choices = await self._collect(request, gens, target, started)
+            return self._stream(gens, self._completion_chunks(request, req, target, gens, echo, timer), self._headers(target))
+        choices = await self._collect(request, gens, timer)
         return JSONResponse({
             "id": new_id("cmpl"),
             "object": "text_completion",
@@ -162,6 +162,17 @@ class CompletionService:
         }, headers=self._headers(target))
 
     # --- shared machinery -----------------------------------------------------------
+
+    def _route(self, request: Request, model: str | None, lora: list[tuple[str, float]] | None) -> Target:
+        """Resolve the model and adapters, and label the request for its log line and metrics."""
+        target = self.registry.resolve(model, lora)
+        request.state.model = target.model_id
+        request.state.base_model = target.base_id
+        request.state.adapter = adapter_label(target)
+        return target
+
+    def _timer(self, request: Request) -> GenerationTimer:
+        return self.metrics.timer(request.state.base_model, request.state.adapter)
 
     async def _submit_all(self, target: Target, requests: list[GenerationRequest]) -> list[Generation]:
         gens: list[Generation] = []
@@ -189,27 +200,23 @@ class CompletionService:
         prompt_tokens = sum(u.prompt_tokens for u in firsts)
         cached = sum(u.cached_tokens for u in firsts)
         completion = sum(c.usage.completion_tokens for c in choices if c.usage)
-        model = request.state.model
-        self.metrics.prompt_tokens.labels(model).inc(prompt_tokens)
-        self.metrics.cached_prompt_tokens.labels(model).inc(cached)
-        self.metrics.completion_tokens.labels(model).inc(completion)
+        labels = (request.state.base_model, request.state.adapter)
+        self.metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        self.metrics.cached_prompt_tokens.labels(*labels).inc(cached)
+        self.metrics.completion_tokens.labels(*labels).inc(completion)
         request.state.tokens = (prompt_tokens, completion)
         return usage_dict(prompt_tokens, completion, cached)
 
-    def _observe_first_token(self, target: Target, started: float) -> None:
-        self.metrics.time_to_first_token.labels(target.model_id).observe(time.perf_counter() - started)
-
-    async def _collect(self, request: Request, gens: list[Generation], target: Target, started: float) -> list[Choice]:
+    async def _collect(self, request: Request, gens: list[Generation], timer: GenerationTimer) -> list[Choice]:
         """Run every generation to its end, cancelling all of them if the client goes away."""
         choices = [Choice(index=i) for i in range(len(gens))]
 
         async def consume() -> None:
-            first = True
-            async for i, event in merged(gens):
-                if first:
-                    self._observe_first_token(target, started)
-                    first = False
+            async for i, event in merged(gens, self.limits.timeout):
+                if event.token_id is not None:
+                    timer.token(i)
                 _accumulate(choices[i], event)
+            request.state.ttft = timer.ttft
 
         consumer = asyncio.create_task(consume())
         watcher = asyncio.create_task(_wait_disconnect(request))
@@ -239,7 +246,7 @@ class CompletionService:
         return EventSourceResponse(guarded(), sep="\n", ping=15, headers=headers)
 
     async def _chat_chunks(self, request: Request, req: ChatCompletionRequest, target: Target, gens: list[Generation],
-                           started: float) -> AsyncIterator[dict[str, str]]:
+                           timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
         cid, created = new_id("chatcmpl"), now()
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
@@ -253,20 +260,19 @@ class CompletionService:
         for i in range(len(gens)):
             yield chunk(i, {"role": "assistant", "content": ""})
         choices = [Choice(index=i) for i in range(len(gens))]
-        first = True
-        async for i, event in merged(gens):
+        async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return
-            if first and event.token_id is not None:
-                self._observe_first_token(target, started)
-                first = False
+            if event.token_id is not None:
+                timer.token(i)
             _accumulate(choices[i], event)
             logprobs = {"content": [chat_logprob_entry(event)], "refusal": None} if req.logprobs and event.logprob is not None else None
             if event.text or logprobs:
                 yield chunk(i, {"content": event.text}, logprobs=logprobs)
             if event.finish_reason is not None:
                 yield chunk(i, {}, finish=event.finish_reason)
+        request.state.ttft = timer.ttft
         usage = self._usage(request, choices, len(choices))
         if req.include_usage:
             yield sse({
@@ -276,7 +282,7 @@ class CompletionService:
         yield DONE
 
     async def _completion_chunks(self, request: Request, req: CompletionRequest, target: Target, gens: list[Generation],
-                                 echo: list[str], started: float) -> AsyncIterator[dict[str, str]]:
+                                 echo: list[str], timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
         cid, created = new_id("cmpl"), now()
         logprobs_on = req.logprobs is not None
 
@@ -292,14 +298,12 @@ class CompletionService:
                 yield chunk(i, text, None)
         offsets = [len(t) for t in echo]
         choices = [Choice(index=i) for i in range(len(gens))]
-        first = True
-        async for i, event in merged(gens):
+        async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
                 return
-            if first and event.token_id is not None:
-                self._observe_first_token(target, started)
-                first = False
+            if event.token_id is not None:
+                timer.token(i)
             _accumulate(choices[i], event)
             logprobs = None
             if logprobs_on and event.logprob is not None:
@@ -307,6 +311,7 @@ class CompletionService:
                 offsets[i] += len(event.token_text)
             if event.text or logprobs or event.finish_reason:
                 yield chunk(i, event.text, event.finish_reason, logprobs)
+        request.state.ttft = timer.ttft
         usage = self._usage(request, choices, req.n)
         if req.include_usage:
             yield sse({
@@ -314,6 +319,11 @@ class CompletionService:
                 "system_fingerprint": None, "choices": [], "usage": usage,
             })
         yield DONE
+
+
+def adapter_label(target: Target) -> str:
+    """The adapter names a request runs under, for metrics and logs ("" for the base model)."""
+    return ",".join(a.name for a in target.adapters.adapters)
 
 
 class ClientDisconnected(Exception):

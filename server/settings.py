@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -74,9 +74,63 @@ class Settings(BaseSettings):
         None,
         description="Where converted adapters are cached (default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat).",
     )
+    max_tokens_limit: int = Field(
+        4096, ge=1,
+        description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",
+    )
+    max_prompt_tokens: int = Field(
+        0, ge=0, description="Most prompt tokens per request; past it: 400 context_length_exceeded (0: the model's context)."
+    )
+    max_concurrent_streams: int = Field(
+        128, ge=0, description="Generation requests (streaming or not) running at once, all callers; past it: 429 (0: no limit)."
+    )
+    max_streams_per_key: int = Field(
+        32, ge=0, description="Generation requests running at once per API key (per client address without auth); past it: 429 (0: no limit)."
+    )
+    request_timeout_seconds: float = Field(
+        600.0, ge=0,
+        description="A generation running longer is stopped and answered with what it has, finish_reason 'length' (0: no limit).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line (one per request, with its request id)."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key clients send as 'Authorization: Bearer KEY'; several: comma-separated."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File of API keys, one per line ('#' comments); re-read on SIGHUP."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Key for routes that change state (/admin/*, adapter load/unload)."
+    )
+    require_api_key: bool = Field(
+        False, description="Refuse to start without an API key (the Docker image sets this)."
+    )
+    metrics_require_key: bool = Field(False, description="Require an API key for /metrics too.")
+    cors_origins: str = Field(
+        "", description="Browser origins allowed to call the API, comma-separated, or '*' (empty: CORS off)."
+    )
+
+    # Set by systemd for the sd_notify protocol, under its own names (no NOMOAT_ prefix, no flag).
+    notify_socket: str | None = Field(
+        None, validation_alias="NOTIFY_SOCKET", description="systemd's notify socket (path or @abstract)."
+    )
+    watchdog_usec: int | None = Field(
+        None, validation_alias="WATCHDOG_USEC", description="systemd's watchdog timeout in microseconds."
+    )
+    watchdog_pid: int | None = Field(
+        None, validation_alias="WATCHDOG_PID", description="The process systemd's watchdog applies to."
+    )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @field_validator("adapter_dirs", "lora", mode="before")
     @classmethod

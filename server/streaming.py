@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from .engine.generation import Generation
 from .engine.types import TokenEvent, Usage
 from .errors import NomoatError
+
+log = logging.getLogger("nomoat.streaming")
 
 
 @dataclass
@@ -23,31 +26,46 @@ class Choice:
     tokens: list[TokenEvent] = field(default_factory=list)
 
 
-async def merged(gens: list[Generation]) -> AsyncIterator[tuple[int, TokenEvent]]:
-    """Events of several generations as they come, tagged with the choice index."""
-    if len(gens) == 1:
-        async for event in gens[0]:
-            yield 0, event
-        return
+async def merged(gens: list[Generation], timeout: float | None = None) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """Events of several generations as they come, tagged with the choice index.
+
+    After `timeout` seconds every unfinished generation is cancelled and ends with
+    finish_reason "length" and the usage so far, as llama.cpp's server does when its
+    time limit (t_max_predict_ms) stops a generation: the client keeps what was produced.
+    """
     queue: asyncio.Queue[tuple[int, TokenEvent | None]] = asyncio.Queue()
 
     async def pump(i: int, gen: Generation) -> None:
         async for event in gen:
             await queue.put((i, event))
-        await queue.put((i, None))
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    timer = asyncio.get_running_loop().call_later(timeout, queue.put_nowait, (_EXPIRED, None)) if timeout else None
+    running = set(range(len(gens)))
+    generated = [0] * len(gens)
     try:
-        remaining = len(gens)
-        while remaining:
+        while running:
             i, event = await queue.get()
             if event is None:
-                remaining -= 1
-            else:
-                yield i, event
+                log.warning("generation stopped after %gs (request_timeout_seconds)", timeout)
+                for j in sorted(running):
+                    gens[j].cancel()
+                    usage = Usage(prompt_tokens=gens[j].n_prompt, completion_tokens=generated[j])
+                    yield j, TokenEvent(finish_reason="length", usage=usage)
+                return
+            if event.token_id is not None:
+                generated[i] += 1
+            if event.final:
+                running.discard(i)
+            yield i, event
     finally:
+        if timer is not None:
+            timer.cancel()
         for task in tasks:
             task.cancel()
+
+
+_EXPIRED = -1
 
 
 def error_event(exc: Exception) -> dict[str, Any]:

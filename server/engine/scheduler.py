@@ -14,13 +14,15 @@ from typing import Any, Callable, TypeVar
 
 import llama_cpp
 
-from ..errors import AdapterError, EngineError, ModelNotFoundError, RateLimitError, ServiceUnavailableError
+from ..errors import (
+    AdapterError, ContextLengthExceededError, EngineError, ModelNotFoundError, RateLimitError, ServiceUnavailableError,
+)
 from .adapters import LoraAdapter
 from .generation import EngineStats, Generation, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
-from .types import AdapterSet, GenerationRequest, TokenEvent, Usage
+from .types import AdapterSet, ChatPrompt, GenerationRequest, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -56,9 +58,11 @@ class Engine:
     All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
     """
 
-    def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True) -> None:
+    def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True,
+                 max_prompt_tokens: int | None = None) -> None:
         self.model = model
         self.prefix_cache = prefix_cache
+        self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
         self.capacity = self.parallel + queue_size
@@ -92,6 +96,11 @@ class Engine:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def outstanding(self) -> int:
+        """Requests admitted and not yet finished, those still being tokenized included."""
+        return self._outstanding
+
     async def submit(self, request: GenerationRequest) -> Generation:
         """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full."""
         if self._stopping:
@@ -99,16 +108,22 @@ class Engine:
         self._check_capacity()
         loop = asyncio.get_running_loop()
         self._loop = loop
-        prompt, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+        # Counted from admission, so a reload that retires this engine waits for its tokenizing too.
+        self._outstanding += 1
         try:
-            self._check_capacity()
-        except RateLimitError:
-            sampler.close()
+            prompt, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+        except BaseException:
+            self._outstanding -= 1
             raise
-        for applied in request.adapters.adapters:
-            if applied.handle.unloading:
-                sampler.close()
-                raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
+        try:
+            self._check_prompt_length(request, len(prompt))
+            for applied in request.adapters.adapters:
+                if applied.handle.unloading:
+                    raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
+        except BaseException:
+            sampler.close()
+            self._outstanding -= 1
+            raise
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired)
@@ -120,8 +135,11 @@ class Engine:
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
         )
-        self._outstanding += 1
         with self._cv:
+            if self._stopping:  # closed while tokenizing: the worker would never see this sequence
+                self._outstanding -= 1
+                seq.sampler.close()
+                raise ServiceUnavailableError("the server is shutting down", retry_after=5)
             self._inbox.append(seq)
             self._cv.notify()
         return gen
@@ -167,6 +185,13 @@ class Engine:
         """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
         prompt = self.model.prompt_tokens(request.prompt)
         return prompt, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
+    def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
+        if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:
+            raise ContextLengthExceededError(
+                f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
+                "prompt tokens per request (max_prompt_tokens).",
+                param="messages" if isinstance(request.prompt, ChatPrompt) else "prompt",
+            )
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:

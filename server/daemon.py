@@ -1,0 +1,208 @@
+"""The process lifecycle around uvicorn: load, serve, SIGTERM drain, SIGHUP reload, sd_notify and its watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, Callable, Coroutine, Iterator
+
+import uvicorn
+
+from .app import build_app
+from .auth import Authenticator, KeyRing, exposure_warning
+from .config import ModelsFile
+from .errors import ConfigError, NomoatError
+from .metrics import Metrics
+from .registry import ModelRegistry, ReloadResult
+from .sdnotify import Notifier, watchdog_interval
+from .settings import Settings
+
+log = logging.getLogger("nomoat.daemon")
+
+ConfigLoader = Callable[[], tuple[Settings, ModelsFile]]
+
+# Settings a reload cannot change in a running process (sockets, threads, the app's middleware).
+_RESTART_ONLY = {"host", "port", "threads", "queue_size", "log_level", "log_format", "cors_origins"}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its signal handlers: the Daemon owns the signals and sets the flags."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    """Owns one server process from model load to exit.
+
+    Signals only set flags or start tasks on the event loop (as uvicorn does): SIGTERM and
+    SIGINT stop accepting and drain in-flight requests for `shutdown_grace_seconds`; a second
+    SIGINT stops waiting. SIGHUP (and POST /admin/reload) re-reads models.toml and applies
+    the difference; an invalid file is logged and the old configuration keeps serving.
+    """
+
+    def __init__(self, settings: Settings, models: ModelsFile, load_config: ConfigLoader) -> None:
+        """Raises ConfigError for settings that cannot work (an unreadable key file, a required key missing)."""
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(models, settings, self.metrics)
+        self.notifier = Notifier(settings.notify_socket)
+        self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
+        self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload)
+        self._load_config = load_config
+        self._server: _Server | None = None
+        self._stopping = False
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def run(self) -> int:
+        """Serve until stopped; the process exit code (0 after a clean drain)."""
+        return asyncio.run(self._main())
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._install_signal_handlers(loop)
+        interval = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
+        if interval is not None:
+            self._spawn(self._watchdog(interval))
+        try:
+            self.notifier.status("loading models")
+            try:
+                await asyncio.to_thread(self.registry.load)
+            except (ConfigError, NomoatError) as exc:  # a model or adapter that cannot be served
+                log.error("cannot start:\n%s", exc)
+                return 2
+            if self._stopping:
+                return 0
+            return await self._serve()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.registry.ready:  # a forced exit skips the app's lifespan shutdown
+                await self.registry.aclose()
+            self.notifier.close()
+
+    async def _serve(self) -> int:
+        warning = exposure_warning(self.settings, self.auth.keys)
+        if warning:
+            log.warning("%s", warning)
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level=self.settings.log_level,
+            log_config=None,  # keep the process's logging (text or JSON) for uvicorn's loggers too
+            access_log=False,  # one line per request comes from the app, with model and tokens
+            lifespan="on",
+            timeout_graceful_shutdown=self.settings.shutdown_grace_seconds,  # type: ignore[arg-type]
+        )
+        server = self._server = _Server(config)
+        self._spawn(self._announce_ready(server))
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn's way out when it cannot start (port in use...), logged by it
+            return exc.code if isinstance(exc.code, int) else 1
+        log.info("stopped")
+        return 0
+
+    async def _announce_ready(self, server: uvicorn.Server) -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        self.notifier.ready(self._status_line())
+
+    # --- signals ---------------------------------------------------------------------
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self.stop, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop accepting connections and let in-flight requests finish within the grace period."""
+        if self._stopping:
+            if sig == signal.SIGINT and self._server is not None:
+                log.warning("second interrupt: not waiting for in-flight requests")
+                self._server.force_exit = True
+            return
+        self._stopping = True
+        log.info("%s: no new connections; draining in-flight requests for up to %gs",
+                 signal.Signals(sig).name, self.settings.shutdown_grace_seconds)
+        self.notifier.stopping()
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def _on_sighup(self) -> None:
+        if self._stopping:
+            log.info("SIGHUP ignored: shutting down")
+            return
+        if self._server is None or not self._server.started:
+            # Reloading now would report READY=1 before the first load has finished.
+            log.warning("SIGHUP ignored: still starting; send it again once the server is ready")
+            return
+        self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):  # reload() has logged it; the old config serves on
+            await self.reload()
+
+    # --- reload ----------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration and apply its models; ConfigError leaves everything as it was."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                settings, models = await asyncio.to_thread(self._load_config)
+                keys = KeyRing.from_settings(settings)  # a rotated key file takes effect on reload
+                result = await self.registry.apply(models, drain_timeout=self._drain_timeout())
+            except Exception as exc:
+                self.metrics.reloads.labels("error").inc()
+                if not isinstance(exc, ConfigError):
+                    log.exception("reload failed unexpectedly")
+                log.error("reload failed; still serving the previous configuration:\n%s", exc)
+                # systemd waits in "reloading" until READY=1, whatever happened.
+                self.notifier.ready("reload failed; serving the previous configuration")
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(str(exc)) from exc
+            self.auth.keys = keys
+            self.metrics.reloads.labels("ok").inc()
+            self._note_restart_only(settings)
+            self.notifier.ready(self._status_line())
+            return result
+
+    def _drain_timeout(self) -> float:
+        """How long a replaced model may keep serving its admitted requests."""
+        # Every generation ends by request_timeout_seconds; without one, wait a generous ten minutes.
+        return (self.settings.request_timeout_seconds or 600.0) + self.settings.shutdown_grace_seconds
+
+    def _note_restart_only(self, new: Settings) -> None:
+        changed = sorted(
+            name for name in _RESTART_ONLY
+            if name in Settings.model_fields and getattr(new, name) != getattr(self.settings, name)
+        )
+        if changed:
+            log.warning("reload does not apply %s; restart the server for that", ", ".join(changed))
+
+    def _status_line(self) -> str:
+        names = ", ".join(self.registry.engines())
+        return f"serving {names} on {self.settings.host}:{self.settings.port}"
+
+    # --- background tasks ------------------------------------------------------------
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings and systemd restarts us."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

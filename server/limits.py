@@ -1,0 +1,107 @@
+"""Request limits: token and time bounds per request, and concurrent generations globally and per key."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import InvalidRequestError, RateLimitError
+from .settings import Settings
+
+log = logging.getLogger("nomoat.limits")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one completion request may ask for; built from Settings, applied by the serving code."""
+
+    max_body_bytes: int
+    max_tokens: int
+    timeout: float | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RequestLimits":
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_tokens=settings.max_tokens_limit,
+            timeout=settings.request_timeout_seconds or None,
+        )
+
+    def completion_tokens(self, asked: int | None, param: str) -> int:
+        """The tokens to generate at most: what was asked, or the limit when nothing was (400 past it).
+
+        The engine lowers it further to what fits in the model's context after the prompt.
+        """
+        if asked is None:
+            return self.max_tokens
+        if asked > self.max_tokens:
+            raise InvalidRequestError(
+                f"{param} is too large: {asked}. This server generates at most {self.max_tokens} "
+                f"completion tokens per request (max_tokens_limit).",
+                param=param, code="invalid_value",
+            )
+        return asked
+
+
+class ConcurrencyLimiter:
+    """Counts generation requests in flight, in total and per caller; refuses past either limit (429).
+
+    Touched only on the event loop, so plain counters suffice.
+    """
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self.total = total
+        self.per_key = per_key
+        self.running = 0
+        self._by_key: Counter[str] = Counter()
+
+    def acquire(self, key: str) -> None:
+        if self.per_key and self._by_key[key] >= self.per_key:
+            raise RateLimitError(
+                f"this API key already has {self.per_key} generation requests running "
+                "(max_streams_per_key); retry when one finishes", retry_after=1, code="rate_limit_exceeded",
+            )
+        if self.total and self.running >= self.total:
+            raise RateLimitError(
+                f"the server is running its limit of {self.total} concurrent generation requests "
+                "(max_concurrent_streams); retry shortly", retry_after=1,
+            )
+        self.running += 1
+        self._by_key[key] += 1
+
+    def release(self, key: str) -> None:
+        self.running -= 1
+        self._by_key[key] -= 1
+        if self._by_key[key] <= 0:
+            del self._by_key[key]
+
+
+class ConcurrencyMiddleware:
+    """Pure ASGI: holds a slot for each completion request from its start to its last byte (streams too)."""
+
+    def __init__(self, app: ASGIApp, limiter: ConcurrencyLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/completions"):
+            await self.app(scope, receive, send)
+            return
+        key = caller(scope)
+        self.limiter.acquire(key)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limiter.release(key)
+
+
+def caller(scope: Scope) -> str:
+    """Who a limit applies to: the API key's id when auth is on, else the client address."""
+    key_id = scope.get("state", {}).get("key_id")
+    if key_id:
+        return str(key_id)
+    client = scope.get("client")
+    return f"client-{client[0]}" if client else "client-unknown"
