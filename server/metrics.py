@@ -43,10 +43,6 @@ class Metrics:
             "nomoat_prompt_cached_tokens_total", "Prompt tokens reused from the cache instead of evaluated.",
             ["model", "adapter"], registry=r,
         )
-        self.cached_prompt_tokens = Counter(
-            "nomoat_prompt_cached_tokens_total", "Prompt tokens whose KV was reused (prefix cache hits).",
-            ["model"], registry=r,
-        )
         self.completion_tokens = Counter(
             "nomoat_completion_tokens_total", "Tokens generated.", ["model", "adapter"], registry=r
         )

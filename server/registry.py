@@ -228,9 +228,11 @@ class ModelRegistry:
 
     def _register(self, entry: AdapterEntry, started: float) -> AdapterEntry:
         self._adapters[entry.name] = entry
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.adapter_load.labels(entry.base, entry.name).observe(elapsed)
         log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
-                 entry.adapter.source, (time.perf_counter() - started) * 1000, entry.adapter.content_hash[:12],
-                 entry.origin)
+                 entry.adapter.source, elapsed * 1000, entry.adapter.content_hash[:12], entry.origin)
         return entry
 
     async def load_adapter(self, name: str, source: Path, base: str | None, scale: float,
