@@ -53,12 +53,24 @@ def test_invalid_field_is_400_naming_the_param(client, path, body, param, code):
     assert_serves(client)
 
 
-@pytest.mark.parametrize("raw", [b"{bad json", b"", b"\xff\xfe", b'{"messages": [}'], ids=["syntax", "empty", "binary", "truncated"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"{bad json", b"", b"\xff\xfe", b'{"messages": [}',
+     # Python's json accepts a lone UTF-16 surrogate, which no UTF-8 text (nor the tokenizer) can hold.
+     b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}'],
+    ids=["syntax", "empty", "binary", "truncated", "lone-surrogate"],
+)
 def test_malformed_json_is_400(client, raw):
     r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     error = assert_error(r, 400, param=None)
     assert "JSON" in error["message"]
     assert_serves(client)
+
+
+def test_escaped_surrogate_pairs_are_text(client):
+    raw = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \\u00e9"}], "max_tokens": 2}'
+    r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("body", [[1, 2], "text", 3, None], ids=["array", "string", "number", "null"])
