@@ -23,6 +23,8 @@ TOO_LONG = "hello " * 3000  # about 3000 tokens; the test server's context is 20
         (CHAT, {"model": MODEL}, "messages", "missing_required_parameter"),
         (CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_value"),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text", None),
+        (CHAT, {"model": MODEL, "messages": None}, "messages", "missing_required_parameter"),
         (CHAT, {"model": MODEL, "messages": HI, "temperature": "hot"}, "temperature", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": HI, "temperature": 3}, "temperature", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": HI, "top_p": 0}, "top_p", "invalid_value"),
