@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequestError
 
@@ -16,6 +16,15 @@ from .errors import InvalidRequestError
 class _Lenient(BaseModel):
     # Clients add fields every release (store, metadata, reasoning_effort...): ignore, never 422.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        # OpenAI's schema makes nearly every field nullable and clients send `"n": null` for
+        # "not set": null takes the default (a required field is then reported missing).
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class StreamOptions(_Lenient):
@@ -49,7 +58,9 @@ class ChatMessage(_Lenient):
             return self.content
         texts = []
         for j, part in enumerate(self.content):
-            if part.type != "text" or part.text is None:
+            if part.type == "text" and part.text is None:
+                raise InvalidRequestError("a text content part needs 'text'", param=f"messages[{index}].content[{j}].text")
+            if part.type != "text":
                 raise InvalidRequestError(
                     f"content part type {part.type!r} is not supported: this model reads text only",
                     param=f"messages[{index}].content[{j}].type",

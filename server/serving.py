@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any, AsyncIterator, Union
 
 from sse_starlette.sse import EventSourceResponse
@@ -34,9 +35,21 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    # json.loads accepts an escaped lone UTF-16 surrogate ("\ud800"), which no UTF-8 text can
+    # hold: tokenizing it would fail deep in the engine as a 500.
+    if _SURROGATE_ESCAPE.search(body):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError("the request body is not valid JSON text: it holds an unpaired "
+                                      "UTF-16 surrogate escape (\\ud800-\\udfff)") from None
+    return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def sampling_params(req: Union[ChatCompletionRequest, CompletionRequest], n_vocab: int, seed_offset: int) -> SamplingParams:

@@ -9,6 +9,7 @@ import pytest
 from wire import (
     MODEL,
     NO_EOS,
+    POEM,
     assert_error,
     assert_serves,
     chat_body,
@@ -304,6 +305,21 @@ def test_unknown_fields_and_client_headers_are_ignored(client):
     r = client.post(CHAT, json=body, headers=headers)
     assert r.status_code == 200, r.text
     assert content(r.json()) == reference
+
+
+def test_null_fields_mean_not_given(client):
+    # OpenAI's schema makes these nullable; clients serialise unset options as null.
+    nulls = dict.fromkeys([
+        "n", "stream", "logprobs", "top_logprobs", "temperature", "top_p", "stop", "seed", "stream_options",
+        "presence_penalty", "frequency_penalty", "logit_bias", "user", "max_completion_tokens", "tools",
+        "tool_choice", "response_format", "parallel_tool_calls", "metadata", "store",
+    ])
+    messages = [{"role": "user", "content": POEM, "name": None, "tool_calls": None, "tool_call_id": None}]
+    r = client.post(CHAT, json=chat_body(max_tokens=3, **nulls) | {"messages": messages})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    [choice] = r.json()["choices"]
+    assert choice["logprobs"] is None and r.json()["usage"]["completion_tokens"] <= 3
 
 
 def test_long_multi_token_prompt_completes(client):

@@ -150,6 +150,14 @@ def test_several_prompts_and_n(client):
     assert text(greedy(client, ["Hi there", "One, two,"], max_tokens=3), 1) == text(greedy(client, "One, two,", max_tokens=3))
 
 
+def test_null_fields_mean_not_given(client):
+    nulls = dict.fromkeys(["n", "stream", "logprobs", "echo", "suffix", "best_of", "temperature", "stop", "seed",
+                           "stream_options", "user", "logit_bias"])
+    answer = post_ok(client, COMPLETIONS, completion_body(max_tokens=3, **nulls))
+    [choice] = answer["choices"]
+    assert choice["logprobs"] is None and not choice["text"].startswith(PROMPT)
+
+
 def test_logprobs_have_the_legacy_shape(client):
     answer = greedy(client, max_tokens=6, logprobs=2)
     lp = answer["choices"][0]["logprobs"]

@@ -23,6 +23,8 @@ TOO_LONG = "hello " * 3000  # about 3000 tokens; the test server's context is 20
         (CHAT, {"model": MODEL}, "messages", "missing_required_parameter"),
         (CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_value"),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text", None),
+        (CHAT, {"model": MODEL, "messages": None}, "messages", "missing_required_parameter"),
         (CHAT, {"model": MODEL, "messages": HI, "temperature": "hot"}, "temperature", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": HI, "temperature": 3}, "temperature", "invalid_value"),
         (CHAT, {"model": MODEL, "messages": HI, "top_p": 0}, "top_p", "invalid_value"),
@@ -53,12 +55,24 @@ def test_invalid_field_is_400_naming_the_param(client, path, body, param, code):
     assert_serves(client)
 
 
-@pytest.mark.parametrize("raw", [b"{bad json", b"", b"\xff\xfe", b'{"messages": [}'], ids=["syntax", "empty", "binary", "truncated"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"{bad json", b"", b"\xff\xfe", b'{"messages": [}',
+     # Python's json accepts a lone UTF-16 surrogate, which no UTF-8 text (nor the tokenizer) can hold.
+     b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}'],
+    ids=["syntax", "empty", "binary", "truncated", "lone-surrogate"],
+)
 def test_malformed_json_is_400(client, raw):
     r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     error = assert_error(r, 400, param=None)
     assert "JSON" in error["message"]
     assert_serves(client)
+
+
+def test_escaped_surrogate_pairs_are_text(client):
+    raw = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \\u00e9"}], "max_tokens": 2}'
+    r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("body", [[1, 2], "text", 3, None], ids=["array", "string", "number", "null"])
