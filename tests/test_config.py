@@ -13,6 +13,8 @@ import pytest
 
 from conftest import free_port, model_path, models_toml
 from server import config
+from server.cli import build_parser
+from server.errors import ConfigError
 from server.settings import Settings
 from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, wait_until
 
@@ -25,6 +27,12 @@ def nomoat(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMOAT_")}
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_args(*argv: str):
+    """What `nomoat ARGV` reads before it starts: argparse, then config.load (as cli.main does)."""
+    args = build_parser().parse_args(argv)
+    return config.load({k: v for k, v in vars(args).items() if k != "command" and v is not None})
 
 
 @pytest.fixture(autouse=True)
@@ -60,17 +68,15 @@ MODEL = '[[models]]\nname = "m"\npath = "embedded:smollm2-135m"\n'
          "bad-default", "no-models", "models-missing", "unknown-setting", "setting-type", "server-not-table",
          "unknown-top-level"],
 )
-def test_invalid_config_fails_fast_naming_file_key_and_problem(tmp_path, text, expected):
+def test_invalid_config_is_refused_naming_file_key_and_problem(tmp_path, text, expected):
     path = tmp_path / "broken.toml"
     path.write_text(text)
-    # --port: were the config accepted by mistake, the server would start here, not on :8000.
-    result = nomoat("serve", "--config", str(path), "--port", str(free_port()), cwd=tmp_path, timeout=30)
-    assert result.returncode == 2, result.stderr
-    assert "configuration error" in result.stderr
-    assert "broken.toml" in result.stderr
+    with pytest.raises(ConfigError) as error:
+        load_args("serve", "--config", str(path))
+    message = str(error.value)
+    assert "broken.toml" in message
     for fragment in expected:
-        assert fragment in result.stderr, result.stderr
-    assert "Uvicorn running" not in result.stderr + result.stdout
+        assert fragment in message
 
 
 @pytest.mark.parametrize(
@@ -88,11 +94,34 @@ def test_invalid_config_fails_fast_naming_file_key_and_problem(tmp_path, text, e
     ids=["missing-file", "directory", "flag-range", "flag-negative", "env-type", "env-choice", "env-config",
          "missing-model"],
 )
-def test_invalid_flags_and_variables_fail_fast(tmp_path, args, env, expected):
-    result = nomoat("serve", *args, cwd=tmp_path, env=env)
-    assert result.returncode == 2, result.stderr
+def test_invalid_flags_and_variables_are_refused(tmp_path, monkeypatch, args, env, expected):
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as error:
+        load_args("serve", *args)
     for fragment in expected:
-        assert fragment in result.stderr, result.stderr
+        assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--config", "broken.toml"], {}, ["broken.toml", "models.0.n_ctx", "valid integer"]),
+        ([], {"NOMOAT_PORT": "abc"}, ["NOMOAT_PORT", "valid integer"]),
+    ],
+    ids=["file", "variable"],
+)
+def test_serve_exits_2_before_starting_on_a_bad_config(tmp_path, args, env, expected):
+    (tmp_path / "broken.toml").write_text(MODEL + 'n_ctx = "big"\n')
+    # --port: were the config accepted by mistake, the server would start here, not on :8000.
+    port = [] if env else ["--port", str(free_port())]
+    result = nomoat("serve", *args, *port, cwd=tmp_path, env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("nomoat: configuration error:")
+    for fragment in expected:
+        assert fragment in result.stderr
+    assert "Uvicorn running" not in result.stderr + result.stdout
 
 
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):
@@ -252,6 +281,8 @@ def test_serve_help_documents_every_setting():
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # argparse wraps lines
     for name, field in Settings.model_fields.items():
+        if field.validation_alias is not None:
+            continue  # systemd's own variables (NOTIFY_SOCKET...): set by systemd, not options
         assert "--" + name.replace("_", "-") in text, name
         assert f"NOMOAT_{name.upper()}" in text, name
         assert field.description and " ".join(field.description.split())[:30] in text, name
