@@ -23,8 +23,8 @@ log = logging.getLogger("nomoat.daemon")
 
 ConfigLoader = Callable[[], tuple[Settings, ModelsFile]]
 
-# Settings a reload cannot change in a running process (sockets, threads, the app's middleware).
-_RESTART_ONLY = {"host", "port", "threads", "queue_size", "log_level", "log_format", "cors_origins"}
+# What a reload applies besides the models; every other setting is fixed for the process's life.
+_RELOADABLE = {"api_key", "api_key_file", "admin_key", "config", "notify_socket", "watchdog_usec", "watchdog_pid"}
 
 
 class _Server(uvicorn.Server):
@@ -184,8 +184,8 @@ class Daemon:
 
     def _note_restart_only(self, new: Settings) -> None:
         changed = sorted(
-            name for name in _RESTART_ONLY
-            if name in Settings.model_fields and getattr(new, name) != getattr(self.settings, name)
+            name for name in Settings.model_fields
+            if name not in _RELOADABLE and getattr(new, name) != getattr(self.settings, name)
         )
         if changed:
             log.warning("reload does not apply %s; restart the server for that", ", ".join(changed))

@@ -112,3 +112,12 @@ def test_port_in_use_fails_fast_without_a_traceback(start_server):
         assert srv.proc.wait(120) != 0
     assert "address already in use" in srv.log()
     assert "Traceback" not in srv.log()
+
+
+def test_sighup_names_changed_settings_it_cannot_apply(start_server):
+    srv = start_server(models_toml())
+    srv.config.write_text(models_toml(server="max_tokens_limit = 16\ncors_origins = \"http://a.test\""))
+    srv.proc.send_signal(signal.SIGHUP)
+    line = wait_for(lambda: next((ln for ln in srv.log().splitlines() if "reload does not apply" in ln), None),
+                    what="restart-only warning")
+    assert "cors_origins" in line and "max_tokens_limit" in line and "port" not in line
