@@ -40,9 +40,14 @@ class TextAssembler:
         return out
 
     def flush(self) -> str:
-        """The end of generation: release whatever was held (no stop completed)."""
-        out = self._pending + self._decoder.decode(b"", final=True)
+        """The end of generation: release whatever was held (no stop completed).
+
+        Bytes of a character cut off by the end (a `length` finish mid-character) are dropped
+        rather than shown as U+FFFD.
+        """
+        out = self._pending
         self._pending = ""
+        self._decoder.reset()
         return out
 
     def _held_suffix(self) -> int:
