@@ -1,4 +1,4 @@
-# nomoat: OpenAI-compatible model server. CPU image by default; see docs/daemon.md.
+# nomoat: OpenAI-compatible model server. CPU image by default; see README.md, "Running as a daemon".
 #   docker build -t nomoat .
 #   docker run -d -p 8000:8000 -e NOMOAT_API_KEY=change-me nomoat
 # CUDA (needs the NVIDIA container toolkit at run time: docker run --gpus all ...):
