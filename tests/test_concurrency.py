@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -158,3 +159,28 @@ def test_full_queue_is_429_with_retry_after(start_server):
         assert answer and answer[0].choices[0].message.content
         assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
         assert_serves(client)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "server/daemon.py: when shutdown_grace_seconds runs out, uvicorn cancels the response task and "
+    "the stream is cut without an error event or [DONE]; in-flight generations should be failed "
+    "(engine error events) before the cancel so clients see why the stream ended"))
+def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
+    srv = start_server(models_toml(parallel=1), "--shutdown-grace-seconds", "1")
+    payloads: list[str] = []
+    with httpx.Client(base_url=srv.base_url, timeout=60) as client, \
+            client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                payloads.append(line[6:])
+            if len(payloads) == 4:
+                break
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            payloads += [line[6:] for line in lines if line.startswith("data: ")]
+        except httpx.RemoteProtocolError:
+            pass  # the cut this test is about; judged below by what came before it
+    assert srv.proc.wait(30) == 0
+    last = payloads[-1]
+    assert last == "[DONE]" or "error" in json.loads(last), payloads[-2:]
