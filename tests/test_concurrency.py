@@ -105,6 +105,20 @@ def test_disconnect_mid_stream_frees_the_engine(single_slot):
         assert_serves(client)
 
 
+def test_disconnect_frees_every_choice_of_n(single_slot):
+    with httpx.Client(base_url=single_slot.base_url, timeout=60) as client:
+        with client.stream("POST", CHAT, json=ENDLESS | {"stream": True, "n": 2}) as r:
+            chunks = data_lines(r)
+            [next(chunks) for _ in range(4)]
+            text = client.get("/metrics").text
+            # One slot: one choice runs, the other waits for it.
+            assert metric(text, "nomoat_active_sequences", model=MODEL) == 1
+            assert metric(text, "nomoat_queue_depth", model=MODEL) == 1
+        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+        assert metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == 0
+        assert_serves(client)
+
+
 def test_client_timeout_on_a_whole_answer_frees_the_engine(single_slot):
     with httpx.Client(base_url=single_slot.base_url, timeout=60) as client:
         before = requests_with_status(client, "499")
