@@ -16,7 +16,7 @@ from server import config
 from server.cli import build_parser
 from server.errors import ConfigError
 from server.settings import Settings
-from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, wait_until
+from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, tokenize, wait_until
 
 NOMOAT = shutil.which("nomoat", path=str(Path(sys.executable).parent)) or "nomoat"
 
@@ -208,9 +208,13 @@ def test_model_file_mode_serves_one_gguf(start_server):
         answer = client.post("/v1/chat/completions", json=chat_body("Hi", model="tiny", max_tokens=4))
         assert answer.status_code == 200 and answer.json()["model"] == "tiny"
         assert answer.json()["choices"][0]["message"]["content"]
-        # --n-ctx took effect: 300 tokens no longer fit.
+        # --n-ctx took effect: 300 tokens no longer fit, and 250 leave room for exactly 6 more.
         r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * 300, "max_tokens": 2})
         assert_error(r, 400, code="context_length_exceeded")
+        full = {"model": "tiny", "prompt": tokenize(" hello") * 250, "max_tokens": 100, "logit_bias": NO_EOS}
+        answer = client.post("/v1/completions", json=full).json()
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 6 and answer["usage"]["total_tokens"] == 256
 
 
 def test_environment_variables_configure_a_server(tmp_path):
