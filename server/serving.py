@@ -19,7 +19,7 @@ from .limits import RequestLimits
 from .metrics import GenerationTimer, Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
 from .registry import ModelRegistry, Target
-from .streaming import DONE, Choice, chat_logprob_entry, completion_logprobs, error_event, merged, sse
+from .streaming import DONE, Choice, TextOffsets, chat_logprob_entry, completion_logprobs, error_event, merged, sse
 
 log = logging.getLogger("nomoat.serving")
 
@@ -166,7 +166,7 @@ class CompletionService:
                 {
                     "index": c.index,
                     "text": echo[c.index] + c.text,
-                    "logprobs": completion_logprobs(c.tokens, len(echo[c.index])) if logprobs else None,
+                    "logprobs": completion_logprobs(c.tokens, TextOffsets(len(echo[c.index]))) if logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
                 for c in choices
@@ -309,7 +309,7 @@ class CompletionService:
         for i, text in enumerate(echo):
             if text:
                 yield chunk(i, text, None)
-        offsets = [len(t) for t in echo]
+        offsets = [TextOffsets(len(t)) for t in echo]
         choices = [Choice(index=i) for i in range(len(gens))]
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
@@ -321,7 +321,6 @@ class CompletionService:
             logprobs = None
             if logprobs_on and event.logprob is not None:
                 logprobs = completion_logprobs([event], offsets[i])
-                offsets[i] += len(event.token_text)
             if event.text or logprobs or event.finish_reason:
                 yield chunk(i, event.text, event.finish_reason, logprobs)
         request.state.ttft = timer.ttft

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 from dataclasses import dataclass, field
@@ -100,13 +101,27 @@ def chat_logprob_entry(event: TokenEvent) -> dict[str, Any]:
 # --- completion (legacy) logprobs -----------------------------------------------------
 
 
-def completion_logprobs(events: list[TokenEvent], start_offset: int) -> dict[str, Any]:
-    tokens, token_logprobs, tops, offsets = [], [], [], []
-    offset = start_offset
-    for event in events:
-        tokens.append(event.token_text)
-        token_logprobs.append(event.logprob)
-        tops.append({t.token: t.logprob for t in (event.top_logprobs or [])})
-        offsets.append(offset)
-        offset += len(event.token_text)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+class TextOffsets:
+    """Where each token starts in the text, in characters.
+
+    A token may hold only part of a character's UTF-8 bytes (its `token_text` is then U+FFFD),
+    so offsets count the characters the bytes so far decode to, not the token strings' lengths.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chars = start
+
+    def next(self, event: TokenEvent) -> int:
+        offset = self._chars
+        self._chars += len(self._decoder.decode(bytes(event.token_bytes or b"")))
+        return offset
+
+
+def completion_logprobs(events: list[TokenEvent], offsets: TextOffsets) -> dict[str, Any]:
+    return {
+        "tokens": [e.token_text for e in events],
+        "token_logprobs": [e.logprob for e in events],
+        "top_logprobs": [{t.token: t.logprob for t in (e.top_logprobs or [])} for e in events],
+        "text_offset": [offsets.next(e) for e in events],
+    }

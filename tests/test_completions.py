@@ -174,6 +174,27 @@ def test_logprobs_have_the_legacy_shape(client):
         assert top[token] == pytest.approx(logprob)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_text_offsets_count_characters_when_tokens_split_them(client, streamed):
+    # The model answers emoji with emoji: tokens that each hold part of one character's bytes.
+    body = completion_body("😀😀😀😀😀", max_tokens=12, temperature=0, logit_bias=NO_EOS, logprobs=1)
+    if streamed:
+        chunks = stream(client, COMPLETIONS, body)
+        got = completion_text(chunks)
+        lps = [ch["choices"][0]["logprobs"] for ch in chunks if ch["choices"][0]["logprobs"]]
+        tokens = [t for lp in lps for t in lp["tokens"]]
+        offsets = [o for lp in lps for o in lp["text_offset"]]
+    else:
+        answer = greedy(client, "😀😀😀😀😀", max_tokens=12, logprobs=1)
+        got, lp = text(answer), answer["choices"][0]["logprobs"]
+        tokens, offsets = lp["tokens"], lp["text_offset"]
+    assert any("\ufffd" in t for t in tokens), tokens  # some token is part of a character
+    assert offsets == sorted(offsets) and offsets[-1] < len(got)
+    for token, at in zip(tokens, offsets):
+        if "\ufffd" not in token:
+            assert got[at : at + len(token)] == token, (got, tokens, offsets)
+
+
 def test_echo_prepends_the_prompt_and_shifts_offsets(client):
     answer = greedy(client, max_tokens=4, logprobs=1, echo=True)
     assert text(answer).startswith(PROMPT)
