@@ -43,6 +43,14 @@ def confine(path: str, adapter_dirs: list[Path]) -> Path:
             if not real.exists():
                 raise InvalidRequestError(f"no adapter at {path!r} in the adapter directories", param="path",
                                           code="adapter_not_found")
+            if real.is_dir():
+                # A PEFT directory's files are opened too: none may lead out of the adapter directory.
+                for inner in real.iterdir():
+                    if root not in Path(os.path.realpath(inner)).parents:
+                        raise PermissionDeniedError(
+                            f"{path!r} holds {inner.name!r}, which leads outside the adapter directories",
+                            param="path",
+                        )
             return real
     raise PermissionDeniedError(f"{path!r} is outside the adapter directories", param="path")
 

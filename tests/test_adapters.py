@@ -34,7 +34,10 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lora_server(tmp_path_factory: pytest.TempPathFactory, adapter_dir: Path):
+    # The prefix cache is off here: a reused prefix is computed in another batch shape than a
+    # fresh prompt, and exact equality with the oracle holds only for equal batch shapes.
     extra = (
+        "prefix_cache = false\n"
         f'[[adapters]]\nname = "a"\npath = "{adapter_dir / "a.gguf"}"\n'
         f'[[adapters]]\nname = "b"\npath = "{adapter_dir / "b.gguf"}"\n'
         '[[stacks]]\nname = "ab"\nadapters = { a = 0.5, b = 0.5 }\n'
@@ -278,3 +281,17 @@ def test_cli_lora_flag_attaches_to_default_model(start_server, adapter_dir, orac
     cards = {m["id"]: m for m in httpx.get(proc.base_url + "/v1/models").json()["data"]}
     assert cards["cli"]["parent"] == "smollm2-135m"
     assert text(chat(proc.base_url, "cli")) == oracles["a"]["poem"]
+
+
+def test_peft_dir_holding_a_link_out_is_refused_before_reading(lora_server, adapter_dir, tmp_path):
+    sneaky = adapter_dir / "sneaky-peft"
+    sneaky.mkdir(exist_ok=True)
+    (sneaky / "adapter_config.json").write_text("{}")
+    outside = tmp_path / "weights.safetensors"
+    outside.write_bytes(b"not read")
+    link = sneaky / "adapter_model.safetensors"
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    r = httpx.post(lora_server.base_url + "/v1/adapters", json={"name": "sneaky", "path": "sneaky-peft"})
+    assert r.status_code == 403, r.text
+    assert "outside the adapter directories" in r.json()["error"]["message"]

@@ -88,7 +88,7 @@ def test_concurrent_mixed_requests_each_follow_their_own_solo_output(mixed_serve
 
 
 def test_parallel_one_is_exactly_reproducible_under_concurrency(start_server_module):
-    server = start_server_module(models_toml(parallel=1))
+    server = start_server_module(models_toml(parallel=1, extra="prefix_cache = false"))
     prompts = ["Name three colors.", "What is the capital of Italy?", "Describe a dog."]
     solo = [content(chat(server.base_url, p)) for p in prompts]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
