@@ -345,3 +345,10 @@ def test_models_endpoint_lists_every_id(client):
     one = client.get(f"/v1/models/{MODEL}")
     assert one.status_code == 200 and one.json()["id"] == MODEL
     assert_error(client.get("/v1/models/nope"), 404, code="model_not_found")
+
+
+def test_routes_without_the_v1_prefix(client):
+    # llama.cpp's server answers both; some clients are configured without /v1.
+    assert [m["id"] for m in client.get("/models").json()["data"]] == [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert post_ok(client, "/chat/completions", chat_body("Hi", max_tokens=1))["object"] == "chat.completion"
+    assert post_ok(client, "/completions", {"prompt": "Hi", "max_tokens": 1})["object"] == "text_completion"
