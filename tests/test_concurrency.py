@@ -42,6 +42,8 @@ def requests_with_status(client: httpx.Client, status: str) -> float:
 
 
 def data_lines(response: httpx.Response) -> Iterator[dict]:
+    """Parsed chunks as they arrive. Hold on to the iterator: once it is garbage-collected,
+    closing it closes the connection, which the server rightly takes as a disconnect."""
     for line in response.iter_lines():
         if line.startswith("data: ") and line != "data: [DONE]":
             yield json.loads(line[6:])
@@ -132,7 +134,8 @@ def test_client_timeout_on_a_whole_answer_frees_the_engine(single_slot):
 def test_queued_stream_gets_its_first_chunk_before_a_slot_frees(single_slot):
     with httpx.Client(base_url=single_slot.base_url, timeout=httpx.Timeout(60, read=15)) as client:
         with client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as holder:
-            next(data_lines(holder))
+            held = data_lines(holder)  # keep it: a dropped line iterator closes the response
+            next(held)
             assert wait_until(lambda: active_sequences(client) == 1, timeout=10)
             body = chat_body("Hi", max_tokens=4, logit_bias=NO_EOS, stream=True)
             with client.stream("POST", CHAT, json=body) as queued:
@@ -148,11 +151,35 @@ def test_queued_stream_gets_its_first_chunk_before_a_slot_frees(single_slot):
         assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
 
 
+def test_waiting_requests_are_served_in_arrival_order(single_slot):
+    finished: list[str] = []
+
+    def ask(name: str) -> None:
+        with httpx.Client(base_url=single_slot.base_url, timeout=120) as c:
+            post = c.post(CHAT, json=chat_body("Hi", max_tokens=6, logit_bias=NO_EOS))
+            assert post.status_code == 200
+            finished.append(name)
+
+    with httpx.Client(base_url=single_slot.base_url, timeout=60) as client:
+        with client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as holder:
+            held = data_lines(holder)  # keep it: a dropped line iterator closes the response
+            next(held)
+            threads = []
+            for depth, name in enumerate("BCD", start=1):
+                threads.append(threading.Thread(target=ask, args=(name,)))
+                threads[-1].start()
+                assert wait_until(lambda: metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == depth)
+        for t in threads:
+            t.join(120)
+    assert finished == ["B", "C", "D"]
+
+
 def test_full_queue_is_429_with_retry_after(start_server):
     srv = start_server(models_toml(parallel=1), "--queue-size", "0")
     with httpx.Client(base_url=srv.base_url, timeout=60) as client:
         with client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as holder:
-            next(data_lines(holder))
+            held = data_lines(holder)  # keep it: a dropped line iterator closes the response
+            next(held)
             for streamed in (False, True):
                 r = client.post(CHAT, json=chat_body("Hi", max_tokens=2, stream=streamed))
                 assert_error(r, 429, code="server_busy", type_="rate_limit_error")

@@ -261,7 +261,8 @@ def test_parallel_flag_overrides_the_file(start_server):
     with httpx.Client(base_url=srv.base_url, timeout=120) as client, \
             client.stream("POST", "/v1/chat/completions",
                           json=chat_body(max_tokens=1000, logit_bias=NO_EOS, stream=True)) as holder:
-        next(holder.iter_lines())
+        held = holder.iter_lines()  # keep it: a dropped line iterator closes the response
+        next(held)
         # One slot and no queue: a second request is turned away (with parallel = 4 it would run).
         assert_error(client.post("/v1/chat/completions", json=chat_body("Hi", max_tokens=2)), 429,
                      type_="rate_limit_error")
