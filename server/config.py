@@ -10,8 +10,9 @@ from typing import Any
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .engine.chat_template import ChatTemplate
 from .errors import ConfigError
 from .settings import Settings, format_validation_error
 
@@ -64,6 +65,17 @@ class ModelConfig(BaseModel):
             "crashes on AMX machines with llama-cpp-python 0.3.36, so off by default)."
         ),
     )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        # A syntax error found here names the file and key; found at model load, it named neither.
+        if value is not None:
+            try:
+                ChatTemplate(value, bos_token="", eos_token="")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     def ids(self) -> list[str]:
         return [self.name, *self.aliases]

@@ -256,6 +256,22 @@ def assert_serves_model(client: httpx.Client, model: str) -> None:
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
+def test_chat_template_override(start_server, tmp_path):
+    # Only the contents, no ChatML: "Hi" is then a one-token prompt.
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    srv = start_server(models_toml(parallel=1, extra=f"chat_template = {template!r}"))
+    with httpx.Client(base_url=srv.base_url, timeout=120) as client:
+        r = client.post("/v1/chat/completions", json=chat_body("Hi", max_tokens=2))
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == len(tokenize("Hi")) == 1
+    broken = tmp_path / "broken.toml"
+    broken.write_text(models_toml(parallel=1, extra="chat_template = '{% for m in messages %}'"))
+    result = nomoat("serve", "--config", str(broken), "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "broken.toml: models.0.chat_template" in result.stderr and "not valid Jinja" in result.stderr
+    assert "Uvicorn running" not in result.stderr
+
+
 def test_parallel_flag_overrides_the_file(start_server):
     srv = start_server(models_toml(parallel=4), "--parallel", "1", "--queue-size", "0")
     with httpx.Client(base_url=srv.base_url, timeout=120) as client, \
