@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from conftest import models_toml
@@ -15,40 +16,42 @@ HI = [{"role": "user", "content": "Hi"}]
 TOO_LONG = "hello " * 3000  # about 3000 tokens; the test server's context is 2048
 
 
+INVALID = [
+    (CHAT, {"model": MODEL, "messages": "Hi"}, "messages", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": []}, "messages", "invalid_value"),
+    (CHAT, {"model": MODEL}, "messages", "missing_required_parameter"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text", None),
+    (CHAT, {"model": MODEL, "messages": None}, "messages", "missing_required_parameter"),
+    (CHAT, {"model": MODEL, "messages": HI, "temperature": "hot"}, "temperature", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "temperature": 3}, "temperature", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "top_p": 0}, "top_p", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "max_tokens": 0}, "max_tokens", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "max_completion_tokens": "many"}, "max_completion_tokens", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "n": 0}, "n", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "stream": "yes please"}, "stream", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "stop": 7}, "stop", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "stop": [str(i) for i in range(17)]}, "stop", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "seed": "abc"}, "seed", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "stream_options": "x"}, "stream_options", "invalid_value"),
+    (CHAT, {"model": MODEL, "messages": HI, "top_logprobs": 2}, "top_logprobs", None),
+    (CHAT, {"model": MODEL, "messages": HI, "logit_bias": {"99999": 1}}, "logit_bias", None),
+    (CHAT, {"model": 7, "messages": HI}, "model", "invalid_value"),
+    (COMPLETIONS, {"model": MODEL}, "prompt", "missing_required_parameter"),
+    (COMPLETIONS, {"model": MODEL, "prompt": 5}, "prompt", "invalid_value"),
+    (COMPLETIONS, {"model": MODEL, "prompt": []}, "prompt", None),
+    (COMPLETIONS, {"model": MODEL, "prompt": ""}, "prompt", None),
+    (COMPLETIONS, {"model": MODEL, "prompt": [99999]}, "prompt", None),
+    (COMPLETIONS, {"model": MODEL, "prompt": "x", "logprobs": 50}, "logprobs", "invalid_value"),
+    (COMPLETIONS, {"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix", None),
+]
+
+
 @pytest.mark.parametrize(
-    "path, body, param, code",
-    [
-        (CHAT, {"model": MODEL, "messages": "Hi"}, "messages", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": []}, "messages", "invalid_value"),
-        (CHAT, {"model": MODEL}, "messages", "missing_required_parameter"),
-        (CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text", None),
-        (CHAT, {"model": MODEL, "messages": None}, "messages", "missing_required_parameter"),
-        (CHAT, {"model": MODEL, "messages": HI, "temperature": "hot"}, "temperature", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "temperature": 3}, "temperature", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "top_p": 0}, "top_p", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "max_tokens": 0}, "max_tokens", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "max_completion_tokens": "many"}, "max_completion_tokens", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "n": 0}, "n", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "stream": "yes please"}, "stream", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "stop": 7}, "stop", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "stop": [str(i) for i in range(17)]}, "stop", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "seed": "abc"}, "seed", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "stream_options": "x"}, "stream_options", "invalid_value"),
-        (CHAT, {"model": MODEL, "messages": HI, "top_logprobs": 2}, "top_logprobs", None),
-        (CHAT, {"model": MODEL, "messages": HI, "logit_bias": {"99999": 1}}, "logit_bias", None),
-        (CHAT, {"model": 7, "messages": HI}, "model", "invalid_value"),
-        (COMPLETIONS, {"model": MODEL}, "prompt", "missing_required_parameter"),
-        (COMPLETIONS, {"model": MODEL, "prompt": 5}, "prompt", "invalid_value"),
-        (COMPLETIONS, {"model": MODEL, "prompt": []}, "prompt", None),
-        (COMPLETIONS, {"model": MODEL, "prompt": ""}, "prompt", None),
-        (COMPLETIONS, {"model": MODEL, "prompt": [99999]}, "prompt", None),
-        (COMPLETIONS, {"model": MODEL, "prompt": "x", "logprobs": 50}, "logprobs", "invalid_value"),
-        (COMPLETIONS, {"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix", None),
-    ],
-    ids=lambda v: json.dumps(v)[:40] if isinstance(v, dict) else None,
+    "path, body, param, code", INVALID,
+    ids=[f"{'chat' if path == CHAT else 'completions'}-{param}-{i}" for i, (path, _, param, _) in enumerate(INVALID)],
 )
 def test_invalid_field_is_400_naming_the_param(client, path, body, param, code):
     assert_error(client.post(path, json=body), 400, param=param, code=code)
@@ -143,8 +146,6 @@ def test_odd_but_valid_requests_are_answered(client, body):
 
 def test_oversized_body_is_413(start_server):
     srv = start_server(models_toml(parallel=1), "--max-body-bytes", "2048")
-    import httpx
-
     with httpx.Client(base_url=srv.base_url, timeout=60) as client:
         big = json.dumps(chat_body("x" * 5000, max_tokens=2)).encode()
         error = assert_error(client.post(CHAT, content=big, headers={"content-type": "application/json"}), 413,
