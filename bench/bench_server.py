@@ -73,6 +73,7 @@ class Result:
 
 def run_load(url: str, bodies: list[dict], concurrency: int, rounds: int) -> Result:
     """C clients, each sending `rounds` requests back to back; aggregate completion tokens/s."""
+    print(f"  {url} c={concurrency} model={bodies[0]['model']} lora={'lora' in bodies[0]}", file=sys.stderr, flush=True)
     def client(i: int) -> list:
         with httpx.Client(timeout=600) as c:
             return [stream_chat(url, bodies[(i + r * concurrency) % len(bodies)], c) for r in range(rounds)]
@@ -102,6 +103,7 @@ def bodies_for(server: str, mixed: bool, tokens: int) -> list[dict]:
             body["model"] = ["smollm2-135m", "a", "b"][which]
         else:
             body["model"] = "smollm2-135m"
+        if server != "nomoat" and mixed:
             body["lora"] = [{"id": 0, "scale": 1.0 if which == 1 else 0.0},
                             {"id": 1, "scale": 1.0 if which == 2 else 0.0}]
         out.append(body)
@@ -129,17 +131,25 @@ def main() -> None:
                 run_load(s.url, bodies_for("nomoat", mixed, 8), 2, 1)  # warm-up
                 results["nomoat"] = {c: run_load(s.url, bodies_for("nomoat", mixed, args.tokens), c, args.rounds)
                                      for c in args.concurrency}
-            with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
-                run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
-                results["llama"] = {c: run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds)
-                                    for c in args.concurrency}
+            results["llama"] = {}
             for c in args.concurrency:
-                n, l = results["nomoat"][c], results["llama"][c]
-                rows.append((("3 mixed sets" if mixed else "one set"), c, n, l))
+                # A fresh llama-server per level: one that crashes must not take the others down.
+                with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
+                    try:
+                        run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
+                        results["llama"][c] = run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds)
+                    except httpx.HTTPError as exc:
+                        print(f"llama-server failed at c={c}: {exc!r} (exit code {s.proc.poll()})", file=sys.stderr)
+            for c in args.concurrency:
+                rows.append((("3 mixed sets" if mixed else "one set"), c, results["nomoat"][c], results["llama"].get(c)))
     print(f"slots={args.slots} threads={args.threads} n_ctx/slot={args.n_ctx} tokens={args.tokens} rounds={args.rounds}")
     print("| load | c | nomoat tok/s | llama-server tok/s | ratio | nomoat TTFT p50/p95 | llama-server TTFT p50/p95 | ITL p50 nomoat / llama |")
     print("|---|---|---|---|---|---|---|---|")
     for load, c, n, l in rows:
+        if l is None:
+            print(f"| {load} | {c} | {n.tps:.1f} | failed | — | {n.ttft_p50 * 1000:.0f}/{n.ttft_p95 * 1000:.0f} ms "
+                  f"| — | {n.itl_p50 * 1000:.1f} / — ms |")
+            continue
         print(f"| {load} | {c} | {n.tps:.1f} | {l.tps:.1f} | {n.tps / l.tps:.2f} | "
               f"{n.ttft_p50 * 1000:.0f}/{n.ttft_p95 * 1000:.0f} ms | {l.ttft_p50 * 1000:.0f}/{l.ttft_p95 * 1000:.0f} ms | "
               f"{n.itl_p50 * 1000:.1f} / {l.itl_p50 * 1000:.1f} ms |")
