@@ -220,7 +220,3 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def model_card(model_id: str, created: int, owned_by: str = "nomoat", **extra: Any) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by, **extra}

@@ -15,7 +15,6 @@ class EngineStats:
 
     prompt_tokens: int = 0
     cached_tokens: int = 0
-    cache_trimmed: int = 0
     decode_calls: int = 0
     decoded_tokens: int = 0
     adapter_switches: int = 0

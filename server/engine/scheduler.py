@@ -265,12 +265,10 @@ class Engine:
         best_len = max(score(best)[0], 0)
         self._free_ids.remove(best)
         seq.seq_id = best
-        cached = self._slot_cache.pop(best, None)
+        self._slot_cache.pop(best, None)
         # At least the last prompt token is evaluated again: its logits start the generation.
         keep = min(best_len, len(seq.prompt) - 1) if self.prefix_cache else 0
         llama_cpp.llama_memory_seq_rm(self.model.memory, best, keep, -1)
-        if cached is not None and keep < len(cached[1]):
-            self.stats.cache_trimmed += 1
         seq.n_past = seq.n_cached = keep
         seq.evaluated = seq.prompt[:keep]
         seq.todo = seq.prompt[keep:]
