@@ -170,7 +170,7 @@ class LoadedModel:
                 raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})", param="prompt")
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
-            text = self.chat_template.render(prompt.messages)
+            text = self.chat_template.render(prompt.messages, tools=prompt.tools)
             bos_in_text = self.chat_template.bos_token and text.startswith(self.chat_template.bos_token)
             tokens = self.tokenize(text, add_bos=self.add_bos and not bos_in_text, special=True)
         else:

@@ -61,9 +61,13 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """Chat messages to render with the model's chat template (OpenAI message dicts)."""
+    """Chat messages to render with the model's chat template (OpenAI message dicts).
+
+    `tools` (OpenAI tool definitions) go to the template for models whose template renders them.
+    """
 
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
