@@ -120,3 +120,8 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for proc in started:
         proc.stop()
+
+
+# The real-client tests' server (one LoRA adapter) lives with their helpers; imported here so that
+# every test module shares one session-scoped instance.
+from clients_fixtures import clients_server  # noqa: E402,F401
