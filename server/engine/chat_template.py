@@ -8,6 +8,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ConfigError, InvalidRequestError
@@ -52,9 +53,12 @@ class ChatTemplate:
         env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)
+            variables = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"chat template is not valid Jinja: {exc}") from None
         self.source = source
+        # Whether the template writes tool definitions itself (Qwen, Llama 3.1, Hermes, ...).
+        self.supports_tools = "tools" in variables
         self.bos_token = bos_token
         self.eos_token = eos_token
 
