@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from .metrics import GenerationTimer, Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
 from .registry import ModelRegistry, Target
 from .streaming import DONE, Choice, TextOffsets, chat_logprob_entry, completion_logprobs, error_event, merged, sse
+from .structured import Grammar, response_rule
+from .tools import ToolPlan, ToolStream, check_history, parse_output, plan_tools, prompt_messages
 
 log = logging.getLogger("nomoat.serving")
 
@@ -84,7 +87,15 @@ class CompletionService:
     async def chat(self, request: Request) -> Response:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.limits.max_body_bytes))
         target = self._route(request, req.model, req.lora_pairs())
-        prompt = ChatPrompt(req.template_messages())
+        if req.functions is not None or req.function_call is not None:
+            raise InvalidRequestError("'functions' and 'function_call' are deprecated and not supported: "
+                                      "use 'tools' and 'tool_choice'", param="functions" if req.functions is not None else "function_call")
+        plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+        check_history(req.messages)
+        grammar = chat_grammar(req, plan)
+        native = target.engine.model.chat_template.supports_tools
+        prompt = ChatPrompt(prompt_messages(req.template_messages(), plan, native),
+                            tools=[t.openai() for t in plan.tools] if native and plan.active else None)
         max_tokens = self.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         )
@@ -94,7 +105,7 @@ class CompletionService:
         gen_requests = [
             GenerationRequest(
                 prompt=prompt,
-                sampling=sampling_params(req, target.engine.model.n_vocab, i),
+                sampling=dataclasses.replace(sampling_params(req, target.engine.model.n_vocab, i), grammar=grammar),
                 max_tokens=max_tokens,
                 stop=req.stop_list(),
                 adapters=target.adapters,
@@ -106,7 +117,7 @@ class CompletionService:
         gens = await self._submit_all(target, gen_requests)
         timer = self._timer(request)
         if req.stream:
-            return self._stream(gens, self._chat_chunks(request, req, target, gens, timer), self._headers(target))
+            return self._stream(gens, self._chat_chunks(request, req, plan, target, gens, timer), self._headers(target))
         choices = await self._collect(request, gens, timer)
         return JSONResponse({
             "id": new_id("chatcmpl"),
@@ -117,10 +128,9 @@ class CompletionService:
             "choices": [
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    **chat_message(c, plan),
                     "logprobs": {"content": [chat_logprob_entry(t) for t in c.tokens], "refusal": None}
                     if req.logprobs else None,
-                    "finish_reason": c.finish_reason,
                 }
                 for c in choices
             ],
@@ -258,8 +268,8 @@ class CompletionService:
 
         return EventSourceResponse(guarded(), sep="\n", ping=15, headers=headers)
 
-    async def _chat_chunks(self, request: Request, req: ChatCompletionRequest, target: Target, gens: list[Generation],
-                           timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
+    async def _chat_chunks(self, request: Request, req: ChatCompletionRequest, plan: ToolPlan, target: Target,
+                           gens: list[Generation], timer: GenerationTimer) -> AsyncIterator[dict[str, str]]:
         cid, created = new_id("chatcmpl"), now()
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
@@ -273,6 +283,7 @@ class CompletionService:
         for i in range(len(gens)):
             yield chunk(i, {"role": "assistant", "content": ""})
         choices = [Choice(index=i) for i in range(len(gens))]
+        tool_streams = [ToolStream(plan) if plan.active else None for _ in gens]
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
                 yield error_event(event.error)
@@ -281,10 +292,21 @@ class CompletionService:
                 timer.token(i)
             _accumulate(choices[i], event)
             logprobs = {"content": [chat_logprob_entry(event)], "refusal": None} if req.logprobs and event.logprob is not None else None
-            if event.text or logprobs:
-                yield chunk(i, {"content": event.text}, logprobs=logprobs)
+            tools = tool_streams[i]
+            if tools is None:
+                if event.text or logprobs:
+                    yield chunk(i, {"content": event.text}, logprobs=logprobs)
+            else:
+                deltas = tools.feed(event.text) if event.text else []
+                if event.finish_reason is not None:
+                    deltas += tools.finish()
+                if logprobs and not deltas:
+                    deltas = [{"content": ""}]
+                for k, delta in enumerate(deltas):
+                    yield chunk(i, delta, logprobs=logprobs if k == 0 else None)
             if event.finish_reason is not None:
-                yield chunk(i, {}, finish=event.finish_reason)
+                finish = "tool_calls" if tools is not None and tools.n_calls else event.finish_reason
+                yield chunk(i, {}, finish=finish)
         request.state.ttft = timer.ttft
         usage = self._usage(request, choices, len(choices))
         if req.include_usage:
@@ -331,6 +353,37 @@ class CompletionService:
                 "system_fingerprint": None, "choices": [], "usage": usage,
             })
         yield DONE
+
+
+def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> str | None:
+    """The grammar a chat request's output must follow, if any.
+
+    A forced tool call: the calls. `response_format` JSON: that JSON, or (tools offered with
+    `auto`) a call instead of it. Otherwise none: the output is free.
+    """
+    g = Grammar("response_format")
+    if plan.mode == "forced":
+        return g.text(plan.calls_rule(g))
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    rule = response_rule(g, fmt.type, fmt.json_schema.schema_ if fmt.json_schema else None)
+    if plan.active:
+        rule = g.add(f"{plan.calls_rule(g)} | {rule}")
+    return g.text(rule)
+
+
+def chat_message(choice: Choice, plan: ToolPlan) -> dict[str, Any]:
+    """`message` and `finish_reason` of a finished chat choice, with its tool calls parsed out."""
+    content, calls = parse_output(choice.text, plan)
+    if not calls:
+        return {"message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": choice.finish_reason}
+    return {
+        "message": {"role": "assistant", "content": content or None, "refusal": None,
+                    "tool_calls": [c.openai() for c in calls]},
+        "finish_reason": "tool_calls",
+    }
 
 
 def adapter_label(target: Target) -> str:
