@@ -58,6 +58,10 @@ class ModelConfig(BaseModel):
     parallel: int = Field(4, ge=1, le=256, description="Sequences generated at once.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's.")
     prefix_cache: bool = Field(True, description="Reuse the KV of a prompt prefix a sequence slot still holds.")
+    embeddings: bool = Field(
+        True,
+        description="Answer /v1/embeddings (a second llama.cpp context, created on the first embeddings request).",
+    )
     repack: bool = Field(
         False,
         description=(

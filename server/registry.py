@@ -12,6 +12,7 @@ from typing import Iterable
 
 from .config import ModelConfig, ModelsFile
 from .engine.adapters import LoraAdapter, prepare_adapter
+from .engine.embedder import Embedder
 from .engine.model import LoadedModel, ModelSpec
 from .engine.scheduler import Engine
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
@@ -34,11 +35,32 @@ class Target:
     adapters: AdapterSet = NO_ADAPTERS
 
 
+@dataclass(frozen=True)
+class EmbeddingTarget:
+    """Where an embeddings request goes: the id it asked for, the model that serves it, its embedder."""
+
+    model_id: str
+    base_id: str
+    embedder: Embedder
+
+
 @dataclass(eq=False)
 class ServedModel:
     config: ModelConfig
     engine: Engine
     created: int
+    embedder: Embedder | None = None  # created by the first embeddings request
+
+    @property
+    def outstanding(self) -> int:
+        return self.engine.outstanding + (self.embedder.outstanding if self.embedder is not None else 0)
+
+    def close(self) -> None:
+        """Close the embedder, then the engine, which frees the model the embedder's context points into."""
+        if self.embedder is not None and not self.embedder.close():
+            log.error("model %s left allocated: its embeddings worker is still running", self.config.name)
+            return
+        self.engine.close()
 
 
 @dataclass
@@ -119,7 +141,7 @@ class ModelRegistry:
                 loaded[config.name] = self._load_one(config)
         except BaseException:
             for served in loaded.values():
-                served.engine.close()
+                served.close()
             raise
         return loaded
 
@@ -212,13 +234,13 @@ class ModelRegistry:
     async def _retire(self, served: ServedModel, timeout: float) -> None:
         """Close an engine nobody can reach any more, after its admitted requests end."""
         deadline = time.monotonic() + timeout
-        while served.engine.outstanding and time.monotonic() < deadline:
+        while served.outstanding and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        if served.engine.outstanding:
+        if served.outstanding:
             log.warning("closing model %s with %d requests still running after %.0fs",
-                        served.config.name, served.engine.outstanding, timeout)
+                        served.config.name, served.outstanding, timeout)
         self._retiring.discard(served)
-        await asyncio.to_thread(served.engine.close)
+        await asyncio.to_thread(served.close)
 
     def _open_adapter(self, name: str, source: Path, base: str) -> "concurrent.futures.Future[LoraAdapter]":
         """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
@@ -301,6 +323,31 @@ class ModelRegistry:
         return Target(model_id=requested, base_id=base, engine=self._models[base].engine,
                       adapters=AdapterSet(tuple(applied)))
 
+    def embedder(self, model_id: str | None) -> EmbeddingTarget:
+        """The embedder of a base model (or alias), created on its first use.
+
+        Adapters and stacks are refused: the embedder's context never has adapters applied.
+        """
+        if not self.ready:
+            raise ServiceUnavailableError("models are still loading", retry_after=2)
+        requested = model_id or self.default_name
+        base, adapters = self._lookup(requested)
+        if adapters:
+            raise InvalidRequestError(
+                f"{requested!r} is a LoRA adapter or stack; embeddings come from base models only "
+                f"(ask for {base!r})", param="model", code="model_not_supported",
+            )
+        served = self._models[base]
+        if not served.config.embeddings:
+            raise InvalidRequestError(
+                f"model {base!r} does not support embeddings (embeddings = false in models.toml)",
+                param="model", code="model_not_supported",
+            )
+        if served.embedder is None:
+            served.embedder = Embedder(served.engine.model, queue_size=self._settings.queue_size,
+                                       max_input_tokens=self._settings.max_prompt_tokens or None)
+        return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
+
     def _lookup(self, model_id: str) -> tuple[str, list[tuple[str, float]]]:
         if model_id in self._ids:
             return self._ids[model_id], []
@@ -347,7 +394,7 @@ class ModelRegistry:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""
         retiring, self._retiring = list(self._retiring), set()
         for served in [*self._models.values(), *retiring]:
-            served.engine.close()
+            served.close()
         self._models.clear()
         self.ready = False
 
