@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .adapter_routes import adapter_routes
 from .adapter_watch import AdapterWatcher
 from .auth import Authenticator, AuthMiddleware, KeyRing
+from .embeddings import EmbeddingService
 from .errors import ConfigError, InvalidConfigError, NomoatError
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .metrics import Metrics
@@ -49,7 +50,9 @@ def build_app(
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
-    service = CompletionService(registry, metrics, RequestLimits.from_settings(settings))
+    limits = RequestLimits.from_settings(settings)
+    service = CompletionService(registry, metrics, limits)
+    embeddings = EmbeddingService(registry, metrics, limits)
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
 
     async def health(request: Request) -> Response:
@@ -92,6 +95,7 @@ def build_app(
             Route(prefix + "/models/{model_id:path}", get_model, methods=["GET"]),
             Route(f"{prefix}/chat/completions", service.chat, methods=["POST"]),
             Route(f"{prefix}/completions", service.completions, methods=["POST"]),
+            Route(f"{prefix}/embeddings", embeddings.embeddings, methods=["POST"]),
         ]
 
     @contextlib.asynccontextmanager

@@ -19,8 +19,8 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _QUIET_PATHS = ("/metrics", "/health")  # scraped every few seconds: no log line, no request metric
 _TEXT_ORDER = ("model", "adapter", "status", "prompt_tokens", "completion_tokens", "ttft_s", "duration_s",
                "request_id", "key_id", "client")
-_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/adapters",
-              "/chat/completions", "/completions", "/models", "/adapters", "/admin/reload")
+_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/adapters",
+              "/chat/completions", "/completions", "/embeddings", "/models", "/adapters", "/admin/reload")
 
 
 class RequestLogMiddleware:

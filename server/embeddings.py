@@ -1,0 +1,135 @@
+"""The embeddings endpoint: its OpenAI request model, and the handler turning it into an embedder call and back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any, Literal, Union
+
+import numpy as np
+from pydantic import Field, StrictInt, StrictStr, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .engine.embedder import EmbeddingInput, Embeddings
+from .engine.types import TextPrompt, TokenPrompt
+from .errors import InvalidRequestError
+from .limits import RequestLimits
+from .metrics import Metrics
+from .protocol import _Lenient, parse
+from .registry import ModelRegistry
+from .serving import ClientDisconnected, read_json
+
+# OpenAI's limit on the number of inputs in one request.
+MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(_Lenient):
+    """POST /v1/embeddings, as OpenAI defines it; `user` and unknown fields are ignored."""
+
+    model: str | None = None
+    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    # nomoat's per-request adapter field: refused here rather than silently ignored.
+    lora: list[Any] | None = None
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _shape(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            value = handler(value)
+        except ValidationError:
+            raise ValueError("input must be a string, a list of strings, a list of token ids "
+                             "or a list of token-id lists") from None
+        items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+        if not items:
+            raise ValueError("the list of inputs is empty")
+        if len(items) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(items)}")
+        for i, item in enumerate(items):
+            if not item:
+                raise ValueError("the input is an empty string" if isinstance(value, str) else f"input[{i}] is empty")
+        return value
+
+    def inputs(self) -> list[EmbeddingInput]:
+        """Each input as the engine takes it: one string, strings, one token list or token lists."""
+        value = self.input
+        if isinstance(value, str):
+            return [TextPrompt(value)]
+        if isinstance(value[0], int):
+            return [TokenPrompt(list(value))]  # type: ignore[arg-type]
+        return [TextPrompt(v) if isinstance(v, str) else TokenPrompt(list(v)) for v in value]
+
+
+class EmbeddingService:
+    """The handler for /v1/embeddings."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = limits
+
+    async def embeddings(self, request: Request) -> Response:
+        req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, self.limits.max_body_bytes))
+        if req.lora:
+            raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")
+        target = self.registry.embedder(req.model)
+        request.state.model = target.model_id
+        request.state.base_model = target.base_id
+        request.state.adapter = ""
+        n_embd = target.embedder.n_embd
+        if req.dimensions is not None and req.dimensions > n_embd:
+            raise InvalidRequestError(
+                f"dimensions must be between 1 and {n_embd} for model {target.model_id!r}, got {req.dimensions}",
+                param="dimensions", code="invalid_value",
+            )
+        result = await _until_disconnect(request, target.embedder.embed(req.inputs()))
+        vectors = _shortened(result.vectors, req.dimensions)
+        self.metrics.prompt_tokens.labels(target.base_id, "").inc(result.prompt_tokens)
+        request.state.tokens = (result.prompt_tokens, 0)
+        return JSONResponse({
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encoded(v, req.encoding_format)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": target.model_id,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        })
+
+
+async def _until_disconnect(request: Request, work: Any) -> Embeddings:
+    """Await the embeddings; a client that goes away first cancels them (ClientDisconnected)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()  # the embedder skips the rest of the job
+    if task not in done:
+        raise ClientDisconnected
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _shortened(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """The first `dimensions` components, scaled back to unit length (as OpenAI's v3 models do)."""
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dimensions].astype(np.float64)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return (cut / np.where(norms > 0.0, norms, 1.0)).astype(np.float32)
+
+
+def _encoded(vector: np.ndarray, encoding_format: str) -> Union[list[float], str]:
+    if encoding_format == "base64":  # little-endian float32 bytes, what the openai SDK decodes
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
