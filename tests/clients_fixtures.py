@@ -4,12 +4,15 @@ exchanges a client library makes, so a failure shows the request it sent and the
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import httpx
 import pytest
+from pydantic import BaseModel, Field
 
 from conftest import ServerProcess, models_toml
 from lora_factory import write_lora
@@ -23,6 +26,18 @@ CLIENT_MODELS = [BASE_MODEL, ADAPTER]
 ADAPTER_STD = 0.02
 
 
+class Pet(BaseModel):
+    """A pet described in a few words."""
+
+    # Bounded fields, so that a 135M model held to the schema finishes within a few dozen tokens.
+    name: str = Field(max_length=20, description="the pet's name")
+    legs: int = Field(ge=0, le=8, description="how many legs it has")
+    kind: Literal["cat", "dog", "bird"]
+
+
+PET_TEXT = "Rex is a dog with four legs."
+
+
 @pytest.fixture(scope="session")
 def clients_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The embedded model as `smollm2-135m` plus the adapter `tuned` on it, for the client tests."""
@@ -31,6 +46,17 @@ def clients_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("clients")).wait_ready()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(params=CLIENT_MODELS)
+def client_model(request: pytest.FixtureRequest) -> str:
+    """The model name a client test sends: the base model, then the adapter."""
+    return request.param
+
+
+@pytest.fixture()
+def recorder() -> Recorder:
+    return Recorder()
 
 
 @dataclass
@@ -106,3 +132,13 @@ def assert_served_by(recorder: Recorder, model: str) -> None:
         assert e.status == 200, recorder.report()
         assert e.adapters == adapter_label(model), recorder.report()
 
+
+
+def run_against(command: list[str], server: ServerProcess, cwd: Any) -> str:
+    """Runs a client script in a fresh process with OPENAI_BASE_URL set to `server`; its stdout."""
+    env = {**os.environ, "OPENAI_BASE_URL": f"{server.base_url}/v1"}
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, (f"{command[-1][:200]} exited {done.returncode}\nstdout:\n{done.stdout}\n"
+                                  f"stderr:\n{done.stderr}\nserver log:\n{server.log()[-3000:]}")
+    assert done.stdout.strip(), done.stderr
+    return done.stdout

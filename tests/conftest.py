@@ -122,6 +122,6 @@ def start_server(tmp_path: Path) -> Iterator:
         proc.stop()
 
 
-# The real-client tests' server (one LoRA adapter) lives with their helpers; imported here so that
-# every test module shares one session-scoped instance.
-from clients_fixtures import clients_server  # noqa: E402,F401
+# The real-client tests' fixtures live with their helpers; imported here so that every test module
+# shares one session-scoped server.
+from clients_fixtures import client_model, clients_server, recorder  # noqa: E402,F401

@@ -12,17 +12,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from clients_fixtures import CLIENT_MODELS, Recorder, assert_served_by
+from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
 
 MAX_TOKENS = 96  # room for a small JSON object; a 135M model still answers in seconds
-
-
-class Pet(BaseModel):
-    """A pet described in a few words."""
-
-    name: str = Field(max_length=20, description="the pet's name")
-    legs: int = Field(ge=0, le=8, description="how many legs it has")
-    kind: Literal["cat", "dog", "bird"]
 
 
 class GetWeather(BaseModel):
@@ -32,24 +24,14 @@ class GetWeather(BaseModel):
     unit: Literal["celsius", "fahrenheit"]
 
 
-PET_PROMPT = "Rex is a dog with four legs. Describe Rex."
+PET_PROMPT = f"{PET_TEXT} Describe Rex."
 WEATHER_PROMPT = "What is the weather like in Paris today?"
 
 
-@pytest.fixture(params=CLIENT_MODELS)
-def model(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture()
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture()
-def llm(clients_server, model: str, recorder: Recorder) -> Iterator[ChatOpenAI]:
+def llm(clients_server, client_model: str, recorder: Recorder) -> Iterator[ChatOpenAI]:
     with recorder.client() as http_client:
-        yield ChatOpenAI(base_url=f"{clients_server.base_url}/v1", api_key="x", model=model, temperature=0,
+        yield ChatOpenAI(base_url=f"{clients_server.base_url}/v1", api_key="x", model=client_model, temperature=0,
                          max_tokens=MAX_TOKENS, max_retries=0, http_client=http_client)
 
 
@@ -68,58 +50,58 @@ def assert_tool_call(message: AIMessage, recorder: Recorder) -> dict:
     return call
 
 
-def test_invoke(llm, model, recorder):
+def test_invoke(llm, client_model, recorder):
     with recorder.explained():
         reply = llm.invoke("Name three colors.")
     assert isinstance(reply, AIMessage) and isinstance(reply.content, str) and reply.content, recorder.report()
     assert reply.response_metadata["finish_reason"] in ("stop", "length")
     assert 0 < reply.usage_metadata["output_tokens"] <= MAX_TOKENS
     assert recorder.last.request["max_completion_tokens"] == MAX_TOKENS  # how ChatOpenAI sends max_tokens
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
 
 
-def test_stream(llm, model, recorder):
+def test_stream(llm, client_model, recorder):
     with recorder.explained():
         chunks = list(llm.stream("Name three colors."))
     text = "".join(c.content for c in chunks)
     assert text.strip(), recorder.report()
     assert recorder.last.request["stream"] is True
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
 
 
-def test_structured_output_json_schema(llm, model, recorder):
+def test_structured_output_json_schema(llm, client_model, recorder):
     # The default method: response_format json_schema (strict) through the SDK's parse.
     with recorder.explained():
         pet = llm.with_structured_output(Pet).invoke(PET_PROMPT)
     assert isinstance(pet, Pet), f"{pet!r}\n{recorder.report()}"
     response_format = recorder.last.request["response_format"]
     assert response_format["type"] == "json_schema" and response_format["json_schema"]["strict"] is True
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
 
 
-def test_structured_output_function_calling(llm, model, recorder):
+def test_structured_output_function_calling(llm, client_model, recorder):
     with recorder.explained():
         pet = llm.with_structured_output(Pet, method="function_calling").invoke(PET_PROMPT)
     assert isinstance(pet, Pet), f"{pet!r}\n{recorder.report()}"
     sent = recorder.last.request
     assert sent["parallel_tool_calls"] is False
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "Pet"}}
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
 
 
 @pytest.mark.parametrize("tool_choice, sent", [
     ("GetWeather", {"type": "function", "function": {"name": "GetWeather"}}),
     ("any", "required"),
 ])
-def test_bind_tools_forced(llm, model, recorder, tool_choice, sent):
+def test_bind_tools_forced(llm, client_model, recorder, tool_choice, sent):
     with recorder.explained():
         message = llm.bind_tools([GetWeather], tool_choice=tool_choice).invoke(WEATHER_PROMPT)
     assert recorder.last.request["tool_choice"] == sent
     assert_tool_call(message, recorder)
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
 
 
-def test_tool_result_turn(llm, model, recorder):
+def test_tool_result_turn(llm, client_model, recorder):
     # An agent loop's second request: the assistant's tool call (content null) and the tool's answer.
     question = HumanMessage(WEATHER_PROMPT)
     with recorder.explained():
@@ -134,4 +116,4 @@ def test_tool_result_turn(llm, model, recorder):
     assert sent["messages"][2] == {"role": "tool", "tool_call_id": call["id"], "content": "18 degrees and sunny"}
     assert isinstance(answer, AIMessage) and not answer.tool_calls, recorder.report()
     assert isinstance(answer.content, str) and answer.content.strip(), recorder.report()
-    assert_served_by(recorder, model)
+    assert_served_by(recorder, client_model)
