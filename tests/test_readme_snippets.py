@@ -1,0 +1,39 @@
+"""README's LangChain and llama-index snippets run verbatim against a test server.
+
+Each snippet is the ```python block right after an HTML comment `<!-- snippet: NAME -->` in
+README.md. It runs in a fresh interpreter exactly as written, except that its server address,
+`http://localhost:8000`, is replaced by the test server's (the only substitution), so the README
+cannot drift from what works."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from clients_fixtures import run_against
+from conftest import ROOT
+
+README = ROOT / "README.md"
+README_ADDRESS = "http://localhost:8000"
+
+
+def snippet(name: str) -> str:
+    pattern = rf"<!-- snippet: {re.escape(name)} -->\n```python\n(.*?)```"
+    found = re.findall(pattern, README.read_text(), flags=re.DOTALL)
+    assert len(found) == 1, f"README.md needs exactly one ```python block after <!-- snippet: {name} -->"
+    return found[0]
+
+
+@pytest.mark.parametrize("name", ["langchain", "llama-index"])
+def test_snippet_runs_verbatim(clients_server, tmp_path, name):
+    code = snippet(name)
+    assert code.count(f"{README_ADDRESS}/v1") == 1 and '"smollm2-135m"' in code
+    run_against([sys.executable, "-c", code.replace(README_ADDRESS, clients_server.base_url)], clients_server, tmp_path)
+
+
+def test_the_two_commands_are_unchanged():
+    text = README.read_text()
+    assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/nomoat serve\n" in text
+    assert ".venv/bin/pip install '.[test]' && .venv/bin/python -m pytest\n" in text
