@@ -22,8 +22,9 @@ PET_PROMPT = PromptTemplate("Describe the pet in this text: {text}")
 
 def openai_like(base_url: str, model: str, recorder: Recorder, max_tokens: int, **mode: bool) -> Iterator[OpenAILike]:
     with recorder.client() as http_client:
+        # timeout: llama-index's 60 s default is tight for a test machine whose 2 cores are shared.
         yield OpenAILike(model=model, api_base=f"{base_url}/v1", api_key="x", max_tokens=max_tokens,
-                         temperature=0, max_retries=0, http_client=http_client, **mode)
+                         temperature=0, max_retries=0, timeout=120, http_client=http_client, **mode)
 
 
 @pytest.fixture()
