@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
+from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
 
 from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
@@ -106,4 +107,24 @@ def test_chat_model_structured_predict(chat_llm, client_model, recorder):
     sent = sent_to(recorder, "/v1/chat/completions")
     assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
     assert [t["function"]["name"] for t in sent["tools"]] == ["Pet"]
+    assert_served_by(recorder, client_model)
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"18 degrees and sunny in {city}"
+
+
+def test_chat_model_stream_chat_with_tools(chat_llm, client_model, recorder):
+    # Streamed tool-call deltas: llama-index reads one call per chunk (tool_calls_delta[0]).
+    tool = FunctionTool.from_defaults(fn=get_weather)
+    with recorder.explained():
+        chunks = list(chat_llm.stream_chat_with_tools([tool], user_msg="What is the weather in Paris?",
+                                                       tool_required=True))
+        calls = chat_llm.get_tool_calls_from_response(chunks[-1])
+    assert [c.tool_name for c in calls] == ["get_weather"], recorder.report()
+    assert set(calls[0].tool_kwargs) == {"city"} and isinstance(calls[0].tool_kwargs["city"], str), recorder.report()
+    assert calls[0].tool_id, recorder.report()
+    sent = sent_to(recorder, "/v1/chat/completions")
+    assert sent["stream"] is True and sent["tool_choice"] == "required"
     assert_served_by(recorder, client_model)
