@@ -58,6 +58,16 @@ class ModelConfig(BaseModel):
     parallel: int = Field(4, ge=1, le=256, description="Sequences generated at once.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's.")
     prefix_cache: bool = Field(True, description="Reuse the KV of a prompt prefix a sequence slot still holds.")
+    adapter_contexts: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description=(
+            "llama.cpp contexts at most, opened as different adapter sets run at once, so each keeps its "
+            "set applied instead of switching every step; each costs its own KV cache (n_ctx × parallel) "
+            "and compute buffer. 1 = one context that changes set between its calls."
+        ),
+    )
     embeddings: bool = Field(
         True,
         description="Answer /v1/embeddings (a second llama.cpp context, created on the first embeddings request).",

@@ -111,16 +111,29 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         waiting = GaugeMetricFamily("nomoat_queue_depth", "Requests admitted and waiting for a sequence slot.", labels=["model"])
         active = GaugeMetricFamily("nomoat_active_sequences", "Sequences being evaluated.", labels=["model"])
+        batch = GaugeMetricFamily(
+            "nomoat_batch_size", "Sequences the engine's last step advanced (all its llama_decode calls).", labels=["model"]
+        )
+        batch_tokens = GaugeMetricFamily(
+            "nomoat_batch_tokens", "Tokens the engine's last step evaluated, prompt chunks included.", labels=["model"]
+        )
+        contexts = GaugeMetricFamily(
+            "nomoat_engine_contexts", "llama.cpp contexts open (one per concurrently running adapter set).", labels=["model"]
+        )
         engines = self._engines()
         for name, engine in engines.items():
+            stats = engine.stats  # type: ignore[attr-defined]
             waiting.add_metric([name], engine.waiting)  # type: ignore[attr-defined]
             active.add_metric([name], engine.active)  # type: ignore[attr-defined]
-        yield waiting
-        yield active
+            batch.add_metric([name], stats.last_batch_sequences)
+            batch_tokens.add_metric([name], stats.last_batch_tokens)
+            contexts.add_metric([name], stats.contexts)
+        yield from (waiting, active, batch, batch_tokens, contexts)
         counters = {
             "decode_calls": ("nomoat_decode_calls_total", "llama_decode calls (one per adapter group per step)."),
             "decoded_tokens": ("nomoat_decoded_tokens_total", "Tokens evaluated by llama_decode (prompt and generated)."),
-            "adapter_switches": ("nomoat_adapter_switches_total", "Changes of the context's LoRA adapter set."),
+            "adapter_switches": ("nomoat_adapter_switches_total", "Changes of a context's LoRA adapter set."),
+            "steps": ("nomoat_engine_steps_total", "Engine steps; decoded_tokens / steps is the mean batch."),
             "prompt_tokens": ("nomoat_engine_prompt_tokens_total", "Prompt tokens of sequences started."),
             "cached_tokens": ("nomoat_prefix_cache_tokens_total", "Prompt tokens served from the prefix cache."),
         }

@@ -156,6 +156,7 @@ class ModelRegistry:
             n_gpu_layers=config.n_gpu_layers,
             repack=config.repack,
             chat_template=config.chat_template,
+            adapter_contexts=config.adapter_contexts,
         )
         model = LoadedModel(spec)
         engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache,

@@ -18,6 +18,10 @@ class EngineStats:
     decode_calls: int = 0
     decoded_tokens: int = 0
     adapter_switches: int = 0
+    steps: int = 0
+    last_batch_sequences: int = 0  # sequences the last step advanced, over all its llama_decode calls
+    last_batch_tokens: int = 0  # tokens the last step evaluated (generated ones and prompt chunks)
+    contexts: int = 1  # llama.cpp contexts open (one per concurrently running adapter set, bounded)
 
 
 class Generation:

@@ -50,10 +50,11 @@ class ModelSpec:
     n_gpu_layers: int = 0
     repack: bool = False
     chat_template: str | None = None
+    adapter_contexts: int = 3
 
 
 class LoadedModel:
-    """Owns a `llama_model` and one `llama_context` with `parallel` KV streams.
+    """Owns a `llama_model` and its `llama_context`s, each with `parallel` KV streams.
 
     Tokenizing and token pieces read only the vocabulary and are safe from any thread;
     the context is used by the engine's worker thread alone.
@@ -77,13 +78,19 @@ class LoadedModel:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * spec.parallel
         cparams.n_seq_max = spec.parallel
-        cparams.kv_unified = False  # each sequence gets its own n_ctx cells: no request can starve another
+        # A KV stream per sequence: each gets its own n_ctx cells, and a prompt's prefill is computed
+        # alone (llama.cpp splits the batch per sequence), so it matches the unbatched result. A
+        # unified pool was measured no faster once batches list sequence ids in increasing order,
+        # and it moves prefill logits enough to flip near-ties (bench/README.md).
+        cparams.kv_unified = False
         cparams.n_batch = max(spec.n_batch, spec.parallel)
         cparams.n_ubatch = cparams.n_batch
         cparams.n_threads = spec.n_threads
         cparams.n_threads_batch = spec.n_threads
         cparams.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        self._cparams = cparams
+        self.contexts: list[llama_cpp.llama_context_p] = []
+        self.ctx = self.new_context()
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise ConfigError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
@@ -204,10 +211,18 @@ class LoadedModel:
 
     # --- lifecycle ---------------------------------------------------------------
 
+    def new_context(self) -> llama_cpp.llama_context_p | None:
+        """Another context on the same weights with the same settings (its own KV and compute buffer)."""
+        ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
+        if ctx:
+            self.contexts.append(ctx)
+        return ctx
+
     def close(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        for ctx in self.contexts:
+            llama_cpp.llama_free(ctx)
+        self.contexts.clear()
+        self.ctx = None
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None

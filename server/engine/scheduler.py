@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import ctypes
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,11 @@ from ..errors import (
 )
 from .adapters import LoraAdapter
 from .generation import EngineStats, Generation, deliver
+from .lanes import Lane, choose_lane
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
-from .types import AdapterSet, ChatPrompt, GenerationRequest, TokenEvent, Usage
+from .types import ChatPrompt, GenerationRequest, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -39,6 +39,7 @@ class _Sequence:
     max_new: int
     sampler: SamplerChain
     assembler: TextAssembler
+    lane: Lane | None = None
     seq_id: int = -1
     n_past: int = 0
     n_cached: int = 0  # prompt tokens whose KV was reused from an earlier request
@@ -52,7 +53,7 @@ class _Sequence:
 
 
 class Engine:
-    """Schedules every request for one loaded model on one llama.cpp context.
+    """Schedules every request for one loaded model on its llama.cpp contexts (lanes).
 
     The HTTP side sees `submit()` (an awaitable returning a Generation) and `Generation.cancel()`.
     All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
@@ -71,13 +72,10 @@ class Engine:
         self._cv = threading.Condition()
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
-        self._free_ids = list(range(self.parallel))
-        # What each idle sequence slot still holds in its KV: (adapter set key, tokens). A new
-        # request takes the slot sharing its longest prefix under the same adapter set, as
-        # llama.cpp's server does, and evaluates only the rest.
-        self._slot_cache: dict[int, tuple[tuple, list[int]]] = {}
-        self._current_adapters: tuple = ()
-        self._adapters_ever_set = False
+        # Lane 0 is the model's own context; more open, up to max_lanes, when several adapter sets
+        # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
+        self.max_lanes = max(1, model.spec.adapter_contexts)
+        self._lanes = [Lane.open(0, model.ctx, self.parallel)]
         self._stopping = False
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._to_free: list[LoraAdapter] = []
@@ -230,7 +228,7 @@ class Engine:
                 jobs = list(self._jobs)
                 self._jobs.clear()
                 self._free_unused_adapters()
-                while self._inbox and self._free_ids:
+                while self._inbox and len(self._active) < self.parallel:
                     self._start(self._inbox.popleft())
             for job in jobs:
                 job()
@@ -249,32 +247,39 @@ class Engine:
         self._inbox.clear()
 
     def _start(self, seq: _Sequence) -> None:
-        """Give a waiting sequence a slot, reusing the longest cached prefix of its prompt."""
+        """Give a waiting sequence a lane and a slot, reusing the longest cached prefix of its prompt.
+
+        A request takes the slot sharing its longest prefix under the same adapter set, as
+        llama.cpp's server does, and evaluates only the rest.
+        """
         key = seq.request.adapters.key
-
-        def score(slot: int) -> tuple[int, int]:
-            cached = self._slot_cache.get(slot)
-            if cached is None:
-                return 0, 0
-            if cached[0] != key:
-                return -1, -len(cached[1])  # KV computed under another adapter set is never reused
-            # Ties go to the slot holding the least, keeping longer caches for later requests.
-            return _common_prefix(cached[1], seq.prompt), -len(cached[1])
-
-        best = max(self._free_ids, key=score)
-        best_len = max(score(best)[0], 0)
-        self._free_ids.remove(best)
-        seq.seq_id = best
-        self._slot_cache.pop(best, None)
+        lane = self._lane_for(key)
+        best, best_len = lane.take_slot(key, seq.prompt)
+        seq.lane, seq.seq_id = lane, best
         # At least the last prompt token is evaluated again: its logits start the generation.
         keep = min(best_len, len(seq.prompt) - 1) if self.prefix_cache else 0
-        llama_cpp.llama_memory_seq_rm(self.model.memory, best, keep, -1)
+        llama_cpp.llama_memory_seq_rm(lane.memory, best, keep, -1)
         seq.n_past = seq.n_cached = keep
         seq.evaluated = seq.prompt[:keep]
         seq.todo = seq.prompt[keep:]
         self.stats.prompt_tokens += len(seq.prompt)
         self.stats.cached_tokens += keep
         self._active.append(seq)
+
+    def _lane_for(self, key: tuple) -> Lane:
+        lane = choose_lane(self._lanes, key, can_open=len(self._lanes) < self.max_lanes)
+        if lane is not None:
+            return lane
+        ctx = self.model.new_context()
+        if not ctx:  # out of memory for another context: share the least busy one instead
+            log.warning("could not create another context for %s; adapter sets will share", self.model.spec.name)
+            self.max_lanes = len(self._lanes)
+            return self._lane_for(key)
+        lane = Lane.open(len(self._lanes), ctx, self.parallel)
+        self._lanes.append(lane)
+        self.stats.contexts = len(self._lanes)
+        log.info("opened context %d of %s for a concurrent adapter set", lane.index, self.model.spec.name)
+        return lane
 
     def _step(self) -> None:
         events: list[tuple[Generation, TokenEvent]] = []
@@ -291,16 +296,24 @@ class Engine:
                 break
             work.append((seq, seq.todo[:take]))
             budget -= take
-        groups: dict[tuple, list[tuple[_Sequence, list[int]]]] = {}
+        groups: dict[tuple[int, tuple], list[tuple[_Sequence, list[int]]]] = {}
         for item in work:
-            groups.setdefault(item[0].request.adapters.key, []).append(item)
-        # Start with the set already applied: a switch re-reserves llama.cpp's graph (DESIGN.md).
-        for key in sorted(groups, key=lambda k: k != self._current_adapters):
-            self._decode_group(groups[key], events)
+            groups.setdefault((item[0].lane.index, item[0].request.adapters.key), []).append(item)
+        # Per lane, start with the set already applied: a switch re-reserves llama.cpp's graph.
+        order = sorted(groups, key=lambda g: (g[0], g[1] != self._lanes[g[0]].applied))
+        self.stats.steps += 1
+        self.stats.last_batch_tokens = sum(len(tokens) for _, tokens in work)
+        self.stats.last_batch_sequences = len(work)
+        for group in order:
+            # Increasing sequence ids: llama.cpp puts only consecutive ids in one ubatch, so an
+            # unsorted batch of 8 ran as up to 4 ubatches (25 % slower, bench/bench_batch.py).
+            items = sorted(groups[group], key=lambda item: item[0].seq_id)
+            self._decode_group(self._lanes[group[0]], items, events)
         self._emit(events)
 
-    def _decode_group(self, items: list[tuple[_Sequence, list[int]]], events: list) -> None:
-        self._apply_adapters(items[0][0].request.adapters)
+    def _decode_group(self, lane: Lane, items: list[tuple[_Sequence, list[int]]], events: list) -> None:
+        if lane.apply(items[0][0].request.adapters):
+            self.stats.adapter_switches += 1
         batch = self._batch
         n = 0
         outputs: list[tuple[_Sequence, int]] = []
@@ -316,7 +329,8 @@ class Engine:
                     outputs.append((seq, n))
                 n += 1
         batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.model.ctx, batch)
+        rc = llama_cpp.llama_decode(lane.ctx, batch)
+        lane.decoded = True
         if rc != 0:
             error = EngineError(f"llama_decode failed (code {rc})")
             for seq, _ in items:
@@ -335,8 +349,8 @@ class Engine:
         request = seq.request
         logprobs = None
         if request.logprobs:
-            logprobs = log_softmax_row(self.model.ctx, index, self.model.n_vocab)
-        token = seq.sampler.sample(self.model.ctx, index)
+            logprobs = log_softmax_row(seq.lane.ctx, index, self.model.n_vocab)
+        token = seq.sampler.sample(seq.lane.ctx, index)
         seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)
@@ -375,13 +389,15 @@ class Engine:
         self._release(seq, keep_cache=error is None)
 
     def _release(self, seq: _Sequence, keep_cache: bool) -> None:
+        lane = seq.lane
         if keep_cache and self.prefix_cache and seq.evaluated:
-            self._slot_cache[seq.seq_id] = (seq.request.adapters.key, seq.evaluated)
+            lane.slot_cache[seq.seq_id] = (seq.request.adapters.key, seq.evaluated)
         else:
-            llama_cpp.llama_memory_seq_rm(self.model.memory, seq.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
         seq.sampler.close()
         self._active.remove(seq)
-        self._free_ids.append(seq.seq_id)
+        lane.leave(seq.request.adapters.key)
+        lane.free_ids.append(seq.seq_id)
 
     def _fail_all(self, error: Exception) -> None:
         events: list[tuple[Generation, TokenEvent]] = []
@@ -389,32 +405,14 @@ class Engine:
             self._finish(seq, None, "", events, error=error)
         self._emit(events)
 
-    def _apply_adapters(self, adapters: AdapterSet) -> None:
-        key = adapters.key
-        if key == self._current_adapters:
-            return
-        n = len(adapters.adapters)
-        if n == 0 and not self._adapters_ever_set:
-            return  # clearing a context that never had adapters segfaults (DESIGN.md)
-        handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle.ptr for a in adapters.adapters])
-        scales = (ctypes.c_float * max(n, 1))(*[a.scale for a in adapters.adapters])
-        rc = llama_cpp.llama_set_adapters_lora(self.model.ctx, handles, n, scales)
-        if rc != 0:
-            raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
-        self.stats.adapter_switches += 1
-        self._current_adapters = key
-        self._adapters_ever_set = True
-
     def _free_unused_adapters(self) -> None:
         """Free adapters marked for unloading that no queued or running sequence uses (lock held)."""
         if not self._to_free:
             return
         in_use = {id(a.handle) for s in (*self._active, *self._inbox) for a in s.request.adapters.adapters}
         for adapter in [a for a in self._to_free if id(a) not in in_use]:
-            if any(h == adapter.content_hash for h, _ in self._current_adapters):
-                # The context still points at it: switch it off before the memory goes.
-                llama_cpp.llama_set_adapters_lora(self.model.ctx, None, 0, None)
-                self._current_adapters = ()
+            for lane in self._lanes:
+                lane.clear_if_using(adapter.content_hash)  # a context still pointing at it
             llama_cpp.llama_adapter_lora_free(adapter.ptr)
             adapter.ptr = None
             self._to_free.remove(adapter)
@@ -423,11 +421,3 @@ class Engine:
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(deliver, events)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
