@@ -1,10 +1,13 @@
 """nomoat against llama.cpp's own llama-server under the same streaming chat load.
 
-Run: .venv/bin/python bench/bench_server.py [--concurrency 1 4 8 16] [--tokens 128] [--rounds 2]
+Run: .venv/bin/python bench/bench_server.py [--concurrency 1 4 8 16] [--tokens 128] [--rounds 2] [--repeat N]
 Builds llama-server from the llama.cpp vendored in the installed llama-cpp-python (once, cached in
 bench/.cache), serves the same GGUF with the same threads, slots and context on both, and drives
 each with C clients that each send --rounds streaming chats of --tokens tokens (end-of-generation
 banned), with one adapter set and with three mixed sets (none/A/B, rank-8 random LoRAs).
+With --repeat N each level runs N times, interleaved (nomoat, llama-server, nomoat, ...), and the
+table gives each metric's median with its min–max, and the ratio of the medians: on a shared
+machine that is the only comparison that means something.
 """
 
 from __future__ import annotations
@@ -71,6 +74,23 @@ class Result:
     itl_p50: float
 
 
+@dataclass
+class Runs:
+    """The repeated runs of one server at one level; a metric reads as its median (min–max)."""
+
+    runs: list[Result]
+
+    def median(self, metric: str) -> float:
+        return statistics.median(getattr(r, metric) for r in self.runs)
+
+    def show(self, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+        values = [getattr(r, metric) * scale for r in self.runs]
+        text = f"{statistics.median(values):.{digits}f}"
+        if len(values) > 1:
+            text += f" ({min(values):.{digits}f}–{max(values):.{digits}f})"
+        return text
+
+
 def run_load(url: str, bodies: list[dict], concurrency: int, rounds: int) -> Result:
     """C clients, each sending `rounds` requests back to back; aggregate completion tokens/s."""
     print(f"  {url} c={concurrency} model={bodies[0]['model']} lora={'lora' in bodies[0]}", file=sys.stderr, flush=True)
@@ -118,6 +138,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per level, interleaved between the servers")
     args = ap.parse_args()
     binary = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh")], check=True,
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -126,33 +147,41 @@ def main() -> None:
         loras = [write_lora(Path(tmp) / f"{n}.gguf", i + 1, rank=8, std=0.02) for i, n in enumerate("ab")]
         extra = "".join(f'[[adapters]]\nname = "{n}"\npath = "{p}"\n' for n, p in zip("ab", loras))
         for mixed in (False, True):
-            results: dict[str, dict[int, Result]] = {}
-            with Nomoat(models_toml(parallel=args.slots, n_ctx=args.n_ctx, threads=args.threads, extra=extra)) as s:
-                run_load(s.url, bodies_for("nomoat", mixed, 8), 2, 1)  # warm-up
-                results["nomoat"] = {c: run_load(s.url, bodies_for("nomoat", mixed, args.tokens), c, args.rounds)
-                                     for c in args.concurrency}
-            results["llama"] = {}
             for c in args.concurrency:
-                # A fresh llama-server per level: one that crashes must not take the others down.
-                with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
-                    try:
-                        run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
-                        results["llama"][c] = run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds)
-                    except httpx.HTTPError as exc:
-                        print(f"llama-server failed at c={c}: {exc!r} (exit code {s.proc.poll()})", file=sys.stderr)
-            for c in args.concurrency:
-                rows.append((("3 mixed sets" if mixed else "one set"), c, results["nomoat"][c], results["llama"].get(c)))
-    print(f"slots={args.slots} threads={args.threads} n_ctx/slot={args.n_ctx} tokens={args.tokens} rounds={args.rounds}")
+                rows.append((("3 mixed sets" if mixed else "one set"), c,
+                             *measure_level(args, binary, loras, extra, mixed, c)))
+    print(f"slots={args.slots} threads={args.threads} n_ctx/slot={args.n_ctx} tokens={args.tokens} "
+          f"rounds={args.rounds} repeat={args.repeat}" + (" (interleaved; median (min–max))" if args.repeat > 1 else ""))
     print("| load | c | nomoat tok/s | llama-server tok/s | ratio | nomoat TTFT p50/p95 | llama-server TTFT p50/p95 | ITL p50 nomoat / llama |")
     print("|---|---|---|---|---|---|---|---|")
     for load, c, n, l in rows:
+        ttft = lambda r: f"{r.show('ttft_p50', 1000, 0)}/{r.show('ttft_p95', 1000, 0)} ms"  # noqa: E731
         if l is None:
-            print(f"| {load} | {c} | {n.tps:.1f} | failed | — | {n.ttft_p50 * 1000:.0f}/{n.ttft_p95 * 1000:.0f} ms "
-                  f"| — | {n.itl_p50 * 1000:.1f} / — ms |")
+            print(f"| {load} | {c} | {n.show('tps')} | failed | — | {ttft(n)} | — | {n.show('itl_p50', 1000)} / — ms |")
             continue
-        print(f"| {load} | {c} | {n.tps:.1f} | {l.tps:.1f} | {n.tps / l.tps:.2f} | "
-              f"{n.ttft_p50 * 1000:.0f}/{n.ttft_p95 * 1000:.0f} ms | {l.ttft_p50 * 1000:.0f}/{l.ttft_p95 * 1000:.0f} ms | "
-              f"{n.itl_p50 * 1000:.1f} / {l.itl_p50 * 1000:.1f} ms |")
+        print(f"| {load} | {c} | {n.show('tps')} | {l.show('tps')} | {n.median('tps') / l.median('tps'):.2f} | "
+              f"{ttft(n)} | {ttft(l)} | {n.show('itl_p50', 1000)} / {l.show('itl_p50', 1000)} ms |")
+
+
+def measure_level(args: argparse.Namespace, binary: str, loras: list[Path], extra: str, mixed: bool,
+                  c: int) -> tuple[Runs, Runs | None]:
+    """--repeat runs of each server at concurrency c, alternating; a fresh server for every run,
+    so a llama-server that crashes takes only its own run down (the level is then "failed")."""
+    nomoat: list[Result] = []
+    llama: list[Result] = []
+    failed = False
+    for _ in range(args.repeat):
+        with Nomoat(models_toml(parallel=args.slots, n_ctx=args.n_ctx, threads=args.threads, extra=extra)) as s:
+            run_load(s.url, bodies_for("nomoat", mixed, 8), 2, 1)  # warm-up
+            nomoat.append(run_load(s.url, bodies_for("nomoat", mixed, args.tokens), c, args.rounds))
+        with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
+            try:
+                run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
+                llama.append(run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds))
+            except httpx.HTTPError as exc:
+                failed = True
+                print(f"llama-server failed at c={c}: {exc!r} (exit code {s.proc.poll()})", file=sys.stderr)
+    return Runs(nomoat), (Runs(llama) if llama and not failed else None)
 
 
 if __name__ == "__main__":
