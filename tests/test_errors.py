@@ -107,7 +107,7 @@ def test_prompt_longer_than_the_context_is_400(client, path, body, param, stream
 
 
 def test_unknown_route_is_json_404(client):
-    for method, path in [("GET", "/v1/nothing"), ("POST", "/v1/embeddings"), ("GET", "/")]:
+    for method, path in [("GET", "/v1/nothing"), ("POST", "/v1/audio/speech"), ("GET", "/")]:
         error = assert_error(client.request(method, path), 404, code="not_found")
         assert path in error["message"]
     assert_serves(client)
