@@ -11,12 +11,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import InvalidRequestError, PermissionDeniedError
-from .protocol import _Lenient, parse
+from .protocol import Lenient, parse
 from .registry import AdapterEntry, ModelRegistry
 from .serving import read_json
 
 
-class LoadAdapterRequest(_Lenient):
+class LoadAdapterRequest(Lenient):
     name: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
     path: str = Field(min_length=1, max_length=4096)
     base: str | None = None

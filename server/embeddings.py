@@ -16,7 +16,7 @@ from .engine.types import TextPrompt, TokenPrompt
 from .errors import InvalidRequestError
 from .limits import RequestLimits
 from .metrics import Metrics
-from .protocol import _Lenient, parse
+from .protocol import Lenient, parse
 from .registry import ModelRegistry
 from .serving import ClientDisconnected, read_json
 
@@ -24,7 +24,7 @@ from .serving import ClientDisconnected, read_json
 MAX_INPUTS = 2048
 
 
-class EmbeddingRequest(_Lenient):
+class EmbeddingRequest(Lenient):
     """POST /v1/embeddings, as OpenAI defines it; `user` and unknown fields are ignored."""
 
     model: str | None = None

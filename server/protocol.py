@@ -13,7 +13,7 @@ from .errors import InvalidRequestError
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
     # Clients add fields every release (store, metadata, reasoning_effort...): ignore, never 422.
     model_config = ConfigDict(extra="ignore")
 
@@ -27,23 +27,23 @@ class _Lenient(BaseModel):
         return data
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class LoraRef(_Lenient):
+class LoraRef(Lenient):
     """One entry of the non-OpenAI `lora` field: an adapter by name, at a scale."""
 
     name: str = Field(min_length=1)
     scale: float = Field(1.0, ge=-10.0, le=10.0)
 
 
-class TextPart(_Lenient):
+class TextPart(Lenient):
     type: str
     text: str | None = None
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
@@ -69,7 +69,7 @@ class ChatMessage(_Lenient):
         return "".join(texts)
 
 
-class _SamplingFields(_Lenient):
+class _SamplingFields(Lenient):
     model: str | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -125,28 +125,28 @@ class _SamplingFields(_Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class FunctionDef(_Lenient):
+class FunctionDef(Lenient):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ToolDef(_Lenient):
+class ToolDef(Lenient):
     type: Literal["function"]
     function: FunctionDef
 
 
-class FunctionName(_Lenient):
+class FunctionName(Lenient):
     name: str
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"]
     function: FunctionName
 
 
-class JsonSchemaFormat(_Lenient):
+class JsonSchemaFormat(Lenient):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     name: str = "response"
@@ -155,7 +155,7 @@ class JsonSchemaFormat(_Lenient):
     strict: bool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
