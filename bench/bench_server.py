@@ -172,11 +172,11 @@ def measure_level(args: argparse.Namespace, binary: str, loras: list[Path], extr
     failed = False
     for _ in range(args.repeat):
         with Nomoat(models_toml(parallel=args.slots, n_ctx=args.n_ctx, threads=args.threads, extra=extra)) as s:
-            run_load(s.url, bodies_for("nomoat", mixed, 8), 2, 1)  # warm-up
+            run_load(s.url, bodies_for("nomoat", mixed, 8), 3, 1)  # warm-up: every adapter set once
             nomoat.append(run_load(s.url, bodies_for("nomoat", mixed, args.tokens), c, args.rounds))
         with LlamaServer(binary, args.slots, args.n_ctx, args.threads, loras) as s:
             try:
-                run_load(s.url, bodies_for("llama", mixed, 8), 2, 1)
+                run_load(s.url, bodies_for("llama", mixed, 8), 3, 1)
                 llama.append(run_load(s.url, bodies_for("llama", mixed, args.tokens), c, args.rounds))
             except httpx.HTTPError as exc:
                 failed = True
