@@ -136,6 +136,7 @@ class _EngineCollector(Collector):
             "steps": ("nomoat_engine_steps_total", "Engine steps; decoded_tokens / steps is the mean batch."),
             "prompt_tokens": ("nomoat_engine_prompt_tokens_total", "Prompt tokens of sequences started."),
             "cached_tokens": ("nomoat_prefix_cache_tokens_total", "Prompt tokens served from the prefix cache."),
+            "prefix_copies": ("nomoat_prefix_cache_copies_total", "Prefixes copied from another sequence slot (llama_memory_seq_cp)."),
         }
         for attr, (name, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=["model"])

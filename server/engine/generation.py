@@ -15,6 +15,7 @@ class EngineStats:
 
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    prefix_copies: int = 0  # prompt prefixes copied from another sequence slot (llama_memory_seq_cp)
     decode_calls: int = 0
     decoded_tokens: int = 0
     adapter_switches: int = 0

@@ -65,7 +65,7 @@ class Lane:
             if cached[0] != key:
                 return -1, -len(cached[1])  # KV computed under another adapter set is never reused
             # Ties go to the slot holding the least, keeping longer caches for later requests.
-            return _common_prefix(cached[1], prompt), -len(cached[1])
+            return common_prefix(cached[1], prompt), -len(cached[1])
 
         # Among equals the lowest id: llama.cpp splits a batch into one ubatch per run of
         # consecutive sequence ids (with a KV stream per sequence), so compact ids mean fewer.
@@ -118,7 +118,7 @@ def choose_lane(lanes: list[Lane], key: tuple, can_open: bool) -> Lane | None:
     return min(lanes, key=lambda lane: (len(lane.active_keys), sum(lane.active_keys.values()), lane.index))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

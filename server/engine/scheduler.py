@@ -18,7 +18,7 @@ from ..errors import (
 )
 from .adapters import LoraAdapter
 from .generation import EngineStats, Generation, deliver
-from .lanes import Lane, choose_lane
+from .lanes import Lane, choose_lane, common_prefix
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
@@ -30,6 +30,9 @@ T = TypeVar("T")
 # While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
 # long prompt delays each running stream by one short step instead of its whole prefill.
 PREFILL_CHUNK_WHILE_DECODING = 128
+# Prompt tokens whose prefill costs as much as copying a 4096-cell KV stream between sequences
+# (bench/bench_prefix_copy.py); the copy cost scales with the cells per sequence.
+COPY_BREAK_EVEN_TOKENS_PER_4K = 16
 
 
 @dataclass(eq=False)
@@ -63,6 +66,8 @@ class Engine:
                  max_prompt_tokens: int | None = None) -> None:
         self.model = model
         self.prefix_cache = prefix_cache
+        # A copy moves a whole KV stream, n_ctx cells: worth it past this many tokens saved.
+        self.copy_min_tokens = max(1, round(COPY_BREAK_EVEN_TOKENS_PER_4K * model.n_ctx / 4096))
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
@@ -229,7 +234,12 @@ class Engine:
                 self._jobs.clear()
                 self._free_unused_adapters()
                 while self._inbox and len(self._active) < self.parallel:
-                    self._start(self._inbox.popleft())
+                    seq = self._inbox.popleft()
+                    try:
+                        self._start(seq)
+                    except Exception as exc:  # a sequence that cannot start fails alone; the worker lives on
+                        log.exception("could not start a sequence")
+                        self._abandon(seq, exc)
             for job in jobs:
                 job()
             if not self._active and not self._inbox:
@@ -258,6 +268,8 @@ class Engine:
         seq.lane, seq.seq_id = lane, best
         # At least the last prompt token is evaluated again: its logits start the generation.
         keep = min(best_len, len(seq.prompt) - 1) if self.prefix_cache else 0
+        if self.prefix_cache:
+            keep = self._copy_prefix(seq, keep)
         llama_cpp.llama_memory_seq_rm(lane.memory, best, keep, -1)
         seq.n_past = seq.n_cached = keep
         seq.evaluated = seq.prompt[:keep]
@@ -265,6 +277,33 @@ class Engine:
         self.stats.prompt_tokens += len(seq.prompt)
         self.stats.cached_tokens += keep
         self._active.append(seq)
+
+    def _copy_prefix(self, seq: _Sequence, keep: int) -> int:
+        """Copy a longer prefix of the prompt from another slot of the lane, when that beats prefilling it.
+
+        Another slot, idle or running, may hold more of this prompt under the same adapter set
+        (eight clients sharing a system prompt, say). With a KV stream per sequence llama.cpp
+        copies the source's whole stream (`llama_memory_seq_cp` must take all positions), a cost
+        fixed by n_ctx; prefilling grows with the prompt. So a copy is made only when it saves at
+        least `copy_min_tokens` (bench/bench_prefix_copy.py). Returns the tokens now reused.
+        """
+        key, lane = seq.request.adapters.key, seq.lane
+        holders = [(slot, cached[1]) for slot, cached in lane.slot_cache.items() if cached[0] == key]
+        holders += [(s.seq_id, s.evaluated) for s in self._active if s.lane is lane and s.request.adapters.key == key]
+        best_src, best_len = None, keep
+        for slot, tokens in holders:
+            if slot == seq.seq_id:
+                continue
+            n = min(common_prefix(tokens, seq.prompt), len(seq.prompt) - 1)
+            if n > best_len:
+                best_src, best_len = slot, n
+        if best_src is None or best_len - keep < self.copy_min_tokens:
+            return keep
+        # The whole stream comes over (its data at the next decode, before anything is computed);
+        # the caller trims what follows the shared prefix.
+        llama_cpp.llama_memory_seq_cp(lane.memory, best_src, seq.seq_id, -1, -1)
+        self.stats.prefix_copies += 1
+        return best_len
 
     def _lane_for(self, key: tuple) -> Lane:
         lane = choose_lane(self._lanes, key, can_open=len(self._lanes) < self.max_lanes)
@@ -398,6 +437,19 @@ class Engine:
         self._active.remove(seq)
         lane.leave(seq.request.adapters.key)
         lane.free_ids.append(seq.seq_id)
+
+    def _abandon(self, seq: _Sequence, exc: Exception) -> None:
+        """Undo a half-done `_start` and end the sequence's generation with an error."""
+        if seq in self._active:
+            self._active.remove(seq)
+        lane = seq.lane
+        if lane is not None and seq.seq_id >= 0:
+            llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
+            lane.slot_cache.pop(seq.seq_id, None)
+            lane.leave(seq.request.adapters.key)
+            lane.free_ids.append(seq.seq_id)
+        seq.sampler.close()
+        self._emit([(seq.gen, TokenEvent(error=EngineError(f"generation failed: {exc}")))])
 
     def _fail_all(self, error: Exception) -> None:
         events: list[tuple[Generation, TokenEvent]] = []
