@@ -95,8 +95,13 @@ def run_load(url: str, bodies: list[dict], concurrency: int, rounds: int) -> Res
     """C clients, each sending `rounds` requests back to back; aggregate completion tokens/s."""
     print(f"  {url} c={concurrency} model={bodies[0]['model']} lora={'lora' in bodies[0]}", file=sys.stderr, flush=True)
     def client(i: int) -> list:
-        with httpx.Client(timeout=600) as c:
-            return [stream_chat(url, bodies[(i + r * concurrency) % len(bodies)], c) for r in range(rounds)]
+        # A connection per request: llama-server closes kept-alive connections between requests, and
+        # reusing one then fails with "Server disconnected without sending a response".
+        out = []
+        for r in range(rounds):
+            with httpx.Client(timeout=600) as c:
+                out.append(stream_chat(url, bodies[(i + r * concurrency) % len(bodies)], c))
+        return out
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
