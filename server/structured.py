@@ -179,17 +179,10 @@ class Grammar:
 
     def _ref(self, schema: dict, doc: str, path: str) -> str:
         ref = schema["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#"):
-            raise self._fail(path, f"has $ref {ref!r}: only local references ('#/$defs/...') are supported")
-        key = (doc, ref)
+        key = (doc, str(ref))  # a ref that is no string fails in _resolve
         if key in self._refs:
             return self._refs[key]
-        target: Any = self._docs[doc]
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or part not in target:
-                raise self._fail(path, f"has $ref {ref!r}, which points nowhere in the schema")
-            target = target[part]
+        target = self._resolve(ref, doc, path)
         # Name the rule before visiting it, so recursive schemas refer to themselves.
         self._count += 1
         name = f"ref{self._count}"
@@ -222,9 +215,10 @@ class Grammar:
 
     def _resolve(self, ref: Any, doc: str, path: str) -> Any:
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise self._fail(path, f"has $ref {ref!r}: only local references are supported")
+            raise self._fail(path, f"has $ref {ref!r}: only local references ('#/$defs/...') are supported")
         target: Any = self._docs[doc]
         for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")  # JSON pointer escapes
             if not isinstance(target, dict) or part not in target:
                 raise self._fail(path, f"has $ref {ref!r}, which points nowhere in the schema")
             target = target[part]

@@ -218,6 +218,14 @@ def _as_call(obj: Any, names: set[str]) -> ToolCall | None:
     return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
 
+def _block_call(inner: str, names: set[str]) -> ToolCall | None:
+    """The call a `<tool_call>` block's inside holds, if it parses and names a known tool."""
+    try:
+        return _as_call(json.loads(inner), names)
+    except json.JSONDecodeError:
+        return None
+
+
 def parse_output(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     """The content and the tool calls in a finished output."""
     if not plan.active:
@@ -227,11 +235,7 @@ def parse_output(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     content = []
     pos = 0
     for m in _BLOCK.finditer(text):
-        call = None
-        try:
-            call = _as_call(json.loads(m.group(1)), names)
-        except json.JSONDecodeError:
-            pass
+        call = _block_call(m.group(1), names)
         if call is None:
             continue
         content.append(text[pos:m.start()])
@@ -400,12 +404,7 @@ class ToolStream:
             block = self.buf if close < 0 else self.buf[: close + len(CLOSE)]
             self.buf = "" if close < 0 else self.buf[close + len(CLOSE):]
             m = _BLOCK.match(block)
-            call = None
-            if m:
-                try:
-                    call = _as_call(json.loads(m.group(1)), self.names)
-                except json.JSONDecodeError:
-                    call = None
+            call = _block_call(m.group(1), self.names) if m else None
             if call is None or (not self.plan.parallel and self.calls):
                 if call is None:
                     out.append({"content": block})
