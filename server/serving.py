@@ -41,6 +41,8 @@ async def read_json(request: Request, limit: int) -> Any:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestError("the request body nests JSON arrays and objects too deeply") from None
     # json.loads accepts an escaped lone UTF-16 surrogate ("\ud800"), which no UTF-8 text can
     # hold: tokenizing it would fail deep in the engine as a 500.
     if _SURROGATE_ESCAPE.search(body):

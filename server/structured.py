@@ -37,6 +37,8 @@ _FORMATS = {"date", "time", "date-time", "uuid"}
 
 # Longest repetition a grammar may spell out: llama.cpp expands `x{0,n}` into n nested rules.
 MAX_REPEAT = 4096
+# Deepest schema nesting converted (each level is a Python call; real schemas stay far below).
+MAX_DEPTH = 64
 # Digits in a number without bounds: as llama.cpp's converter, so no number runs on.
 _MAX_DIGITS = 16
 
@@ -80,6 +82,7 @@ class Grammar:
         self._docs: dict[str, Any] = {}
         self._refs: dict[tuple[str, str], str] = {}
         self._count = 0
+        self._depth = 0
 
     # --- public -----------------------------------------------------------------------
 
@@ -118,6 +121,15 @@ class Grammar:
         return SchemaError(f"the JSON schema{where} {message}", param=self.param, code="unsupported_schema")
 
     def _visit(self, schema: Any, doc: str, path: str) -> str:
+        if self._depth >= MAX_DEPTH:
+            raise self._fail(path, f"nests deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return self._visit_one(schema, doc, path)
+        finally:
+            self._depth -= 1
+
+    def _visit_one(self, schema: Any, doc: str, path: str) -> str:
         if schema is True or schema == {}:
             return self.base("value")
         if not isinstance(schema, dict):

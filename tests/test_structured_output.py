@@ -129,6 +129,7 @@ def test_without_response_format_the_same_prompt_is_not_json(sdk):
     ({"$ref": "https://example.com/s.json"}, "only local references"),
     ({"type": "integer", "minimum": 5, "maximum": 1}, "allows no number"),
     ({"type": "string", "maxLength": 10**6}, "at most"),
+    (json.loads('{"type": "object", "properties": {"a": ' * 100 + '{"type": "string"}' + "}}" * 100), "nests deeper"),
 ])
 def test_unsupported_schema_is_a_clear_400_and_the_server_keeps_serving(clients_server, schema, names):
     with httpx.Client(base_url=clients_server.base_url, timeout=60) as c:
@@ -137,6 +138,17 @@ def test_unsupported_schema_is_a_clear_400_and_the_server_keeps_serving(clients_
         err = r.json()["error"]
         assert names in err["message"]
         assert err["param"] == "response_format.json_schema.schema" and err["code"] == "unsupported_schema"
+        assert c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3}).status_code == 200
+
+
+def test_schemas_llama_cpp_refuses_and_absurd_nesting_are_400_too(clients_server):
+    with httpx.Client(base_url=clients_server.base_url, timeout=60) as c:
+        only_refs = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+        r = c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, "response_format": fmt(only_refs)})
+        assert r.status_code == 400 and "$ref" in r.json()["error"]["message"]
+        deep = '{"messages": [{"role": "user", "content": "hi"}], "response_format": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        r = c.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "too deeply" in r.json()["error"]["message"]
         assert c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3}).status_code == 200
 
 

@@ -48,7 +48,10 @@ class SamplerChain:
             grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
             if not grammar:
                 llama_cpp.llama_sampler_free(chain)
-                raise InvalidRequestError("the grammar could not be parsed", param="grammar")
+                # Our converter writes these grammars; what llama.cpp refuses is a schema whose
+                # $refs only point at each other (left recursion, in its log).
+                raise InvalidRequestError("llama.cpp refused the grammar made from this request's JSON schema "
+                                          "(a $ref that refers only to itself or to other bare $refs?)", param=None)
             self._grammar = grammar
             self.eos = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()
