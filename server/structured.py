@@ -253,7 +253,8 @@ class Grammar:
                 ws, string = self.base("ws"), self.base("string")
                 kv = self.add(f'{string} {ws} ":" {ws} {value}')
                 return self.add(f'"{{" {ws} ({kv} ("," {ws} {kv})*)? {ws} "}}"')
-            if extra is False:
+            # `"properties": {}` declares no properties (a function without parameters): only {}.
+            if extra is False or ("properties" in schema and extra is None):
                 return self.add(f'"{{" {self.base("ws")} "}}"')
             return self.base("object")
         # With properties given, only those properties: extra keys are where a small model rambles.

@@ -118,6 +118,15 @@ def test_async_stream_with_required_tool(clients_server):
     jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
 
 
+def test_a_function_without_parameters_is_called_with_empty_arguments(sdk):
+    no_params = {"type": "function", "function": {"name": "get_time", "description": "The time now"}}
+    for tool in (no_params, {**no_params, "function": {**no_params["function"], "parameters": {"type": "object", "properties": {}}}}):
+        r = sdk.chat.completions.create(model="smollm2-135m", messages=ASK, tools=[tool], tool_choice="required",
+                                        temperature=0, max_tokens=40)
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {}
+
+
 def test_follow_up_with_tool_results_is_answered(sdk):
     first = sdk.chat.completions.create(model="smollm2-135m", messages=ASK, tools=[WEATHER], tool_choice=NAMED,
                                         temperature=0, max_tokens=80).choices[0].message
