@@ -56,7 +56,7 @@ class SamplerChain:
             self.eos = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()
             self._cand_np = np.ctypeslib.as_array(self._cand)
-            self._cand_np["id"] = np.arange(n_vocab, dtype=np.int32)
+            self._ids = np.arange(n_vocab, dtype=np.int32)
             self._cur = llama_cpp.llama_token_data_array(self._cand, n_vocab, -1, False)
             self._one = (llama_cpp.llama_token_data * 1)()
             self._one_arr = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
@@ -97,7 +97,7 @@ class SamplerChain:
 
     def _pick(self, logits: np.ndarray, with_grammar: bool) -> int:
         cand = self._cand_np
-        cand["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the chain may have sorted them
+        cand["id"] = self._ids  # the chain may have sorted them
         cand["logit"] = logits
         cand["p"] = 0.0
         self._cur.data, self._cur.size, self._cur.selected, self._cur.sorted = self._cand, self._n_vocab, -1, False
