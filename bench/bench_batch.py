@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import llama_cpp  # noqa: E402
 
 from lora_factory import write_lora  # noqa: E402
-from server.config import embedded_model_path  # noqa: E402
+from nomoat.config import embedded_model_path  # noqa: E402
 
 N_SEQ = 8
 SHUFFLED = [5, 2, 7, 0, 1, 3, 4, 6]  # what admission order leaves after a few requests come and go

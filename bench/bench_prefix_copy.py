@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import llama_cpp  # noqa: E402
 
-from server.config import embedded_model_path  # noqa: E402
-from server.engine.model import LoadedModel, ModelSpec  # noqa: E402
+from nomoat.config import embedded_model_path  # noqa: E402
+from nomoat.engine.model import LoadedModel, ModelSpec  # noqa: E402
 
 
 def decode(ctx, batch, tokens: list[int], seq: int, start: int) -> None:

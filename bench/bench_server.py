@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat  # noqa: E402
 from lora_factory import write_lora  # noqa: E402
-from server.config import embedded_model_path  # noqa: E402
+from nomoat.config import embedded_model_path  # noqa: E402
 
 TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a clockmaker", "a desert train",
           "a library at night", "a river pilot", "a chess club", "a night market", "an old violin",

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 class Nomoat:
-    """`python -m server serve` with a generated models.toml, as a context manager."""
+    """`python -m nomoat serve` with a generated models.toml, as a context manager."""
 
     def __init__(self, models_toml: str, *args: str) -> None:
         self.dir = tempfile.TemporaryDirectory()
@@ -35,7 +35,7 @@ class Nomoat:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(self.dir.name) / "log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(cfg), "--port", str(self.port),
+            [sys.executable, "-m", "nomoat", "serve", "--config", str(cfg), "--port", str(self.port),
              "--log-level", "warning", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

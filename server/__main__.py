@@ -1,4 +1,4 @@
-"""`python -m server` is `nomoat`."""
+"""`python -m nomoat` is `nomoat`."""
 
 import sys
 

@@ -113,7 +113,9 @@ def serve(cli: dict[str, Any]) -> int:
 
 
 def convert_lora(args: argparse.Namespace) -> int:
-    from .peft import BaseModelInfo, convert_peft_to_gguf, is_peft_dir
+    from .adapters.peft import convert_peft_to_gguf, is_peft_dir
+    from .engine.base_info import BaseModelInfo
+    from .engine.errors import EngineError
 
     peft_dir, out = Path(args.peft_dir), Path(args.output)
     try:
@@ -122,7 +124,7 @@ def convert_lora(args: argparse.Namespace) -> int:
         base_path = _base_model_path(args.base, Path(args.config) if args.config else None)
         started = time.perf_counter()
         convert_peft_to_gguf(peft_dir, BaseModelInfo.from_gguf(base_path), out)
-    except (ConfigError, NomoatError) as exc:
+    except (ConfigError, NomoatError, EngineError) as exc:
         print(f"nomoat: cannot convert:\n{exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .engine.chat_template import ChatTemplate
+from .engine.errors import TemplateError
 from .errors import ConfigError
 from .settings import Settings, format_validation_error
 
@@ -87,7 +88,7 @@ class ModelConfig(BaseModel):
         if value is not None:
             try:
                 ChatTemplate(value, bos_token="", eos_token="")
-            except ConfigError as exc:
+            except TemplateError as exc:
                 raise ValueError(str(exc)) from None
         return value
 

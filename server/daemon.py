@@ -10,9 +10,10 @@ from typing import Any, Callable, Coroutine, Iterator
 
 import uvicorn
 
-from .app import build_app
-from .auth import Authenticator, KeyRing, exposure_warning
+from .http.app import build_app
+from .http.auth import Authenticator, KeyRing, exposure_warning
 from .config import ModelsFile
+from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
 from .metrics import Metrics
 from .registry import ModelRegistry, ReloadResult
@@ -72,7 +73,7 @@ class Daemon:
             self.notifier.status("loading models")
             try:
                 await asyncio.to_thread(self.registry.load)
-            except (ConfigError, NomoatError) as exc:  # a model or adapter that cannot be served
+            except (ConfigError, NomoatError, EngineError) as exc:  # a model or adapter that cannot be served
                 log.error("cannot start:\n%s", exc)
                 return 2
             if self._stopping:

@@ -1,73 +1,54 @@
-"""The error hierarchy: every failure a client can see, with its HTTP status and OpenAI fields."""
+"""The errors a request can meet above the engine: domain errors, raised where the cause is known.
+
+None of them knows HTTP: server/http/errors.py maps each class (and the engine's own errors,
+server/engine/errors.py) to a status code and an OpenAI-shaped body, in one table.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class NomoatError(Exception):
-    """Base of every error that becomes an OpenAI-shaped JSON body.
+    """Base of every error a client can see.
 
-    Raised where the cause is known; turned into `{"error": {...}}` in exactly one
-    exception handler (server/app.py).
+    `param` names the request field at fault, `code` refines the class's own code, and
+    `retry_after` (seconds) tells a client when trying again may succeed.
     """
 
-    status_code: int = 500
-    type: str = "server_error"
     code: str | None = None
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = headers or {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        self.retry_after = retry_after
 
 
 class InvalidRequestError(NomoatError):
-    """The request is malformed or names an invalid value (400)."""
-
-    status_code = 400
-    type = "invalid_request_error"
+    """The request is malformed or names an invalid value."""
 
 
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class AdapterError(InvalidRequestError):
+    """An adapter file cannot be served on its base: wrong format, shape or architecture."""
+
+    code = "invalid_adapter"
+
+
 class AuthenticationError(NomoatError):
-    status_code = 401
-    type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PermissionDeniedError(NomoatError):
-    status_code = 403
-    type = "permission_error"
     code = "permission_denied"
 
 
 class NotFoundError(NomoatError):
-    status_code = 404
-    type = "invalid_request_error"
     code = "not_found"
 
 
@@ -75,66 +56,41 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
-class MethodNotAllowedError(NomoatError):
-    status_code = 405
-    type = "invalid_request_error"
-    code = "method_not_allowed"
-
-
 class ConflictError(NomoatError):
-    status_code = 409
-    type = "invalid_request_error"
     code = "conflict"
 
 
+class RequestTimeoutError(NomoatError):
+    """The client took too long to send its request."""
+
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(NomoatError):
-    status_code = 413
-    type = "invalid_request_error"
     code = "request_too_large"
 
 
 class RateLimitError(NomoatError):
-    """The server is at capacity; the client should retry after `retry_after` seconds."""
+    """A limit on concurrent requests is reached; retry after `retry_after` seconds."""
 
-    status_code = 429
-    type = "rate_limit_error"
     code = "server_busy"
 
-    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
-        headers = {"Retry-After": str(retry_after)}
-        super().__init__(message, headers=headers, **kwargs)
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: object) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)  # type: ignore[arg-type]
 
 
 class ServiceUnavailableError(NomoatError):
-    status_code = 503
-    type = "server_error"
     code = "service_unavailable"
 
-    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)}, **kwargs)
-
-
-class EngineError(NomoatError):
-    """llama.cpp failed while generating (500)."""
-
-    status_code = 500
-    type = "server_error"
-    code = "engine_error"
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: object) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)  # type: ignore[arg-type]
 
 
 class InvalidConfigError(NomoatError):
     """An admin asked for a reload and the configuration on disk is invalid; the old one still serves."""
 
-    status_code = 422
-    type = "invalid_request_error"
     code = "invalid_config"
 
 
 class ConfigError(Exception):
-    """A configuration file or setting is invalid; raised before anything starts."""
-
-
-class AdapterError(InvalidRequestError):
-    """An adapter file cannot be served on its base: wrong format, shape or architecture."""
-
-    code = "invalid_adapter"
+    """A configuration file or setting is invalid; raised before anything starts, or by a reload."""

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import ModelConfig, ModelsFile
-from .engine.adapters import LoraAdapter, prepare_adapter
+from .adapters.files import prepare_adapter
+from .engine.adapters import LoraAdapter
 from .engine.embedder import Embedder
 from .engine.model import LoadedModel, ModelSpec
-from .engine.scheduler import Engine
+from .engine.engine import Engine
+from .engine.errors import ModelFileError
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import (
     ConfigError, ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError, ServiceUnavailableError,
@@ -158,7 +160,10 @@ class ModelRegistry:
             chat_template=config.chat_template,
             adapter_contexts=config.adapter_contexts,
         )
-        model = LoadedModel(spec)
+        try:
+            model = LoadedModel(spec)
+        except ModelFileError as exc:  # the configuration names a file llama.cpp cannot serve
+            raise ConfigError(str(exc)) from None
         engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache,
                         max_prompt_tokens=self._settings.max_prompt_tokens or None)
         if self._metrics is not None:

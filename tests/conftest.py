@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def model_path() -> Path:
-    from server.config import embedded_model_path
+    from nomoat.config import embedded_model_path
 
     return embedded_model_path()
 
@@ -43,7 +43,7 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config),
+            [sys.executable, "-m", "nomoat", "serve", "--config", str(self.config),
              "--port", str(self.port), *args],
             cwd=tmp, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
         )

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from server.peft import BaseModelInfo
+from nomoat.engine.base_info import BaseModelInfo
 
 # PEFT's short module names and where they sit inside a llama-style decoder layer.
 MODULE_PATHS: dict[str, str] = {

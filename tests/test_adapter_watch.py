@@ -14,8 +14,8 @@ from lora_factory import write_lora
 from peft_factory import write_peft_adapter
 
 from conftest import ServerProcess, model_path, models_toml
-from server.adapter_watch import gguf_readiness, peft_readiness
-from server.peft import BaseModelInfo
+from nomoat.adapters.watch import gguf_readiness, peft_readiness
+from nomoat.engine.base_info import BaseModelInfo
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 STD = 0.12  # each adapter changes the first tokens, so outputs tell adapters apart at once

@@ -11,9 +11,9 @@ import pytest
 from pydantic import SecretStr
 
 from conftest import ServerProcess, models_toml
-from server.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
-from server.errors import AuthenticationError, ConfigError, PermissionDeniedError
-from server.settings import Settings
+from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
+from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from nomoat.settings import Settings
 from streams import wait_for
 
 USER_KEYS = ["user-key-1", "user-key-2"]

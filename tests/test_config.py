@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from conftest import free_port, model_path, models_toml
-from server import config
-from server.cli import build_parser
-from server.errors import ConfigError
-from server.settings import Settings
+from nomoat import config
+from nomoat.cli import build_parser
+from nomoat.errors import ConfigError
+from nomoat.settings import Settings
 from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, tokenize, wait_until
 
 NOMOAT = shutil.which("nomoat", path=str(Path(sys.executable).parent)) or "nomoat"
@@ -25,7 +25,7 @@ def nomoat(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
            timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m server ARGS` to completion (for commands that must exit)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMOAT_")}
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "nomoat", *args], cwd=cwd, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -226,7 +226,7 @@ def test_environment_variables_configure_a_server(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMOAT_")}
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=tmp_path, env={**clean, **env},
+        proc = subprocess.Popen([sys.executable, "-m", "nomoat", "serve"], cwd=tmp_path, env={**clean, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
@@ -291,7 +291,7 @@ def test_parallel_flag_overrides_the_file(start_server):
 
 
 def test_top_level_help_names_the_commands():
-    for argv in ([NOMOAT, "--help"], [sys.executable, "-m", "server", "--help"], [NOMOAT]):
+    for argv in ([NOMOAT, "--help"], [sys.executable, "-m", "nomoat", "--help"], [NOMOAT]):
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "serve" in result.stdout and "usage: nomoat" in result.stdout

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from server.config import embedded_model_path
-from server.engine.model import LoadedModel, ModelSpec
-from server.engine.scheduler import Engine
-from server.engine.types import GenerationRequest, SamplingParams, TextPrompt
+from nomoat.config import embedded_model_path
+from nomoat.engine.model import LoadedModel, ModelSpec
+from nomoat.engine.engine import Engine
+from nomoat.engine.types import GenerationRequest, SamplingParams, TextPrompt
 
 
 @pytest.fixture(scope="module")

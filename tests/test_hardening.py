@@ -80,7 +80,7 @@ def test_server_generates_with_write_execute_memory_denied(deny, tmp_path: Path)
     (tmp_path / "models.toml").write_text(models_toml())
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--config", str(tmp_path / "models.toml"), "--port", str(port)],
+        [sys.executable, "-m", "nomoat", "serve", "--config", str(tmp_path / "models.toml"), "--port", str(port)],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, preexec_fn=deny, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"

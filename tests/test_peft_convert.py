@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from peft_factory import ALL_MODULES, WrittenAdapter, write_peft_adapter
 
-from server.errors import AdapterError
-from server.peft import (
-    BaseModelInfo,
+from nomoat.errors import AdapterError
+from nomoat.engine.base_info import BaseModelInfo
+from nomoat.engine.errors import ModelFileError
+from nomoat.adapters.peft import (
     convert_peft_to_gguf,
     is_peft_dir,
     peft_content_hash,
@@ -410,6 +411,6 @@ def test_tensor_names_without_peft_prefix_or_weight_suffix_convert_the_same(
 def test_unreadable_base_is_refused_naming_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "base.gguf"
     path.write_bytes(content)
-    with pytest.raises(AdapterError, match="not a readable GGUF") as refused:
+    with pytest.raises(ModelFileError, match="not a readable GGUF") as refused:
         BaseModelInfo.from_gguf(path)
     assert str(path) in refused.value.message

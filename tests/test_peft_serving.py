@@ -18,7 +18,7 @@ from peft_factory import ALL_MODULES, WrittenAdapter, layer_module_name, write_p
 
 from conftest import ServerProcess, model_path, models_toml
 from oracle import greedy_chat
-from server.peft import BaseModelInfo
+from nomoat.engine.base_info import BaseModelInfo
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 # llama.cpp's names for PEFT's seven modules, spelled out here rather than taken from the gguf package.
@@ -266,7 +266,7 @@ def test_conversion_is_cached_and_redone_when_the_adapter_changes(peft_server, r
 
 
 def convert_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server", "convert-lora", *args],
+    return subprocess.run([sys.executable, "-m", "nomoat", "convert-lora", *args],
                           capture_output=True, text=True, timeout=120)
 
 

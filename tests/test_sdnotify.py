@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import models_toml
-from server.sdnotify import Notifier, monotonic_usec, watchdog_interval
+from nomoat.sdnotify import Notifier, monotonic_usec, watchdog_interval
 from streams import wait_for
 
 

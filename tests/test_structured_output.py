@@ -15,8 +15,8 @@ import pydantic
 import pytest
 
 from clients_fixtures import CLIENT_MODELS
-from server.errors import InvalidRequestError
-from server.structured import Grammar, number_range, response_format_grammar
+from nomoat.errors import InvalidRequestError
+from nomoat.core.structured import Grammar, number_range, response_format_grammar
 
 PERSON = {
     "type": "object",

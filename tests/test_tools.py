@@ -12,8 +12,8 @@ import pytest
 
 from clients_fixtures import CLIENT_MODELS
 from conftest import models_toml
-from server.engine.chat_template import CHATML, ChatTemplate
-from server.tools import ToolPlan, Tool, ToolStream, parse_output, prompt_messages
+from nomoat.engine.chat_template import CHATML, ChatTemplate
+from nomoat.core.tools import ToolPlan, Tool, ToolStream, parse_output, prompt_messages
 
 WEATHER = {
     "type": "function",

@@ -22,7 +22,7 @@ POEM = "Write a poem about the sea."
 def _vocab() -> Any:
     import llama_cpp
 
-    from server.config import embedded_model_path
+    from nomoat.config import embedded_model_path
 
     return llama_cpp.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
 

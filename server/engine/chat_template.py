@@ -11,7 +11,7 @@ import jinja2.ext
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..errors import ConfigError, InvalidRequestError
+from .errors import InvalidInput, TemplateError
 
 
 class _IgnoreGenerationTags(jinja2.ext.Extension):
@@ -30,7 +30,7 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
 
 
 def _raise_exception(message: str) -> None:
-    raise InvalidRequestError(f"the chat template refused these messages: {message}", param="messages")
+    raise InvalidInput(f"the chat template refused these messages: {message}")
 
 
 # A plain ChatML fallback for GGUFs without a template.
@@ -55,7 +55,7 @@ class ChatTemplate:
             self._template = env.from_string(source)
             variables = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
-            raise ConfigError(f"chat template is not valid Jinja: {exc}") from None
+            raise TemplateError(f"chat template is not valid Jinja: {exc}") from None
         self.source = source
         # Whether the template writes tool definitions itself (Qwen, Llama 3.1, Hermes, ...).
         self.supports_tools = "tools" in variables
@@ -74,9 +74,7 @@ class ChatTemplate:
                 raise_exception=_raise_exception,
                 strftime_now=lambda fmt: datetime.now().strftime(fmt),
             )
-        except InvalidRequestError:
+        except InvalidInput:
             raise
         except Exception as exc:  # a template bug must be a clear 400, not a 500
-            raise InvalidRequestError(
-                f"the model's chat template failed on these messages: {exc}", param="messages"
-            ) from None
+            raise InvalidInput(f"the model's chat template failed on these messages: {exc}") from None

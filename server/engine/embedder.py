@@ -14,9 +14,7 @@ from typing import Sequence, Union
 import llama_cpp
 import numpy as np
 
-from ..errors import (
-    ContextLengthExceededError, EngineError, InvalidRequestError, RateLimitError, ServiceUnavailableError,
-)
+from .errors import Busy, EngineError, InvalidInput, PromptTooLong, ShuttingDown
 from .model import LoadedModel
 from .types import TextPrompt, TokenPrompt
 
@@ -98,7 +96,7 @@ class Embedder:
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
         """Embed every input, in order. Cancelling the awaiting task stops the work at its next decode."""
         if self._outstanding >= self.capacity:
-            raise RateLimitError(
+            raise Busy(
                 f"embeddings for model {self.model.spec.name!r} are at capacity ({self._outstanding} "
                 "requests running or queued); retry shortly", retry_after=1,
             )
@@ -108,7 +106,7 @@ class Embedder:
         try:
             with self._lock:
                 if self._stopping:
-                    raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+                    raise ShuttingDown()
                 self._jobs.put(job)
             return await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
@@ -152,7 +150,7 @@ class Embedder:
 
     def _check_wanted(self, job: _Job) -> None:
         if self._stopping:
-            raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+            raise ShuttingDown()
         if job.cancelled.is_set():
             raise _Cancelled
 
@@ -161,8 +159,8 @@ class Embedder:
         tokens = [self._tokens(i, item) for i, item in enumerate(job.inputs)]
         total = sum(len(t) for t in tokens)
         if total > MAX_REQUEST_TOKENS:
-            raise InvalidRequestError(
-                f"the inputs hold {total} tokens together; at most {MAX_REQUEST_TOKENS} per request", param="input",
+            raise InvalidInput(
+                f"the inputs hold {total} tokens together; at most {MAX_REQUEST_TOKENS} per request", subject="input",
             )
         if self._ctx is None:
             self._create_context()
@@ -178,19 +176,19 @@ class Embedder:
         if isinstance(item, TokenPrompt):
             bad = next((t for t in item.tokens if not 0 <= t < model.n_vocab), None)
             if bad is not None:
-                raise InvalidRequestError(
-                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{model.n_vocab - 1})", param="input",
+                raise InvalidInput(
+                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{model.n_vocab - 1})", subject=f"input[{index}]",
                 )
             tokens = list(item.tokens)
         else:
             tokens = model.tokenize(item.text, add_bos=model.add_bos, special=True)
         if not tokens:
-            raise InvalidRequestError(f"input[{index}] is empty", param="input")
+            raise InvalidInput(f"input[{index}] is empty", subject=f"input[{index}]")
         limit = min(self.n_ctx, self.max_input_tokens or self.n_ctx)
         if len(tokens) > limit:
-            raise ContextLengthExceededError(
+            raise PromptTooLong(
                 f"input[{index}] has {len(tokens)} tokens; this model embeds at most {limit} tokens per input.",
-                param="input",
+                subject=f"input[{index}]",
             )
         return tokens
 
@@ -273,8 +271,8 @@ def _pooling_type(model: LoadedModel) -> int:
     declared = model.metadata(f"{model.architecture}.pooling_type")
     value = int(declared) if declared is not None and declared.isdigit() else llama_cpp.LLAMA_POOLING_TYPE_NONE
     if value == llama_cpp.LLAMA_POOLING_TYPE_RANK:
-        raise InvalidRequestError(
-            f"model {model.spec.name!r} is a reranker (rank pooling): it has no embeddings", param="model",
+        raise InvalidInput(
+            f"model {model.spec.name!r} is a reranker (rank pooling): it has no embeddings", subject="model",
         )
     return value if value in _POOLING_NAMES else llama_cpp.LLAMA_POOLING_TYPE_MEAN
 

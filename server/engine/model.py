@@ -10,8 +10,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from ..errors import ConfigError, ContextLengthExceededError, InvalidRequestError
-from ..peft import BaseModelInfo
+from .errors import InvalidInput, ModelFileError, PromptTooLong
+from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .types import ChatPrompt, Prompt, TextPrompt, TokenPrompt
 
@@ -69,7 +69,7 @@ class LoadedModel:
         mparams.use_extra_bufts = spec.repack
         self.model = llama_cpp.llama_model_load_from_file(str(spec.path).encode(), mparams)
         if not self.model:
-            raise ConfigError(f"{spec.path}: llama.cpp could not load this file as a GGUF model")
+            raise ModelFileError(f"{spec.path}: llama.cpp could not load this file as a GGUF model")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
@@ -93,7 +93,7 @@ class LoadedModel:
         self.ctx = self.new_context()
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise ConfigError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
+            raise ModelFileError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.n_batch = cparams.n_batch
@@ -174,7 +174,7 @@ class LoadedModel:
         if isinstance(prompt, TokenPrompt):
             bad = next((t for t in prompt.tokens if not 0 <= t < self.n_vocab), None)
             if bad is not None:
-                raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})", param="prompt")
+                raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
             text = self.chat_template.render(prompt.messages, tools=prompt.tools)
@@ -184,12 +184,11 @@ class LoadedModel:
             assert isinstance(prompt, TextPrompt)
             tokens = self.tokenize(prompt.text, add_bos=self.add_bos, special=True)
         if not tokens:
-            raise InvalidRequestError("the prompt is empty", param="prompt" if not isinstance(prompt, ChatPrompt) else "messages")
+            raise InvalidInput("the prompt is empty")
         if len(tokens) >= self.n_ctx:
-            raise ContextLengthExceededError(
+            raise PromptTooLong(
                 f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
                 f"{len(tokens)} tokens, leaving no room to generate.",
-                param="messages" if isinstance(prompt, ChatPrompt) else "prompt",
             )
         return tokens
 

@@ -9,7 +9,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from ..errors import InvalidRequestError
+from .errors import InvalidInput
 from .types import SamplingParams, TopLogprob
 
 # How many recent tokens presence/frequency/repeat penalties look at (llama.cpp's default).
@@ -50,8 +50,8 @@ class SamplerChain:
                 llama_cpp.llama_sampler_free(chain)
                 # Our converter writes these grammars; what llama.cpp refuses is a schema whose
                 # $refs only point at each other (left recursion, in its log).
-                raise InvalidRequestError("llama.cpp refused the grammar made from this request's JSON schema "
-                                          "(a $ref that refers only to itself or to other bare $refs?)", param=None)
+                raise InvalidInput("llama.cpp refused the grammar made from this request's JSON schema "
+                                          "(a $ref that refers only to itself or to other bare $refs?)", subject="grammar")
             self._grammar = grammar
             self.eos = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()

@@ -13,12 +13,10 @@ from typing import Any, Callable, TypeVar
 
 import llama_cpp
 
-from ..errors import (
-    AdapterError, ContextLengthExceededError, EngineError, ModelNotFoundError, RateLimitError, ServiceUnavailableError,
-)
+from .errors import AdapterRejected, AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .adapters import LoraAdapter
 from .generation import EngineStats, Generation, deliver
-from .lanes import Lane, choose_lane, common_prefix
+from .contexts import Lane, choose_lane, common_prefix
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .stops import TextAssembler
@@ -107,7 +105,7 @@ class Engine:
     async def submit(self, request: GenerationRequest) -> Generation:
         """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full."""
         if self._stopping:
-            raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+            raise ShuttingDown()
         self._check_capacity()
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -122,7 +120,7 @@ class Engine:
             self._check_prompt_length(request, len(prompt))
             for applied in request.adapters.adapters:
                 if applied.handle.unloading:
-                    raise ModelNotFoundError(f"adapter {applied.name!r} was unloaded", param="model")
+                    raise AdapterUnloaded(applied.name)
         except BaseException:
             sampler.close()
             self._outstanding -= 1
@@ -142,7 +140,7 @@ class Engine:
             if self._stopping:  # closed while tokenizing: the worker would never see this sequence
                 self._outstanding -= 1
                 seq.sampler.close()
-                raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+                raise ShuttingDown()
             self._inbox.append(seq)
             self._cv.notify()
         return gen
@@ -160,7 +158,7 @@ class Engine:
 
         with self._cv:
             if self._stopping:
-                raise ServiceUnavailableError("the server is shutting down", retry_after=5)
+                raise ShuttingDown()
             self._jobs.append(job)
             self._cv.notify()
         return future
@@ -171,7 +169,7 @@ class Engine:
         def init() -> LoraAdapter:
             ptr = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_path).encode())
             if not ptr:
-                raise AdapterError(f"{source}: llama.cpp refused the adapter for model "
+                raise AdapterRejected(f"{source}: llama.cpp refused the adapter for model "
                                    f"{self.model.spec.name!r} (see the log)", param="path")
             return LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=ptr)
 
@@ -190,15 +188,14 @@ class Engine:
         return prompt, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
     def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
         if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:
-            raise ContextLengthExceededError(
+            raise PromptTooLong(
                 f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
                 "prompt tokens per request (max_prompt_tokens).",
-                param="messages" if isinstance(request.prompt, ChatPrompt) else "prompt",
-            )
+                )
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:
-            raise RateLimitError(
+            raise Busy(
                 f"model {self.model.spec.name!r} is at capacity ({self._outstanding} requests "
                 "running or queued); retry shortly",
                 retry_after=max(1, self._outstanding // max(1, self.parallel)),
@@ -249,11 +246,11 @@ class Engine:
             except Exception as exc:  # never let the worker die: fail what was running, keep serving
                 log.exception("engine step failed")
                 self._fail_all(EngineError(f"generation failed: {exc}"))
-        self._fail_all(ServiceUnavailableError("the server is shutting down", retry_after=5))
+        self._fail_all(ShuttingDown())
         for job in self._jobs:
             job()  # adapter loads still waiting: let them finish rather than hang their callers
         for seq in list(self._inbox):
-            self._emit([(seq.gen, TokenEvent(error=ServiceUnavailableError("the server is shutting down")))])
+            self._emit([(seq.gen, TokenEvent(error=ShuttingDown()))])
         self._inbox.clear()
 
     def _start(self, seq: _Sequence) -> None:

@@ -14,9 +14,9 @@ from typing import Literal
 import gguf
 import watchfiles
 
-from .errors import NomoatError
+from ..errors import NomoatError
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
-from .registry import ModelRegistry
+from ..registry import ModelRegistry
 
 log = logging.getLogger("nomoat.watch")
 

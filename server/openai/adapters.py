@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
@@ -10,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import InvalidRequestError, PermissionDeniedError
+from ..adapters.files import confine
 from .protocol import Lenient, parse
-from .registry import AdapterEntry, ModelRegistry
-from .serving import read_json
+from ..registry import AdapterEntry, ModelRegistry
+from ..core.generate import read_json
 
 
 class LoadAdapterRequest(Lenient):
@@ -21,38 +20,6 @@ class LoadAdapterRequest(Lenient):
     path: str = Field(min_length=1, max_length=4096)
     base: str | None = None
     scale: float = Field(1.0, ge=-10.0, le=10.0)
-
-
-def confine(path: str, adapter_dirs: list[Path]) -> Path:
-    """The real path of `path` if it lies inside one of `adapter_dirs`, else a 403.
-
-    Relative paths are taken relative to each directory in turn. Symlinks are resolved before
-    the check, so a link that points outside is refused; nothing is opened here.
-    """
-    if not adapter_dirs:
-        raise PermissionDeniedError(
-            "runtime adapter loading is off: no adapter directory is configured (--adapter-dir)", param="path"
-        )
-    if "\x00" in path:
-        raise InvalidRequestError("path contains a NUL byte", param="path")
-    candidate = Path(path).expanduser() if path.startswith("~") else Path(path)
-    for directory in adapter_dirs:
-        root = Path(os.path.realpath(directory))
-        real = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
-        if root in real.parents:
-            if not real.exists():
-                raise InvalidRequestError(f"no adapter at {path!r} in the adapter directories", param="path",
-                                          code="adapter_not_found")
-            if real.is_dir():
-                # A PEFT directory's files are opened too: none may lead out of the adapter directory.
-                for inner in real.iterdir():
-                    if root not in Path(os.path.realpath(inner)).parents:
-                        raise PermissionDeniedError(
-                            f"{path!r} holds {inner.name!r}, which leads outside the adapter directories",
-                            param="path",
-                        )
-            return real
-    raise PermissionDeniedError(f"{path!r} is outside the adapter directories", param="path")
 
 
 def _describe(entry: AdapterEntry) -> dict:

@@ -9,9 +9,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from .engine.generation import Generation
-from .engine.types import TokenEvent, Usage
-from .errors import NomoatError
+from ..engine.generation import Generation
+from ..engine.types import TokenEvent, Usage
+from ..http.errors import answer_for
 
 log = logging.getLogger("nomoat.streaming")
 
@@ -69,12 +69,8 @@ async def merged(gens: list[Generation], timeout: float | None = None) -> AsyncI
 _EXPIRED = -1
 
 
-def error_event(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, NomoatError):
-        body = exc.to_dict()
-    else:
-        body = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
-    return {"data": json.dumps(body)}
+def error_event(exc: Exception, prompt_field: str = "prompt") -> dict[str, Any]:
+    return {"data": json.dumps(answer_for(exc, prompt_field).body)}
 
 
 def sse(payload: dict[str, Any]) -> dict[str, str]:

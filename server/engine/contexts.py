@@ -8,7 +8,7 @@ from typing import Any
 
 import llama_cpp
 
-from ..errors import EngineError
+from .errors import EngineError
 from .types import AdapterSet
 
 

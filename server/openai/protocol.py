@@ -8,7 +8,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
 
@@ -264,7 +264,3 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

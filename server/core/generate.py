@@ -13,14 +13,14 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .engine.generation import Generation
-from .engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
-from .errors import InvalidRequestError, NomoatError, PayloadTooLargeError
-from .limits import RequestLimits
-from .metrics import GenerationTimer, Metrics
-from .protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
-from .registry import ModelRegistry, Target
-from .streaming import DONE, Choice, TextOffsets, chat_logprob_entry, completion_logprobs, error_event, merged, sse
+from ..engine.generation import Generation
+from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt, TokenEvent, TokenPrompt
+from ..errors import InvalidRequestError, PayloadTooLargeError
+from ..http.limits import RequestLimits
+from ..metrics import GenerationTimer, Metrics
+from ..openai.protocol import ChatCompletionRequest, CompletionRequest, new_id, now, parse, usage_dict
+from ..registry import ModelRegistry, Target
+from .streams import DONE, Choice, TextOffsets, chat_logprob_entry, completion_logprobs, error_event, merged, sse
 from .structured import Grammar, response_rule
 from .tools import ToolPlan, ToolStream, check_history, parse_output, plan_tools, prompt_messages
 
@@ -87,6 +87,7 @@ class CompletionService:
         self.limits = limits
 
     async def chat(self, request: Request) -> Response:
+        request.state.prompt_field = "messages"
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, self.limits.max_body_bytes))
         target = self._route(request, req.model, req.lora_pairs())
         if req.functions is not None or req.function_call is not None:
@@ -288,7 +289,7 @@ class CompletionService:
         tool_streams = [ToolStream(plan) if plan.active else None for _ in gens]
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
-                yield error_event(event.error)
+                yield error_event(event.error, request.state.prompt_field if hasattr(request.state, "prompt_field") else "prompt")
                 return
             if event.token_id is not None:
                 timer.token(i)
@@ -337,7 +338,7 @@ class CompletionService:
         choices = [Choice(index=i) for i in range(len(gens))]
         async for i, event in merged(gens, self.limits.timeout):
             if event.error is not None:
-                yield error_event(event.error)
+                yield error_event(event.error, request.state.prompt_field if hasattr(request.state, "prompt_field") else "prompt")
                 return
             if event.token_id is not None:
                 timer.token(i)
@@ -399,7 +400,7 @@ class ClientDisconnected(Exception):
 
 def _accumulate(choice: Choice, event: TokenEvent) -> None:
     if event.error is not None:
-        raise event.error if isinstance(event.error, NomoatError) else NomoatError(str(event.error))
+        raise event.error
     choice.text += event.text
     if event.logprob is not None:
         choice.tokens.append(event)

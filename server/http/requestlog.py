@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 log = logging.getLogger("nomoat.access")
 

@@ -15,20 +15,19 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .adapter_routes import adapter_routes
-from .adapter_watch import AdapterWatcher
+from ..openai.adapters import adapter_routes
+from ..adapters.watch import AdapterWatcher
 from .auth import Authenticator, AuthMiddleware, KeyRing
-from .embeddings import EmbeddingService
-from .errors import ConfigError, InvalidConfigError, NomoatError
+from ..openai.embeddings import EmbeddingService
+from ..errors import ConfigError, InvalidConfigError
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
-from .metrics import Metrics
-from .protocol import error_body
-from .registry import ModelRegistry, ReloadResult
+from ..metrics import Metrics
+from .errors import ErrorBoundary, answer_for, error_body
+from ..registry import ModelRegistry, ReloadResult
 from .requestlog import RequestLogMiddleware
-from .serving import ClientDisconnected, CompletionService
-from .settings import Settings
+from ..core.generate import ClientDisconnected, CompletionService
+from ..settings import Settings
 
 log = logging.getLogger("nomoat.http")
 
@@ -142,32 +141,6 @@ def build_app(
     )
 
 
-class ErrorBoundary:
-    """The one place a NomoatError becomes its OpenAI-shaped JSON answer, wherever it was raised."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except NomoatError as exc:
-            if started:  # a streaming answer already began; its generator reports errors in-band
-                raise
-            response = JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
-            await response(scope, receive, send)
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
@@ -186,4 +159,5 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal server error", "server_error", "internal_error"), status_code=500)
+    answer = answer_for(exc)
+    return JSONResponse(answer.body, status_code=answer.status)

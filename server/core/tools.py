@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 from .structured import Grammar, literal
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AuthenticationError, ConfigError, PermissionDeniedError
-from .settings import Settings
+from ..errors import AuthenticationError, ConfigError, PermissionDeniedError
+from ..settings import Settings
 
 log = logging.getLogger("nomoat.auth")
 

@@ -11,14 +11,14 @@ from pydantic import Field, StrictInt, StrictStr, ValidationError, ValidatorFunc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .engine.embedder import EmbeddingInput, Embeddings
-from .engine.types import TextPrompt, TokenPrompt
-from .errors import InvalidRequestError
-from .limits import RequestLimits
-from .metrics import Metrics
+from ..engine.embedder import EmbeddingInput, Embeddings
+from ..engine.types import TextPrompt, TokenPrompt
+from ..errors import InvalidRequestError
+from ..http.limits import RequestLimits
+from ..metrics import Metrics
 from .protocol import Lenient, parse
-from .registry import ModelRegistry
-from .serving import ClientDisconnected, read_json
+from ..registry import ModelRegistry
+from ..core.generate import ClientDisconnected, read_json
 
 # OpenAI's limit on the number of inputs in one request.
 MAX_INPUTS = 2048
@@ -72,6 +72,7 @@ class EmbeddingService:
         self.limits = limits
 
     async def embeddings(self, request: Request) -> Response:
+        request.state.prompt_field = "input"
         req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, self.limits.max_body_bytes))
         if req.lora:
             raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")

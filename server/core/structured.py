@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 # Keywords that describe, not constrain: accepted and ignored.
 _ANNOTATIONS = frozenset({

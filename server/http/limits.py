@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import InvalidRequestError, RateLimitError
-from .settings import Settings
+from ..errors import InvalidRequestError, RateLimitError
+from ..settings import Settings
 
 log = logging.getLogger("nomoat.limits")
 

@@ -1,0 +1,1 @@
+"""LoRA adapters by name: the catalogue, file checks, PEFT conversion and watched directories."""

@@ -1,0 +1,1 @@
+"""What every wire protocol shares: the generation core, tool calling and structured output."""

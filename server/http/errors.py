@@ -1,0 +1,135 @@
+"""The one place an error becomes an HTTP answer: status code, OpenAI error body and headers.
+
+Domain errors (server/errors.py) and the engine's (server/engine/errors.py) know nothing of
+HTTP; the table below gives each class its status, OpenAI `type` and `code`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..engine import errors as engine
+from ..errors import (
+    AuthenticationError, ConflictError, ContextLengthExceededError, InvalidConfigError, InvalidRequestError,
+    NomoatError, NotFoundError, PayloadTooLargeError, PermissionDeniedError, RateLimitError, RequestTimeoutError,
+    ServiceUnavailableError,
+)
+
+log = logging.getLogger("nomoat.http")
+
+# Most specific first: the first class an error is an instance of decides.
+_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
+    (ContextLengthExceededError, 400, "invalid_request_error", "context_length_exceeded"),
+    (InvalidRequestError, 400, "invalid_request_error", None),
+    (AuthenticationError, 401, "authentication_error", None),
+    (PermissionDeniedError, 403, "permission_error", None),
+    (NotFoundError, 404, "invalid_request_error", None),
+    (RequestTimeoutError, 408, "invalid_request_error", None),
+    (ConflictError, 409, "invalid_request_error", None),
+    (PayloadTooLargeError, 413, "invalid_request_error", None),
+    (InvalidConfigError, 422, "invalid_request_error", None),
+    (RateLimitError, 429, "rate_limit_error", None),
+    (ServiceUnavailableError, 503, "server_error", None),
+    (engine.PromptTooLong, 400, "invalid_request_error", "context_length_exceeded"),
+    (engine.InvalidInput, 400, "invalid_request_error", None),
+    (engine.AdapterRejected, 400, "invalid_request_error", "invalid_adapter"),
+    (engine.AdapterUnloaded, 404, "invalid_request_error", "model_not_found"),
+    (engine.Busy, 429, "rate_limit_error", "server_busy"),
+    (engine.ShuttingDown, 503, "server_error", "service_unavailable"),
+    (engine.EngineError, 500, "server_error", "engine_error"),
+    (NomoatError, 500, "server_error", None),
+]
+# Seconds a client should wait before retrying, where the error itself does not say.
+_SHUTDOWN_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What a client receives for an error: status, body and headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def answer_for(exc: BaseException, prompt_field: str = "prompt") -> ErrorAnswer:
+    """The answer for a domain or engine error; anything else is an internal error (500).
+
+    `prompt_field` is the request field holding what the engine calls the prompt (`messages`
+    for chat, `prompt` for completions, `input` for embeddings).
+    """
+    for cls, status, type_, code in _TABLE:
+        if isinstance(exc, cls):
+            break
+    else:
+        return ErrorAnswer(500, error_body("internal server error", "server_error", "internal_error"))
+    if isinstance(exc, NomoatError):
+        message, param, code = exc.message, exc.param, exc.code or code
+        retry_after = exc.retry_after
+    else:
+        assert isinstance(exc, engine.EngineError)
+        message, param, retry_after = exc.message, _engine_param(exc, prompt_field), None
+        if isinstance(exc, engine.Busy):
+            retry_after = exc.retry_after
+        elif isinstance(exc, engine.ShuttingDown):
+            retry_after = _SHUTDOWN_RETRY_AFTER
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return ErrorAnswer(status, error_body(message, type_, code, param), headers)
+
+
+def _engine_param(exc: engine.EngineError, prompt_field: str) -> str | None:
+    if isinstance(exc, engine.AdapterUnloaded):
+        return "model"
+    if isinstance(exc, engine.AdapterRejected):
+        return "path"
+    if not isinstance(exc, engine.InvalidInput):
+        return None
+    subject = exc.subject
+    if subject == "prompt" or subject.startswith("input"):
+        return prompt_field
+    if subject == "grammar":
+        return "response_format"
+    return subject
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """A domain or engine error, as opposed to a bug (anything else)."""
+    return isinstance(exc, (NomoatError, engine.EngineError))
+
+
+class ErrorBoundary:
+    """Middleware: a domain or engine error raised anywhere below becomes its JSON answer here.
+
+    Errors inside a stream that has begun are reported in-band by the stream itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started or not is_client_error(exc):
+                raise
+            answer = answer_for(exc, scope.get("state", {}).get("prompt_field", "prompt"))
+            await JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)(scope, receive, send)

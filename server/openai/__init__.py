@@ -1,0 +1,1 @@
+"""The OpenAI wire protocol: request and response models and the routes that speak it."""
