@@ -86,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(cli)
     if args.command == "convert-lora":
         return convert_lora(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    parser.error(f"unknown command {args.command}")  # exits
 
 
 def serve(cli: dict[str, Any]) -> int:

@@ -123,7 +123,6 @@ class ModelsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_model: str | None = Field(None, description="Model used when a request names none.")
-    server: dict[str, Any] = Field(default_factory=dict, description="Any server setting.")
     models: list[ModelConfig] = Field(min_length=1)
     adapters: list[AdapterConfig] = Field(default_factory=list)
     stacks: list[StackConfig] = Field(default_factory=list)

@@ -1,4 +1,5 @@
-"""The process lifecycle around uvicorn: load, serve, SIGTERM drain, SIGHUP reload, sd_notify and its watchdog."""
+"""The process lifecycle, owned here alone: load, serve, SIGTERM drain, SIGHUP reload, close; sd_notify and
+its watchdog; the adapter-directory watcher."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable, Coroutine, Iterator
 
 import uvicorn
 
+from .adapters.watch import AdapterWatcher
 from .http.app import build_app
 from .http.auth import Authenticator, KeyRing, exposure_warning
 from .config import ModelsFile
@@ -24,6 +26,9 @@ log = logging.getLogger("nomoat.daemon")
 
 ConfigLoader = Callable[[], tuple[Settings, ModelsFile]]
 
+# Seconds uvicorn waits past the grace period before it cancels requests, so the engines' own
+# shutdown errors reach every client first.
+_CANCEL_MARGIN_SECONDS = 3.0
 # What a reload applies besides the models; every other setting is fixed for the process's life.
 _RELOADABLE = {"api_key", "api_key_file", "admin_key", "config", "notify_socket", "watchdog_usec", "watchdog_pid"}
 
@@ -78,14 +83,21 @@ class Daemon:
                 return 2
             if self._stopping:
                 return 0
-            return await self._serve()
+            watcher = AdapterWatcher(self.registry, self.settings.adapter_dirs) if self.settings.watch_adapters else None
+            if watcher is not None:
+                await watcher.start()
+            try:
+                return await self._serve()
+            finally:
+                if watcher is not None:
+                    await watcher.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self.registry.ready:  # a forced exit skips the app's lifespan shutdown
+            if self.registry.ready:
                 await self.registry.aclose()
             self.notifier.close()
 
@@ -100,8 +112,10 @@ class Daemon:
             log_level=self.settings.log_level,
             log_config=None,  # keep the process's logging (text or JSON) for uvicorn's loggers too
             access_log=False,  # one line per request comes from the app, with model and tokens
-            lifespan="on",
-            timeout_graceful_shutdown=self.settings.shutdown_grace_seconds,  # type: ignore[arg-type]
+            lifespan="off",  # the app owns no lifecycle: this Daemon loads and closes everything
+            # Past the grace period the engines end every generation with an error (_abort_after_grace);
+            # uvicorn cancels what is left only after that, so each client is told why it ended.
+            timeout_graceful_shutdown=self.settings.shutdown_grace_seconds + _CANCEL_MARGIN_SECONDS,
         )
         server = self._server = _Server(config)
         self._spawn(self._announce_ready(server))
@@ -137,6 +151,17 @@ class Daemon:
         self.notifier.stopping()
         if self._server is not None:
             self._server.should_exit = True
+            self._spawn(self._abort_after_grace())
+
+    async def _abort_after_grace(self) -> None:
+        """End the generations still running when the grace period is over, each with an error its
+        client sees (an error event in a stream, a 503 otherwise), before uvicorn cuts connections."""
+        await asyncio.sleep(self.settings.shutdown_grace_seconds)
+        engines = self.registry.engines()
+        if any(engine.outstanding for engine in engines.values()):
+            log.warning("grace period over: ending the generations still running")
+        for engine in engines.values():
+            engine.abort("the server is shutting down: the shutdown grace period is over")
 
     def _on_sighup(self) -> None:
         if self._stopping:
@@ -149,13 +174,17 @@ class Daemon:
         self._spawn(self._reload_quietly())
 
     async def _reload_quietly(self) -> None:
-        with contextlib.suppress(ConfigError):  # reload() has logged it; the old config serves on
+        with contextlib.suppress(Exception):  # reload() has logged it; the old config serves on
             await self.reload()
 
     # --- reload ----------------------------------------------------------------------
 
     async def reload(self) -> ReloadResult:
-        """Re-read the configuration and apply its models; ConfigError leaves everything as it was."""
+        """Re-read the configuration and apply its models; any failure leaves everything as it was.
+
+        An invalid configuration raises ConfigError; anything else is a bug, logged with its
+        traceback and raised as it is (a 500 to POST /admin/reload).
+        """
         async with self._reload_lock:
             self.notifier.reloading()
             try:
@@ -169,9 +198,7 @@ class Daemon:
                 log.error("reload failed; still serving the previous configuration:\n%s", exc)
                 # systemd waits in "reloading" until READY=1, whatever happened.
                 self.notifier.ready("reload failed; serving the previous configuration")
-                if isinstance(exc, ConfigError):
-                    raise
-                raise ConfigError(str(exc)) from exc
+                raise
             self.auth.keys = keys
             self.metrics.reloads.labels("ok").inc()
             self._note_restart_only(settings)

@@ -23,10 +23,6 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._warned = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, **fields: str | int) -> bool:
         """One datagram, one `KEY=value` line per field, in the order given (READY before STATUS)."""
         if self.address is None:

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; past it: 413."
     )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0,
+        description=(
+            "Longest a client may take to send its request body; past it: 408. Also how long a stream "
+            "waits for a client that stops reading before it gives up on it."
+        ),
+    )
     adapter_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description=(

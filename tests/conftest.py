@@ -125,3 +125,5 @@ def start_server(tmp_path: Path) -> Iterator:
 # The real-client tests' fixtures live with their helpers; imported here so that every test module
 # shares one session-scoped server.
 from clients_fixtures import client_model, clients_server, recorder  # noqa: E402,F401
+
+pytest_plugins = ["support.inprocess"]

@@ -226,10 +226,16 @@ def _block_call(inner: str, names: set[str]) -> ToolCall | None:
         return None
 
 
-def parse_output(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
-    """The content and the tool calls in a finished output."""
+def parse_output(text: str, plan: ToolPlan, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
+    """The content and the tool calls in a finished output.
+
+    `cut`: max_tokens ended the output. A call it cut short is still a call, with the arguments
+    written so far (as OpenAI answers), and its unfinished markup never becomes content.
+    """
     if not plan.active:
         return text, []
+    if cut:
+        return _cut_output(text, plan)
     names = {t.name for t in plan.tools}
     calls: list[ToolCall] = []
     content = []
@@ -252,6 +258,30 @@ def parse_output(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
     if not plan.parallel:
         calls = calls[:1]
     return "".join(content).strip() if calls else text, calls
+
+
+def _cut_output(text: str, plan: ToolPlan) -> tuple[str, list[ToolCall]]:
+    if plan.mode == "forced":  # the grammar writes nothing but calls: stream them to recover the partial one
+        stream = ToolStream(plan)
+        stream.feed(text)
+        return "", stream.calls
+    start = text.rfind(OPEN)
+    if start < 0 or CLOSE in text[start:]:
+        return parse_output(text, plan)
+    content, calls = parse_output(text[:start], plan)
+    partial = _partial_call(text[start + len(OPEN):], {t.name for t in plan.tools})
+    if partial is not None and (plan.parallel or not calls):
+        calls.append(partial)
+    return (content if calls else text[:start]).strip(), calls
+
+
+def _partial_call(inner: str, names: set[str]) -> ToolCall | None:
+    """The call an unfinished block began: its name, and the arguments written so far."""
+    m = _ARGS_START.match(inner)
+    if m is None:
+        return None
+    name = json.loads(f'"{m.group(1)}"')
+    return ToolCall(name, inner[m.end():].rstrip()) if name in names else None
 
 
 def _bare_calls(text: str, names: set[str]) -> list[ToolCall]:
@@ -328,11 +358,21 @@ class ToolStream:
         self.buf += text
         return self._forced() if self.plan.mode == "forced" else self._auto(final=False)
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self, cut: bool = False) -> list[dict[str, Any]]:
+        """The deltas still held back, at the end of the output; `cut`: max_tokens ended it."""
         if self.plan.mode == "forced":
             out = self._forced()
-            self.buf = ""  # an unfinished call (length) is dropped from the deltas
+            self.buf = ""  # the rest of a cut call's arguments went out as they came
             return out
+        if cut:
+            start = self.buf.find(OPEN)
+            if start >= 0 and CLOSE not in self.buf[start:]:  # a block max_tokens cut: never content
+                block, self.buf = self.buf[start + len(OPEN):], self.buf[:start]
+                out = self._auto(final=True)
+                partial = _partial_call(block, self.names)
+                if partial is not None and (self.plan.parallel or not self.calls):
+                    out += self._whole(partial)
+                return out
         return self._auto(final=True)
 
     # forced: {"name": "x", "arguments": {...}} inside blocks, exactly as the grammar writes it

@@ -56,7 +56,6 @@ class ChatTemplate:
             variables = jinja2.meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"chat template is not valid Jinja: {exc}") from None
-        self.source = source
         # Whether the template writes tool definitions itself (Qwen, Llama 3.1, Hermes, ...).
         self.supports_tools = "tools" in variables
         self.bos_token = bos_token

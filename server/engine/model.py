@@ -65,7 +65,7 @@ class LoadedModel:
         self.spec = spec
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = spec.n_gpu_layers
-        # Repacked weights crash llama.cpp's AMX path on multi-token batches (DESIGN.md).
+        # Repacked weights crash llama.cpp's AMX path on multi-token batches (docs/architecture.md, "AMX and repacking").
         mparams.use_extra_bufts = spec.repack
         self.model = llama_cpp.llama_model_load_from_file(str(spec.path).encode(), mparams)
         if not self.model:
@@ -94,7 +94,6 @@ class LoadedModel:
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise ModelFileError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.n_batch = cparams.n_batch
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))

@@ -1,11 +1,13 @@
-"""The ASGI app: routes, error handlers, request logging and metrics, built by a function from its parts."""
+"""The ASGI app, built by a function from its parts: the route table's handlers, middleware, error handlers.
+
+The app serves; it owns no lifecycle. The Daemon (server/daemon.py) loads the registry before
+the app starts and closes it after the app stops.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -16,18 +18,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..openai.adapters import adapter_routes
-from ..adapters.watch import AdapterWatcher
-from .auth import Authenticator, AuthMiddleware, KeyRing
-from ..openai.embeddings import EmbeddingService
+from ..core.generate import GenerationCore
 from ..errors import ConfigError, InvalidConfigError
-from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from ..metrics import Metrics
-from .errors import ErrorBoundary, answer_for, error_body
+from ..openai.adapters import adapter_routes
+from ..openai.chat import ChatCompletions
+from ..openai.completions import Completions
+from ..openai.embeddings import Embeddings
 from ..registry import ModelRegistry, ReloadResult
-from .requestlog import RequestLogMiddleware
-from ..core.generate import ClientDisconnected, CompletionService
 from ..settings import Settings
+from .auth import Authenticator, AuthMiddleware, KeyRing
+from .body import ClientDisconnected
+from .errors import ErrorBoundary, answer_for, error_body
+from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
+from .requestlog import RequestLogMiddleware
+from .routes import ENDPOINTS, Handler, build_routes
 
 log = logging.getLogger("nomoat.http")
 
@@ -42,7 +47,7 @@ def build_app(
     auth: Authenticator | None = None,
     reload: Reloader | None = None,
 ) -> Starlette:
-    """The whole HTTP surface. The lifespan loads the registry's models off the event loop.
+    """The whole HTTP surface over a registry someone else loads and closes.
 
     `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
     """
@@ -50,8 +55,7 @@ def build_app(
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
     limits = RequestLimits.from_settings(settings)
-    service = CompletionService(registry, metrics, limits)
-    embeddings = EmbeddingService(registry, metrics, limits)
+    core = GenerationCore(registry, metrics, limits)
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
 
     async def health(request: Request) -> Response:
@@ -74,43 +78,27 @@ def build_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def admin_reload(request: Request) -> Response:
+        assert reload is not None
         try:
-            result = await reload()  # type: ignore[misc]
+            result = await reload()
         except ConfigError as exc:
             raise InvalidConfigError(f"the configuration was not applied; the previous one still serves: {exc}") from None
         return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
                              "unchanged": result.unchanged})
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
-    routes += adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes)
+    handlers: dict[str, Handler] = {
+        "health": health,
+        "metrics": metrics_endpoint,
+        "list_models": list_models,
+        "get_model": get_model,
+        "chat": ChatCompletions(core).handle,
+        "completions": Completions(core).handle,
+        "embeddings": Embeddings(core).handle,
+        **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
+                                     settings.body_timeout_seconds)),
+    }
     if reload is not None:
-        routes.append(Route("/admin/reload", admin_reload, methods=["POST"]))
-    for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
-        routes += [
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(prefix + "/models/{model_id:path}", get_model, methods=["GET"]),
-            Route(f"{prefix}/chat/completions", service.chat, methods=["POST"]),
-            Route(f"{prefix}/completions", service.completions, methods=["POST"]),
-            Route(f"{prefix}/embeddings", embeddings.embeddings, methods=["POST"]),
-        ]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not registry.ready:
-            await asyncio.to_thread(registry.load)
-        log.info("serving %s on http://%s:%d/v1", ", ".join(registry.engines()), settings.host, settings.port)
-        watcher = AdapterWatcher(registry, settings.adapter_dirs) if settings.watch_adapters else None
-        if watcher is not None:
-            await watcher.start()
-        try:
-            yield
-        finally:
-            if watcher is not None:
-                await watcher.stop()
-            await registry.aclose()
+        handlers["reload"] = admin_reload
 
     # Outermost first. CORS sits above auth so preflights need no key and errors carry its
     # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
@@ -130,8 +118,7 @@ def build_app(
         Middleware(ConcurrencyMiddleware, limiter=limiter),
     ]
     return Starlette(
-        routes=routes,
-        lifespan=lifespan,
+        routes=build_routes(handlers),
         middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
@@ -139,6 +126,16 @@ def build_app(
             Exception: _unexpected_error,
         },
     )
+
+
+def handlers_of(routes: list[Route]) -> dict[str, Handler]:
+    """Handlers a module built as starlette routes, by their name in the route table."""
+    found = {}
+    for route in routes:
+        for endpoint in ENDPOINTS:
+            if endpoint.path == route.path and endpoint.method in (route.methods or ()):
+                found[endpoint.name] = route.endpoint
+    return found
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -13,12 +13,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import AuthenticationError, ConfigError, PermissionDeniedError
 from ..settings import Settings
+from .routes import Access, match
 
 log = logging.getLogger("nomoat.auth")
 
-# Routes that change server state; everything else under the API only reads or generates.
-_ADMIN_PREFIXES = ("/admin/",)
-_ADAPTER_PREFIXES = ("/v1/adapters", "/adapters")
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -68,10 +66,11 @@ class Authenticator:
     def check(self, method: str, path: str, authorization: str | None) -> str | None:
         """The caller's key id (a hash prefix, safe to log), or None when no key was needed; raises 401/403."""
         keys = self.keys
-        admin_route = is_admin_route(method, path)
-        if path == "/health" or not keys.enabled:
+        access = required_access(method, path)
+        admin_route = access is Access.ADMIN
+        if access is Access.PUBLIC or not keys.enabled:
             return None
-        if path == "/metrics" and not self.metrics_require_key:
+        if access is Access.METRICS and not self.metrics_require_key:
             return None
         if not admin_route and not keys.user_keys:
             return None  # only an admin key is set: the API itself stays open
@@ -105,10 +104,16 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def required_access(method: str, path: str) -> Access:
+    """The route table's word; a write to an admin path with another method (a 405) stays admin."""
+    found = match(method, path)
+    if found.endpoint is not None:
+        return found.endpoint.access
+    return Access.ADMIN if found.admin_path and method in _WRITE_METHODS else Access.USER
+
+
 def is_admin_route(method: str, path: str) -> bool:
-    if path.startswith(_ADMIN_PREFIXES):
-        return True
-    return method in _WRITE_METHODS and path.startswith(_ADAPTER_PREFIXES)
+    return required_access(method, path) is Access.ADMIN
 
 
 def key_id(token: str) -> str:

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import InvalidRequestError, RateLimitError
 from ..settings import Settings
+from .routes import match
 
 log = logging.getLogger("nomoat.limits")
 
@@ -19,6 +20,7 @@ class RequestLimits:
     """What one completion request may ask for; built from Settings, applied by the serving code."""
 
     max_body_bytes: int
+    body_timeout: float  # seconds to receive a body, and to wait for a client that stopped reading
     max_tokens: int
     timeout: float | None
 
@@ -26,6 +28,7 @@ class RequestLimits:
     def from_settings(cls, settings: Settings) -> "RequestLimits":
         return cls(
             max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.body_timeout_seconds,
             max_tokens=settings.max_tokens_limit,
             timeout=settings.request_timeout_seconds or None,
         )
@@ -80,14 +83,15 @@ class ConcurrencyLimiter:
 
 
 class ConcurrencyMiddleware:
-    """Pure ASGI: holds a slot for each completion request from its start to its last byte (streams too)."""
+    """Pure ASGI: holds a slot for each generation request from its start to its last byte (streams too)."""
 
     def __init__(self, app: ASGIApp, limiter: ConcurrencyLimiter) -> None:
         self.app = app
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/completions"):
+        endpoint = match(scope["method"], scope["path"]).endpoint if scope["type"] == "http" else None
+        if endpoint is None or not endpoint.generates:
             await self.app(scope, receive, send)
             return
         key = caller(scope)

@@ -11,16 +11,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..metrics import Metrics
+from .routes import match
 
 log = logging.getLogger("nomoat.access")
 
 # A client's id is echoed only if it is short and plain: it goes into headers and log lines.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-_QUIET_PATHS = ("/metrics", "/health")  # scraped every few seconds: no log line, no request metric
 _TEXT_ORDER = ("model", "adapter", "status", "prompt_tokens", "completion_tokens", "ttft_s", "duration_s",
                "request_id", "key_id", "client")
-_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/adapters",
-              "/chat/completions", "/completions", "/embeddings", "/models", "/adapters", "/admin/reload")
 
 
 class RequestLogMiddleware:
@@ -53,14 +51,14 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
-            if scope["path"] not in _QUIET_PATHS:
-                self._record(scope, state, status, time.perf_counter() - started)
+            found = match(scope["method"], scope["path"])
+            if found.endpoint is None or not found.endpoint.quiet:
+                self._record(scope, state, status, time.perf_counter() - started, found.label)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float, endpoint: str) -> None:
         path = scope["path"]
         model, adapter = state.get("model", ""), state.get("adapter", "")
         base_model = state.get("base_model", "")  # metrics label by served model, not by alias
-        endpoint = endpoint_label(path)
         self.metrics.requests.labels(base_model, adapter, endpoint, str(status)).inc()
         if base_model:
             self.metrics.request_duration.labels(base_model, adapter, endpoint).observe(elapsed)
@@ -94,11 +92,3 @@ def request_id_from(scope: Scope) -> str:
                 return candidate
             break
     return "req_" + uuid.uuid4().hex
-
-
-def endpoint_label(path: str) -> str:
-    """A bounded label: known API paths as they are, anything else as `other`."""
-    for known in _ENDPOINTS:
-        if path == known or path.startswith(known + "/"):
-            return known
-    return "other"

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from ..adapters.files import confine
 from .protocol import Lenient, parse
 from ..registry import AdapterEntry, ModelRegistry
-from ..core.generate import read_json
+from ..http.body import read_json
 
 
 class LoadAdapterRequest(Lenient):
@@ -30,12 +30,13 @@ def _describe(entry: AdapterEntry) -> dict:
     }
 
 
-def adapter_routes(registry: ModelRegistry, adapter_dirs: list[Path], max_body_bytes: int) -> list[Route]:
+def adapter_routes(registry: ModelRegistry, adapter_dirs: list[Path], max_body_bytes: int,
+                   body_timeout: float) -> list[Route]:
     async def list_adapters(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_describe(e) for e in registry.adapters()]})
 
     async def load(request: Request) -> Response:
-        req: LoadAdapterRequest = parse(LoadAdapterRequest, await read_json(request, max_body_bytes))
+        req: LoadAdapterRequest = parse(LoadAdapterRequest, await read_json(request, max_body_bytes, body_timeout))
         source = confine(req.path, adapter_dirs)
         entry = await registry.load_adapter(req.name, source, req.base, req.scale)
         return JSONResponse(_describe(entry), status_code=201)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any, Literal, Union
 
@@ -11,14 +10,11 @@ from pydantic import Field, StrictInt, StrictStr, ValidationError, ValidatorFunc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..engine.embedder import EmbeddingInput, Embeddings
+from ..core.generate import GenerationCore, Totals, count_tokens, label_request, race_disconnect
+from ..engine.embedder import EmbeddingInput
 from ..engine.types import TextPrompt, TokenPrompt
 from ..errors import InvalidRequestError
-from ..http.limits import RequestLimits
-from ..metrics import Metrics
 from .protocol import Lenient, parse
-from ..registry import ModelRegistry
-from ..core.generate import ClientDisconnected, read_json
 
 # OpenAI's limit on the number of inputs in one request.
 MAX_INPUTS = 2048
@@ -63,33 +59,27 @@ class EmbeddingRequest(Lenient):
         return [TextPrompt(v) if isinstance(v, str) else TokenPrompt(list(v)) for v in value]
 
 
-class EmbeddingService:
-    """The handler for /v1/embeddings."""
+class Embeddings:
+    """The handler for /v1/embeddings; one per app."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
-        self.registry = registry
-        self.metrics = metrics
-        self.limits = limits
+    def __init__(self, core: GenerationCore) -> None:
+        self.core = core
 
-    async def embeddings(self, request: Request) -> Response:
-        request.state.prompt_field = "input"
-        req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, self.limits.max_body_bytes))
+    async def handle(self, request: Request) -> Response:
+        req: EmbeddingRequest = parse(EmbeddingRequest, await self.core.body(request, "input"))
         if req.lora:
             raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")
-        target = self.registry.embedder(req.model)
-        request.state.model = target.model_id
-        request.state.base_model = target.base_id
-        request.state.adapter = ""
+        target = self.core.registry.embedder(req.model)
+        label_request(request, target.model_id, target.base_id, "")
         n_embd = target.embedder.n_embd
         if req.dimensions is not None and req.dimensions > n_embd:
             raise InvalidRequestError(
                 f"dimensions must be between 1 and {n_embd} for model {target.model_id!r}, got {req.dimensions}",
                 param="dimensions", code="invalid_value",
             )
-        result = await _until_disconnect(request, target.embedder.embed(req.inputs()))
+        result = await race_disconnect(request, target.embedder.embed(req.inputs()))
         vectors = _shortened(result.vectors, req.dimensions)
-        self.metrics.prompt_tokens.labels(target.base_id, "").inc(result.prompt_tokens)
-        request.state.tokens = (result.prompt_tokens, 0)
+        count_tokens(self.core.metrics, request, Totals(result.prompt_tokens, 0, 0))
         return JSONResponse({
             "object": "list",
             "data": [
@@ -99,26 +89,6 @@ class EmbeddingService:
             "model": target.model_id,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         })
-
-
-async def _until_disconnect(request: Request, work: Any) -> Embeddings:
-    """Await the embeddings; a client that goes away first cancels them (ClientDisconnected)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()  # the embedder skips the rest of the job
-    if task not in done:
-        raise ClientDisconnected
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _shortened(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

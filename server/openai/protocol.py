@@ -1,9 +1,9 @@
-"""The OpenAI wire format: request models (lenient: unknown fields ignored) and response builders."""
+"""The OpenAI wire format's requests: pydantic models, lenient (unknown fields are ignored), that check
+every field they hold, so handlers receive only requests that can be served."""
 
 from __future__ import annotations
 
-import time
-import uuid
+import re
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import InvalidRequestError
 
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
+_TOKEN_ID = re.compile(r"-?[0-9]{1,10}")
 
 
 class Lenient(BaseModel):
@@ -109,7 +110,7 @@ class _SamplingFields(Lenient):
     @classmethod
     def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.lstrip("-").isdigit():
+            if not _TOKEN_ID.fullmatch(key):  # ASCII digits only: str.isdigit() also takes "²"
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {bias}")
@@ -156,8 +157,19 @@ class JsonSchemaFormat(Lenient):
 
 
 class ResponseFormat(Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+    # llama.cpp's server form, which some clients send: a schema on json_object. Enforced, never ignored.
+    schema_: Union[dict[str, Any], bool, None] = Field(None, alias="schema")
+
+    @property
+    def schema_to_enforce(self) -> Any:
+        """The JSON schema the output must follow (None: any JSON object)."""
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.schema_
+        return self.schema_
 
     @model_validator(mode="after")
     def _schema_given(self) -> "ResponseFormat":
@@ -178,6 +190,17 @@ class ChatCompletionRequest(_SamplingFields):
     # The pre-tools API: refused with a pointer to its replacement rather than ignored.
     functions: list[Any] | None = None
     function_call: Any = None
+
+    @model_validator(mode="after")
+    def _servable(self) -> "ChatCompletionRequest":
+        if self.functions is not None or self.function_call is not None:
+            raise InvalidRequestError(
+                "'functions' and 'function_call' are deprecated and not supported: use 'tools' and 'tool_choice'",
+                param="functions" if self.functions is not None else "function_call",
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        return self
 
     @property
     def token_limit(self) -> int | None:
@@ -202,6 +225,14 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _servable(self) -> "CompletionRequest":
+        if self.suffix:
+            raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequestError("best_of other than n is not supported", param="best_of")
+        return self
 
     def prompts(self) -> list[Union[str, list[int]]]:
         """Each prompt the request holds: a string, a list of strings, tokens or a list of token lists."""
@@ -244,23 +275,3 @@ def _param_path(loc: tuple[Any, ...]) -> str:
         elif part not in _TYPE_NAMES and part.replace("_", "").isalnum() and not part[:1].isupper():
             out += ("." if out else "") + part
     return out
-
-
-# --- responses ----------------------------------------------------------------------
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }

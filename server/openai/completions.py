@@ -1,0 +1,104 @@
+"""POST /v1/completions: raw prompts (no chat template) into engine requests, events into text completions."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Union
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..core.generate import GenerationCore, Run, event_stream
+from ..engine.types import GenerationRequest, TextPrompt, TokenPrompt
+from ..registry import Target
+from .protocol import CompletionRequest, parse
+from .render import DONE, TextOffsets, completion_logprobs, error_event, new_id, now, sse, usage_dict
+from .sampling import sampling_params
+
+
+class Completions:
+    """The handler; one per app."""
+
+    def __init__(self, core: GenerationCore) -> None:
+        self.core = core
+
+    async def handle(self, request: Request) -> Response:
+        req: CompletionRequest = parse(CompletionRequest, await self.core.body(request, "prompt"))
+        target = self.core.route(request, req.model, req.lora_pairs())
+        prompts = req.prompts()
+        logprobs = req.logprobs is not None
+        max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens")
+        n_vocab = target.engine.model.n_vocab
+        run = await self.core.start(request, target, [
+            GenerationRequest(
+                prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
+                sampling=sampling_params(req, n_vocab, i * req.n + j),
+                max_tokens=max_tokens,
+                stop=req.stop_list(),
+                adapters=target.adapters,
+                logprobs=logprobs,
+                top_logprobs=req.logprobs or 0,
+            )
+            for i, p in enumerate(prompts)
+            for j in range(req.n)
+        ])
+        echo = [_echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
+        if req.stream:
+            return event_stream(run, _chunks(run, req, echo))
+        choices = await run.collect()
+        usage = usage_dict(run.record_usage(copies=req.n))
+        return JSONResponse({
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": now(),
+            "model": target.model_id,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "text": echo[c.index] + c.text,
+                    "logprobs": completion_logprobs(c.tokens, TextOffsets(len(echo[c.index]))) if logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in choices
+            ],
+            "usage": usage,
+        }, headers=run.headers)
+
+
+async def _chunks(run: Run, req: CompletionRequest, echo: list[str]) -> AsyncIterator[dict[str, str]]:
+    cid, created, model = new_id("cmpl"), now(), run.target.model_id
+    logprobs_on = req.logprobs is not None
+
+    def chunk(index: int, text: str, finish: str | None, logprobs: Any = None) -> dict[str, str]:
+        return sse({
+            "id": cid, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+        })
+
+    for i, text in enumerate(echo):
+        if text:
+            yield chunk(i, text, None)
+    offsets = [TextOffsets(len(t)) for t in echo]
+    async for i, event in run.events():
+        if event.error is not None:
+            yield error_event(event.error, "prompt")
+            return
+        logprobs = None
+        if logprobs_on and event.logprob is not None:
+            logprobs = completion_logprobs([event], offsets[i])
+        if event.text or logprobs or event.finish_reason:
+            yield chunk(i, event.text, event.finish_reason, logprobs)
+    usage = usage_dict(run.record_usage(copies=req.n))
+    if req.include_usage:
+        yield sse({
+            "id": cid, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": None, "choices": [], "usage": usage,
+        })
+    yield DONE
+
+
+def _echo_text(target: Target, prompt: Union[str, list[int]]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return b"".join(target.engine.model.piece(t) for t in prompt).decode("utf-8", "replace")

@@ -1,0 +1,1 @@
+"""What tests share: a fake engine for in-process tests of the HTTP and protocol layers."""

@@ -1,0 +1,158 @@
+"""A stand-in for the engine: no llama.cpp, scripted output, the real Generation and event types.
+
+The fake "model" answers every prompt with a script: by default the last user message (or the raw
+prompt) read back, one character per token; a prompt starting with `SAY:` answers exactly the rest
+(tool-call markup, JSON...). Tokens are character codes, so `piece()` and logprobs are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nomoat.engine.chat_template import CHATML, ChatTemplate
+from nomoat.engine.embedder import Embeddings
+from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
+from nomoat.engine.generation import EngineStats, Generation
+from nomoat.engine.types import ChatPrompt, GenerationRequest, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
+
+N_VOCAB = 0x3000
+N_CTX = 4096
+
+
+def script_for(request: GenerationRequest) -> str:
+    prompt = request.prompt
+    if isinstance(prompt, ChatPrompt):
+        users = [m for m in prompt.messages if m["role"] == "user"]
+        text = str(users[-1]["content"]) if users else ""
+    elif isinstance(prompt, TextPrompt):
+        text = prompt.text
+    else:
+        text = "".join(chr(t) for t in prompt.tokens)
+    return text[len("SAY:"):] if text.startswith("SAY:") else f"You said: {text}"
+
+
+class FakeModel:
+    def __init__(self, name: str) -> None:
+        self.n_vocab = N_VOCAB
+        self.n_ctx = N_CTX
+        self.chat_template = ChatTemplate(CHATML, bos_token="", eos_token="<|im_end|>")
+        self.spec = type("Spec", (), {"name": name, "parallel": 4})()
+
+    def piece(self, token: int) -> bytes:
+        return chr(token).encode("utf-8", "replace")
+
+    def prompt_tokens(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, TokenPrompt):
+            bad = next((t for t in prompt.tokens if not 0 <= t < N_VOCAB), None)
+            if bad is not None:
+                raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{N_VOCAB - 1})")
+            tokens = list(prompt.tokens)
+        elif isinstance(prompt, ChatPrompt):
+            tokens = [ord(c) % N_VOCAB for c in self.chat_template.render(prompt.messages, tools=prompt.tools)]
+        else:
+            tokens = [ord(c) % N_VOCAB for c in prompt.text]
+        if not tokens:
+            raise InvalidInput("the prompt is empty")
+        if len(tokens) >= N_CTX:
+            raise PromptTooLong(f"This model's maximum context length is {N_CTX} tokens; the prompt has {len(tokens)}.")
+        return tokens
+
+
+@dataclass
+class FakeEngine:
+    """Generates its script on the event loop, one token per loop turn. `capacity` bounds admissions."""
+
+    name: str
+    capacity: int = 16
+    model: FakeModel = field(init=False)
+    stats: EngineStats = field(default_factory=EngineStats)
+    outstanding: int = 0
+    aborted: str | None = None
+    submitted: list[GenerationRequest] = field(default_factory=list)
+    logprob: float = math.log(0.5)  # what every token's logprob is (NaN to mimic runaway adapter weights)
+
+    def __post_init__(self) -> None:
+        self.model = FakeModel(self.name)
+
+    @property
+    def waiting(self) -> int:
+        return 0
+
+    @property
+    def active(self) -> int:
+        return self.outstanding
+
+    async def submit(self, request: GenerationRequest) -> Generation:
+        if self.aborted is not None:
+            raise ShuttingDown()
+        if self.outstanding >= self.capacity:
+            raise Busy(f"model {self.name!r} is at capacity", retry_after=1)
+        prompt = self.model.prompt_tokens(request.prompt)
+        self.submitted.append(request)
+        self.outstanding += 1
+        gen = Generation(request, len(prompt), wake=lambda: None, on_done=self._retired)
+        asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
+        return gen
+
+    def _retired(self) -> None:
+        self.outstanding -= 1
+
+    async def _produce(self, gen: Generation, request: GenerationRequest, n_prompt: int) -> None:
+        text = script_for(request)
+        for stop in request.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        limit = request.max_tokens if request.max_tokens is not None else len(text)
+        out = text[:limit]
+        for i, char in enumerate(out):
+            await asyncio.sleep(0)
+            if gen.cancelled or self.aborted is not None:
+                break
+            last = i == len(out) - 1
+            finish = ("length" if limit < len(text) else "stop") if last else None
+            gen._push(self._event(request, char, finish, Usage(n_prompt, i + 1) if last else None))
+        else:
+            if not out:
+                gen._push(TokenEvent(finish_reason="stop", usage=Usage(n_prompt, 0)))
+            return
+        if self.aborted is not None:
+            gen._push(TokenEvent(error=ShuttingDown(self.aborted)))
+        else:
+            gen._push(TokenEvent(finish_reason="cancelled", usage=Usage(n_prompt, 0)))
+
+    def _event(self, request: GenerationRequest, char: str, finish: str | None, usage: Usage | None) -> TokenEvent:
+        token = ord(char) % N_VOCAB
+        logprob = top = None
+        if request.logprobs:
+            logprob = self.logprob
+            top = [TopLogprob(char, list(char.encode()), logprob)][: request.top_logprobs]
+        return TokenEvent(text=char, token_id=token, token_text=char, token_bytes=list(char.encode()),
+                          logprob=logprob, top_logprobs=top, finish_reason=finish, usage=usage)
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+    def load_adapter(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("the fake engine serves no adapters")
+
+    def close(self, timeout: float = 0) -> None:
+        pass
+
+
+class FakeEmbedder:
+    n_embd = 8
+    outstanding = 0
+
+    async def embed(self, inputs: list[Any]) -> Embeddings:
+        vectors = np.zeros((len(inputs), self.n_embd), dtype=np.float32)
+        vectors[:, 0] = 1.0
+        return Embeddings(vectors=vectors, prompt_tokens=sum(len(getattr(i, "text", "")) or 1 for i in inputs))
+
+    def close(self) -> bool:
+        return True
