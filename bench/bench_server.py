@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat  # noqa: E402
+from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat, wait_healthy  # noqa: E402
 from lora_factory import write_lora  # noqa: E402
 from nomoat.config import embedded_model_path  # noqa: E402
 
@@ -51,15 +51,8 @@ class LlamaServer:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> "LlamaServer":
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("llama-server did not start")
+        wait_healthy(self.url, self.proc, 120, describe="llama-server")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

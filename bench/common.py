@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,49 +11,26 @@ from pathlib import Path
 
 import httpx
 
-# SmolLM2's end-of-generation tokens: banned so every run decodes exactly max_tokens.
-NO_EOG = {"0": -100, "2": -100, "4": -100}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# One server-process helper for the tests and the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.process import NO_EOS as NO_EOG  # noqa: E402
+from support.process import ServerProcess, free_port, wait_healthy  # noqa: E402,F401
 
 
 class Nomoat:
-    """`python -m nomoat serve` with a generated models.toml, as a context manager."""
+    """`python -m nomoat serve` with a generated models.toml in a temporary folder, as a context manager."""
 
     def __init__(self, models_toml: str, *args: str) -> None:
         self.dir = tempfile.TemporaryDirectory()
-        cfg = Path(self.dir.name) / "models.toml"
-        cfg.write_text(models_toml)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(self.dir.name) / "log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nomoat", "serve", "--config", str(cfg), "--port", str(self.port),
-             "--log-level", "warning", *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        self.server = ServerProcess(models_toml, Path(self.dir.name), "--log-level", "warning", *args)
+        self.port, self.url = self.server.port, self.server.base_url
 
     def __enter__(self) -> "Nomoat":
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((Path(self.dir.name) / "log").read_text())
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("nomoat did not start")
+        self.server.wait_ready()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
+        self.server.stop()
         self.dir.cleanup()
 
 

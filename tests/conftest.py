@@ -2,79 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
+from support.process import ServerProcess, free_port  # noqa: F401  (tests import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_N_CTX = 2048
 TEST_PARALLEL = 4
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def model_path() -> Path:
     from nomoat.config import embedded_model_path
 
     return embedded_model_path()
-
-
-class ServerProcess:
-    """A `python -m server serve` child on 127.0.0.1, with its log kept for failure reports."""
-
-    def __init__(self, config_text: str, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.config = tmp / "models.toml"
-        self.config.write_text(config_text)
-        self.log_path = tmp / "server.log"
-        self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nomoat", "serve", "--config", str(self.config),
-             "--port", str(self.port), *args],
-            cwd=tmp, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_ctx: int = TEST_N_CTX,

@@ -8,9 +8,7 @@ import time
 from typing import Any, Callable
 
 import httpx
-
-# SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>), banned so a generation runs to max_tokens.
-NO_EOS = {"0": -100, "2": -100}
+from support.process import NO_EOS
 
 
 def long_completion(model: str = "smollm2-135m", max_tokens: int = 48, **extra: Any) -> dict[str, Any]:

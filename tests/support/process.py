@@ -1,0 +1,78 @@
+"""Real `nomoat serve` processes on free ports, for the end-to-end tests and the benchmarks alike."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+# SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>, <reponame>): banned, a generation runs
+# to max_tokens, so lengths, counts, long streams and timings do not depend on what the model says.
+NO_EOS = {"0": -100, "2": -100, "4": -100}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, describe: str = "server") -> None:
+    """Poll GET /health until it answers 200; raise if the process exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{describe} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{describe} not ready after {timeout:g}s")
+
+
+class ServerProcess:
+    """A `python -m nomoat serve` child on 127.0.0.1 with a models.toml in `workdir`; its log is kept."""
+
+    def __init__(self, config_text: str, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.config = workdir / "models.toml"
+        self.config.write_text(config_text)
+        self.log_path = workdir / "server.log"
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nomoat", "serve", "--config", str(self.config),
+             "--port", str(self.port), *args],
+            cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+        try:
+            wait_healthy(self.base_url, self.proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
