@@ -21,7 +21,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     proc = ServerProcess(
         models_toml(), tmp_path_factory.mktemp("limits"),
         "--max-body-bytes", "4096", "--max-tokens-limit", "8", "--max-prompt-tokens", "40",
-        "--max-concurrent-streams", "3", "--max-streams-per-key", "2",
+        "--max-concurrent-streams", "3", "--max-streams-per-key", "2", "--body-timeout-seconds", "3",
         env={"NOMOAT_API_KEY": ",".join(KEYS)},
     ).wait_ready()
     yield proc
@@ -86,30 +86,31 @@ def test_prompt_over_max_prompt_tokens_is_context_length_exceeded(limited, path)
 
 
 class HeldRequest(threading.Thread):
-    """A completion request whose body is held back until release(): it occupies a slot meanwhile."""
+    """A long streamed completion that occupies a generation slot until release() closes it.
+
+    (A body held back no longer holds a slot: the limiter admits a request once its body is in.)
+    """
 
     def __init__(self, srv: ServerProcess, key: str) -> None:
         super().__init__(daemon=True)
         self.srv, self.key = srv, key
         self.gate = threading.Event()
-        self.response: httpx.Response | None = None
-
-    def _body(self) -> Iterator[bytes]:
-        yield b'{"model": "smollm2-135m", '
-        self.gate.wait(60)
-        yield b'"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}'
+        self.status: int | None = None
 
     def run(self) -> None:
-        self.response = httpx.post(
-            self.srv.base_url + "/v1/chat/completions", content=self._body(), timeout=60,
-            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
-        )
+        body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 4000, "stream": True,
+                "logit_bias": NO_EOS}
+        with httpx.stream("POST", self.srv.base_url + "/v1/completions", json=body, timeout=120,
+                          headers={"Authorization": f"Bearer {self.key}"}) as r:
+            self.status = r.status_code
+            for _ in r.iter_lines():
+                if self.gate.is_set():
+                    break
 
-    def release(self) -> httpx.Response:
+    def release(self) -> int | None:
         self.gate.set()
         self.join(60)
-        assert self.response is not None
-        return self.response
+        return self.status
 
 
 def _in_flight(srv: ServerProcess) -> float:
@@ -118,7 +119,18 @@ def _in_flight(srv: ServerProcess) -> float:
     return float(line.split()[1]) - 1  # this scrape is in flight too
 
 
-def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(limited):
+@pytest.fixture(scope="module")
+def slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        models_toml(), tmp_path_factory.mktemp("slots"), "--max-concurrent-streams", "3",
+        "--max-streams-per-key", "2", env={"NOMOAT_API_KEY": ",".join(KEYS)},
+    ).wait_ready()
+    yield proc
+    proc.stop()
+
+
+def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(slots):
+    limited = slots
     held = [HeldRequest(limited, KEYS[0]), HeldRequest(limited, KEYS[0]), HeldRequest(limited, KEYS[1])]
     try:
         for n, h in enumerate(held, 1):
@@ -140,8 +152,8 @@ def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(limit
         # Other routes are not generation requests and are not counted.
         assert httpx.get(limited.base_url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
     finally:
-        responses = [h.release() for h in held]
-    assert [r.status_code for r in responses] == [200, 200, 200]
+        statuses = [h.release() for h in held]
+    assert statuses == [200, 200, 200]
     _normal_request_succeeds(limited, KEYS[0])
     _normal_request_succeeds(limited, KEYS[1])
 
@@ -165,3 +177,32 @@ def test_request_timeout_stops_generation_with_finish_reason_length(start_server
     assert "request_timeout_seconds" in srv.log()
     r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_slow_senders_hold_no_slot_and_get_408(limited):
+    """Four clients trickle a chat body (more than the three generation slots): other chats still
+    run, and each trickler gets a 408 once body_timeout_seconds is over."""
+    import socket
+
+    body = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]}'
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEYS[1]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    slow = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", limited.port), timeout=60)
+        sock.sendall(head + body[:10])
+        slow.append(sock)
+    try:
+        assert _post(limited, "/v1/chat/completions", CHAT).status_code == 200
+        for sock in slow:
+            reply = b""
+            while not reply.rstrip().endswith(b"}"):  # headers, then the JSON body (maybe in parts)
+                part = sock.recv(4096)
+                assert part, reply
+                reply += part
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+            assert b'"code":"request_timeout"' in reply.replace(b" ", b"")
+    finally:
+        for sock in slow:
+            sock.close()
+    assert _post(limited, "/v1/chat/completions", CHAT).status_code == 200

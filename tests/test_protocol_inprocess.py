@@ -156,3 +156,22 @@ def test_generation_requests_hold_a_concurrency_slot(fake_factory):
         r = server.client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
         assert_error(r, 429)
     assert server.client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"}).status_code == 200
+
+
+def test_a_body_that_arrives_too_slowly_is_408_and_holds_no_generation_slot():
+    import asyncio
+
+    from nomoat.errors import RequestTimeoutError
+    from nomoat.http.body import ClientDisconnected, receive_body
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(RequestTimeoutError, match="body_timeout_seconds"):
+        asyncio.run(receive_body(trickle, 1024, 0.05))
+    with pytest.raises(ClientDisconnected):
+        asyncio.run(receive_body(gone, 1024, 5))

@@ -115,7 +115,7 @@ def build_app(
     middleware += [
         Middleware(ErrorBoundary),
         Middleware(AuthMiddleware, auth=auth),
-        Middleware(ConcurrencyMiddleware, limiter=limiter),
+        Middleware(ConcurrencyMiddleware, limiter=limiter, limits=limits),
     ]
     return Starlette(
         routes=build_routes(handlers),

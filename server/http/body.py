@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
 
@@ -20,6 +21,48 @@ class ClientDisconnected(Exception):
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+async def receive_body(receive: Receive, limit: int, timeout: float) -> list[Message]:
+    """Every message of a request body, received within `timeout` seconds and `limit` bytes.
+
+    The concurrency limiter calls this before it grants a generation slot, so a client that
+    sends its body slowly holds nothing while it dawdles.
+    """
+    messages: list[Message] = []
+
+    async def gather() -> None:
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(gather(), timeout)
+    except asyncio.TimeoutError:
+        raise _too_slow(timeout) from None
+    return messages
+
+
+def replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that hands out `messages` first, then whatever the client sends next (a disconnect)."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def _too_slow(timeout: float) -> RequestTimeoutError:
+    return RequestTimeoutError(f"the request body did not arrive within {timeout:g} seconds (body_timeout_seconds)")
+
+
 async def read_json(request: Request, limit: int, timeout: float) -> Any:
     """The body as JSON: 413 past `limit` bytes, 408 when it takes longer than `timeout` seconds
     to arrive (a slow sender must not hold a generation slot), 400 when it is not JSON."""
@@ -29,9 +72,7 @@ async def read_json(request: Request, limit: int, timeout: float) -> Any:
     try:
         body = await asyncio.wait_for(_receive(request, limit), timeout)
     except asyncio.TimeoutError:
-        raise RequestTimeoutError(
-            f"the request body did not arrive within {timeout:g} seconds (body_timeout_seconds)"
-        ) from None
+        raise _too_slow(timeout) from None
     except ClientDisconnect:
         raise ClientDisconnected from None
     return parse_json(body)

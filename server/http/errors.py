@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import errors as engine
+from .body import ClientDisconnected
 from ..errors import (
     AuthenticationError, ConflictError, ContextLengthExceededError, InvalidConfigError, InvalidRequestError,
     NomoatError, NotFoundError, PayloadTooLargeError, PermissionDeniedError, RateLimitError, RequestTimeoutError,
@@ -128,6 +129,9 @@ class ErrorBoundary:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnected:
+            if not started:  # nobody reads it; the access log and metrics record a 499
+                await Response(status_code=499)(scope, receive, send)
         except Exception as exc:
             if started or not is_client_error(exc):
                 raise

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import InvalidRequestError, RateLimitError
 from ..settings import Settings
+from .body import receive_body, replaying
 from .routes import match
 
 log = logging.getLogger("nomoat.limits")
@@ -83,21 +84,24 @@ class ConcurrencyLimiter:
 
 
 class ConcurrencyMiddleware:
-    """Pure ASGI: holds a slot for each generation request from its start to its last byte (streams too)."""
+    """Pure ASGI: holds a slot for each generation request from its body's last byte to the answer's
+    (streams too). The body is received first, bounded in size and time, so a slow sender holds no slot."""
 
-    def __init__(self, app: ASGIApp, limiter: ConcurrencyLimiter) -> None:
+    def __init__(self, app: ASGIApp, limiter: ConcurrencyLimiter, limits: RequestLimits) -> None:
         self.app = app
         self.limiter = limiter
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = match(scope["method"], scope["path"]).endpoint if scope["type"] == "http" else None
         if endpoint is None or not endpoint.generates:
             await self.app(scope, receive, send)
             return
+        body = await receive_body(receive, self.limits.max_body_bytes, self.limits.body_timeout)
         key = caller(scope)
         self.limiter.acquire(key)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, replaying(body, receive), send)
         finally:
             self.limiter.release(key)
 
