@@ -101,7 +101,7 @@ def check_gguf_layout(stream: BinaryIO, path: Path) -> None:
     magic = stream.read(4)
     stream.seek(0)
     if magic != b"GGUF"[: len(magic)]:
-        raise cursor.bad("no GGUF magic")
+        raise AdapterError(f"{path}: not a GGUF file (no GGUF magic)", param="path")
     cursor.take(4, "the GGUF magic")
     version = cursor.u32("the GGUF version")
     if version & 0xFFFF == 0:  # written on a machine of the other byte order, as GGUFReader reads it

@@ -60,10 +60,10 @@ def gguf_readiness(path: Path) -> Readiness:
             # Checks every count against the file and that each tensor's data is in it, so a file cut
             # anywhere, header or data, is incomplete; a header no file could satisfy is bad.
             check_gguf_layout(stream, path)
-    except TruncatedGGUFError as exc:
-        return Readiness("incomplete", exc.message)
+    except TruncatedGGUFError as exc:  # the log line names the file already
+        return Readiness("incomplete", exc.message.removeprefix(f"{path}: "))
     except AdapterError as exc:  # not a regular file, not a GGUF, or impossible counts
-        return Readiness("bad", exc.message)
+        return Readiness("bad", exc.message.removeprefix(f"{path}: "))
     except OSError as exc:
         return Readiness("incomplete", f"cannot be read yet ({exc.strerror})")
     return READY
