@@ -15,6 +15,10 @@ from .errors import ConfigError, NomoatError
 from .settings import Settings, format_validation_error
 
 
+# Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
+_FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per Settings field, documented from its description, env var and default."""
     for name, field in Settings.model_fields.items():
@@ -38,7 +42,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         default = field.default
         kwargs["help"] = f"{field.description} [env NOMOAT_{name.upper()}; default: {default}]"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *_FLAG_ALIASES.get(name, []), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -175,8 +175,13 @@ def find_config_file(explicit: Path | None) -> Path | None:
     """The models.toml to read: the explicit one, else the first that exists in the usual places."""
     if explicit is not None:
         return explicit
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    for candidate in (Path("models.toml"), xdg / "nomoat" / "models.toml", Path("/etc/nomoat/models.toml")):
+    candidates = [Path("models.toml"), Path("/etc/nomoat/models.toml")]
+    try:
+        xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        candidates.insert(1, xdg / "nomoat" / "models.toml")
+    except RuntimeError:  # no HOME and no passwd entry (systemd DynamicUser): no per-user config
+        pass
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     return None
@@ -209,8 +214,17 @@ def parse_models(data: dict[str, Any], source: str, base_dir: Path) -> ModelsFil
     return models_file
 
 
+def expand_home(path: str, where: str) -> Path:
+    """`path` with a leading `~` or `~user` expanded; ConfigError when that home directory is unknown."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # HOME unset without a passwd entry (systemd DynamicUser), or no such user
+        raise ConfigError(f"{where}: cannot expand {path!r}: its home directory is unknown (HOME is unset or "
+                          "there is no such user); write the path in full") from None
+
+
 def resolve_adapter_path(path: str, base_dir: Path, where: str) -> Path:
-    resolved = (base_dir / Path(path).expanduser()).resolve()
+    resolved = (base_dir / expand_home(path, where)).resolve()
     if not resolved.exists():
         raise ConfigError(f"{where}: adapter not found: {resolved}")
     return resolved
@@ -236,7 +250,7 @@ def add_cli_adapters(models: ModelsFile, specs: list[str]) -> None:
 def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
     if path == EMBEDDED:
         return embedded_model_path()
-    resolved = (base_dir / Path(path).expanduser()).resolve()
+    resolved = (base_dir / expand_home(path, where)).resolve()
     if not resolved.is_file():
         raise ConfigError(f"{where}: model file not found: {resolved}")
     return resolved

@@ -20,6 +20,7 @@ import pytest
 from peft_factory import ALL_MODULES, WrittenAdapter, write_peft_adapter
 
 from nomoat.errors import AdapterError
+from nomoat.http.errors import answer_for
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.errors import ModelFileError
 from nomoat.adapters.peft import (
@@ -283,7 +284,7 @@ def test_refusals_name_the_file_and_the_reason(
         validate_peft_dir(adapter.path, target)
     assert named_path in refused.value.message
     assert reason in refused.value.message.lower()
-    assert refused.value.param == "adapter" and refused.value.status_code == 400
+    assert refused.value.param == "adapter" and answer_for(refused.value).status == 400
 
     out_dir = tmp_path / "out"
     with pytest.raises(AdapterError):

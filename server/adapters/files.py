@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import os
 from pathlib import Path
@@ -12,7 +13,9 @@ import gguf
 
 from ..engine.base_info import BaseModelInfo
 from ..errors import AdapterError, InvalidRequestError, PermissionDeniedError
+from .gguf_check import check_gguf_layout
 from .peft import convert_peft_to_gguf, is_peft_dir, peft_content_hash
+from .regular_files import open_regular
 
 _LORA_NAME = re.compile(r"^blk\.(\d+)\.(\w+)\.weight\.lora_([ab])$")
 _T = gguf.MODEL_TENSOR
@@ -26,7 +29,7 @@ CONVERTER_VERSION = "1"
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with open_regular(path) as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -40,8 +43,15 @@ def _field(reader: gguf.GGUFReader, key: str) -> Any:
 def check_adapter_gguf(path: Path, base: BaseModelInfo) -> None:
     """Refuse, before llama.cpp opens it, a file that is not a LoRA GGUF for this base."""
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as exc:  # GGUFReader raises ValueError, IndexError, struct errors on damage
+        with open_regular(path) as stream:
+            check_gguf_layout(stream, path)  # GGUFReader trusts the header's counts: never hand it a lie
+            # numpy maps the open file: the file checked is the file read.
+            reader = gguf.GGUFReader(stream, "r")  # type: ignore[arg-type]
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot be read ({exc.strerror or exc})", param="path") from None
+    except AdapterError:
+        raise
+    except Exception as exc:  # GGUFReader raises ValueError, KeyError, struct errors on damage
         raise AdapterError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})", param="path") from None
     if _field(reader, gguf.Keys.General.TYPE) != "adapter" or _field(reader, gguf.Keys.Adapter.TYPE) != "lora":
         raise AdapterError(f"{path}: not a LoRA adapter (general.type must be 'adapter', adapter.type 'lora')",
@@ -50,6 +60,10 @@ def check_adapter_gguf(path: Path, base: BaseModelInfo) -> None:
     if arch != base.architecture:
         raise AdapterError(f"{path}: adapter is for architecture {arch!r}, the base model is {base.architecture!r}",
                            param="path")
+    alpha = _field(reader, gguf.Keys.Adapter.LORA_ALPHA)
+    if alpha is not None and (isinstance(alpha, (str, list)) or not math.isfinite(alpha)):
+        # llama.cpp would scale every tensor by alpha / rank: NaN or inf poisons every answer.
+        raise AdapterError(f"{path}: {gguf.Keys.Adapter.LORA_ALPHA} is {alpha!r}, not a finite number", param="path")
     shapes: dict[str, dict[str, list[int]]] = {}
     for tensor in reader.tensors:
         match = _LORA_NAME.match(tensor.name)
@@ -115,7 +129,8 @@ def confine(path: str, adapter_dirs: list[Path]) -> Path:
         )
     if "\x00" in path:
         raise InvalidRequestError("path contains a NUL byte", param="path")
-    candidate = Path(path).expanduser() if path.startswith("~") else Path(path)
+    # Taken literally: `~` is a file name here, never a home directory (none may exist, or be allowed).
+    candidate = Path(path)
     for directory in adapter_dirs:
         root = Path(os.path.realpath(directory))
         real = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))

@@ -18,10 +18,14 @@ from safetensors import SafetensorError, deserialize, safe_open
 
 from ..engine.base_info import BaseModelInfo
 from ..errors import AdapterError
+from .peft_patterns import PatternKeys
+from .regular_files import open_regular, read_regular
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+# PEFT writes a few KB; the cap keeps a hostile file from being read whole into memory.
+MAX_CONFIG_BYTES = 1 << 20
 
 _PARAM = "adapter"
 _HF_PREFIX = "base_model.model."
@@ -83,34 +87,36 @@ class _LoraConfig:
     r: int
     alpha: float
     use_rslora: bool
-    rank_pattern: dict[str, int]
-    alpha_pattern: dict[str, float]
+    rank_pattern: PatternKeys
+    alpha_pattern: PatternKeys
 
-    def rank_and_alpha(self, module: str) -> tuple[int, float]:
-        """PEFT's per-module r and alpha (peft.utils.other.get_pattern_key: first key, in order, that
-        matches `(.*\\.)?{key}$` from the start of the module name)."""
-        return _pattern_value(self.rank_pattern, module, self.r), _pattern_value(self.alpha_pattern, module, self.alpha)
+    def rank_and_alpha(self, modules: list[str]) -> dict[str, tuple[int, float]]:
+        """PEFT's r and alpha for each module: the value of the first pattern key that matches it, else the default."""
+        ranks, alphas = self.rank_pattern.values(modules), self.alpha_pattern.values(modules)
+        return {m: (int(ranks.get(m, self.r)), float(alphas.get(m, self.alpha))) for m in modules}
 
-    def scale(self, module: str) -> float:
-        r, alpha = self.rank_and_alpha(module)
+    def scale(self, r: int, alpha: float) -> float:
         return alpha / (math.sqrt(r) if self.use_rslora else r)
-
-
-def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
 
 
 def is_peft_dir(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file()
 
 
+def read_config_json(path: Path) -> Any:
+    """The parsed adapter_config.json. AdapterError when it is not a regular file, too large or nested
+    too deeply; OSError and ValueError (not JSON, perhaps not yet) pass through."""
+    data = read_regular(path, MAX_CONFIG_BYTES, param=_PARAM)
+    try:
+        return json.loads(data)
+    except RecursionError:  # json's decoder recurses once per nested [ or {
+        _refuse(path, "is nested too deeply to be an adapter config")
+
+
 def _read_config(peft_dir: Path) -> _LoraConfig:
     path = peft_dir / CONFIG_NAME
     try:
-        config = json.loads(path.read_bytes())
+        config = read_config_json(path)
     except FileNotFoundError:
         _refuse(path, "is missing: not a PEFT adapter directory")
     except OSError as exc:
@@ -148,7 +154,7 @@ def _typed_config(path: Path, config: dict[str, Any]) -> _LoraConfig:
     # llama.cpp reads adapter.lora.alpha == 0 as "no scaling", so a zero alpha cannot be written faithfully.
     if not _is_number(alpha) or alpha == 0:
         _refuse(path, f"lora_alpha must be a finite non-zero number, not {alpha!r}")
-    patterns: dict[str, dict[str, Any]] = {}
+    patterns: dict[str, PatternKeys] = {}
     for field in ("rank_pattern", "alpha_pattern"):
         pattern = config.get(field) or {}
         if not isinstance(pattern, dict):
@@ -157,11 +163,7 @@ def _typed_config(path: Path, config: dict[str, Any]) -> _LoraConfig:
             kind = "positive integer" if field == "rank_pattern" else "number"
             if not _is_number(value) or (field == "rank_pattern" and (value != int(value) or value <= 0)):
                 _refuse(path, f"{field}[{key!r}] must be a {kind}, not {value!r}")
-            try:
-                re.compile(key)
-            except re.error as exc:
-                _refuse(path, f"{field} key {key!r} is not a valid regular expression ({exc})")
-        patterns[field] = pattern
+        patterns[field] = PatternKeys(path, field, pattern)
     return _LoraConfig(int(r), float(alpha), bool(config.get("use_rslora")), patterns["rank_pattern"],
                        patterns["alpha_pattern"])
 
@@ -170,6 +172,8 @@ def _weights_path(peft_dir: Path) -> Path:
     path = peft_dir / WEIGHTS_NAME
     if path.is_file():
         return path
+    if path.exists():  # safetensors would open a FIFO and wait for a writer forever
+        _refuse(path, "is not a regular file; adapters are read from regular files only")
     # Never opened: unpickling a .bin runs arbitrary code from whoever produced the adapter.
     if (peft_dir / PICKLE_WEIGHTS_NAME).exists():
         _refuse(peft_dir / PICKLE_WEIGHTS_NAME, f"is a pickle file, which is never loaded (unpickling runs code); "
@@ -260,13 +264,15 @@ def validate_peft_dir(peft_dir: Path, base: BaseModelInfo) -> PeftAdapter:
     # llama.cpp's folded into lora_b, so every module's effective scale equals PEFT's exactly.
     file_alpha = config.alpha * (math.sqrt(config.r) if config.use_rslora else 1.0)
     modules: list[LoraModule] = []
-    for module, pair in _pair_tensors(weights_path, headers).items():
+    pairs = _pair_tensors(weights_path, headers)
+    configured = config.rank_and_alpha(list(pairs))
+    for module, pair in pairs.items():
         tensor, gguf_name = _map_module(weights_path, module, base, name_map)
         rank = _check_shapes(weights_path, module, headers, pair, base.module_dims(tensor))
-        configured_rank, _ = config.rank_and_alpha(module)
+        configured_rank, configured_alpha = configured[module]
         if rank != configured_rank:
             _refuse(config_path, f"gives {module!r} rank {configured_rank} but {WEIGHTS_NAME} holds rank {rank}")
-        b_scale = config.scale(module) / (file_alpha / rank)
+        b_scale = config.scale(configured_rank, configured_alpha) / (file_alpha / rank)
         heads = {_T.ATTN_Q: base.n_head, _T.ATTN_K: base.n_head_kv}.get(tensor)
         permute = heads if heads is not None and base.architecture in _ROPE_PERMUTED_ARCHS else None
         modules.append(LoraModule(module, f"{gguf_name}.weight", pair["A"], pair["B"], rank,
@@ -289,7 +295,8 @@ def _to_float32(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
 def _load_tensors(adapter: PeftAdapter) -> dict[str, np.ndarray]:
     # deserialize (not safetensors.numpy) because numpy has no bfloat16, a common adapter dtype.
     try:
-        entries = dict(deserialize(adapter.weights_path.read_bytes()))
+        with open_regular(adapter.weights_path, param=_PARAM) as stream:
+            entries = dict(deserialize(stream.read()))
     except (SafetensorError, OSError) as exc:
         _refuse(adapter.weights_path, f"cannot be read ({exc})")
     tensors: dict[str, np.ndarray] = {}
@@ -345,7 +352,7 @@ def peft_content_hash(peft_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in (peft_dir / CONFIG_NAME, _weights_path(peft_dir)):
         try:
-            with path.open("rb") as stream:
+            with open_regular(path, param=_PARAM) as stream:
                 # Length-prefixed so that bytes cannot move between the two files with the same hash.
                 digest.update(os.fstat(stream.fileno()).st_size.to_bytes(8, "little"))
                 for chunk in iter(lambda: stream.read(1 << 20), b""):

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import gguf
 import watchfiles
 
-from ..errors import NomoatError
-from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
+from ..errors import AdapterError, NomoatError
+from .gguf_check import TruncatedGGUFError, check_gguf_layout
+from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
+from .regular_files import open_regular
 from ..registry import ModelRegistry
 
 log = logging.getLogger("nomoat.watch")
@@ -55,27 +56,24 @@ def signature(entry: Path) -> Signature | None:
 
 def gguf_readiness(path: Path) -> Readiness:
     try:
-        with path.open("rb") as stream:
-            magic = stream.read(4)
+        with open_regular(path) as stream:
+            # Checks every count against the file and that each tensor's data is in it, so a file cut
+            # anywhere, header or data, is incomplete; a header no file could satisfy is bad.
+            check_gguf_layout(stream, path)
+    except TruncatedGGUFError as exc:  # the log line names the file already
+        return Readiness("incomplete", exc.message.removeprefix(f"{path}: "))
+    except AdapterError as exc:  # not a regular file, not a GGUF, or impossible counts
+        return Readiness("bad", exc.message.removeprefix(f"{path}: "))
     except OSError as exc:
         return Readiness("incomplete", f"cannot be read yet ({exc.strerror})")
-    if magic != b"GGUF"[: len(magic)]:
-        return Readiness("bad", "not a GGUF file (no GGUF magic)")
-    if len(magic) < 4:
-        return Readiness("incomplete", "no GGUF header yet")
-    try:
-        # Maps the tensor data too, so a file cut anywhere, header or data, fails here.
-        gguf.GGUFReader(path, "r")
-    except Exception as exc:  # ValueError, IndexError, struct errors: whatever a partial file trips
-        return Readiness("incomplete", f"GGUF not complete yet ({type(exc).__name__})")
     return READY
 
 
 def safetensors_readiness(path: Path) -> Readiness:
     """Complete when the file holds its whole JSON header and every byte the header points at."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
             prefix = stream.read(8)
             if len(prefix) < 8:
                 return Readiness("incomplete", f"{path.name} has no header yet")
@@ -85,9 +83,11 @@ def safetensors_readiness(path: Path) -> Readiness:
             if size < 8 + header_len:
                 return Readiness("incomplete", f"{path.name} header not complete yet")
             header = json.loads(stream.read(header_len))
+    except AdapterError as exc:
+        return Readiness("bad", exc.message)
     except OSError as exc:
         return Readiness("incomplete", f"{path.name} cannot be read yet ({exc.strerror})")
-    except ValueError:
+    except (ValueError, RecursionError):
         return Readiness("bad", f"{path.name} has a header that is not JSON")
     if not isinstance(header, dict):
         return Readiness("bad", f"{path.name} has a header that is not a JSON object")
@@ -100,15 +100,16 @@ def safetensors_readiness(path: Path) -> Readiness:
 
 
 def peft_readiness(directory: Path) -> Readiness:
-    config = directory / CONFIG_NAME
     try:
-        json.loads(config.read_bytes())
+        read_config_json(directory / CONFIG_NAME)
     except FileNotFoundError:
         return Readiness("incomplete", f"no {CONFIG_NAME} yet")
+    except AdapterError as exc:  # not a regular file, too large, nested too deeply
+        return Readiness("bad", exc.message)
     except (OSError, ValueError):
         return Readiness("incomplete", f"{CONFIG_NAME} not complete yet")
     weights = directory / WEIGHTS_NAME
-    if weights.is_file():
+    if weights.exists():
         return safetensors_readiness(weights)
     if (directory / PICKLE_WEIGHTS_NAME).exists():
         return READY  # loading refuses it with the reason; the user should hear it
