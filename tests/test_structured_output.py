@@ -16,7 +16,8 @@ import pytest
 
 from clients_fixtures import CLIENT_MODELS
 from nomoat.errors import InvalidRequestError
-from nomoat.core.structured import Grammar, number_range, response_format_grammar
+from nomoat.core.numbers import number_range
+from nomoat.core.structured import Grammar, response_format_grammar
 
 PERSON = {
     "type": "object",

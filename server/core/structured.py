@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .numbers import integer_bound, number_range
 
 # Keywords that describe, not constrain: accepted and ignored.
 _ANNOTATIONS = frozenset({
@@ -39,8 +40,6 @@ _FORMATS = {"date", "time", "date-time", "uuid"}
 MAX_REPEAT = 4096
 # Deepest schema nesting converted (each level is a Python call; real schemas stay far below).
 MAX_DEPTH = 64
-# Digits in a number without bounds: as llama.cpp's converter, so no number runs on.
-_MAX_DIGITS = 16
 
 _BASE_RULES = {
     "ws": '" "?',
@@ -342,8 +341,8 @@ class Grammar:
                 raise self._fail(path, f"has {key} {value!r}: it must be a number")
         if all(v is None for v in bounds.values()):
             return self.base("integer" if integer else "number")
-        lo, lo_ex = _lower(bounds["minimum"], bounds["exclusiveMinimum"])
-        hi, hi_ex = _upper(bounds["maximum"], bounds["exclusiveMaximum"])
+        lo, lo_ex = integer_bound(bounds["minimum"], bounds["exclusiveMinimum"], upper=False)
+        hi, hi_ex = integer_bound(bounds["maximum"], bounds["exclusiveMaximum"], upper=True)
         if integer:  # integers: an exclusive bound is the next integer in
             lo, lo_ex = (None if lo is None else lo + lo_ex), False
             hi, hi_ex = (None if hi is None else hi - hi_ex), False
@@ -351,133 +350,6 @@ class Grammar:
         if not body:
             raise self._fail(path, "allows no number at all (its minimum is above its maximum)")
         return self.add(body)
-
-
-# --- numbers in a range ------------------------------------------------------------------
-
-
-def _lower(minimum: float | None, exclusive: float | None) -> tuple[int | None, bool]:
-    """The tightest integer lower bound, and whether it is exclusive.
-
-    A bound that is not a whole number is rounded inward, so what the grammar allows is a
-    subset of what the schema allows: always valid, slightly narrower.
-    """
-    cands = []
-    if minimum is not None:
-        cands.append((math.ceil(minimum), False))
-    if exclusive is not None:
-        cands.append((math.ceil(exclusive), True) if exclusive == math.floor(exclusive) else (math.ceil(exclusive), False))
-    if not cands:
-        return None, False
-    return max(cands, key=lambda c: (c[0], c[1]))
-
-
-def _upper(maximum: float | None, exclusive: float | None) -> tuple[int | None, bool]:
-    cands = []
-    if maximum is not None:
-        cands.append((math.floor(maximum), False))
-    if exclusive is not None:
-        cands.append((math.floor(exclusive), True) if exclusive == math.floor(exclusive) else (math.floor(exclusive), False))
-    if not cands:
-        return None, False
-    return min(cands, key=lambda c: (c[0], not c[1]))
-
-
-_FRACTION = '("." [0-9]{1,15})?'
-_NONZERO_FRACTION = '"." [0-9]{0,14} [1-9]'
-
-
-def number_range(lo: int | None, lo_ex: bool, hi: int | None, hi_ex: bool, *, fractions: bool) -> str:
-    """A GBNF expression for the numbers x with lo <(=) x <(=) hi (None: unbounded).
-
-    Integers when `fractions` is false. Empty when no number fits.
-    """
-    parts = []
-    if hi is None or hi > 0 or (hi == 0 and not hi_ex):  # x >= 0
-        if lo is None or lo < 0:
-            parts.append(_nonnegative(0, False, hi, hi_ex, fractions))
-        else:
-            parts.append(_nonnegative(lo, lo_ex, hi, hi_ex, fractions))
-    if lo is None or lo < 0:  # x < 0, written "-" y with y = -x > 0
-        y_hi, y_hi_ex = (None if lo is None else -lo), lo_ex
-        if hi is not None and hi < 0:
-            y_lo, y_lo_ex = -hi, hi_ex
-        else:
-            y_lo, y_lo_ex = 0, True
-        neg = _nonnegative(y_lo, y_lo_ex, y_hi, y_hi_ex, fractions)
-        if neg:
-            parts.append(f'"-" ({neg})')
-    return " | ".join(f"({p})" for p in parts if p)
-
-
-def _nonnegative(lo: int, lo_ex: bool, hi: int | None, hi_ex: bool, fractions: bool) -> str:
-    """Numbers y >= 0 in the range, lo >= 0. With fractions, y = I.f where I is the integral part."""
-    if not fractions:
-        lo += lo_ex
-        top = None if hi is None else hi - hi_ex
-        return "" if top is not None and top < lo else _digits_range(lo, top)
-    alts = []
-    if lo_ex:  # I == lo needs a fraction above zero
-        if hi is None or lo < hi:
-            alts.append(f'{literal(str(lo))} {_NONZERO_FRACTION}')
-        lo += 1
-    # Integral parts lo..hi-1 take any fraction; hi itself only exactly (x <= hi).
-    top = None if hi is None else hi - 1
-    if top is None or top >= lo:
-        alts.append(f"({_digits_range(lo, top)}) {_FRACTION}")
-    if hi is not None and not hi_ex and hi >= lo:
-        alts.append(literal(str(hi)))
-    return " | ".join(alts)
-
-
-def _digits_range(lo: int, hi: int | None) -> str:
-    """Decimal integers lo..hi without leading zeros (hi None: up to 16 digits)."""
-    a = str(lo)
-    alts = []
-    if hi is None:
-        alts.append(_same_length(a, "9" * len(a)))
-        if len(a) < _MAX_DIGITS:
-            alts.append(f"[1-9] [0-9]{{{len(a)},{_MAX_DIGITS - 1}}}")
-        return " | ".join(f"({x})" for x in alts)
-    b = str(hi)
-    while len(a) < len(b):
-        alts.append(_same_length(a, "9" * len(a)))
-        a = "1" + "0" * len(a)
-    alts.append(_same_length(a, b))
-    return " | ".join(f"({x})" for x in alts)
-
-
-def _same_length(a: str, b: str) -> str:
-    """Decimal strings of len(a) digits from a to b (a <= b, same length)."""
-    if a == b:
-        return literal(a)
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    prefix = f"{literal(a[:i])} " if i else ""
-    a, b = a[i:], b[i:]
-    m = len(a) - 1
-    if m == 0:
-        return f"{prefix}[{a}-{b}]"
-    zeros, nines = "0" * m, "9" * m
-    tail = f"[0-9]{{{m}}}"
-    if a[1:] == zeros and b[1:] == nines:
-        return f"{prefix}[{a[0]}-{b[0]}] {tail}"
-    alts = []
-    first, last = int(a[0]), int(b[0])
-    if a[1:] != zeros:
-        alts.append(f'"{a[0]}" ({_same_length(a[1:], nines)})')
-        first += 1
-    if b[1:] != nines:
-        high = f'"{b[0]}" ({_same_length(zeros, b[1:])})'
-        last -= 1
-    else:
-        high = ""
-    if first <= last:
-        alts.append(f"[{first}-{last}] {tail}")
-    if high:
-        alts.append(high)
-    return f"{prefix}({' | '.join(alts)})"
 
 
 # --- what requests ask for ----------------------------------------------------------------
