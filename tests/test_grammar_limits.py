@@ -206,6 +206,17 @@ def test_bounds_past_a_grammar_numbers_digits():
     assert "more than 16 digits" in refused({"type": "integer", "minimum": 10**20})
 
 
+def test_errors_about_many_keywords_stay_short():
+    message = refused({"type": "object", **{f"x-{i}": 1 for i in range(100_000)}})
+    assert "'x-0'" in message and "99995 more" in message and len(message) < 1000
+    message = refused({"type": "object", "properties": {}, "required": [f"r{i}" for i in range(100_000)]})
+    assert "99995 more" in message and len(message) < 1000
+
+
+def test_a_type_list_of_100k_repeats_is_one_type():
+    assert accepts(convert({"type": ["null"] * 100_000}), "null")
+
+
 # --- 3. what a grammar may cost --------------------------------------------------------------------
 
 

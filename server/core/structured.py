@@ -112,9 +112,9 @@ class Grammar(GrammarRules):
             return self.base("value")
         if not isinstance(schema, dict):
             raise self.fail(path, f"must be an object, got {type(schema).__name__}")
-        unknown = sorted(k for k in schema if k not in _KNOWN and k not in _ANNOTATIONS)
+        unknown = [k for k in schema if k not in _KNOWN and k not in _ANNOTATIONS]
         if unknown:
-            raise self.fail(path, f"uses {', '.join(repr(k) for k in unknown)}, which nomoat cannot enforce "
+            raise self.fail(path, f"uses {_some(unknown)}, which nomoat cannot enforce "
                                   f"with a grammar (supported: {', '.join(sorted(_KNOWN))})")
         if "$ref" in schema:
             return self._ref(schema, doc, path)
@@ -145,9 +145,9 @@ class Grammar(GrammarRules):
             if types is None:
                 return self.base("value")
         if isinstance(types, list):
-            if not types:
-                raise self.fail(path, "'type' must not be an empty list")
-            return self.add(" | ".join(self._typed(t, schema, doc, path) for t in types))
+            if not types or not all(isinstance(t, str) for t in types):
+                raise self.fail(path, "'type' must be a type name or a non-empty list of them")
+            return self.add(" | ".join(self._typed(t, schema, doc, path) for t in dict.fromkeys(types)))
         return self._typed(types, schema, doc, path)
 
     @staticmethod
@@ -271,7 +271,7 @@ class Grammar(GrammarRules):
             raise self.fail(path, "'required' must be a list of property names")
         missing = [r for r in required if r not in props]
         if missing:
-            raise self.fail(path, f"requires {', '.join(map(repr, missing))}, which 'properties' does not define")
+            raise self.fail(path, f"requires {_some(missing)}, which 'properties' does not define")
         extra = schema.get("additionalProperties")
         if not props:
             if isinstance(extra, dict) and extra:
@@ -395,6 +395,12 @@ class Grammar(GrammarRules):
         if not body:
             raise self.fail(path, "allows no number at all (its minimum is above its maximum)")
         return self.add(body)
+
+
+def _some(names: list[str]) -> str:
+    """The first few names, quoted, for an error message that stays short."""
+    shown = ", ".join(repr(n)[:60] for n in names[:5])
+    return shown if len(names) <= 5 else f"{shown} and {len(names) - 5} more"
 
 
 # --- what requests ask for ----------------------------------------------------------------
