@@ -199,6 +199,16 @@ def test_a_deeply_nested_const_is_refused_not_a_recursion_error():
     assert "nested too deeply" in refused({"const": _nest([], lambda v: [v], 5000)})
 
 
+@pytest.mark.parametrize("parts, words", [
+    ([{"properties": 5}, {"properties": {}}], "'properties' must be an object"),
+    ([{"required": [["a"]]}, {"required": []}], "'required' must be a list"),
+    ([{"const": _nest([], lambda v: [v], 5000)}, {"const": _nest([], lambda v: [v], 5000)}], "nested too deeply"),
+    ([{"type": "string", "format": {"not": "hashable"}}], "has format"),
+])
+def test_allof_parts_of_the_wrong_shape_are_400s_not_crashes(parts, words):
+    assert words in refused({"allOf": parts})
+
+
 def test_bounds_past_a_grammar_numbers_digits():
     # An int too big for a float, and int64's maximum: both bound nothing a grammar writes.
     for maximum in (10**400, 2**63 - 1):

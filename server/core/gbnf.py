@@ -37,6 +37,7 @@ _BASE_RULES = {
     "time": '([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{1,6})? ("Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])',
     "hex": "[0-9a-fA-F]",
 }
+FORMATS = ("date", "date-time", "time", "uuid")  # string formats a grammar writes
 _DEPS = {
     "string": ["char"], "value": ["object", "array", "string", "number", "boolean", "null"],
     "object": ["ws", "string", "value"], "array": ["ws", "value"],
@@ -56,6 +57,16 @@ def literal(text: str) -> str:
 # What is not an alternative's `|`: string literals and character classes.
 _QUOTED = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')
 
+
+def repeat(item: str, lo: int, hi: int | None, sep: str) -> str:
+    """`item` lo..hi times with `sep` between (hi None: unbounded)."""
+    if hi == 0:
+        return ""
+    if lo == 0:
+        more = "" if hi is None else f"{{0,{hi - 1}}}"
+        return f"({item} ({sep} {item}){more or '*'})?"
+    tail = f"{{{lo - 1},{'' if hi is None else hi - 1}}}"
+    return f"{item} ({sep} {item}){tail}"
 
 
 class GrammarRules:
@@ -95,6 +106,17 @@ class GrammarRules:
             for dep in _DEPS.get(name, []):
                 self.base(dep)
         return name
+
+    def quoted_format(self, fmt: str) -> str:
+        """A rule for a JSON string in `fmt`, one of FORMATS."""
+        if fmt == "uuid":
+            h = self.base("hex")
+            body = " \"-\" ".join(f"{h}{{{n}}}" for n in (8, 4, 4, 4, 12))
+        elif fmt == "date-time":
+            body = f'{self.base("date")} "T" {self.base("time")}'
+        else:
+            body = self.base(fmt)
+        return self.add(f'"\\"" {body} "\\""')
 
     def define(self, name: str, body: str) -> None:
         """Set rule `name` (in the place it already has, if any), within the limits."""

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from .gbnf import LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES, GrammarRules, SchemaError, literal
+from .gbnf import FORMATS, LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES, GrammarRules, SchemaError, literal, repeat
 from .numbers import MAX_DIGITS, integer_bound, number_range
 
 # Keywords that describe, not constrain: accepted and ignored.
@@ -34,7 +34,6 @@ _BY_TYPE = {
 }
 _GENERIC = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}
 _KNOWN = _GENERIC | set().union(*_BY_TYPE.values())
-_FORMATS = {"date", "time", "date-time", "uuid"}
 
 # Longest repetition a grammar may spell out: llama.cpp expands `x{0,n}` into n nested rules.
 MAX_REPEAT = 4096
@@ -210,16 +209,22 @@ class Grammar(GrammarRules):
         merged: dict[str, Any] = {}
         for part, where in parts:
             for key, value in part.items():
-                if key == "properties" and isinstance(value, dict):
+                if key == "properties":
                     merged["properties"] = {**merged.get("properties", {}), **value}
-                elif key == "required" and isinstance(value, list):
+                elif key == "required":
                     merged["required"] = list(dict.fromkeys([*merged.get("required", []), *value]))
-                elif key in merged and merged[key] != value and key not in _ANNOTATIONS:
+                elif key in merged and key not in _ANNOTATIONS and self._differ(merged[key], value, where):
                     raise self.fail(where, f"combines two different {key!r}: allOf is supported "
                                            "only to merge objects' properties")
                 else:
                     merged[key] = value
         return merged
+
+    def _differ(self, a: Any, b: Any, path: str) -> bool:
+        try:
+            return a != b
+        except RecursionError:
+            raise self.fail(path, "has a value nested too deeply to compare") from None
 
     def _all_of_parts(self, schema: Any, doc: str, path: str, refs: tuple[str, ...],
                       followed: list[str]) -> list[tuple[dict, str]]:
@@ -230,6 +235,11 @@ class Grammar(GrammarRules):
         """
         if not isinstance(schema, dict):
             raise self.fail(path, "must be an object")
+        if not isinstance(schema.get("properties", {}), dict):
+            raise self.fail(path, "'properties' must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or any(not isinstance(r, str) for r in required):
+            raise self.fail(path, "'required' must be a list of property names")
         self._enter(path)
         try:
             parts = [({k: v for k, v in schema.items() if k not in ("allOf", "$ref")}, path)]
@@ -326,22 +336,15 @@ class Grammar(GrammarRules):
         item = self._inside(items, doc, f"{path}/items")
         lo, hi = self._bounds(schema, "minItems", "maxItems", path)
         ws = self.base("ws")
-        body = self._repeat(item, lo, hi, f'"," {ws}')
+        body = repeat(item, lo, hi, f'"," {ws}')
         return self.add(f'"[" {ws} {body} {ws} "]"')
 
     def _string(self, schema: dict, path: str) -> str:
         fmt = schema.get("format")
         if fmt is not None:
-            if fmt not in _FORMATS:
-                raise self.fail(path, f"has format {fmt!r}; supported formats: {', '.join(sorted(_FORMATS))}")
-            if fmt == "uuid":
-                h = self.base("hex")
-                body = " \"-\" ".join(f"{h}{{{n}}}" for n in (8, 4, 4, 4, 12))
-            elif fmt == "date-time":
-                body = f'{self.base("date")} "T" {self.base("time")}'
-            else:
-                body = self.base(fmt)
-            return self.add(f'"\\"" {body} "\\""')
+            if not isinstance(fmt, str) or fmt not in FORMATS:
+                raise self.fail(path, f"has format {fmt!r:.40}; supported formats: {', '.join(FORMATS)}")
+            return self.quoted_format(fmt)
         lo, hi = self._bounds(schema, "minLength", "maxLength", path)
         if lo == 0 and hi is None:
             return self.base("string")
@@ -358,17 +361,6 @@ class Grammar(GrammarRules):
         if hi is not None and lo > hi:
             raise self.fail(path, f"has {lo_key} {lo} greater than {hi_key} {hi}")
         return lo, hi
-
-    @staticmethod
-    def _repeat(item: str, lo: int, hi: int | None, sep: str) -> str:
-        """`item` lo..hi times with `sep` between (hi None: unbounded)."""
-        if hi == 0:
-            return ""
-        if lo == 0:
-            more = "" if hi is None else f"{{0,{hi - 1}}}"
-            return f"({item} ({sep} {item}){more or '*'})?"
-        tail = f"{{{lo - 1},{'' if hi is None else hi - 1}}}"
-        return f"{item} ({sep} {item}){tail}"
 
     def _number(self, schema: dict, path: str, *, integer: bool) -> str:
         bounds = {k: schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
