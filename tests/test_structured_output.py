@@ -16,7 +16,8 @@ import pytest
 
 from clients_fixtures import CLIENT_MODELS
 from nomoat.errors import InvalidRequestError
-from nomoat.core.structured import Grammar, number_range, response_format_grammar
+from nomoat.core.numbers import number_range
+from nomoat.core.structured import Grammar, response_rule
 
 PERSON = {
     "type": "object",
@@ -216,16 +217,22 @@ def test_number_ranges_accept_exactly_the_numbers_in_range(fractions):
                         assert matched == inside, (lo, lo_ex, hi, hi_ex, v, expr)
 
 
+def grammar_text(kind: str, schema: dict | None = None) -> str:
+    """The GBNF for a response_format, as the server builds it."""
+    g = Grammar("response_format")
+    return g.text(response_rule(g, kind, schema))
+
+
 def test_pydantic_schemas_convert():
     for model in (Owner, Pet):
-        assert "root ::=" in response_format_grammar("json_schema", model.model_json_schema())
+        assert "root ::=" in grammar_text("json_schema", model.model_json_schema())
 
 
 def test_recursive_schema_converts():
     node = {"$defs": {"N": {"type": "object", "properties": {"v": {"type": "integer"},
                                                               "next": {"anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}},
                             "required": ["v", "next"]}}, "$ref": "#/$defs/N"}
-    grammar = response_format_grammar("json_schema", node)
+    grammar = grammar_text("json_schema", node)
     ref = re.search(r"^(ref\d+) ::=", grammar, re.M).group(1)
     assert grammar.count(ref) >= 3  # root, its definition, and the recursive use
 

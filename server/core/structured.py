@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any
 
-from ..errors import InvalidRequestError
+from .gbnf import FORMATS, LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES, GrammarRules, SchemaError, literal, repeat
+from .numbers import MAX_DIGITS, integer_bound, number_range
 
 # Keywords that describe, not constrain: accepted and ignored.
 _ANNOTATIONS = frozenset({
@@ -33,56 +34,35 @@ _BY_TYPE = {
 }
 _GENERIC = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}
 _KNOWN = _GENERIC | set().union(*_BY_TYPE.values())
-_FORMATS = {"date", "time", "date-time", "uuid"}
 
 # Longest repetition a grammar may spell out: llama.cpp expands `x{0,n}` into n nested rules.
 MAX_REPEAT = 4096
-# Deepest schema nesting converted (each level is a Python call; real schemas stay far below).
+# Deepest schema nesting converted (each level is a few Python calls; real schemas stay far below).
 MAX_DEPTH = 64
-# Digits in a number without bounds: as llama.cpp's converter, so no number runs on.
-_MAX_DIGITS = 16
-
-_BASE_RULES = {
-    "ws": '" "?',
-    "char": r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
-    "string": r'"\"" char* "\""',
-    "integer": '"-"? ("0" | [1-9] [0-9]{0,15})',
-    "number": '"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
-    "boolean": '"true" | "false"',
-    "null": '"null"',
-    "value": "object | array | string | number | boolean | null",
-    "object": '"{" ws (string ws ":" ws value ("," ws string ws ":" ws value)*)? ws "}"',
-    "array": '"[" ws (value ("," ws value)*)? ws "]"',
-    "date": '[0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [1-2] [0-9] | "3" [0-1])',
-    "time": '([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{1,6})? ("Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])',
-    "hex": "[0-9a-fA-F]",
-}
-_DEPS = {
-    "string": ["char"], "value": ["object", "array", "string", "number", "boolean", "null"],
-    "object": ["ws", "string", "value"], "array": ["ws", "value"],
-}
+# Subschemas a conversion may visit, copies included: anyOf/oneOf visit their siblings once per
+# branch and allOf copies its $refs, so nested ones would take exponential time. The conversion
+# runs on the event loop: 10k visits are well under a second.
+MAX_VISITS = 10_000
 
 
-class SchemaError(InvalidRequestError):
-    """A schema nomoat cannot enforce: 400, naming the keyword and where it is."""
+class Grammar(GrammarRules):
+    """Builds one GBNF grammar from any number of schemas; `root` is set by the caller.
 
+    A schema whose grammar would pass `max_bytes` of GBNF or `max_alternatives` alternatives
+    (`|` branches, all rules together) is refused with a SchemaError, as is one that loops,
+    nests past MAX_DEPTH or takes more than MAX_VISITS subschemas to convert.
+    """
 
-def literal(text: str) -> str:
-    """A GBNF string literal matching `text` exactly."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
-class Grammar:
-    """Builds one GBNF grammar from any number of schemas; `root` is set by the caller."""
-
-    def __init__(self, param: str) -> None:
-        self.param = param  # the request field schemas come from, for error messages
-        self.rules: dict[str, str] = {}
+    def __init__(self, param: str, *, max_bytes: int = MAX_GRAMMAR_BYTES,
+                 max_alternatives: int = MAX_ALTERNATIVES) -> None:
+        super().__init__(param, max_bytes=max_bytes, max_alternatives=max_alternatives)
         self._docs: dict[str, Any] = {}
         self._refs: dict[tuple[str, str], str] = {}
-        self._count = 0
+        # $refs being converted with no JSON written since they were entered: meeting one of
+        # them again is a loop that never writes anything (left recursion), not a recursive schema.
+        self._bare: set[tuple[str, str]] = set()
         self._depth = 0
+        self._visits = 0
 
     # --- public -----------------------------------------------------------------------
 
@@ -93,80 +73,80 @@ class Grammar:
         self._docs[doc_id] = schema
         return self._visit(schema, doc_id, path)
 
-    def add(self, body: str, hint: str = "r") -> str:
-        """A new rule (identical bodies share one name)."""
-        for name, existing in self.rules.items():
-            if existing == body and name.startswith(hint):
-                return name
-        self._count += 1
-        name = f"{hint}{self._count}"
-        self.rules[name] = body
-        return name
-
-    def base(self, name: str) -> str:
-        """One of the built-in rules (ws, string, value, ...), added with what it needs."""
-        if name not in self.rules:
-            self.rules[name] = _BASE_RULES[name]
-            for dep in _DEPS.get(name, []):
-                self.base(dep)
-        return name
-
-    def text(self, root: str) -> str:
-        return "\n".join([f"root ::= {root}"] + [f"{n} ::= {b}" for n, b in self.rules.items()])
-
     # --- schemas ------------------------------------------------------------------------
 
-    def _fail(self, path: str, message: str) -> SchemaError:
-        where = f" at {path}" if path else ""
-        return SchemaError(f"the JSON schema{where} {message}", param=self.param, code="unsupported_schema")
+    def _enter(self, path: str) -> None:
+        """One more level and one more visit, within MAX_DEPTH and MAX_VISITS (the caller steps back)."""
+        if self._depth >= MAX_DEPTH:
+            raise self.fail(path, f"nests deeper than {MAX_DEPTH} levels")
+        self._visits += 1
+        if self._visits > MAX_VISITS:
+            raise self.fail(path, f"takes more than {MAX_VISITS} subschemas to convert, counting the copies "
+                                  "anyOf, oneOf and allOf make of their siblings and $refs")
+        self._depth += 1
 
     def _visit(self, schema: Any, doc: str, path: str) -> str:
-        if self._depth >= MAX_DEPTH:
-            raise self._fail(path, f"nests deeper than {MAX_DEPTH} levels")
-        self._depth += 1
+        self._enter(path)
         try:
             return self._visit_one(schema, doc, path)
         finally:
             self._depth -= 1
 
+    def _inside(self, schema: Any, doc: str, path: str) -> str:
+        """Visit a schema whose JSON comes after some JSON is written (a property, an item)."""
+        bare, self._bare = self._bare, set()
+        try:
+            return self._visit(schema, doc, path)
+        finally:
+            self._bare = bare
+
+    def _json(self, value: Any, path: str) -> str:
+        try:
+            return literal(json.dumps(value, ensure_ascii=False))
+        except RecursionError:
+            raise self.fail(path, "has a value nested too deeply to write") from None
+
     def _visit_one(self, schema: Any, doc: str, path: str) -> str:
         if schema is True or schema == {}:
             return self.base("value")
         if not isinstance(schema, dict):
-            raise self._fail(path, f"must be an object, got {json.dumps(schema)[:40]}")
-        unknown = sorted(k for k in schema if k not in _KNOWN and k not in _ANNOTATIONS)
+            raise self.fail(path, f"must be an object, got {type(schema).__name__}")
+        unknown = [k for k in schema if k not in _KNOWN and k not in _ANNOTATIONS]
         if unknown:
-            raise self._fail(path, f"uses {', '.join(repr(k) for k in unknown)}, which nomoat cannot enforce "
-                                   f"with a grammar (supported: {', '.join(sorted(_KNOWN))})")
+            raise self.fail(path, f"uses {_some(unknown)}, which nomoat cannot enforce "
+                                  f"with a grammar (supported: {', '.join(sorted(_KNOWN))})")
         if "$ref" in schema:
             return self._ref(schema, doc, path)
         if "allOf" in schema:
-            return self._visit(self._merge_all_of(schema, doc, path), doc, path)
+            return self._all_of(schema, doc, path)
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 alts = schema[key]
                 if not isinstance(alts, list) or not alts:
-                    raise self._fail(path, f"'{key}' must be a non-empty list")
+                    raise self.fail(path, f"'{key}' must be a non-empty list")
                 rest = {k: v for k, v in schema.items() if k != key}
                 names = [self._visit({**rest, **alt} if isinstance(alt, dict) else alt, doc, f"{path}/{key}/{i}")
                          for i, alt in enumerate(alts)]
                 return self.add(" | ".join(names))
         if "const" in schema:
-            return self.add(literal(json.dumps(schema["const"], ensure_ascii=False)))
+            return self.add(self._json(schema["const"], path))
         if "enum" in schema:
             values = schema["enum"]
             if not isinstance(values, list) or not values:
-                raise self._fail(path, "'enum' must be a non-empty list")
-            return self.add(" | ".join(literal(json.dumps(v, ensure_ascii=False)) for v in values))
+                raise self.fail(path, "'enum' must be a non-empty list")
+            if len(values) - 1 > self.max_alternatives:  # refused before spelling out a huge rule
+                raise self.fail(path, f"has an enum of {len(values)} values, which needs more than "
+                                      f"{self.max_alternatives} alternatives, {LIMIT_WHY}")
+            return self.add(" | ".join(self._json(v, path) for v in values))
         types = schema.get("type")
         if types is None:
             types = self._infer_type(schema)
             if types is None:
                 return self.base("value")
         if isinstance(types, list):
-            if not types:
-                raise self._fail(path, "'type' must not be an empty list")
-            return self.add(" | ".join(self._typed(t, schema, doc, path) for t in types))
+            if not types or not all(isinstance(t, str) for t in types):
+                raise self.fail(path, "'type' must be a type name or a non-empty list of them")
+            return self.add(" | ".join(self._typed(t, schema, doc, path) for t in dict.fromkeys(types)))
         return self._typed(types, schema, doc, path)
 
     @staticmethod
@@ -177,8 +157,8 @@ class Grammar:
         return None
 
     def _typed(self, type_: Any, schema: dict, doc: str, path: str) -> str:
-        if type_ not in _BY_TYPE:
-            raise self._fail(path, f"has unknown type {type_!r}")
+        if not isinstance(type_, str) or type_ not in _BY_TYPE:
+            raise self.fail(path, f"has unknown type {type_!r:.40}")
         if type_ == "object":
             return self._object(schema, doc, path)
         if type_ == "array":
@@ -192,64 +172,120 @@ class Grammar:
     def _ref(self, schema: dict, doc: str, path: str) -> str:
         ref = schema["$ref"]
         key = (doc, str(ref))  # a ref that is no string fails in _resolve
-        if key in self._refs:
+        if key in self._bare:
+            raise self._loop(path, ref)
+        if key in self._refs:  # done, or being done with JSON written since: a recursive schema
             return self._refs[key]
         target = self._resolve(ref, doc, path)
         # Name the rule before visiting it, so recursive schemas refer to themselves.
-        self._count += 1
-        name = f"ref{self._count}"
+        name = self.new_name("ref")
         self._refs[key] = name
         self.rules[name] = ""  # placeholder: keeps the slot and the order
-        self.rules[name] = self._visit(target, doc, ref)
+        self._bare.add(key)
+        try:
+            body = self._visit(target, doc, ref)
+        finally:
+            self._bare.discard(key)
+        self.define(name, body)
         return name
 
-    def _merge_all_of(self, schema: dict, doc: str, path: str) -> dict:
-        parts = schema["allOf"]
-        if not isinstance(parts, list) or not parts:
-            raise self._fail(path, "'allOf' must be a non-empty list")
-        merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for i, part in enumerate(parts):
-            while isinstance(part, dict) and "$ref" in part and len(part) == 1:
-                part = self._resolve(part["$ref"], doc, f"{path}/allOf/{i}")
-            if not isinstance(part, dict):
-                raise self._fail(f"{path}/allOf/{i}", "must be an object")
+    def _loop(self, path: str, ref: Any) -> SchemaError:
+        return self.fail(path, f"has $ref {ref!r}, which leads back to itself through $ref, allOf, anyOf or "
+                               "oneOf alone; a schema may refer to itself only inside an object's properties "
+                               "or an array's items")
+
+    def _all_of(self, schema: dict, doc: str, path: str) -> str:
+        """allOf: its parts merged into one schema, with the $refs they follow bare until JSON is written."""
+        followed: list[str] = []
+        merged = self._merge_all_of(self._all_of_parts(schema, doc, path, (), followed))
+        added = {(doc, ref) for ref in followed} - self._bare
+        self._bare |= added
+        try:
+            return self._visit(merged, doc, path)
+        finally:
+            self._bare -= added
+
+    def _merge_all_of(self, parts: list[tuple[dict, str]]) -> dict:
+        merged: dict[str, Any] = {}
+        for part, where in parts:
             for key, value in part.items():
                 if key == "properties":
                     merged["properties"] = {**merged.get("properties", {}), **value}
                 elif key == "required":
                     merged["required"] = list(dict.fromkeys([*merged.get("required", []), *value]))
-                elif key in merged and merged[key] != value and key not in _ANNOTATIONS:
-                    raise self._fail(f"{path}/allOf/{i}", f"combines two different {key!r}: allOf is supported "
-                                                          "only to merge objects' properties")
+                elif key in merged and key not in _ANNOTATIONS and self._differ(merged[key], value, where):
+                    raise self.fail(where, f"combines two different {key!r}: allOf is supported "
+                                           "only to merge objects' properties")
                 else:
                     merged[key] = value
         return merged
 
+    def _differ(self, a: Any, b: Any, path: str) -> bool:
+        try:
+            return a != b
+        except RecursionError:
+            raise self.fail(path, "has a value nested too deeply to compare") from None
+
+    def _all_of_parts(self, schema: Any, doc: str, path: str, refs: tuple[str, ...],
+                      followed: list[str]) -> list[tuple[dict, str]]:
+        """The schemas an allOf merges, its own keys first, with the $refs and allOfs in it resolved.
+
+        `refs` are the $refs followed to get here: meeting one again is a loop. Every $ref
+        followed is added to `followed`.
+        """
+        if not isinstance(schema, dict):
+            raise self.fail(path, "must be an object")
+        if not isinstance(schema.get("properties", {}), dict):
+            raise self.fail(path, "'properties' must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or any(not isinstance(r, str) for r in required):
+            raise self.fail(path, "'required' must be a list of property names")
+        self._enter(path)
+        try:
+            parts = [({k: v for k, v in schema.items() if k not in ("allOf", "$ref")}, path)]
+            if "$ref" in schema:
+                ref = schema["$ref"]
+                target = self._resolve(ref, doc, path)  # checks that ref is a string
+                if ref in refs or (doc, ref) in self._bare:
+                    raise self._loop(path, ref)
+                if ref not in followed:  # merging a part twice changes nothing: a diamond stays linear
+                    followed.append(ref)
+                    parts += self._all_of_parts(target, doc, ref, (*refs, ref), followed)
+            if "allOf" in schema:
+                subs = schema["allOf"]
+                if not isinstance(subs, list) or not subs:
+                    raise self.fail(path, "'allOf' must be a non-empty list")
+                for i, sub in enumerate(subs):
+                    parts += self._all_of_parts(sub, doc, f"{path}/allOf/{i}", refs, followed)
+            return parts
+        finally:
+            self._depth -= 1
+
     def _resolve(self, ref: Any, doc: str, path: str) -> Any:
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise self._fail(path, f"has $ref {ref!r}: only local references ('#/$defs/...') are supported")
+            raise self.fail(path, f"has $ref {ref!r}: only local references ('#/$defs/...') are supported")
         target: Any = self._docs[doc]
         for part in [p for p in ref[1:].split("/") if p]:
             part = part.replace("~1", "/").replace("~0", "~")  # JSON pointer escapes
             if not isinstance(target, dict) or part not in target:
-                raise self._fail(path, f"has $ref {ref!r}, which points nowhere in the schema")
+                raise self.fail(path, f"has $ref {ref!r}, which points nowhere in the schema")
             target = target[part]
         return target
 
     def _object(self, schema: dict, doc: str, path: str) -> str:
         props = schema.get("properties", {})
         if not isinstance(props, dict):
-            raise self._fail(path, "'properties' must be an object")
+            raise self.fail(path, "'properties' must be an object")
         required = schema.get("required", [])
         if not isinstance(required, list) or any(not isinstance(r, str) for r in required):
-            raise self._fail(path, "'required' must be a list of property names")
+            raise self.fail(path, "'required' must be a list of property names")
         missing = [r for r in required if r not in props]
         if missing:
-            raise self._fail(path, f"requires {', '.join(map(repr, missing))}, which 'properties' does not define")
+            raise self.fail(path, f"requires {_some(missing)}, which 'properties' does not define")
         extra = schema.get("additionalProperties")
         if not props:
             if isinstance(extra, dict) and extra:
-                value = self._visit(extra, doc, f"{path}/additionalProperties")
+                value = self._inside(extra, doc, f"{path}/additionalProperties")
                 ws, string = self.base("ws"), self.base("string")
                 kv = self.add(f'{string} {ws} ":" {ws} {value}')
                 return self.add(f'"{{" {ws} ({kv} ("," {ws} {kv})*)? {ws} "}}"')
@@ -260,53 +296,55 @@ class Grammar:
         # With properties given, only those properties: extra keys are where a small model rambles.
         ws = self.base("ws")
         kvs = []
+        required = set(required)
         for name, sub in props.items():
-            value = self._visit(sub, doc, f"{path}/properties/{name}")
-            kvs.append((self.add(f'{literal(json.dumps(name, ensure_ascii=False))} {ws} ":" {ws} {value}'), name in required))
-        # Properties in declared order; optional ones may be left out. rest[i][first]: members i.. .
-        rest: dict[tuple[int, bool], str] = {}
-
-        def members(i: int, first: bool) -> str:
-            if i == len(kvs):
-                return ""
-            if (i, first) in rest:
-                return rest[(i, first)]
-            kv, req = kvs[i]
-            item = kv if first else f'"," {ws} {kv}'
-            after = members(i + 1, False)
-            body = f"{item} {after}".strip()
-            if not req:
-                skip = members(i + 1, first)
-                body = f"({body}) | ({skip})" if skip else f"({body})?"
-            rest[(i, first)] = self.add(body) if body else ""
-            return rest[(i, first)]
-
-        inner = members(0, True)
+            value = self._inside(sub, doc, f"{path}/properties/{name}")
+            kvs.append((self.add(f'{self._json(name, path)} {ws} ":" {ws} {value}'), name in required))
+        inner = self._members(kvs, ws)
         return self.add(f'"{{" {ws} {inner} {ws} "}}"' if inner else f'"{{" {ws} "}}"')
+
+    def _members(self, kvs: list[tuple[str, bool]], ws: str) -> str:
+        """An object's members in declared order, optional ones left out or not ("" for none).
+
+        The rule for members i.. depends on whether member i is the first written (no comma
+        before it); built from the last member back, as a loop: a thousand properties would
+        pass Python's recursion limit.
+        """
+        needed = {(0, True)}
+        for i, (_, req) in enumerate(kvs):
+            for first in (True, False):
+                if (i, first) in needed:
+                    needed |= {(i + 1, False)} | (set() if req else {(i + 1, first)})
+        rest: dict[tuple[int, bool], str] = {(len(kvs), True): "", (len(kvs), False): ""}
+        for i in range(len(kvs) - 1, -1, -1):
+            kv, req = kvs[i]
+            for first in (True, False):
+                if (i, first) not in needed:
+                    continue
+                item = kv if first else f'"," {ws} {kv}'
+                body = f"{item} {rest[(i + 1, False)]}".strip()
+                if not req:
+                    skip = rest[(i + 1, first)]
+                    body = f"({body}) | ({skip})" if skip else f"({body})?"
+                rest[(i, first)] = self.add(body)
+        return rest[(0, True)]
 
     def _array(self, schema: dict, doc: str, path: str) -> str:
         items = schema.get("items", {})
         if isinstance(items, list):
-            raise self._fail(path, "has 'items' as a list (tuple validation), which is not supported")
-        item = self._visit(items, doc, f"{path}/items")
+            raise self.fail(path, "has 'items' as a list (tuple validation), which is not supported")
+        item = self._inside(items, doc, f"{path}/items")
         lo, hi = self._bounds(schema, "minItems", "maxItems", path)
         ws = self.base("ws")
-        body = self._repeat(item, lo, hi, f'"," {ws}')
+        body = repeat(item, lo, hi, f'"," {ws}')
         return self.add(f'"[" {ws} {body} {ws} "]"')
 
     def _string(self, schema: dict, path: str) -> str:
         fmt = schema.get("format")
         if fmt is not None:
-            if fmt not in _FORMATS:
-                raise self._fail(path, f"has format {fmt!r}; supported formats: {', '.join(sorted(_FORMATS))}")
-            if fmt == "uuid":
-                h = self.base("hex")
-                body = " \"-\" ".join(f"{h}{{{n}}}" for n in (8, 4, 4, 4, 12))
-            elif fmt == "date-time":
-                body = f'{self.base("date")} "T" {self.base("time")}'
-            else:
-                body = self.base(fmt)
-            return self.add(f'"\\"" {body} "\\""')
+            if not isinstance(fmt, str) or fmt not in FORMATS:
+                raise self.fail(path, f"has format {fmt!r:.40}; supported formats: {', '.join(FORMATS)}")
+            return self.quoted_format(fmt)
         lo, hi = self._bounds(schema, "minLength", "maxLength", path)
         if lo == 0 and hi is None:
             return self.base("string")
@@ -317,179 +355,55 @@ class Grammar:
         lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
         for key, value in ((lo_key, lo), (hi_key, hi)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise self._fail(path, f"has {key} {value!r}: it must be a non-negative integer")
+                raise self.fail(path, f"has {key} {value!r}: it must be a non-negative integer")
             if value is not None and value > MAX_REPEAT:
-                raise self._fail(path, f"has {key} {value}: a grammar can enforce at most {MAX_REPEAT}")
+                raise self.fail(path, f"has {key} {value}: a grammar can enforce at most {MAX_REPEAT}")
         if hi is not None and lo > hi:
-            raise self._fail(path, f"has {lo_key} {lo} greater than {hi_key} {hi}")
+            raise self.fail(path, f"has {lo_key} {lo} greater than {hi_key} {hi}")
         return lo, hi
-
-    @staticmethod
-    def _repeat(item: str, lo: int, hi: int | None, sep: str) -> str:
-        """`item` lo..hi times with `sep` between (hi None: unbounded)."""
-        if hi == 0:
-            return ""
-        if lo == 0:
-            more = "" if hi is None else f"{{0,{hi - 1}}}"
-            return f"({item} ({sep} {item}){more or '*'})?"
-        tail = f"{{{lo - 1},{'' if hi is None else hi - 1}}}"
-        return f"{item} ({sep} {item}){tail}"
 
     def _number(self, schema: dict, path: str, *, integer: bool) -> str:
         bounds = {k: schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
         for key, value in bounds.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-                raise self._fail(path, f"has {key} {value!r}: it must be a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float, type(None))) or value in (math.inf, -math.inf):
+                raise self.fail(path, f"has {key} {value!r:.40}: it must be a finite number")
+            if isinstance(value, float) and math.isnan(value):
+                raise self.fail(path, f"has {key} NaN: it must be a finite number")
         if all(v is None for v in bounds.values()):
             return self.base("integer" if integer else "number")
-        lo, lo_ex = _lower(bounds["minimum"], bounds["exclusiveMinimum"])
-        hi, hi_ex = _upper(bounds["maximum"], bounds["exclusiveMaximum"])
+        lo, lo_ex = integer_bound(bounds["minimum"], bounds["exclusiveMinimum"], upper=False)
+        hi, hi_ex = integer_bound(bounds["maximum"], bounds["exclusiveMaximum"], upper=True)
+        # Without bounds numbers have at most MAX_DIGITS digits: a bound past that bounds nothing,
+        # and one that asks for more digits is refused rather than spelled out.
+        huge = 10 ** MAX_DIGITS
+        lo = None if lo is not None and lo <= -huge else lo
+        hi = None if hi is not None and hi >= huge else hi
+        if (lo is not None and lo >= huge) or (hi is not None and hi <= -huge):
+            raise self.fail(path, f"asks for numbers of more than {MAX_DIGITS} digits, which a grammar does not write")
         if integer:  # integers: an exclusive bound is the next integer in
             lo, lo_ex = (None if lo is None else lo + lo_ex), False
             hi, hi_ex = (None if hi is None else hi - hi_ex), False
         body = number_range(lo, lo_ex, hi, hi_ex, fractions=not integer)
         if not body:
-            raise self._fail(path, "allows no number at all (its minimum is above its maximum)")
+            raise self.fail(path, "allows no number at all (its minimum is above its maximum)")
         return self.add(body)
 
 
-# --- numbers in a range ------------------------------------------------------------------
-
-
-def _lower(minimum: float | None, exclusive: float | None) -> tuple[int | None, bool]:
-    """The tightest integer lower bound, and whether it is exclusive.
-
-    A bound that is not a whole number is rounded inward, so what the grammar allows is a
-    subset of what the schema allows: always valid, slightly narrower.
-    """
-    cands = []
-    if minimum is not None:
-        cands.append((math.ceil(minimum), False))
-    if exclusive is not None:
-        cands.append((math.ceil(exclusive), True) if exclusive == math.floor(exclusive) else (math.ceil(exclusive), False))
-    if not cands:
-        return None, False
-    return max(cands, key=lambda c: (c[0], c[1]))
-
-
-def _upper(maximum: float | None, exclusive: float | None) -> tuple[int | None, bool]:
-    cands = []
-    if maximum is not None:
-        cands.append((math.floor(maximum), False))
-    if exclusive is not None:
-        cands.append((math.floor(exclusive), True) if exclusive == math.floor(exclusive) else (math.floor(exclusive), False))
-    if not cands:
-        return None, False
-    return min(cands, key=lambda c: (c[0], not c[1]))
-
-
-_FRACTION = '("." [0-9]{1,15})?'
-_NONZERO_FRACTION = '"." [0-9]{0,14} [1-9]'
-
-
-def number_range(lo: int | None, lo_ex: bool, hi: int | None, hi_ex: bool, *, fractions: bool) -> str:
-    """A GBNF expression for the numbers x with lo <(=) x <(=) hi (None: unbounded).
-
-    Integers when `fractions` is false. Empty when no number fits.
-    """
-    parts = []
-    if hi is None or hi > 0 or (hi == 0 and not hi_ex):  # x >= 0
-        if lo is None or lo < 0:
-            parts.append(_nonnegative(0, False, hi, hi_ex, fractions))
-        else:
-            parts.append(_nonnegative(lo, lo_ex, hi, hi_ex, fractions))
-    if lo is None or lo < 0:  # x < 0, written "-" y with y = -x > 0
-        y_hi, y_hi_ex = (None if lo is None else -lo), lo_ex
-        if hi is not None and hi < 0:
-            y_lo, y_lo_ex = -hi, hi_ex
-        else:
-            y_lo, y_lo_ex = 0, True
-        neg = _nonnegative(y_lo, y_lo_ex, y_hi, y_hi_ex, fractions)
-        if neg:
-            parts.append(f'"-" ({neg})')
-    return " | ".join(f"({p})" for p in parts if p)
-
-
-def _nonnegative(lo: int, lo_ex: bool, hi: int | None, hi_ex: bool, fractions: bool) -> str:
-    """Numbers y >= 0 in the range, lo >= 0. With fractions, y = I.f where I is the integral part."""
-    if not fractions:
-        lo += lo_ex
-        top = None if hi is None else hi - hi_ex
-        return "" if top is not None and top < lo else _digits_range(lo, top)
-    alts = []
-    if lo_ex:  # I == lo needs a fraction above zero
-        if hi is None or lo < hi:
-            alts.append(f'{literal(str(lo))} {_NONZERO_FRACTION}')
-        lo += 1
-    # Integral parts lo..hi-1 take any fraction; hi itself only exactly (x <= hi).
-    top = None if hi is None else hi - 1
-    if top is None or top >= lo:
-        alts.append(f"({_digits_range(lo, top)}) {_FRACTION}")
-    if hi is not None and not hi_ex and hi >= lo:
-        alts.append(literal(str(hi)))
-    return " | ".join(alts)
-
-
-def _digits_range(lo: int, hi: int | None) -> str:
-    """Decimal integers lo..hi without leading zeros (hi None: up to 16 digits)."""
-    a = str(lo)
-    alts = []
-    if hi is None:
-        alts.append(_same_length(a, "9" * len(a)))
-        if len(a) < _MAX_DIGITS:
-            alts.append(f"[1-9] [0-9]{{{len(a)},{_MAX_DIGITS - 1}}}")
-        return " | ".join(f"({x})" for x in alts)
-    b = str(hi)
-    while len(a) < len(b):
-        alts.append(_same_length(a, "9" * len(a)))
-        a = "1" + "0" * len(a)
-    alts.append(_same_length(a, b))
-    return " | ".join(f"({x})" for x in alts)
-
-
-def _same_length(a: str, b: str) -> str:
-    """Decimal strings of len(a) digits from a to b (a <= b, same length)."""
-    if a == b:
-        return literal(a)
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    prefix = f"{literal(a[:i])} " if i else ""
-    a, b = a[i:], b[i:]
-    m = len(a) - 1
-    if m == 0:
-        return f"{prefix}[{a}-{b}]"
-    zeros, nines = "0" * m, "9" * m
-    tail = f"[0-9]{{{m}}}"
-    if a[1:] == zeros and b[1:] == nines:
-        return f"{prefix}[{a[0]}-{b[0]}] {tail}"
-    alts = []
-    first, last = int(a[0]), int(b[0])
-    if a[1:] != zeros:
-        alts.append(f'"{a[0]}" ({_same_length(a[1:], nines)})')
-        first += 1
-    if b[1:] != nines:
-        high = f'"{b[0]}" ({_same_length(zeros, b[1:])})'
-        last -= 1
-    else:
-        high = ""
-    if first <= last:
-        alts.append(f"[{first}-{last}] {tail}")
-    if high:
-        alts.append(high)
-    return f"{prefix}({' | '.join(alts)})"
+def _some(names: list[str]) -> str:
+    """The first few names, quoted, for an error message that stays short."""
+    shown = ", ".join(repr(n)[:60] for n in names[:5])
+    return shown if len(names) <= 5 else f"{shown} and {len(names) - 5} more"
 
 
 # --- what requests ask for ----------------------------------------------------------------
 
 
 def response_rule(g: Grammar, kind: str, schema: Any = None) -> str:
-    """The rule for `response_format`: any JSON object, or JSON valid against `schema`."""
-    if kind == "json_object":
+    """The rule for `response_format`: JSON valid against `schema` when there is one, else any JSON object.
+
+    `json_object` with a `schema` is llama.cpp server's form of `json_schema`: enforced the same way.
+    """
+    if kind == "json_object" and schema is None:
         return g.base("object")
-    return g.schema_rule(schema, doc_id="response", path="", param="response_format.json_schema.schema")
-
-
-def response_format_grammar(kind: str, schema: Any = None) -> str:
-    g = Grammar("response_format")
-    return g.text(response_rule(g, kind, schema))
+    param = "response_format.schema" if kind == "json_object" else "response_format.json_schema.schema"
+    return g.schema_rule(schema, doc_id="response", path="", param=param)
