@@ -13,7 +13,8 @@ import pytest
 from clients_fixtures import CLIENT_MODELS
 from conftest import models_toml
 from nomoat.engine.chat_template import CHATML, ChatTemplate
-from nomoat.core.tools import ToolPlan, Tool, ToolStream, parse_output, prompt_messages
+from nomoat.core.tool_calls import ToolStream, parse_output
+from nomoat.core.tools import Tool, ToolPlan, prompt_messages
 
 WEATHER = {
     "type": "function",

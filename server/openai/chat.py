@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.generate import Choice, GenerationCore, Run, event_stream
 from ..core.structured import Grammar, response_rule
-from ..core.tools import ToolPlan, ToolStream, check_history, parse_output, plan_tools, prompt_messages
+from ..core.tool_calls import ToolStream, parse_output
+from ..core.tools import ToolPlan, check_history, plan_tools, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
 from .protocol import ChatCompletionRequest, parse
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
