@@ -48,10 +48,10 @@ class SamplerChain:
             grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
             if not grammar:
                 llama_cpp.llama_sampler_free(chain)
-                # Our converter writes these grammars; what llama.cpp refuses is a schema whose
-                # $refs only point at each other (left recursion, in its log).
+                # The converter refuses the schemas llama.cpp would (left recursion among $refs);
+                # this stays a 400 for whatever it may still miss. The reason is in llama.cpp's log.
                 raise InvalidInput("llama.cpp refused the grammar made from this request's JSON schema "
-                                          "(a $ref that refers only to itself or to other bare $refs?)", subject="grammar")
+                                   "(its reason is in the server log)", subject="grammar")
             self._grammar = grammar
             self.eos = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()
