@@ -151,7 +151,13 @@ class Settings(BaseSettings):
         if self.state_dir is not None:
             return self.state_dir
         xdg = os.environ.get("XDG_STATE_HOME")
-        return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "nomoat"
+        if xdg:
+            return Path(xdg) / "nomoat"
+        try:
+            home = Path.home()
+        except RuntimeError:  # no HOME and no passwd entry (systemd's DynamicUser without StateDirectory)
+            raise ConfigError("there is no home directory to keep state in: set state_dir (NOMOAT_STATE_DIR)") from None
+        return home / ".local" / "state" / "nomoat"
 
     @classmethod
     def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":
