@@ -1,4 +1,4 @@
-"""What the engine hands back: a Generation (async stream of TokenEvents) and running stats."""
+"""What the engine hands back: a Generation (async stream of TokenEvents), the open ones as a set, and running stats."""
 
 from __future__ import annotations
 
