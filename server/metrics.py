@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable, Iterable
 
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -71,6 +73,11 @@ class Metrics:
             "nomoat_config_reloads_total", "Configuration reloads (SIGHUP or POST /admin/reload) by result.",
             ["result"], registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "nomoat_event_loop_lag_seconds",
+            "How late the event loop woke from a short sleep: time it was kept busy by something blocking it.",
+            buckets=_LAG_BUCKETS, registry=r,
+        )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -81,6 +88,25 @@ class Metrics:
 
     def timer(self, model: str, adapter: str) -> "GenerationTimer":
         return GenerationTimer(self, model, adapter)
+
+
+class EventLoopMonitor:
+    """Records the event loop's lag: it sleeps `interval` seconds, again and again, and measures how late it woke.
+
+    Every stream of every model shares the loop, so a lag here (a lock, a slow call) stalls them all.
+    Run `run()` as a task for the app's life; cancelling the task stops it.
+    """
+
+    def __init__(self, metrics: Metrics, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._lag = metrics.event_loop_lag
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval)
+            self._lag.observe(max(0.0, loop.time() - started - self.interval))
 
 
 class GenerationTimer:

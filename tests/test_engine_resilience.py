@@ -1,4 +1,4 @@
-"""The engine's worker thread outlives a request that fails to start: that request errors, others are served."""
+"""The engine's worker thread outlives what fails on it (a request that cannot start, an adapter llama.cpp refuses)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
+from lora_factory import DIMS, write_lora
 from nomoat.config import embedded_model_path
+from nomoat.engine.errors import AdapterRejected
 from nomoat.engine.model import LoadedModel, ModelSpec
 from nomoat.engine.engine import Engine
 from nomoat.engine.types import GenerationRequest, SamplingParams, TextPrompt
@@ -49,4 +51,17 @@ def test_a_sequence_that_cannot_start_fails_alone(engine, monkeypatch):
 
     asyncio.run(asyncio.wait_for(both(), 60))
     assert engine._thread.is_alive()
-    assert sorted(lane_id for lane in engine._lanes for lane_id in lane.free_ids) == [0, 1]
+    assert sorted(slot for context in engine._contexts for slot in context.free_ids) == [0, 1]
+
+
+def test_an_adapter_llama_cpp_refuses_is_rejected_and_the_engine_serves_on(engine, tmp_path):
+    wrong_width = {module: (n_in + 8, n_out) for module, (n_in, n_out) in DIMS.items()}  # not this model's shapes
+    path = write_lora(tmp_path / "wrong.gguf", seed=1, dims=wrong_width)
+
+    async def load_then_serve():
+        with pytest.raises(AdapterRejected, match="refused the adapter"):
+            await asyncio.wrap_future(engine.load_adapter("wrong", path, path, "0" * 64))
+        ok = await run(engine, "Hello")
+        assert ok[-1].finish_reason == "length"
+
+    asyncio.run(asyncio.wait_for(load_then_serve(), 60))

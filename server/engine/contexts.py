@@ -1,4 +1,4 @@
-"""Lanes: the llama.cpp contexts of one model, each with its sequence slots and its applied adapter set."""
+"""The llama.cpp contexts of one model, each with its sequence slots and its applied adapter set."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from .types import AdapterSet
 
 
 @dataclass(eq=False)
-class Lane:
-    """One context: `parallel` sequence slots in one KV pool, and the adapter set llama.cpp applies.
+class Context:
+    """One llama.cpp context (`ptr`): `parallel` sequence slots in one KV pool, and the adapter set it applies.
 
-    Busy adapter sets get a lane each where the model allows it, so no step changes a context's
+    Busy adapter sets get a context each where the model allows it, so no step changes a context's
     set: a change makes llama.cpp re-reserve its compute graph (3-5 ms, DESIGN.md).
     """
 
     index: int
-    ctx: Any
+    ptr: Any  # llama_context *
     memory: Any
     free_ids: list[int]
     # What each idle slot still holds in its KV: (adapter set key, tokens).
@@ -32,8 +32,8 @@ class Lane:
     active_keys: dict[tuple, int] = field(default_factory=dict)  # adapter set key -> running sequences
 
     @classmethod
-    def open(cls, index: int, ctx: Any, parallel: int) -> "Lane":
-        return cls(index=index, ctx=ctx, memory=llama_cpp.llama_get_memory(ctx), free_ids=list(range(parallel)))
+    def open(cls, index: int, ptr: Any, parallel: int) -> "Context":
+        return cls(index=index, ptr=ptr, memory=llama_cpp.llama_get_memory(ptr), free_ids=list(range(parallel)))
 
     @property
     def busy(self) -> bool:
@@ -86,7 +86,7 @@ class Lane:
             return False  # clearing a context that never had adapters segfaults (DESIGN.md)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle.ptr for a in adapters.adapters])
         scales = (ctypes.c_float * max(n, 1))(*[a.scale for a in adapters.adapters])
-        rc = llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales)
+        rc = llama_cpp.llama_set_adapters_lora(self.ptr, handles, n, scales)
         if rc != 0:
             raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
         self.applied = key
@@ -96,26 +96,26 @@ class Lane:
     def clear_if_using(self, content_hash: str) -> None:
         """Switch the adapters off before an adapter they include is freed."""
         if any(h == content_hash for h, _ in self.applied):
-            llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
+            llama_cpp.llama_set_adapters_lora(self.ptr, None, 0, None)
             self.applied = ()
 
 
-def choose_lane(lanes: list[Lane], key: tuple, can_open: bool) -> Lane | None:
-    """The lane a new sequence under `key` runs in; None means: open a new lane for it.
+def choose_context(contexts: list[Context], key: tuple, can_open: bool) -> Context | None:
+    """The context a new sequence under `key` runs in; None means: open a new context for it.
 
-    In order: a lane already running that set; an idle lane that has it applied or cached; any
-    idle lane; a new lane while the model allows more; else the lane running the fewest sets,
-    which then changes its set between calls.
+    In order: a context already running that set; an idle context that has it applied or cached;
+    any idle context; a new context while the model allows more; else the context running the
+    fewest sets, which then changes its set between calls.
     """
-    running = [lane for lane in lanes if key in lane.active_keys]
+    running = [c for c in contexts if key in c.active_keys]
     if running:
         return running[0]
-    idle = [lane for lane in lanes if not lane.busy]
+    idle = [c for c in contexts if not c.busy]
     if idle:
-        return max(idle, key=lambda lane: (lane.applied == key, lane.caches(key), -lane.index))
+        return max(idle, key=lambda c: (c.applied == key, c.caches(key), -c.index))
     if can_open:
         return None
-    return min(lanes, key=lambda lane: (len(lane.active_keys), sum(lane.active_keys.values()), lane.index))
+    return min(contexts, key=lambda c: (len(c.active_keys), sum(c.active_keys.values()), c.index))
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -80,6 +80,7 @@ class Embedder:
         self._stopping = False
         self._lock = threading.Lock()  # a job is queued before the stop sentinel or refused, never after it
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._unfinished: set[_Job] = set()  # queued or running; under _lock, for abort()
         self._ctx: llama_cpp.llama_context_p | None = None
         self._memory: llama_cpp.llama_memory_t | None = None
         self._batch: llama_cpp.llama_batch | None = None
@@ -108,12 +109,26 @@ class Embedder:
                 if self._stopping:
                     raise ShuttingDown()
                 self._jobs.put(job)
+                self._unfinished.add(job)
             return await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
         finally:
             self._outstanding -= 1
+            with self._lock:
+                self._unfinished.discard(job)
+
+    def abort(self, reason: str) -> None:
+        """Fail every queued and running request now with `ShuttingDown(reason)`; admit nothing after.
+
+        For when a shutdown's grace period is over: the requests answer at once, even while the
+        worker is inside a long llama_decode, which stops at its next batch. Safe from any thread.
+        """
+        with self._lock:  # the worker starts a job under it too, so a job is either started or ended here
+            self._stopping = True
+            for job in self._unfinished:
+                _settle(job.future, exception=ShuttingDown(reason))
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stop the worker and free the context; False when the worker did not stop in time.
@@ -141,12 +156,13 @@ class Embedder:
     def _run(self) -> None:
         # Jobs are queued before the stop sentinel or not at all (see embed and close).
         while (job := self._jobs.get()) is not None:
-            if not job.future.set_running_or_notify_cancel():
-                continue
+            with self._lock:
+                if job.future.done() or not job.future.set_running_or_notify_cancel():
+                    continue  # ended by abort() while queued, or cancelled
             try:
-                job.future.set_result(self._embed(job))
+                _settle(job.future, result=self._embed(job))
             except BaseException as exc:  # handed to the awaiting request
-                job.future.set_exception(exc)
+                _settle(job.future, exception=exc)
 
     def _check_wanted(self, job: _Job) -> None:
         if self._stopping:
@@ -264,6 +280,18 @@ class Embedder:
         if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_LAST:
             return rows[-1]
         return rows.mean(axis=0, dtype=np.float64)
+
+
+def _settle(future: "concurrent.futures.Future[Embeddings]", *, result: Embeddings | None = None,
+            exception: BaseException | None = None) -> None:
+    """Complete `future` unless abort() (or the worker) already did: the first answer wins."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _pooling_type(model: LoadedModel) -> int:

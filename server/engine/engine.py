@@ -5,80 +5,56 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import llama_cpp
 
 from .errors import AdapterRejected, AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .adapters import LoraAdapter
-from .generation import EngineStats, Generation, deliver
-from .contexts import Lane, choose_lane, common_prefix
+from .batching import Work, plan_step
+from .contexts import Context, choose_context
+from .generation import EngineStats, Generation, OpenGenerations, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
+from .sequences import PrefixReuse, Sequence, place, release
 from .stops import TextAssembler
-from .types import ChatPrompt, GenerationRequest, TokenEvent, Usage
+from .types import GenerationRequest, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
 
-# While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
-# long prompt delays each running stream by one short step instead of its whole prefill.
-PREFILL_CHUNK_WHILE_DECODING = 128
-# Prompt tokens whose prefill costs as much as copying a 4096-cell KV stream between sequences
-# (bench/bench_prefix_copy.py); the copy cost scales with the cells per sequence.
-COPY_BREAK_EVEN_TOKENS_PER_4K = 16
-
-
-@dataclass(eq=False)
-class _Sequence:
-    gen: Generation
-    prompt: list[int]
-    max_new: int
-    sampler: SamplerChain
-    assembler: TextAssembler
-    lane: Lane | None = None
-    seq_id: int = -1
-    n_past: int = 0
-    n_cached: int = 0  # prompt tokens whose KV was reused from an earlier request
-    todo: list[int] = field(default_factory=list)
-    evaluated: list[int] = field(default_factory=list)  # every token now in this sequence's KV
-    n_generated: int = 0
-
-    @property
-    def request(self) -> GenerationRequest:
-        return self.gen.request
-
 
 class Engine:
-    """Schedules every request for one loaded model on its llama.cpp contexts (lanes).
+    """Schedules every request for one loaded model on its llama.cpp contexts.
 
-    The HTTP side sees `submit()` (an awaitable returning a Generation) and `Generation.cancel()`.
-    All llama.cpp context calls happen on the worker thread; tokenizing runs in a small pool.
+    The HTTP side sees `submit()` (an awaitable returning a Generation), `Generation.cancel()`
+    and, when a shutdown's grace period is over, `abort()`. All llama.cpp context calls happen
+    on the worker thread, and never while it holds `_cv`: the event loop takes that lock to
+    submit and cancel, so it waits only for deque moves. Tokenizing runs in a small pool.
     """
 
     def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True,
                  max_prompt_tokens: int | None = None) -> None:
         self.model = model
-        self.prefix_cache = prefix_cache
-        # A copy moves a whole KV stream, n_ctx cells: worth it past this many tokens saved.
-        self.copy_min_tokens = max(1, round(COPY_BREAK_EVEN_TOKENS_PER_4K * model.n_ctx / 4096))
+        self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx)
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
         self.capacity = self.parallel + queue_size
         self._outstanding = 0  # admitted and not yet finished; touched on the event loop only
+        self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cv = threading.Condition()
-        self._inbox: collections.deque[_Sequence] = collections.deque()
-        self._active: list[_Sequence] = []
-        # Lane 0 is the model's own context; more open, up to max_lanes, when several adapter sets
+        self._inbox: collections.deque[Sequence] = collections.deque()
+        self._active: list[Sequence] = []
+        # Context 0 is the model's own; more open, up to max_contexts, when several adapter sets
         # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
-        self.max_lanes = max(1, model.spec.adapter_contexts)
-        self._lanes = [Lane.open(0, model.ctx, self.parallel)]
+        self.max_contexts = max(1, model.spec.adapter_contexts)
+        self._contexts = [Context.open(0, model.ctx, self.parallel)]
         self._stopping = False
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._to_free: list[LoraAdapter] = []
@@ -128,7 +104,7 @@ class Engine:
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired)
-        seq = _Sequence(
+        seq = Sequence(
             gen=gen,
             prompt=prompt,
             max_new=max_new,
@@ -143,6 +119,7 @@ class Engine:
                 raise ShuttingDown()
             self._inbox.append(seq)
             self._cv.notify()
+        self._generations.add(gen)
         return gen
 
     def call(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T]":
@@ -170,7 +147,7 @@ class Engine:
             ptr = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_path).encode())
             if not ptr:
                 raise AdapterRejected(f"{source}: llama.cpp refused the adapter for model "
-                                   f"{self.model.spec.name!r} (see the log)", param="path")
+                                      f"{self.model.spec.name!r} (see the log)")
             return LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=ptr)
 
         return self.call(init)
@@ -186,6 +163,7 @@ class Engine:
         """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
         prompt = self.model.prompt_tokens(request.prompt)
         return prompt, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
+
     def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
         if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:
             raise PromptTooLong(
@@ -201,12 +179,29 @@ class Engine:
                 retry_after=max(1, self._outstanding // max(1, self.parallel)),
             )
 
-    def _retired(self) -> None:
+    def _retired(self, gen: Generation) -> None:
         self._outstanding -= 1
+        self._generations.discard(gen)
 
     def _wake(self) -> None:
         with self._cv:
             self._cv.notify()
+
+    def abort(self, reason: str) -> None:
+        """End every running and queued generation now with `ShuttingDown(reason)`; admit nothing after.
+
+        For when a shutdown's grace period is over: each stream gets its final event at once, even
+        while the worker is inside a long llama.cpp call; the worker drops what it still holds at
+        its next turn, and `close()` still frees the model. Safe from any thread.
+        """
+        with self._cv:
+            self._stopping = True
+            queued = list(self._inbox)
+            self._inbox.clear()
+            self._cv.notify()
+        for seq in queued:
+            seq.sampler.close()
+        self._generations.end_all(self._loop, ShuttingDown(reason))
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cv:
@@ -222,6 +217,7 @@ class Engine:
 
     def _run(self) -> None:
         while True:
+            # Under the lock only moves between the deques; every llama.cpp call follows it.
             with self._cv:
                 while not (self._stopping or self._inbox or self._active or self._jobs or self._to_free):
                     self._cv.wait()
@@ -229,17 +225,18 @@ class Engine:
                     break
                 jobs = list(self._jobs)
                 self._jobs.clear()
-                self._free_unused_adapters()
-                while self._inbox and len(self._active) < self.parallel:
-                    seq = self._inbox.popleft()
-                    try:
-                        self._start(seq)
-                    except Exception as exc:  # a sequence that cannot start fails alone; the worker lives on
-                        log.exception("could not start a sequence")
-                        self._abandon(seq, exc)
+                unused = self._take_unused_adapters()
+                starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
+            self._free_adapters(unused)
+            for seq in starting:
+                try:
+                    self._start(seq)
+                except Exception as exc:  # a sequence that cannot start fails alone; the worker lives on
+                    log.exception("could not start a sequence")
+                    self._abandon(seq, exc)
             for job in jobs:
                 job()
-            if not self._active and not self._inbox:
+            if not self._active:
                 continue
             try:
                 self._step()
@@ -247,112 +244,54 @@ class Engine:
                 log.exception("engine step failed")
                 self._fail_all(EngineError(f"generation failed: {exc}"))
         self._fail_all(ShuttingDown())
-        for job in self._jobs:
+        with self._cv:
+            jobs, queued = list(self._jobs), list(self._inbox)
+            self._jobs.clear()
+            self._inbox.clear()
+        for job in jobs:
             job()  # adapter loads still waiting: let them finish rather than hang their callers
-        for seq in list(self._inbox):
-            self._emit([(seq.gen, TokenEvent(error=ShuttingDown()))])
-        self._inbox.clear()
+        for seq in queued:
+            seq.sampler.close()
+        self._emit([(seq.gen, TokenEvent(error=ShuttingDown())) for seq in queued])
 
-    def _start(self, seq: _Sequence) -> None:
-        """Give a waiting sequence a lane and a slot, reusing the longest cached prefix of its prompt.
-
-        A request takes the slot sharing its longest prefix under the same adapter set, as
-        llama.cpp's server does, and evaluates only the rest.
-        """
-        key = seq.request.adapters.key
-        lane = self._lane_for(key)
-        best, best_len = lane.take_slot(key, seq.prompt)
-        seq.lane, seq.seq_id = lane, best
-        # At least the last prompt token is evaluated again: its logits start the generation.
-        keep = min(best_len, len(seq.prompt) - 1) if self.prefix_cache else 0
-        if self.prefix_cache:
-            keep = self._copy_prefix(seq, keep)
-        llama_cpp.llama_memory_seq_rm(lane.memory, best, keep, -1)
-        seq.n_past = seq.n_cached = keep
-        seq.evaluated = seq.prompt[:keep]
-        seq.todo = seq.prompt[keep:]
-        self.stats.prompt_tokens += len(seq.prompt)
-        self.stats.cached_tokens += keep
+    def _start(self, seq: Sequence) -> None:
+        """Give a waiting sequence a context and a slot in it (sequences.place), and make it active."""
+        place(seq, self._context_for(seq.request.adapters.key), self._active, self.prefix_reuse, self.stats)
         self._active.append(seq)
 
-    def _copy_prefix(self, seq: _Sequence, keep: int) -> int:
-        """Copy a longer prefix of the prompt from another slot of the lane, when that beats prefilling it.
-
-        Another slot, idle or running, may hold more of this prompt under the same adapter set
-        (eight clients sharing a system prompt, say). With a KV stream per sequence llama.cpp
-        copies the source's whole stream (`llama_memory_seq_cp` must take all positions), a cost
-        fixed by n_ctx; prefilling grows with the prompt. So a copy is made only when it saves at
-        least `copy_min_tokens` (bench/bench_prefix_copy.py). Returns the tokens now reused.
-        """
-        key, lane = seq.request.adapters.key, seq.lane
-        holders = [(slot, cached[1]) for slot, cached in lane.slot_cache.items() if cached[0] == key]
-        holders += [(s.seq_id, s.evaluated) for s in self._active if s.lane is lane and s.request.adapters.key == key]
-        best_src, best_len = None, keep
-        for slot, tokens in holders:
-            if slot == seq.seq_id:
-                continue
-            n = min(common_prefix(tokens, seq.prompt), len(seq.prompt) - 1)
-            if n > best_len:
-                best_src, best_len = slot, n
-        if best_src is None or best_len - keep < self.copy_min_tokens:
-            return keep
-        # The whole stream comes over (its data at the next decode, before anything is computed);
-        # the caller trims what follows the shared prefix.
-        llama_cpp.llama_memory_seq_cp(lane.memory, best_src, seq.seq_id, -1, -1)
-        self.stats.prefix_copies += 1
-        return best_len
-
-    def _lane_for(self, key: tuple) -> Lane:
-        lane = choose_lane(self._lanes, key, can_open=len(self._lanes) < self.max_lanes)
-        if lane is not None:
-            return lane
-        ctx = self.model.new_context()
-        if not ctx:  # out of memory for another context: share the least busy one instead
+    def _context_for(self, key: tuple) -> Context:
+        context = choose_context(self._contexts, key, can_open=len(self._contexts) < self.max_contexts)
+        if context is not None:
+            return context
+        ptr = self.model.new_context()
+        if not ptr:  # out of memory for another context: share the least busy one instead
             log.warning("could not create another context for %s; adapter sets will share", self.model.spec.name)
-            self.max_lanes = len(self._lanes)
-            return self._lane_for(key)
-        lane = Lane.open(len(self._lanes), ctx, self.parallel)
-        self._lanes.append(lane)
-        self.stats.contexts = len(self._lanes)
-        log.info("opened context %d of %s for a concurrent adapter set", lane.index, self.model.spec.name)
-        return lane
+            self.max_contexts = len(self._contexts)
+            return self._context_for(key)
+        context = Context.open(len(self._contexts), ptr, self.parallel)
+        self._contexts.append(context)
+        self.stats.contexts = len(self._contexts)
+        log.info("opened context %d of %s for a concurrent adapter set", context.index, self.model.spec.name)
+        return context
 
     def _step(self) -> None:
         events: list[tuple[Generation, TokenEvent]] = []
         for seq in [s for s in self._active if s.gen.cancelled]:
             self._finish(seq, "cancelled", "", events)
-        decoding = [s for s in self._active if len(s.todo) == 1]
-        prefilling = [s for s in self._active if len(s.todo) > 1]
-        budget = self.model.n_batch - len(decoding)
-        chunk_cap = PREFILL_CHUNK_WHILE_DECODING if decoding else budget
-        work: list[tuple[_Sequence, list[int]]] = [(s, s.todo) for s in decoding]
-        for seq in prefilling:
-            take = min(budget, chunk_cap, len(seq.todo))
-            if take <= 0:
-                break
-            work.append((seq, seq.todo[:take]))
-            budget -= take
-        groups: dict[tuple[int, tuple], list[tuple[_Sequence, list[int]]]] = {}
-        for item in work:
-            groups.setdefault((item[0].lane.index, item[0].request.adapters.key), []).append(item)
-        # Per lane, start with the set already applied: a switch re-reserves llama.cpp's graph.
-        order = sorted(groups, key=lambda g: (g[0], g[1] != self._lanes[g[0]].applied))
+        calls = plan_step(self._active, self.model.n_batch, self._contexts)
         self.stats.steps += 1
-        self.stats.last_batch_tokens = sum(len(tokens) for _, tokens in work)
-        self.stats.last_batch_sequences = len(work)
-        for group in order:
-            # Increasing sequence ids: llama.cpp puts only consecutive ids in one ubatch, so an
-            # unsorted batch of 8 ran as up to 4 ubatches (25 % slower, bench/bench_batch.py).
-            items = sorted(groups[group], key=lambda item: item[0].seq_id)
-            self._decode_group(self._lanes[group[0]], items, events)
+        self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
+        self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
+        for context, work in calls:
+            self._decode_group(context, work, events)
         self._emit(events)
 
-    def _decode_group(self, lane: Lane, items: list[tuple[_Sequence, list[int]]], events: list) -> None:
-        if lane.apply(items[0][0].request.adapters):
+    def _decode_group(self, context: Context, items: Work, events: list) -> None:
+        if context.apply(items[0][0].request.adapters):
             self.stats.adapter_switches += 1
         batch = self._batch
         n = 0
-        outputs: list[tuple[_Sequence, int]] = []
+        outputs: list[tuple[Sequence, int]] = []
         for seq, tokens in items:
             for j, token in enumerate(tokens):
                 batch.token[n] = token
@@ -365,8 +304,8 @@ class Engine:
                     outputs.append((seq, n))
                 n += 1
         batch.n_tokens = n
-        rc = llama_cpp.llama_decode(lane.ctx, batch)
-        lane.decoded = True
+        rc = llama_cpp.llama_decode(context.ptr, batch)
+        context.decoded = True
         if rc != 0:
             error = EngineError(f"llama_decode failed (code {rc})")
             for seq, _ in items:
@@ -381,12 +320,12 @@ class Engine:
         for seq, index in outputs:
             self._sample(seq, index, events)
 
-    def _sample(self, seq: _Sequence, index: int, events: list) -> None:
+    def _sample(self, seq: Sequence, index: int, events: list) -> None:
         request = seq.request
         logprobs = None
         if request.logprobs:
-            logprobs = log_softmax_row(seq.lane.ctx, index, self.model.n_vocab)
-        token = seq.sampler.sample(seq.lane.ctx, index)
+            logprobs = log_softmax_row(seq.context.ptr, index, self.model.n_vocab)
+        token = seq.sampler.sample(seq.context.ptr, index)
         seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)
@@ -411,41 +350,25 @@ class Engine:
             events.append((seq.gen, event))
             seq.todo = [token]
 
-    def _finish(self, seq: _Sequence, reason: str | None, text: str, events: list,
+    def _finish(self, seq: Sequence, reason: str | None, text: str, events: list,
                 *, error: Exception | None = None, last: TokenEvent | None = None) -> None:
         usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated, cached_tokens=seq.n_cached)
-        if last is not None:
-            final = TokenEvent(
-                text=text, token_id=last.token_id, token_text=last.token_text, token_bytes=last.token_bytes,
-                logprob=last.logprob, top_logprobs=last.top_logprobs, finish_reason=reason, usage=usage,
-            )
+        if last is not None:  # the final event carries the last token too
+            final = dataclasses.replace(last, text=text, finish_reason=reason, usage=usage)
         else:
             final = TokenEvent(text=text, finish_reason=reason, usage=usage, error=error)
         events.append((seq.gen, final))
         self._release(seq, keep_cache=error is None)
 
-    def _release(self, seq: _Sequence, keep_cache: bool) -> None:
-        lane = seq.lane
-        if keep_cache and self.prefix_cache and seq.evaluated:
-            lane.slot_cache[seq.seq_id] = (seq.request.adapters.key, seq.evaluated)
-        else:
-            llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
-        seq.sampler.close()
+    def _release(self, seq: Sequence, keep_cache: bool) -> None:
         self._active.remove(seq)
-        lane.leave(seq.request.adapters.key)
-        lane.free_ids.append(seq.seq_id)
+        release(seq, keep_cache=keep_cache and self.prefix_reuse.enabled)
 
-    def _abandon(self, seq: _Sequence, exc: Exception) -> None:
+    def _abandon(self, seq: Sequence, exc: Exception) -> None:
         """Undo a half-done `_start` and end the sequence's generation with an error."""
         if seq in self._active:
             self._active.remove(seq)
-        lane = seq.lane
-        if lane is not None and seq.seq_id >= 0:
-            llama_cpp.llama_memory_seq_rm(lane.memory, seq.seq_id, -1, -1)
-            lane.slot_cache.pop(seq.seq_id, None)
-            lane.leave(seq.request.adapters.key)
-            lane.free_ids.append(seq.seq_id)
-        seq.sampler.close()
+        release(seq, keep_cache=False)
         self._emit([(seq.gen, TokenEvent(error=EngineError(f"generation failed: {exc}")))])
 
     def _fail_all(self, error: Exception) -> None:
@@ -454,17 +377,21 @@ class Engine:
             self._finish(seq, None, "", events, error=error)
         self._emit(events)
 
-    def _free_unused_adapters(self) -> None:
-        """Free adapters marked for unloading that no queued or running sequence uses (lock held)."""
+    def _take_unused_adapters(self) -> list[LoraAdapter]:
+        """Take the adapters marked for unloading that no queued or running sequence uses (lock held)."""
         if not self._to_free:
-            return
+            return []
         in_use = {id(a.handle) for s in (*self._active, *self._inbox) for a in s.request.adapters.adapters}
-        for adapter in [a for a in self._to_free if id(a) not in in_use]:
-            for lane in self._lanes:
-                lane.clear_if_using(adapter.content_hash)  # a context still pointing at it
+        unused = [a for a in self._to_free if id(a) not in in_use]
+        self._to_free = [a for a in self._to_free if id(a) in in_use]
+        return unused
+
+    def _free_adapters(self, adapters: list[LoraAdapter]) -> None:
+        for adapter in adapters:
+            for context in self._contexts:
+                context.clear_if_using(adapter.content_hash)  # a context still pointing at it
             llama_cpp.llama_adapter_lora_free(adapter.ptr)
             adapter.ptr = None
-            self._to_free.remove(adapter)
             log.info("freed adapter %s on %s", adapter.name, self.model.spec.name)
 
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:

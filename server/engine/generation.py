@@ -1,4 +1,4 @@
-"""What the engine hands back: a Generation (async stream of TokenEvents) and running stats."""
+"""What the engine hands back: a Generation (async stream of TokenEvents), the open ones as a set, and running stats."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Generation:
     """
 
     def __init__(self, request: GenerationRequest, n_prompt: int, *, wake: Callable[[], None],
-                 on_done: Callable[[], None]) -> None:
+                 on_done: Callable[["Generation"], None]) -> None:
         self.request = request
         self.n_prompt = n_prompt
         self.cancelled = False
@@ -63,9 +63,41 @@ class Generation:
         self._events.put_nowait(event)
         if event.final:
             self.done = True
-            self._on_done()
+            self._on_done(self)
 
 
 def deliver(events: list[tuple[Generation, TokenEvent]]) -> None:
     for gen, event in events:
         gen._push(event)
+
+
+class OpenGenerations:
+    """The generations submitted and not yet finished: kept on the event loop, ended from any thread."""
+
+    def __init__(self) -> None:
+        self._open: set[Generation] = set()
+
+    def add(self, gen: Generation) -> None:
+        self._open.add(gen)
+
+    def discard(self, gen: Generation) -> None:
+        self._open.discard(gen)
+
+    def end_all(self, loop: asyncio.AbstractEventLoop | None, error: Exception) -> None:
+        """Make `error` the final event of every open generation, now when called on `loop`, else at its next turn.
+
+        Events the engine sends them later are dropped (a generation takes one final event).
+        """
+        if loop is None or loop.is_closed():
+            return  # nothing was submitted on a loop, so nothing is open
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._end_now(error)
+        else:
+            loop.call_soon_threadsafe(self._end_now, error)
+
+    def _end_now(self, error: Exception) -> None:
+        deliver([(gen, TokenEvent(error=error)) for gen in list(self._open)])

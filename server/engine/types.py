@@ -94,7 +94,6 @@ class GenerationRequest:
     adapters: AdapterSet = NO_ADAPTERS
     logprobs: bool = False
     top_logprobs: int = 0
-    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,10 +108,6 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True)

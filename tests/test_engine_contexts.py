@@ -1,4 +1,4 @@
-"""Adapter sets running at once get a llama.cpp context each (lanes): no switching, no cross-talk."""
+"""Adapter sets running at once get a llama.cpp context each: no switching, no cross-talk."""
 
 from __future__ import annotations
 
