@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from typing import Any, Callable, Coroutine, Iterator
 
@@ -17,7 +18,7 @@ from .http.auth import Authenticator, KeyRing, exposure_warning
 from .config import ModelsFile
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
-from .metrics import Metrics
+from .metrics import EventLoopMonitor, Metrics
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings
@@ -83,6 +84,7 @@ class Daemon:
                 return 2
             if self._stopping:
                 return 0
+            self._spawn(EventLoopMonitor(self.metrics).run())
             watcher = AdapterWatcher(self.registry, self.settings.adapter_dirs) if self.settings.watch_adapters else None
             if watcher is not None:
                 await watcher.start()
@@ -115,7 +117,7 @@ class Daemon:
             lifespan="off",  # the app owns no lifecycle: this Daemon loads and closes everything
             # Past the grace period the engines end every generation with an error (_abort_after_grace);
             # uvicorn cancels what is left only after that, so each client is told why it ended.
-            timeout_graceful_shutdown=self.settings.shutdown_grace_seconds + _CANCEL_MARGIN_SECONDS,
+            timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace_seconds + _CANCEL_MARGIN_SECONDS),
         )
         server = self._server = _Server(config)
         self._spawn(self._announce_ready(server))

@@ -202,10 +202,6 @@ def test_full_queue_is_429_with_retry_after(start_server):
         assert_serves(client)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/daemon.py: when shutdown_grace_seconds runs out, uvicorn cancels the response task and "
-    "the stream is cut without an error event or [DONE]; in-flight generations should be failed "
-    "(engine error events) before the cancel so clients see why the stream ended"))
 def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
     srv = start_server(models_toml(parallel=1), "--shutdown-grace-seconds", "1")
     payloads: list[str] = []
@@ -225,3 +221,21 @@ def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
     assert srv.proc.wait(30) == 0
     last = payloads[-1]
     assert last == "[DONE]" or "error" in json.loads(last), payloads[-2:]
+
+
+def test_shutdown_answers_a_waiting_request_with_a_json_503(start_server):
+    """Past the grace period a non-streaming request gets the OpenAI-shaped error, not a text 500."""
+    srv = start_server(models_toml(parallel=1), "--shutdown-grace-seconds", "1")
+    answer: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answer.append(httpx.post(srv.base_url + CHAT, json=ENDLESS, timeout=60)))
+    waiting.start()
+    running = 'nomoat_active_sequences{model="smollm2-135m"} 1.0'
+    assert wait_until(lambda: running in httpx.get(srv.base_url + "/metrics").text, timeout=60), "never ran"
+    srv.proc.send_signal(signal.SIGTERM)
+    waiting.join(60)
+    assert srv.proc.wait(30) == 0
+    (r,) = answer
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["code"] == "service_unavailable"
+    assert "shutting down" in r.json()["error"]["message"]

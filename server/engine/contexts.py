@@ -17,7 +17,7 @@ class Context:
     """One llama.cpp context (`ptr`): `parallel` sequence slots in one KV pool, and the adapter set it applies.
 
     Busy adapter sets get a context each where the model allows it, so no step changes a context's
-    set: a change makes llama.cpp re-reserve its compute graph (3-5 ms, DESIGN.md).
+    set: a change makes llama.cpp re-reserve its compute graph (3-5 ms, docs/architecture.md).
     """
 
     index: int
@@ -83,7 +83,7 @@ class Context:
             return False
         n = len(adapters.adapters)
         if n == 0 and not self.ever_set:
-            return False  # clearing a context that never had adapters segfaults (DESIGN.md)
+            return False  # clearing a context that never had adapters segfaults (docs/architecture.md)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.handle.ptr for a in adapters.adapters])
         scales = (ctypes.c_float * max(n, 1))(*[a.scale for a in adapters.adapters])
         rc = llama_cpp.llama_set_adapters_lora(self.ptr, handles, n, scales)

@@ -95,7 +95,7 @@ class FakeEngine:
         prompt = self.model.prompt_tokens(request.prompt)
         self.submitted.append(request)
         self.outstanding += 1
-        gen = Generation(request, len(prompt), wake=lambda: None, on_done=self._retired)
+        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired())
         asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
         return gen
 
