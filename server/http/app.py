@@ -25,6 +25,7 @@ from ..openai.adapters import adapter_routes
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
+from ..openai.schema import openapi
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
@@ -89,6 +90,7 @@ def build_app(
     handlers: dict[str, Handler] = {
         "health": health,
         "metrics": metrics_endpoint,
+        "openapi": openapi,
         "list_models": list_models,
         "get_model": get_model,
         "chat": ChatCompletions(core).handle,

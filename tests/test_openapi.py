@@ -1,0 +1,58 @@
+"""GET /openapi.json: a valid OpenAPI 3.1 document of every route, its request bodies the protocol models' schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openapi_spec_validator import validate
+
+from nomoat.http.routes import ENDPOINTS
+from nomoat.openai.schema import REQUEST_MODELS
+
+
+def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The node a (chain of) local $ref leads to; a KeyError when one leads nowhere."""
+    while "$ref" in node:
+        assert node["$ref"].startswith("#/"), node
+        target: Any = document
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def test_the_document_is_valid_openapi_3_1_and_served_without_a_key(fake_factory):
+    fake = fake_factory(api_key="k")
+    r = fake.client.get("/openapi.json")
+    assert r.status_code == 200, r.text
+    document = r.json()
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+    assert fake.client.get("/v1/models").status_code == 401  # the key is required elsewhere
+
+
+def test_every_route_is_described_and_every_post_body_resolves_to_its_model(fake):
+    document = fake.client.get("/openapi.json").json()
+    for endpoint in ENDPOINTS:
+        template = endpoint.path.replace(":path}", "}")
+        operation = document["paths"][template][endpoint.method.lower()]
+        assert operation["operationId"] == endpoint.name
+        if endpoint.name in REQUEST_MODELS:
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            resolved = resolve(document, schema)
+            model = REQUEST_MODELS[endpoint.name]
+            assert set(resolved["properties"]) == set(model.model_json_schema()["properties"])
+            for field in resolved["properties"].values():
+                for ref in _refs(field):
+                    assert resolve(document, {"$ref": ref}), ref
+    error = resolve(document, {"$ref": "#/components/schemas/Error"})
+    assert error["properties"]["error"]["required"] == ["message", "type", "param", "code"]
+    assert "/v1" in document["info"]["description"]
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
