@@ -117,6 +117,19 @@ def prepare_adapter(source: Path, base: BaseModelInfo, cache_dir: Path) -> tuple
     return source, digest
 
 
+def _check_inside(real: Path, root: Path, path: str) -> None:
+    if not real.exists():
+        raise InvalidRequestError(f"no adapter at {path!r} in the adapter directories", param="path",
+                                  code="adapter_not_found")
+    if real.is_dir():
+        # A PEFT directory's files are opened too: none may lead out of the adapter directory.
+        for inner in real.iterdir():
+            if root not in Path(os.path.realpath(inner)).parents:
+                raise PermissionDeniedError(
+                    f"{path!r} holds {inner.name!r}, which leads outside the adapter directories", param="path",
+                )
+
+
 def confine(path: str, adapter_dirs: list[Path]) -> Path:
     """The real path of `path` if it lies inside one of `adapter_dirs`, else a 403.
 
@@ -135,16 +148,10 @@ def confine(path: str, adapter_dirs: list[Path]) -> Path:
         root = Path(os.path.realpath(directory))
         real = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
         if root in real.parents:
-            if not real.exists():
-                raise InvalidRequestError(f"no adapter at {path!r} in the adapter directories", param="path",
-                                          code="adapter_not_found")
-            if real.is_dir():
-                # A PEFT directory's files are opened too: none may lead out of the adapter directory.
-                for inner in real.iterdir():
-                    if root not in Path(os.path.realpath(inner)).parents:
-                        raise PermissionDeniedError(
-                            f"{path!r} holds {inner.name!r}, which leads outside the adapter directories",
-                            param="path",
-                        )
+            try:
+                _check_inside(real, root, path)
+            except OSError as exc:  # a name too long, a directory it may not read...
+                raise InvalidRequestError(f"{path!r} cannot be read: {exc.strerror or exc}", param="path",
+                                          code="adapter_not_found") from None
             return real
     raise PermissionDeniedError(f"{path!r} is outside the adapter directories", param="path")
