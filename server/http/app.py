@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..openai.adapters import adapter_routes
+from ..openai.models import model_routes
 from ..adapters.watch import AdapterWatcher
 from .auth import Authenticator, AuthMiddleware, KeyRing
 from ..openai.embeddings import EmbeddingService
@@ -59,17 +60,6 @@ def build_app(
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
         return JSONResponse({"status": "ok"})
 
-    async def list_models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": registry.cards()})
-
-    async def get_model(request: Request) -> Response:
-        model_id = request.path_params["model_id"]
-        for card in registry.cards():
-            if card["id"] == model_id:
-                return JSONResponse(card)
-        registry.resolve(model_id)  # raises the 404 with the list of ids
-        raise AssertionError("unreachable")
-
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -85,13 +75,12 @@ def build_app(
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    routes += model_routes(registry)
     routes += adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes)
     if reload is not None:
         routes.append(Route("/admin/reload", admin_reload, methods=["POST"]))
     for prefix in ("/v1", ""):  # llama.cpp's server answers both; some clients drop the /v1
         routes += [
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(prefix + "/models/{model_id:path}", get_model, methods=["GET"]),
             Route(f"{prefix}/chat/completions", service.chat, methods=["POST"]),
             Route(f"{prefix}/completions", service.completions, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings.embeddings, methods=["POST"]),
