@@ -131,6 +131,8 @@ class Daemon:
     async def _announce_ready(self, server: uvicorn.Server) -> None:
         while not server.started:
             await asyncio.sleep(0.05)
+        log.info("serving %s on http://%s:%d/v1", ", ".join(self.registry.engines()), self.settings.host,
+                 self.settings.port)
         self.notifier.ready(self._status_line())
 
     # --- signals ---------------------------------------------------------------------

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Literal
 
+from .adapters.catalogue import AdapterCatalogue
 from .config import ModelConfig, ModelsFile
-from .adapters.files import prepare_adapter
-from .engine.adapters import LoraAdapter
 from .engine.embedder import Embedder
 from .engine.model import LoadedModel, ModelSpec
 from .engine.engine import Engine
 from .engine.errors import ModelFileError
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
-from .errors import (
-    ConfigError, ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError, ServiceUnavailableError,
-)
+from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .metrics import Metrics
 from .settings import Settings, default_threads
 
@@ -65,47 +61,38 @@ class ServedModel:
         self.engine.close()
 
 
-@dataclass
-class AdapterEntry:
-    """An adapter served by name: on which base, at which default scale, from where."""
-
-    name: str
-    base: str
-    scale: float
-    adapter: LoraAdapter
-    origin: str  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
-    created: int = field(default_factory=lambda: int(time.time()))
-    path: str | None = None  # as models.toml gave it, to tell a changed entry on reload
-
-    def card(self) -> dict:
-        return {
-            "id": self.name, "object": "model", "created": self.created, "owned_by": "nomoat",
-            "root": self.base, "parent": self.base,
-        }
-
-
 @dataclass(frozen=True)
-class StackEntry:
-    """A named mix of adapters on one base, served as a model id."""
+class ServedId:
+    """One id the server answers to, as /v1/models lists it: a model, an alias, an adapter or a stack."""
 
-    name: str
-    base: str
-    adapters: tuple[tuple[str, float], ...]
+    id: str
+    kind: Literal["model", "alias", "adapter", "stack"]
+    created: int
+    root: str  # the model the id runs on
+    parent: str | None = None  # the base model of an adapter or stack
+    max_model_len: int | None = None  # models and aliases: tokens per sequence
+    adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
+
+
+ModelLoader = Callable[[ModelConfig], Engine]
 
 
 class ModelRegistry:
-    """Owns every loaded model; `resolve()` maps a request's `model` to a Target."""
+    """Owns every loaded model; `resolve()` maps a request's `model` to a Target.
 
-    def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None) -> None:
+    Adapters and stacks live in `catalogue`; `load_model` builds the engine for one models.toml
+    entry (tests pass fakes), by default loading the GGUF file into llama.cpp.
+    """
+
+    def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None, *,
+                 load_model: ModelLoader | None = None) -> None:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
+        self._load_model = load_model or self._load_engine
         self._models: dict[str, ServedModel] = {}
         self._ids: dict[str, str] = {}
-        self._adapters: dict[str, AdapterEntry] = {}
-        self._stacks: dict[str, StackEntry] = {}
-        self._cache_dir = settings.resolved_state_dir() / "adapters"
-        self._lock = asyncio.Lock()  # serialises runtime adapter loads and unloads
+        self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
         self._retiring: set[ServedModel] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
@@ -115,39 +102,24 @@ class ModelRegistry:
         self._models = self._load_all(self._file.models)
         self._ids = _id_map(self._file)
         try:
-            self._load_config_adapters(self._file)
+            self.catalogue.load_config(self._file)
         except BaseException:
             self.close()
             raise
         self.ready = True
-
-    def _load_config_adapters(self, models_file: ModelsFile, skip: set[str] = frozenset()) -> None:
-        """Load the adapters models.toml (and --lora) declares, and its stacks (blocking)."""
-        for adapter in models_file.adapters:
-            if adapter.name in skip:
-                continue
-            base, started = models_file.base_of(adapter.base), time.perf_counter()
-            lora = self._open_adapter(adapter.name, Path(adapter.path), base).result()
-            self._register(AdapterEntry(adapter.name, base, adapter.scale, lora, "config",
-                                        path=adapter.path), started)
-        self._stacks = {
-            s.name: StackEntry(s.name, models_file.base_of(s.base), tuple(s.adapters.items()))
-            for s in models_file.stacks
-        }
 
     def _load_all(self, configs: list[ModelConfig]) -> dict[str, ServedModel]:
         """Load each model or none: on a failure the ones loaded so far are closed again."""
         loaded: dict[str, ServedModel] = {}
         try:
             for config in configs:
-                loaded[config.name] = self._load_one(config)
+                loaded[config.name] = ServedModel(config, self._load_model(config), int(time.time()))
         except BaseException:
-            for served in loaded.values():
-                served.close()
+            _close_all(loaded.values())
             raise
         return loaded
 
-    def _load_one(self, config: ModelConfig) -> ServedModel:
+    def _load_engine(self, config: ModelConfig) -> Engine:
         spec = ModelSpec(
             name=config.name,
             path=Path(config.path),
@@ -173,15 +145,15 @@ class ModelRegistry:
             config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,
             spec.n_gpu_layers,
         )
-        return ServedModel(config, engine, int(time.time()))
+        return engine
 
     async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> "ReloadResult":
         """Serve `models_file` from now on, loading only what changed (call on the event loop).
 
-        New and changed models load off the loop while the old set keeps serving; if one
-        fails, nothing changes (ConfigError). The swap happens on the loop, where resolve()
-        runs, so a request sees the old set or the new one, never a mix. Removed and
-        replaced engines are closed once their admitted requests have finished.
+        New and changed models, and the adapters they need, load off the loop while the old set
+        keeps serving; if a model fails, nothing changes (ConfigError). The swap happens on the
+        loop, where resolve() runs, so a request sees the old set or the new one, never a mix.
+        Removed and replaced engines are closed once their admitted requests have finished.
         """
         if not self.ready:
             raise ConfigError("models are still loading; try again once they are ready")
@@ -191,14 +163,21 @@ class ModelRegistry:
             if c.name in old and not _needs_reload(old[c.name].config, c)
         }
         loaded = await asyncio.to_thread(self._load_all, [c for c in models_file.models if c.name not in kept])
-        models: dict[str, ServedModel] = {}
-        for config in models_file.models:
-            served = kept.get(config.name) or loaded[config.name]
-            served.config = config  # aliases may have changed without a reload
-            models[config.name] = served
+        models = {c.name: kept.get(c.name) or loaded[c.name] for c in models_file.models}
         retired = [s for name, s in old.items() if models.get(name) is not s]
-        self._file, self._models, self._ids = models_file, models, _id_map(models_file)
-        await self._sync_adapters(models_file, {s.config.name for s in retired})
+
+        def commit() -> None:
+            for config in models_file.models:
+                models[config.name].config = config  # aliases may have changed without a reload
+            self._file, self._models, self._ids = models_file, models, _id_map(models_file)
+
+        try:
+            await self.catalogue.reconcile(models_file, {n: s.engine for n, s in models.items()},
+                                           {s.config.name for s in retired}, commit)
+        except BaseException:
+            if self._models is not models:  # not swapped in: the new engines serve nobody
+                await asyncio.to_thread(_close_all, loaded.values())
+            raise
         for served in retired:
             self._retiring.add(served)
             task = asyncio.create_task(self._retire(served, drain_timeout))
@@ -211,32 +190,6 @@ class ModelRegistry:
                  result.loaded or "none", result.removed or "none", result.unchanged or "none")
         return result
 
-    async def _sync_adapters(self, models_file: ModelsFile, replaced_bases: set[str]) -> None:
-        """After a reload: adapters on replaced or removed models go; models.toml's adapters are
-        loaded where new or changed and unloaded where gone; stacks follow the file."""
-        wanted = {a.name: a for a in models_file.adapters}
-        async with self._lock:
-            for name, entry in list(self._adapters.items()):
-                spec = wanted.get(name)
-                unchanged = (
-                    entry.origin == "config" and spec is not None and entry.base not in replaced_bases
-                    and entry.path == spec.path and entry.scale == spec.scale
-                    and entry.base == models_file.base_of(spec.base)
-                )
-                if entry.origin == "config" and unchanged:
-                    continue
-                if entry.origin != "config" and entry.base in self._models and entry.base not in replaced_bases:
-                    continue  # runtime adapters stay while their model does
-                del self._adapters[name]
-                if entry.base not in replaced_bases:
-                    self._models[entry.base].engine.unload_adapter(entry.adapter)
-                log.info("reload: adapter %s removed", name)
-            keep = {n for n, e in self._adapters.items() if e.origin == "config"}
-            try:
-                await asyncio.to_thread(self._load_config_adapters, models_file, keep)
-            except Exception as exc:  # one bad adapter must not take the reloaded models down
-                log.error("reload: adapters not all loaded: %s", exc)
-
     async def _retire(self, served: ServedModel, timeout: float) -> None:
         """Close an engine nobody can reach any more, after its admitted requests end."""
         deadline = time.monotonic() + timeout
@@ -248,59 +201,24 @@ class ModelRegistry:
         self._retiring.discard(served)
         await asyncio.to_thread(served.close)
 
-    def _open_adapter(self, name: str, source: Path, base: str) -> "concurrent.futures.Future[LoraAdapter]":
-        """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
-        engine = self._models[base].engine
-        gguf_path, digest = prepare_adapter(source, engine.model.base_info(), self._cache_dir)
-        return engine.load_adapter(name, source, gguf_path, digest)
+    # --- what the catalogue asks (Bases) -----------------------------------------------
 
-    def _register(self, entry: AdapterEntry, started: float) -> AdapterEntry:
-        self._adapters[entry.name] = entry
-        elapsed = time.perf_counter() - started
-        if self._metrics is not None:
-            self._metrics.adapter_load.labels(entry.base, entry.name).observe(elapsed)
-        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
-                 entry.adapter.source, elapsed * 1000, entry.adapter.content_hash[:12], entry.origin)
-        return entry
-
-    async def load_adapter(self, name: str, source: Path, base: str | None, scale: float,
-                           origin: str = "api") -> AdapterEntry:
-        """Runtime load (POST /v1/adapters or a watched directory): the name must be new; the path is confined."""
-        async with self._lock:
-            if self._taken(name):
-                raise ConflictError(f"the id {name!r} is already in use; DELETE it first", param="name")
-            base_name, started = self._base_name(base), time.perf_counter()
-            future = await asyncio.to_thread(self._open_adapter, name, source, base_name)
-            lora = await asyncio.wrap_future(future)
-            return self._register(AdapterEntry(name, base_name, scale, lora, origin), started)
-
-    async def unload_adapter(self, name: str) -> AdapterEntry:
-        """Runtime unload: new requests stop at once; running ones finish under the adapter."""
-        async with self._lock:
-            entry = self._adapters.get(name)
-            if entry is None:
-                raise NotFoundError(f"no adapter named {name!r}", param="name")
-            users = [s.name for s in self._stacks.values() if any(n == name for n, _ in s.adapters)]
-            if users:
-                raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(users)}", param="name")
-            del self._adapters[name]
-            self._models[entry.base].engine.unload_adapter(entry.adapter)
-            log.info("unloaded adapter %s from %s", name, entry.base)
-            return entry
-
-    def adapters(self) -> list[AdapterEntry]:
-        return list(self._adapters.values())
-
-    def _taken(self, name: str) -> bool:
-        return name in self._ids or name in self._adapters or name in self._stacks
-
-    def _base_name(self, base: str | None) -> str:
-        if base is None:
+    def base_name(self, model_id: str | None) -> str:
+        """The model a base reference names: a model name or alias, or None for the default."""
+        if model_id is None:
             return self.default_name
-        name = self._ids.get(base)
+        name = self._ids.get(model_id)
         if name is None:
-            raise ModelNotFoundError(f"base model {base!r} does not exist", param="base")
+            raise ModelNotFoundError(f"base model {model_id!r} does not exist", param="base")
         return name
+
+    def engine_of(self, base: str) -> Engine:
+        return self._models[base].engine
+
+    def is_model_id(self, name: str) -> bool:
+        return name in self._ids
+
+    # --- requests ----------------------------------------------------------------------
 
     @property
     def default_name(self) -> str:
@@ -319,7 +237,7 @@ class ModelRegistry:
         pairs = default_set if lora is None else list(lora)
         applied = []
         for name, scale in pairs:
-            entry = self._adapters.get(name)
+            entry = self.catalogue.get(name)
             if entry is None:
                 raise ModelNotFoundError(f"The adapter '{name}' does not exist", param="lora" if lora is not None else "model")
             if entry.base != base:
@@ -357,41 +275,40 @@ class ModelRegistry:
     def _lookup(self, model_id: str) -> tuple[str, list[tuple[str, float]]]:
         if model_id in self._ids:
             return self._ids[model_id], []
-        if model_id in self._adapters:
-            entry = self._adapters[model_id]
+        entry = self.catalogue.get(model_id)
+        if entry is not None:
             return entry.base, [(entry.name, entry.scale)]
-        if model_id in self._stacks:
-            stack = self._stacks[model_id]
+        stack = self.catalogue.stack(model_id)
+        if stack is not None:
             return stack.base, list(stack.adapters)
-        available = sorted([*self._ids, *self._adapters, *self._stacks])
-        raise ModelNotFoundError(
+        raise self._not_found(model_id)
+
+    def _not_found(self, model_id: str) -> ModelNotFoundError:
+        available = sorted([*self._ids, *self.catalogue.names()])
+        return ModelNotFoundError(
             f"The model '{model_id}' does not exist. Available: {', '.join(available)}", param="model"
         )
 
-    def cards(self) -> list[dict]:
-        """Every served id for /v1/models; aliases are listed with `root` pointing at the model."""
+    def served_ids(self) -> list[ServedId]:
+        """Every id served, for /v1/models: each model's ids (name, then aliases), adapters, stacks."""
         out = []
         for served in self._models.values():
             config = served.config
-            for model_id in config.ids():
-                out.append({
-                    "id": model_id,
-                    "object": "model",
-                    "created": served.created,
-                    "owned_by": "nomoat",
-                    "root": config.name,
-                    "parent": None,
-                    "max_model_len": served.engine.model.n_ctx,
-                })
-        for entry in self._adapters.values():
-            out.append(entry.card())
-        for stack in self._stacks.values():
-            out.append({
-                "id": stack.name, "object": "model", "created": self._models[stack.base].created,
-                "owned_by": "nomoat", "root": stack.base, "parent": stack.base,
-                "adapters": [{"name": n, "scale": sc} for n, sc in stack.adapters],
-            })
+            out += [ServedId(model_id, "model" if model_id == config.name else "alias", served.created, config.name,
+                             max_model_len=served.engine.model.n_ctx) for model_id in config.ids()]
+        out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]
+        out += [ServedId(s.name, "stack", self._models[s.base].created, s.base, s.base, adapters=s.adapters)
+                for s in self.catalogue.stacks()]
         return out
+
+    def served_id(self, model_id: str) -> ServedId:
+        """One served id; ModelNotFoundError lists the ids there are."""
+        if not self.ready:
+            raise ServiceUnavailableError("models are still loading", retry_after=2)
+        for served in self.served_ids():
+            if served.id == model_id:
+                return served
+        raise self._not_found(model_id)
 
     def engines(self) -> dict[str, Engine]:
         return {name: served.engine for name, served in self._models.items()}
@@ -409,6 +326,7 @@ class ModelRegistry:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.catalogue.aclose()
         await asyncio.to_thread(self.close)
 
 
@@ -419,6 +337,11 @@ class ReloadResult:
     loaded: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+
+
+def _close_all(models: Iterable[ServedModel]) -> None:
+    for served in models:
+        served.close()
 
 
 def _id_map(models_file: ModelsFile) -> dict[str, str]:

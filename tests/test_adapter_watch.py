@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,14 +124,54 @@ def test_copied_peft_directory_is_converted_served_and_unloaded(watch_server, st
 def test_replaced_file_is_reloaded_with_its_new_content(watch_server, staging, watched, outputs):
     url = watch_server.base_url
     shutil.copy(staging / "a.gguf", watched / "swap.gguf")
-    wait_for(lambda: chat(url, "swap", max_tokens=1).status_code == 200, 2.0)
+    wait_for(lambda: "swap" in adapters(url), 300)
     assert answer(url, "swap") == outputs["ref-a"]
     shutil.copy(staging / "b.gguf", watched / ".swap.tmp")  # hidden: ignored until renamed
     os.replace(watched / ".swap.tmp", watched / "swap.gguf")
-    wait_for(lambda: chat(url, "swap", max_tokens=1).status_code == 200 and answer(url, "swap") == outputs["ref-b"],
-             3.0)
+    # Every answer on the way is the old content or the new one, never a 404 (answer() asserts a 200).
+    wait_for(lambda: answer(url, "swap") == outputs["ref-b"], 300)
+    assert "changed on disk, replaced" in watch_server.log()
     (watched / "swap.gguf").unlink()
-    wait_for(lambda: "swap" not in model_ids(url), 2.0)
+    wait_for(lambda: "swap" not in model_ids(url), 300)
+
+
+def test_replace_under_steady_polling_never_answers_404(watch_server, staging, watched):
+    """Clients polling the adapter while its file is replaced see the old answer, then the new one."""
+    url, name = watch_server.base_url, "hot"
+    first_words = {ref: chat(url, ref, max_tokens=3).json()["choices"][0]["message"]["content"]
+                   for ref in ("ref-a", "ref-b")}
+    assert first_words["ref-a"] != first_words["ref-b"]
+    shutil.copy(staging / "a.gguf", watched / f"{name}.gguf")
+    wait_for(lambda: name in adapters(url), 300)
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()  # set by the first poller to see the new content (or a failure)
+
+    def poll() -> None:
+        for _ in range(500):
+            if done.is_set():
+                return
+            r = chat(url, name, max_tokens=3)
+            text = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.text
+            seen.append((r.status_code, text))
+            if r.status_code != 200 or text == first_words["ref-b"]:
+                done.set()
+
+    pollers = [threading.Thread(target=poll, daemon=True) for _ in range(3)]
+    for thread in pollers:
+        thread.start()
+    wait_for(lambda: len(seen) >= 3, 300)
+    shutil.copy(staging / "b.gguf", watched / f".{name}.tmp")
+    os.replace(watched / f".{name}.tmp", watched / f"{name}.gguf")
+    done.wait(600)
+    done.set()  # stops the pollers should the new content never come
+    for thread in pollers:
+        thread.join(300)
+    assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
+    assert {text for _, text in seen} == set(first_words.values()), \
+        [line for line in watch_server.log().splitlines() if name in line and "POST" not in line]
+    assert answer(url, name).startswith(first_words["ref-b"])
+    (watched / f"{name}.gguf").unlink()
+    wait_for(lambda: name not in model_ids(url), 300)
 
 
 def _write_slowly(path: Path, data: bytes, pieces: int, pause: float, url: str, name: str) -> None:

@@ -182,6 +182,23 @@ def test_runtime_load_use_unload_and_reload_under_same_name(lora_server, adapter
     assert httpx.delete(url + "/v1/adapters/rt").status_code == 404
 
 
+def test_runtime_replace_swaps_the_content_under_the_same_name(lora_server, adapter_dir, oracles):
+    url = lora_server.base_url
+    shutil.copy(adapter_dir / "a.gguf", adapter_dir / "rp-a.gguf")
+    shutil.copy(adapter_dir / "b.gguf", adapter_dir / "rp-b.gguf")
+    assert httpx.post(url + "/v1/adapters", json={"name": "rp", "path": "rp-a.gguf"}).status_code == 201
+    r = httpx.post(url + "/v1/adapters", json={"name": "rp", "path": "rp-b.gguf"})
+    assert r.status_code == 409 and "replace: true" in r.json()["error"]["message"]
+    assert text(chat(url, "rp")) == oracles["a"]["poem"]
+    r = httpx.post(url + "/v1/adapters", json={"name": "rp", "path": "rp-b.gguf", "replace": True})
+    assert r.status_code == 201, r.text
+    assert r.json()["source"] == str(adapter_dir / "rp-b.gguf")
+    assert text(chat(url, "rp")) == oracles["b"]["poem"]
+    r = httpx.post(url + "/v1/adapters", json={"name": "smollm2-135m", "path": "rp-a.gguf", "replace": True})
+    assert r.status_code == 409, "a model id is never replaced by an adapter"
+    assert httpx.delete(url + "/v1/adapters/rp").status_code == 200
+
+
 def test_unload_while_streaming_lets_the_stream_finish(lora_server, adapter_dir):
     url = lora_server.base_url
     shutil.copy(adapter_dir / "b.gguf", adapter_dir / "busy.gguf")

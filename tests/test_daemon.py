@@ -7,6 +7,7 @@ import signal
 import httpx
 
 from conftest import models_toml
+from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
 
 
@@ -121,3 +122,50 @@ def test_sighup_names_changed_settings_it_cannot_apply(start_server):
     line = wait_for(lambda: next((ln for ln in srv.log().splitlines() if "reload does not apply" in ln), None),
                     what="restart-only warning")
     assert "cors_origins" in line and "max_tokens_limit" in line and "port" not in line
+
+
+def test_sighup_replacing_the_default_model_keeps_runtime_adapters(start_server, tmp_path):
+    """Drop-in and API adapters follow their model to its new engine under the same names; the watcher
+    still tracks its own: deleting the file unloads it, a new file replaces it."""
+    adapter_dir = tmp_path / "adapters"
+    adapter_dir.mkdir()
+    write_lora(adapter_dir / "a.gguf", seed=1, std=0.12)
+    write_lora(adapter_dir / "c.gguf", seed=3, std=0.12)
+    write_lora(tmp_path / "b.gguf", seed=2, std=0.12)
+    srv = start_server(models_toml(extra="prefix_cache = false\n"), "--adapter-dir", str(adapter_dir),
+                       "--watch-adapters", "--state-dir", str(tmp_path / "state"))
+    wait_for(lambda: "a" in _adapters(srv.base_url), what="drop-in adapter 'a' loaded")
+    r = httpx.post(srv.base_url + "/v1/adapters", json={"name": "api-c", "path": "c.gguf", "scale": 0.5}, timeout=60)
+    assert r.status_code == 201, r.text
+    before = {model: _answer(srv.base_url, model) for model in ("a", "api-c", "smollm2-135m")}
+    assert len(set(before.values())) == 3
+
+    srv.config.write_text(models_toml(n_ctx=1024, extra="prefix_cache = false\n"))
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "loaded ['smollm2-135m']" in srv.log(), what="the default model reloaded")
+    after = {m["id"]: m for m in httpx.get(srv.base_url + "/v1/models", timeout=10).json()["data"]}
+    assert after["smollm2-135m"]["max_model_len"] == 1024
+    assert {"a", "api-c"} <= set(after), srv.log()
+    assert {model: _answer(srv.base_url, model) for model in before} == before
+    listed = _adapters(srv.base_url)
+    assert (listed["a"]["origin"], listed["api-c"]["origin"], listed["api-c"]["scale"]) == ("watch", "api", 0.5)
+
+    (tmp_path / "b.gguf").replace(adapter_dir / "a.gguf")  # the watcher still owns 'a': it replaces it
+    wait_for(lambda: _adapters(srv.base_url)["a"]["sha256"] != listed["a"]["sha256"], what="'a' replaced")
+    assert _answer(srv.base_url, "a") != before["a"]
+    (adapter_dir / "a.gguf").unlink()
+    wait_for(lambda: "a" not in _adapters(srv.base_url), what="'a' unloaded with its file")
+    assert _answer(srv.base_url, "api-c") == before["api-c"]
+    assert "Traceback" not in srv.log()
+
+
+def _adapters(base_url: str) -> dict[str, dict]:
+    return {a["id"]: a for a in httpx.get(base_url + "/v1/adapters", timeout=10).json()["data"]}
+
+
+def _answer(base_url: str, model: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+            "temperature": 0, "max_tokens": 12}
+    r = httpx.post(base_url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]

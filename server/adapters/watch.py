@@ -9,7 +9,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import watchfiles
 
@@ -18,6 +18,7 @@ from .gguf_check import TruncatedGGUFError, check_gguf_layout
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
 from .regular_files import open_regular
 from ..registry import ModelRegistry
+from .catalogue import AdapterEntry
 
 log = logging.getLogger("nomoat.watch")
 
@@ -128,12 +129,14 @@ class AdapterWatcher:
 
     Each top-level entry of a directory (`NAME.gguf`, or a PEFT directory `NAME/`) is one candidate;
     a change anywhere below it re-checks that candidate, one check at a time per candidate. Only
-    adapters this watcher loaded (origin "watch") are ever unloaded by it.
+    adapters this watcher loaded (origin "watch") are ever replaced or unloaded by it. A changed
+    file replaces its adapter in one step once the new content is complete; until then the old
+    content serves.
     """
 
     def __init__(self, registry: ModelRegistry, directories: list[Path],
                  settle_seconds: float = SETTLE_SECONDS) -> None:
-        self._registry = registry
+        self._catalogue = registry.catalogue
         self._roots = [Path(os.path.realpath(d)) for d in directories]
         self._settle = settle_seconds
         self._served: dict[Path, _Served] = {}
@@ -143,6 +146,7 @@ class AdapterWatcher:
         self._workers: dict[Path, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stop_hearing_drops: Callable[[], None] | None = None
 
     async def start(self) -> None:
         roots, entries = [], []
@@ -159,12 +163,15 @@ class AdapterWatcher:
         # watchfiles logs every batch of changes at INFO; this module logs what they lead to instead.
         logging.getLogger("watchfiles").setLevel(logging.WARNING)
         log.info("watching %s for adapters", ", ".join(map(str, roots)))
+        self._stop_hearing_drops = self._catalogue.on_dropped(self._dropped)
         for entry in entries:
             self._touch(entry)
         self._task = asyncio.create_task(self._watch(), name="adapter-watch")
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._stop_hearing_drops is not None:
+            self._stop_hearing_drops()
         if self._task is not None:
             await asyncio.wait([self._task], timeout=5)
             self._task.cancel()
@@ -196,6 +203,16 @@ class AdapterWatcher:
         self._dirty.add(entry)
         if entry not in self._workers:
             self._workers[entry] = asyncio.create_task(self._work(entry), name=f"adapter-watch {entry.name}")
+
+    def _dropped(self, gone: AdapterEntry) -> None:
+        """A reload took one of our adapters away (its model went, or it failed to load on the new one):
+        forget it and check its entry again, which loads it on whatever model is the default now."""
+        if gone.origin != ORIGIN:
+            return
+        for entry, served in list(self._served.items()):
+            if served.name == gone.name and served.source == gone.adapter.source:
+                del self._served[entry]
+                self._touch(entry)
 
     async def _work(self, entry: Path) -> None:
         try:
@@ -235,65 +252,72 @@ class AdapterWatcher:
             self._note(entry, ("escapes", escaped), logging.WARNING,
                        "drop-in adapter %s: skipped: it resolves to %s, outside the adapter directories", entry,
                        escaped)
-            served = self._served.pop(entry, None)
-            if served is not None:
-                await self._unload(served, "replaced by a link out")
+            await self._drop(entry, "replaced by a link out")
             return
         sig = await self._settled(entry) if is_candidate else None
         served = self._served.get(entry)
         if served is not None and served.signature == sig:
             return
-        if served is not None:
-            await self._unload(served, "changed" if sig is not None else "removed")
-            del self._served[entry]
         if sig is None:
+            await self._drop(entry, "removed")
             self._noted.pop(entry, None)
             self._failed.pop(entry, None)
             return
         if self._failed.get(entry) == sig:
             return
         readiness = await asyncio.to_thread(peft_readiness if entry.is_dir() else gguf_readiness, entry)
-        if readiness.state == "incomplete":
+        if readiness.state == "incomplete":  # an adapter it served before serves on meanwhile
             self._note(entry, "incomplete", logging.INFO, "drop-in adapter %s: waiting (%s)", entry, readiness.reason)
             return
         if readiness.state == "bad":
-            self._skip(entry, sig, readiness.reason)
+            await self._reject(entry, sig, readiness.reason)
             return
         await self._load(entry, sig)
 
     async def _load(self, entry: Path, sig: Signature) -> None:
         name, source = entry.stem if entry.is_file() else entry.name, Path(os.path.realpath(entry))
         if any(ch.isspace() for ch in name):
-            self._skip(entry, sig, f"its name {name!r} contains whitespace, which a model id cannot")
+            await self._reject(entry, sig, f"its name {name!r} contains whitespace, which a model id cannot")
             return
-        for other in self._registry.adapters():
+        for other in self._catalogue.entries():
             if other.adapter.source == source and other.origin != ORIGIN:
                 self._note(entry, ("served", sig), logging.INFO,
                            "drop-in adapter %s: already served as %r (origin %s)", entry, other.name, other.origin)
                 return
+        served = self._served.get(entry)
+        replace = served is not None and self._owns(served)
         try:
-            await self._registry.load_adapter(name, source, None, 1.0, origin=ORIGIN)
+            await self._catalogue.load(name, source, None, 1.0, origin=ORIGIN, replace=replace)
         except NomoatError as exc:
-            self._skip(entry, sig, exc.message)
+            await self._reject(entry, sig, exc.message)
             return
         self._served[entry] = _Served(name, source, sig)
         self._failed.pop(entry, None)
         self._noted.pop(entry, None)
+        if replace:
+            log.info("drop-in adapter %s: changed on disk, replaced", name)
 
-    async def _unload(self, served: _Served, why: str) -> None:
-        current = next((e for e in self._registry.adapters() if e.name == served.name), None)
-        if current is None or current.origin != ORIGIN or current.adapter.source != served.source:
+    async def _reject(self, entry: Path, sig: Signature, reason: str) -> None:
+        """Skip the entry; an adapter loaded from it before goes too, as its file is no longer what it serves."""
+        self._failed[entry] = sig
+        self._note(entry, ("bad", sig), logging.WARNING, "drop-in adapter %s: skipped: %s", entry, reason)
+        await self._drop(entry, "changed")
+
+    async def _drop(self, entry: Path, why: str) -> None:
+        served = self._served.pop(entry, None)
+        if served is None or not self._owns(served):
             return  # unloaded through the API meanwhile, perhaps replaced by someone else's adapter
         try:
-            await self._registry.unload_adapter(served.name)
+            await self._catalogue.unload(served.name)
         except NomoatError as exc:
             log.warning("drop-in adapter %s: %s, but it cannot be unloaded: %s", served.name, why, exc.message)
             return
         log.info("drop-in adapter %s: %s on disk, unloaded", served.name, why)
 
-    def _skip(self, entry: Path, sig: Signature, reason: str) -> None:
-        self._failed[entry] = sig
-        self._note(entry, ("bad", sig), logging.WARNING, "drop-in adapter %s: skipped: %s", entry, reason)
+    def _owns(self, served: _Served) -> bool:
+        """Whether the name still serves what this watcher loaded for it."""
+        current = self._catalogue.get(served.name)
+        return current is not None and current.origin == ORIGIN and current.adapter.source == served.source
 
     def _note(self, entry: Path, key: object, level: int, message: str, *args: object) -> None:
         if self._noted.get(entry) != key:

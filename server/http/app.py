@@ -25,6 +25,7 @@ from ..openai.adapters import adapter_routes
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
+from ..openai.models import model_routes
 from ..openai.schema import openapi
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
@@ -64,17 +65,6 @@ def build_app(
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
         return JSONResponse({"status": "ok"})
 
-    async def list_models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": registry.cards()})
-
-    async def get_model(request: Request) -> Response:
-        model_id = request.path_params["model_id"]
-        for card in registry.cards():
-            if card["id"] == model_id:
-                return JSONResponse(card)
-        registry.resolve(model_id)  # raises the 404 with the list of ids
-        raise AssertionError("unreachable")
-
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -91,8 +81,7 @@ def build_app(
         "health": health,
         "metrics": metrics_endpoint,
         "openapi": openapi,
-        "list_models": list_models,
-        "get_model": get_model,
+        **handlers_of(model_routes(registry)),
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,

@@ -11,8 +11,9 @@ from starlette.routing import Route
 
 from ..adapters.files import confine
 from .protocol import Lenient, parse
-from ..registry import AdapterEntry, ModelRegistry
+from ..adapters.catalogue import AdapterEntry
 from ..http.body import read_json
+from ..registry import ModelRegistry
 
 
 class LoadAdapterRequest(Lenient):
@@ -20,6 +21,8 @@ class LoadAdapterRequest(Lenient):
     path: str = Field(min_length=1, max_length=4096)
     base: str | None = None
     scale: float = Field(1.0, ge=-10.0, le=10.0)
+    # nomoat's own: load over an adapter of the same name, which serves until the new one is in.
+    replace: bool = False
 
 
 def _describe(entry: AdapterEntry) -> dict:
@@ -32,17 +35,19 @@ def _describe(entry: AdapterEntry) -> dict:
 
 def adapter_routes(registry: ModelRegistry, adapter_dirs: list[Path], max_body_bytes: int,
                    body_timeout: float) -> list[Route]:
+    catalogue = registry.catalogue
+
     async def list_adapters(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [_describe(e) for e in registry.adapters()]})
+        return JSONResponse({"object": "list", "data": [_describe(e) for e in catalogue.entries()]})
 
     async def load(request: Request) -> Response:
         req: LoadAdapterRequest = parse(LoadAdapterRequest, await read_json(request, max_body_bytes, body_timeout))
         source = confine(req.path, adapter_dirs)
-        entry = await registry.load_adapter(req.name, source, req.base, req.scale)
+        entry = await catalogue.load(req.name, source, req.base, req.scale, replace=req.replace)
         return JSONResponse(_describe(entry), status_code=201)
 
     async def unload(request: Request) -> Response:
-        entry = await registry.unload_adapter(request.path_params["name"])
+        entry = await catalogue.unload(request.path_params["name"])
         return JSONResponse({"id": entry.name, "object": "adapter", "deleted": True})
 
     return [

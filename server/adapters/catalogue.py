@@ -1,0 +1,293 @@
+"""The adapter catalogue: LoRA adapters and stacks served by name, loaded, replaced and unloaded at runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Mapping, Protocol
+
+from ..config import ModelsFile
+from ..engine.adapters import LoraAdapter
+from ..engine.engine import Engine
+from ..errors import ConflictError, NotFoundError
+from ..metrics import Metrics
+from .files import prepare_adapter
+
+log = logging.getLogger("nomoat.registry")
+
+Origin = Literal["config", "api", "watch"]
+# A replaced adapter is unloaded once its engine has no request in flight, so that no request which
+# resolved the old adapter just before the swap is refused; under steady traffic, after this long.
+REPLACED_UNLOAD_WAIT_SECONDS = 5.0
+
+
+@dataclass
+class AdapterEntry:
+    """An adapter served by name: on which base, at which default scale, from where."""
+
+    name: str
+    base: str
+    scale: float
+    adapter: LoraAdapter
+    origin: Origin  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
+    created: int = field(default_factory=lambda: int(time.time()))
+    path: str | None = None  # as models.toml gave it, to tell a changed entry on reload
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """A named mix of adapters on one base, served as a model id."""
+
+    name: str
+    base: str
+    adapters: tuple[tuple[str, float], ...]
+
+
+class Bases(Protocol):
+    """What the catalogue needs from the model registry: base names and their engines."""
+
+    def base_name(self, model_id: str | None) -> str: ...
+
+    def engine_of(self, base: str) -> Engine: ...
+
+    def is_model_id(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _Load:
+    """An adapter a reload loads before the swap, and the entry it becomes."""
+
+    name: str
+    base: str
+    scale: float
+    origin: Origin
+    source: Path
+    engine: Engine
+    path: str | None = None
+
+    def entry(self, adapter: LoraAdapter) -> AdapterEntry:
+        return AdapterEntry(self.name, self.base, self.scale, adapter, self.origin, path=self.path)
+
+
+DropListener = Callable[[AdapterEntry], None]
+
+
+class AdapterCatalogue:
+    """Adapters and stacks by name. Loads, replaces and unloads take one lock; lookups never wait.
+
+    A name changes what it points at in one step on the event loop, so a request sees the old
+    adapter or the new one, never neither.
+    """
+
+    def __init__(self, bases: Bases, cache_dir: Path, metrics: Metrics | None = None) -> None:
+        self._bases = bases
+        self._cache_dir = cache_dir
+        self._metrics = metrics
+        self._entries: dict[str, AdapterEntry] = {}
+        self._stacks: dict[str, StackEntry] = {}
+        self._lock = asyncio.Lock()  # serialises runtime loads, unloads and reloads
+        self._drop_listeners: list[DropListener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lookups -------------------------------------------------------------------
+
+    def get(self, name: str) -> AdapterEntry | None:
+        return self._entries.get(name)
+
+    def stack(self, name: str) -> StackEntry | None:
+        return self._stacks.get(name)
+
+    def entries(self) -> list[AdapterEntry]:
+        return list(self._entries.values())
+
+    def stacks(self) -> list[StackEntry]:
+        return list(self._stacks.values())
+
+    def names(self) -> list[str]:
+        return [*self._entries, *self._stacks]
+
+    def on_dropped(self, listener: DropListener) -> Callable[[], None]:
+        """Tell `listener` of each adapter a reload takes away; returns the call that stops telling it."""
+        self._drop_listeners.append(listener)
+        return lambda: self._drop_listeners.remove(listener)
+
+    # --- startup -------------------------------------------------------------------
+
+    def load_config(self, models_file: ModelsFile) -> None:
+        """Load the adapters and stacks models.toml (and --lora) declares (blocking: off the event loop)."""
+        for spec in models_file.adapters:
+            base, started = models_file.base_of(spec.base), time.perf_counter()
+            lora = self._open(spec.name, Path(spec.path), self._bases.engine_of(base)).result()
+            self._register(AdapterEntry(spec.name, base, spec.scale, lora, "config", path=spec.path), started)
+        self._stacks = _stacks_of(models_file)
+
+    # --- runtime -------------------------------------------------------------------
+
+    async def load(self, name: str, source: Path, base: str | None, scale: float, origin: Origin = "api",
+                   *, replace: bool = False) -> AdapterEntry:
+        """Load `source` as `name` (POST /v1/adapters or a watched directory); the path is confined by the caller.
+
+        With `replace`, an adapter already named so serves until the new one is loaded, then the name
+        points at the new one; otherwise the name must be new.
+        """
+        async with self._lock:
+            old = self._entries.get(name)
+            if self._bases.is_model_id(name) or name in self._stacks or (old is not None and not replace):
+                hint = "; DELETE it first or load with replace: true" if old is not None else ""
+                raise ConflictError(f"the id {name!r} is already in use{hint}", param="name")
+            base_name, started = self._bases.base_name(base), time.perf_counter()
+            if old is not None and old.base != base_name and self._stack_users(name):
+                raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(self._stack_users(name))} "
+                                    f"on {old.base!r}; it cannot move to {base_name!r}", param="base")
+            engine = self._bases.engine_of(base_name)
+            future = await asyncio.to_thread(self._open, name, source, engine)
+            lora = await asyncio.wrap_future(future)
+            entry = self._register(AdapterEntry(name, base_name, scale, lora, origin), started)
+            if old is not None:
+                self._unload_when_idle(self._bases.engine_of(old.base), old.adapter)
+                log.info("adapter %s replaced (sha256 %s -> %s)", name, old.adapter.content_hash[:12],
+                         lora.content_hash[:12])
+            return entry
+
+    async def unload(self, name: str) -> AdapterEntry:
+        """Runtime unload: new requests stop at once; running ones finish under the adapter."""
+        async with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise NotFoundError(f"no adapter named {name!r}", param="name")
+            users = self._stack_users(name)
+            if users:
+                raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(users)}", param="name")
+            del self._entries[name]
+            self._bases.engine_of(entry.base).unload_adapter(entry.adapter)
+            log.info("unloaded adapter %s from %s", name, entry.base)
+            return entry
+
+    # --- reload --------------------------------------------------------------------
+
+    async def reconcile(self, models_file: ModelsFile, engines: Mapping[str, Engine], retired: set[str],
+                        commit: Callable[[], None]) -> None:
+        """Follow a reload: load what the new model set needs, then swap models and adapters in one step.
+
+        `engines` is the new model set, `retired` the model names whose engine goes (removed or
+        replaced). models.toml's adapters load where new or changed; runtime adapters on a replaced
+        model are loaded again from their files on its new engine, keeping their names. All of it loads
+        while the old set serves; `commit()` swaps the models in the same step as the adapters. Old
+        adapters on engines that stay are unloaded after the swap; one that fails to load is logged
+        and left out, and the drop listeners hear of every runtime adapter that did not come back.
+        """
+        async with self._lock:
+            kept, loads = self._plan(models_file, engines, retired)
+            loaded = await asyncio.to_thread(self._load_all, loads)
+            entries = {**kept, **{e.name: e for e in loaded}}
+            old = self._entries
+            commit()
+            self._entries, self._stacks = entries, _stacks_of(models_file)
+            live = {id(e.adapter) for e in entries.values()}
+            for entry in old.values():
+                if id(entry.adapter) in live or entry.base in retired:
+                    continue  # still served, or freed with its retiring engine
+                if entry.name in entries:
+                    self._unload_when_idle(engines[entry.base], entry.adapter)
+                else:
+                    engines[entry.base].unload_adapter(entry.adapter)
+            for entry in old.values():
+                if entry.name not in entries:
+                    log.info("reload: adapter %s removed", entry.name)
+                    if entry.origin != "config":
+                        for listener in list(self._drop_listeners):
+                            listener(entry)
+
+    def _plan(self, models_file: ModelsFile, engines: Mapping[str, Engine],
+              retired: set[str]) -> tuple[dict[str, AdapterEntry], list[_Load]]:
+        """Which entries stay as they are, and which load anew, for the new model set."""
+        wanted = {a.name: a for a in models_file.adapters}
+        kept: dict[str, AdapterEntry] = {}
+        loads: list[_Load] = []
+        for name, entry in self._entries.items():
+            if name in wanted:
+                continue  # models.toml decides below
+            if entry.origin == "config" or entry.base not in engines:
+                continue  # gone from models.toml, or its model is
+            if entry.base in retired:
+                loads.append(_Load(name, entry.base, entry.scale, entry.origin, entry.adapter.source,
+                                   engines[entry.base]))
+            else:
+                kept[name] = entry
+        for spec in models_file.adapters:
+            base, entry = models_file.base_of(spec.base), self._entries.get(spec.name)
+            same_file = (entry is not None and entry.origin == "config" and entry.path == spec.path
+                         and entry.base == base and base not in retired)
+            if same_file and entry is not None:
+                kept[spec.name] = dataclasses.replace(entry, scale=spec.scale) if entry.scale != spec.scale else entry
+            else:
+                loads.append(_Load(spec.name, base, spec.scale, "config", Path(spec.path), engines[base], spec.path))
+        return kept, loads
+
+    def _load_all(self, loads: list[_Load]) -> list[AdapterEntry]:
+        """Load each planned adapter (blocking); one that fails is logged and left out."""
+        loaded = []
+        for load in loads:
+            started = time.perf_counter()
+            try:
+                lora = self._open(load.name, load.source, load.engine).result()
+            except Exception as exc:  # one bad adapter must not take the reloaded models down
+                log.error("reload: adapter %s not loaded: %s", load.name, exc)
+                continue
+            loaded.append(self._observe(load.entry(lora), started))
+        return loaded
+
+    # --- shared --------------------------------------------------------------------
+
+    def _open(self, name: str, source: Path, engine: Engine) -> "concurrent.futures.Future[LoraAdapter]":
+        """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
+        gguf_path, digest = prepare_adapter(source, engine.model.base_info(), self._cache_dir)
+        return engine.load_adapter(name, source, gguf_path, digest)
+
+    def _register(self, entry: AdapterEntry, started: float) -> AdapterEntry:
+        self._entries[entry.name] = self._observe(entry, started)
+        return entry
+
+    def _observe(self, entry: AdapterEntry, started: float) -> AdapterEntry:
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.adapter_load.labels(entry.base, entry.name).observe(elapsed)
+        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
+                 entry.adapter.source, elapsed * 1000, entry.adapter.content_hash[:12], entry.origin)
+        return entry
+
+    def _stack_users(self, name: str) -> list[str]:
+        return [s.name for s in self._stacks.values() if any(n == name for n, _ in s.adapters)]
+
+    def _unload_when_idle(self, engine: Engine, adapter: LoraAdapter) -> None:
+        """Unload a replaced adapter once no request could still be about to use it.
+
+        A request that resolved the old adapter just before the swap is still being admitted
+        (tokenized); the engine refuses an unloading adapter at that point, so the unload waits
+        until the engine is idle, or REPLACED_UNLOAD_WAIT_SECONDS under steady traffic.
+        """
+        async def unload() -> None:
+            deadline = time.monotonic() + REPLACED_UNLOAD_WAIT_SECONDS
+            while engine.outstanding and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            engine.unload_adapter(adapter)
+
+        task = asyncio.create_task(unload(), name=f"unload replaced adapter {adapter.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop pending unloads of replaced adapters: their engines are closing."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _stacks_of(models_file: ModelsFile) -> dict[str, StackEntry]:
+    return {s.name: StackEntry(s.name, models_file.base_of(s.base), tuple(s.adapters.items()))
+            for s in models_file.stacks}
