@@ -161,11 +161,9 @@ class Daemon:
         """End the generations still running when the grace period is over, each with an error its
         client sees (an error event in a stream, a 503 otherwise), before uvicorn cuts connections."""
         await asyncio.sleep(self.settings.shutdown_grace_seconds)
-        engines = self.registry.engines()
-        if any(engine.outstanding for engine in engines.values()):
-            log.warning("grace period over: ending the generations still running")
-        for engine in engines.values():
-            engine.abort("the server is shutting down: the shutdown grace period is over")
+        running = self.registry.abort_all("the server is shutting down: the shutdown grace period is over")
+        if running:
+            log.warning("grace period over: %d requests still running were ended", running)
 
     def _on_sighup(self) -> None:
         if self._stopping:

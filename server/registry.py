@@ -53,6 +53,12 @@ class ServedModel:
     def outstanding(self) -> int:
         return self.engine.outstanding + (self.embedder.outstanding if self.embedder is not None else 0)
 
+    def abort(self, reason: str) -> None:
+        """End every generation and embeddings request still running, each with ShuttingDown(reason)."""
+        self.engine.abort(reason)
+        if self.embedder is not None:
+            self.embedder.abort(reason)
+
     def close(self) -> None:
         """Close the embedder, then the engine, which frees the model the embedder's context points into."""
         if self.embedder is not None and not self.embedder.close():
@@ -309,6 +315,14 @@ class ModelRegistry:
             if served.id == model_id:
                 return served
         raise self._not_found(model_id)
+
+    def abort_all(self, reason: str) -> int:
+        """Shutdown past its grace period: end what every model still runs. Returns how many were running."""
+        served = [*self._models.values(), *self._retiring]
+        running = sum(s.outstanding for s in served)
+        for model in served:
+            model.abort(reason)
+        return running
 
     def engines(self) -> dict[str, Engine]:
         return {name: served.engine for name, served in self._models.items()}

@@ -126,10 +126,11 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
     assert cards["mix"]["adapters"] == [{"name": "cfg", "scale": 0.5}]
 
 
-def test_model_routes_answer_with_and_without_v1_and_404_lists_the_ids(loras, tmp_path):
+def test_model_routes_list_and_look_up_and_404_lists_the_ids(loras, tmp_path):
+    # (The route table mounts them without /v1 too: test_protocol_inprocess.py.)
     app = Starlette(routes=model_routes(registry(loras, tmp_path)), middleware=[Middleware(ErrorBoundary)])
     with TestClient(app) as client:
-        assert [m["id"] for m in client.get("/models").json()["data"]] == ["base", "default", "cfg", "mix"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["base", "default", "cfg", "mix"]
         assert client.get("/v1/models/mix").json()["adapters"] == [{"name": "cfg", "scale": 0.5}]
         r = client.get("/v1/models/nope")
         assert r.status_code == 404

@@ -25,7 +25,7 @@ def model_object(served: ServedId) -> dict[str, Any]:
 
 
 def model_routes(registry: ModelRegistry) -> list[Route]:
-    """The model list and lookup, under /v1 and without it (some clients drop the /v1, as llama.cpp allows)."""
+    """The model list and lookup (the route table also mounts them without /v1)."""
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_object(s) for s in registry.served_ids()]})
@@ -33,10 +33,7 @@ def model_routes(registry: ModelRegistry) -> list[Route]:
     async def get_model(request: Request) -> Response:
         return JSONResponse(model_object(registry.served_id(request.path_params["model_id"])))
 
-    routes = []
-    for prefix in ("/v1", ""):
-        routes += [
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(prefix + "/models/{model_id:path}", get_model, methods=["GET"]),
-        ]
-    return routes
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+    ]

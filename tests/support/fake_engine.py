@@ -149,6 +149,9 @@ class FakeEmbedder:
     n_embd = 8
     outstanding = 0
 
+    def abort(self, reason: str) -> None:
+        pass
+
     async def embed(self, inputs: list[Any]) -> Embeddings:
         vectors = np.zeros((len(inputs), self.n_embd), dtype=np.float32)
         vectors[:, 0] = 1.0

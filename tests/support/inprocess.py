@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -12,7 +11,7 @@ from starlette.testclient import TestClient
 from nomoat import config
 from nomoat.http.app import build_app
 from nomoat.metrics import Metrics
-from nomoat.registry import ModelRegistry, ServedModel
+from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
 
 from .fake_engine import FakeEmbedder, FakeEngine
@@ -32,12 +31,10 @@ class FakeServer:
 
 
 def fake_registry(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
-    def load_fake(self: ModelRegistry, model_config: Any) -> ServedModel:
-        return ServedModel(model_config, FakeEngine(model_config.name), int(time.time()),  # type: ignore[arg-type]
-                           embedder=FakeEmbedder())  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ModelRegistry, "_load_one", load_fake)
-    registry = ModelRegistry(config.embedded_default(), settings, Metrics())
+    # The registry makes an embedder on a model's first embeddings request: a fake one here.
+    monkeypatch.setattr("nomoat.registry.Embedder", lambda *args, **kwargs: FakeEmbedder())
+    registry = ModelRegistry(config.embedded_default(), settings, Metrics(),
+                             load_model=lambda model: FakeEngine(model.name))  # type: ignore[arg-type,return-value]
     registry.load()
     return registry
 
