@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import llama_cpp  # noqa: E402
-
 from lora_factory import write_lora  # noqa: E402
+
 from nomoat.config import embedded_model_path  # noqa: E402
 
 N_SEQ = 8
@@ -120,7 +120,7 @@ class Bench:
         assert rc == 0, rc
 
     def run(self, sc: Scenario, contexts: list, current: dict, steps: int) -> float:
-        for i, ctx in enumerate(contexts):
+        for ctx in contexts:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         n_tokens = 0
         for ci, key, seqs in sc.calls:
@@ -156,7 +156,7 @@ def main() -> None:
     current: dict = {}
     for sc in chosen:
         built[sc.name] = [bench.context(sc) for _ in range(sc.n_contexts)]
-        for ctx, key in zip(built[sc.name], sc.ctx_adapters):
+        for ctx, key in zip(built[sc.name], sc.ctx_adapters, strict=False):
             bench.set_adapters(ctx, current, key)
         bench.run(sc, built[sc.name], current, 4)  # warm-up: graphs reserved, pages touched
     results: dict[str, list[float]] = {sc.name: [] for sc in chosen}
@@ -165,8 +165,9 @@ def main() -> None:
             results[sc.name].append(bench.run(sc, built[sc.name], current, args.steps))
         print(f"round {r + 1}/{args.repeat} done", file=sys.stderr, flush=True)
     base = statistics.median(results[chosen[0].name])
-    print(f"threads={args.threads} n_ctx/seq={args.n_ctx} prompt={args.prompt_len} steps={args.steps} repeat={args.repeat} (interleaved)")
-    print(f"| scenario | tok/s median | min–max | vs first |")
+    print(f"threads={args.threads} n_ctx/seq={args.n_ctx} prompt={args.prompt_len} steps={args.steps} "
+          f"repeat={args.repeat} (interleaved)")
+    print("| scenario | tok/s median | min–max | vs first |")
     print("|---|---|---|---|")
     for sc in chosen:
         xs = results[sc.name]

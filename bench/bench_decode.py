@@ -77,9 +77,13 @@ def main() -> None:
     served = [r.decode_tps for r in runs]
     e2e = [r.tokens / r.total for r in runs]
     print(f"tokens={args.tokens} runs={args.runs} threads={args.threads} n_ctx={n_ctx}")
-    print(f"llama-cpp-python raw decode      : {statistics.median(raw):7.1f} tok/s (median; {', '.join(f'{x:.1f}' for x in raw)})")
-    print(f"nomoat streaming decode (c=1)    : {statistics.median(served):7.1f} tok/s (median; {', '.join(f'{x:.1f}' for x in served)})")
-    print(f"nomoat end to end incl. TTFT     : {statistics.median(e2e):7.1f} tok/s; TTFT p50 {statistics.median(r.ttft for r in runs) * 1000:.0f} ms")
+    def listed(xs: list[float]) -> str:
+        return ", ".join(f"{x:.1f}" for x in xs)
+
+    ttft = statistics.median(r.ttft for r in runs) * 1000
+    print(f"llama-cpp-python raw decode      : {statistics.median(raw):7.1f} tok/s (median; {listed(raw)})")
+    print(f"nomoat streaming decode (c=1)    : {statistics.median(served):7.1f} tok/s (median; {listed(served)})")
+    print(f"nomoat end to end incl. TTFT     : {statistics.median(e2e):7.1f} tok/s; TTFT p50 {ttft:.0f} ms")
     print(f"ratio nomoat/raw (decode)        : {statistics.median(served) / statistics.median(raw):.2f}")
 
 

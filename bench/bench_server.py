@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat, wait_healthy  # noqa: E402
 from lora_factory import write_lora  # noqa: E402
+
+from bench.common import NO_EOG, Nomoat, free_port, models_toml, stream_chat, wait_healthy  # noqa: E402
 from nomoat.config import embedded_model_path  # noqa: E402
 
 TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a clockmaker", "a desert train",
@@ -50,7 +51,7 @@ class LlamaServer:
             args.append("--lora-init-without-apply")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> LlamaServer:
         wait_healthy(self.url, self.proc, 120, describe="llama-server")
         return self
 
@@ -143,22 +144,23 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         loras = [write_lora(Path(tmp) / f"{n}.gguf", i + 1, rank=8, std=0.02) for i, n in enumerate("ab")]
-        extra = "".join(f'[[adapters]]\nname = "{n}"\npath = "{p}"\n' for n, p in zip("ab", loras))
+        extra = "".join(f'[[adapters]]\nname = "{n}"\npath = "{p}"\n' for n, p in zip("ab", loras, strict=False))
         for mixed in (False, True):
             for c in args.concurrency:
                 rows.append((("3 mixed sets" if mixed else "one set"), c,
                              *measure_level(args, binary, loras, extra, mixed, c)))
     print(f"slots={args.slots} threads={args.threads} n_ctx/slot={args.n_ctx} tokens={args.tokens} "
           f"rounds={args.rounds} repeat={args.repeat}" + (" (interleaved; median (min–max))" if args.repeat > 1 else ""))
-    print("| load | c | nomoat tok/s | llama-server tok/s | ratio | nomoat TTFT p50/p95 | llama-server TTFT p50/p95 | ITL p50 nomoat / llama |")
+    print("| load | c | nomoat tok/s | llama-server tok/s | ratio | nomoat TTFT p50/p95 | llama-server TTFT p50/p95 "
+          "| ITL p50 nomoat / llama |")
     print("|---|---|---|---|---|---|---|---|")
-    for load, c, n, l in rows:
+    for load, c, n, llama in rows:
         ttft = lambda r: f"{r.show('ttft_p50', 1000, 0)}/{r.show('ttft_p95', 1000, 0)} ms"  # noqa: E731
-        if l is None:
+        if llama is None:
             print(f"| {load} | {c} | {n.show('tps')} | failed | — | {ttft(n)} | — | {n.show('itl_p50', 1000)} / — ms |")
             continue
-        print(f"| {load} | {c} | {n.show('tps')} | {l.show('tps')} | {n.median('tps') / l.median('tps'):.2f} | "
-              f"{ttft(n)} | {ttft(l)} | {n.show('itl_p50', 1000)} / {l.show('itl_p50', 1000)} ms |")
+        print(f"| {load} | {c} | {n.show('tps')} | {llama.show('tps')} | {n.median('tps') / llama.median('tps'):.2f} | "
+              f"{ttft(n)} | {ttft(llama)} | {n.show('itl_p50', 1000)} / {llama.show('itl_p50', 1000)} ms |")
 
 
 def measure_level(args: argparse.Namespace, binary: str, loras: list[Path], extra: str, mixed: bool,

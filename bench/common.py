@@ -13,7 +13,6 @@ import httpx
 
 # One server-process helper for the tests and the benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.process import NO_EOS as NO_EOG  # noqa: E402
 from support.process import ServerProcess, free_port, wait_healthy  # noqa: E402,F401
 
 
@@ -25,7 +24,7 @@ class Nomoat:
         self.server = ServerProcess(models_toml, Path(self.dir.name), "--log-level", "warning", *args)
         self.port, self.url = self.server.port, self.server.base_url
 
-    def __enter__(self) -> "Nomoat":
+    def __enter__(self) -> Nomoat:
         self.server.wait_ready()
         return self
 
@@ -65,7 +64,7 @@ def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> Str
             for choice in chunk["choices"]:
                 if choice["delta"].get("content"):
                     times.append(time.perf_counter() - start)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     return StreamTiming(ttft=times[0], total=times[-1], tokens=tokens, gaps=gaps)
 
 

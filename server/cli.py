@@ -7,13 +7,13 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError, NomoatError
 from .settings import Settings, format_validation_error
-
 
 # Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
 _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}

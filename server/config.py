@@ -6,9 +6,7 @@ import importlib.util
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -128,7 +126,7 @@ class ModelsFile(BaseModel):
     stacks: list[StackConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check_names(self) -> "ModelsFile":
+    def _check_names(self) -> ModelsFile:
         seen: set[str] = set()
         for model_id in [i for m in self.models for i in m.ids()] + [a.name for a in self.adapters] + [
             s.name for s in self.stacks

@@ -8,16 +8,17 @@ import contextlib
 import logging
 import math
 import signal
-from typing import Any, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
 from .adapters.watch import AdapterWatcher
-from .http.app import build_app
-from .http.auth import Authenticator, KeyRing, exposure_warning
 from .config import ModelsFile
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
+from .http.app import build_app
+from .http.auth import Authenticator, KeyRing, exposure_warning
 from .metrics import EventLoopMonitor, Metrics
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval

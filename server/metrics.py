@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,7 +16,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -82,11 +83,11 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
-    def watch_engines(self, engines: Callable[[], dict[str, object]]) -> None:
+    def watch_engines(self, engines: Callable[[], Mapping[str, Any]]) -> None:
         """Export queue depth, active sequences and loaded models, read from the engines at scrape time."""
         self.registry.register(_EngineCollector(engines))
 
-    def timer(self, model: str, adapter: str) -> "GenerationTimer":
+    def timer(self, model: str, adapter: str) -> GenerationTimer:
         return GenerationTimer(self, model, adapter)
 
 
@@ -131,10 +132,10 @@ class GenerationTimer:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engines: Callable[[], dict[str, object]]) -> None:
+    def __init__(self, engines: Callable[[], Mapping[str, Any]]) -> None:
         self._engines = engines
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         waiting = GaugeMetricFamily("nomoat_queue_depth", "Requests admitted and waiting for a sequence slot.", labels=["model"])
         active = GaugeMetricFamily("nomoat_active_sequences", "Sequences being evaluated.", labels=["model"])
         batch = GaugeMetricFamily(
@@ -148,9 +149,9 @@ class _EngineCollector(Collector):
         )
         engines = self._engines()
         for name, engine in engines.items():
-            stats = engine.stats  # type: ignore[attr-defined]
-            waiting.add_metric([name], engine.waiting)  # type: ignore[attr-defined]
-            active.add_metric([name], engine.active)  # type: ignore[attr-defined]
+            stats = engine.stats
+            waiting.add_metric([name], engine.waiting)
+            active.add_metric([name], engine.active)
             batch.add_metric([name], stats.last_batch_sequences)
             batch_tokens.add_metric([name], stats.last_batch_tokens)
             contexts.add_metric([name], stats.contexts)
@@ -162,11 +163,13 @@ class _EngineCollector(Collector):
             "steps": ("nomoat_engine_steps_total", "Engine steps; decoded_tokens / steps is the mean batch."),
             "prompt_tokens": ("nomoat_engine_prompt_tokens_total", "Prompt tokens of sequences started."),
             "cached_tokens": ("nomoat_prefix_cache_tokens_total", "Prompt tokens served from the prefix cache."),
-            "prefix_copies": ("nomoat_prefix_cache_copies_total", "Prefixes copied from another sequence slot (llama_memory_seq_cp)."),
+            "prefix_copies": (
+                "nomoat_prefix_cache_copies_total", "Prefixes copied from another sequence slot (llama_memory_seq_cp)."
+            ),
         }
         for attr, (name, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=["model"])
             for model, engine in self._engines().items():
-                family.add_metric([model], getattr(engine.stats, attr))  # type: ignore[attr-defined]
+                family.add_metric([model], getattr(engine.stats, attr))
             yield family
         yield GaugeMetricFamily("nomoat_models_loaded", "Models loaded and served.", value=len(engines))

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from .adapters.catalogue import AdapterCatalogue
 from .config import ModelConfig, ModelsFile
 from .engine.embedder import Embedder
-from .engine.model import LoadedModel, ModelSpec
 from .engine.engine import Engine
 from .engine.errors import ModelFileError
+from .engine.model import LoadedModel, ModelSpec
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .metrics import Metrics
@@ -153,7 +154,7 @@ class ModelRegistry:
         )
         return engine
 
-    async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> "ReloadResult":
+    async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> ReloadResult:
         """Serve `models_file` from now on, loading only what changed (call on the event loop).
 
         New and changed models, and the adapters they need, load off the loop while the old set

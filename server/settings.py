@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
@@ -92,7 +93,11 @@ class Settings(BaseSettings):
         128, ge=0, description="Generation requests (streaming or not) running at once, all callers; past it: 429 (0: no limit)."
     )
     max_streams_per_key: int = Field(
-        32, ge=0, description="Generation requests running at once per API key (per client address without auth); past it: 429 (0: no limit)."
+        32, ge=0,
+        description=(
+            "Generation requests running at once per API key (per client address without auth); "
+            "past it: 429 (0: no limit)."
+        ),
     )
     request_timeout_seconds: float = Field(
         600.0, ge=0,
@@ -160,7 +165,7 @@ class Settings(BaseSettings):
         return home / ".local" / "state" / "nomoat"
 
     @classmethod
-    def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> "Settings":
+    def load(cls, cli: dict[str, Any], file_values: dict[str, Any], source: str) -> Settings:
         """Merge file values under env and CLI values and validate once.
 
         pydantic-settings ranks init kwargs above env, so file values are only passed

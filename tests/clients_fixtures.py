@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
-from pydantic import BaseModel, Field
-
 from conftest import ServerProcess, models_toml
 from lora_factory import write_lora
+from pydantic import BaseModel, Field
 
 BASE_MODEL = "smollm2-135m"
 ADAPTER = "tuned"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
-
 from conftest import TEST_N_CTX, model_path
 
 

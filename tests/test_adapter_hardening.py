@@ -10,23 +10,23 @@ import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 import httpx
 import pytest
-
 from conftest import ServerProcess, models_toml
 from lora_factory import write_lora
+from peft_factory import write_peft_adapter
+from wire import assert_error, assert_serves
+
 from nomoat import config
 from nomoat.adapters.files import check_adapter_gguf, confine
+from nomoat.adapters.peft import validate_peft_dir
+from nomoat.adapters.watch import peft_readiness
 from nomoat.cli import build_parser
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.errors import AdapterError, ConfigError, InvalidRequestError
-from nomoat.adapters.peft import validate_peft_dir
-from nomoat.adapters.watch import peft_readiness
-from peft_factory import write_peft_adapter
-from wire import assert_error, assert_serves
 
 # Generous: these must not hang, but the machine may be loaded; no test asserts a tight timing.
 PROBE_TIMEOUT = 60

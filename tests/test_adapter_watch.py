@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ServerProcess, model_path, models_toml
 from lora_factory import write_lora
 from peft_factory import write_peft_adapter
 
-from conftest import ServerProcess, model_path, models_toml
 from nomoat.adapters.watch import gguf_readiness, peft_readiness
 from nomoat.engine.base_info import BaseModelInfo
 

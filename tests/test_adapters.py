@@ -6,14 +6,12 @@ import concurrent.futures
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import gguf
 import httpx
 import numpy as np
 import pytest
-
 from conftest import ServerProcess, models_toml
 from lora_factory import DIMS, write_lora
 from oracle import greedy_chat
@@ -101,7 +99,7 @@ def test_concurrent_mixed_adapters_follow_their_own_oracle(lora_server, oracles)
     names = {"a": "a", "b": "b", "smollm2-135m": "base"}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(lambda m: text(chat(lora_server.base_url, m, COLORS, 16)), models))
-    for model, out in zip(models, outs):
+    for model, out in zip(models, outs, strict=False):
         own = common_prefix(out, oracles[names[model]]["colors"])
         others = [common_prefix(out, o["colors"]) for k, o in oracles.items() if k != names[model]]
         assert own > max(others), (model, out, oracles)

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from pydantic import SecretStr
-
 from conftest import ServerProcess, models_toml
-from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
-from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
-from nomoat.settings import Settings
+from pydantic import SecretStr
 from streams import wait_for
+
+from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
+from nomoat.settings import Settings
 
 USER_KEYS = ["user-key-1", "user-key-2"]
 FILE_KEY = "file-key-3"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 
 import httpx
 import pytest
-
 from conftest import TEST_N_CTX, models_toml
 from lora_factory import write_lora
 from wire import NO_EOS

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from wire import (
     MODEL,
     NO_EOS,

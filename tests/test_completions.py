@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from wire import (
     MODEL,
     NO_EOS,
@@ -165,7 +164,7 @@ def test_logprobs_have_the_legacy_shape(client):
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 6
     assert "".join(lp["tokens"]) == text(answer)
     offset = 0
-    for token, logprob, top, at in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], lp["text_offset"]):
+    for token, logprob, top, at in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], lp["text_offset"], strict=False):
         assert at == offset
         offset += len(token)
         assert logprob <= 0.0
@@ -190,7 +189,7 @@ def test_text_offsets_count_characters_when_tokens_split_them(client, streamed):
         tokens, offsets = lp["tokens"], lp["text_offset"]
     assert any("\ufffd" in t for t in tokens), tokens  # some token is part of a character
     assert offsets == sorted(offsets) and offsets[-1] < len(got)
-    for token, at in zip(tokens, offsets):
+    for token, at in zip(tokens, offsets, strict=False):
         if "\ufffd" not in token:
             assert got[at : at + len(token)] == token, (got, tokens, offsets)
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import httpx
 import openai
 import pytest
-
 from conftest import ServerProcess, models_toml
 from wire import (
     MODEL,
@@ -168,7 +168,7 @@ def test_waiting_requests_are_served_in_arrival_order(single_slot):
             for depth, name in enumerate("BCD", start=1):
                 threads.append(threading.Thread(target=ask, args=(name,)))
                 threads[-1].start()
-                assert wait_until(lambda: metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == depth)
+                assert wait_until(lambda d=depth: metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == d)
         for t in threads:
             t.join(120)
     assert finished == ["B", "C", "D"]
@@ -214,10 +214,9 @@ def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
             if len(payloads) == 4:
                 break
         srv.proc.send_signal(signal.SIGTERM)
-        try:
+        # A cut is what this test is about: it is judged below by what came before it.
+        with contextlib.suppress(httpx.RemoteProtocolError):
             payloads += [line[6:] for line in lines if line.startswith("data: ")]
-        except httpx.RemoteProtocolError:
-            pass  # the cut this test is about; judged below by what came before it
     assert srv.proc.wait(30) == 0
     last = payloads[-1]
     assert last == "[DONE]" or "error" in json.loads(last), payloads[-2:]

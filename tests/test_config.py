@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port, model_path, models_toml
+from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, tokenize, wait_until
+
 from nomoat import config
 from nomoat.cli import build_parser
 from nomoat.errors import ConfigError
 from nomoat.settings import Settings
-from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, tokenize, wait_until
 
 NOMOAT = shutil.which("nomoat", path=str(Path(sys.executable).parent)) or "nomoat"
 

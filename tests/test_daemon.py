@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 import httpx
-
 from conftest import models_toml
 from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
@@ -73,7 +72,8 @@ def test_sighup_adds_a_model_and_an_alias_without_touching_in_flight_streams(sta
 
 
 def test_sighup_removes_a_model(start_server):
-    two = models_toml() + '[[models]]\nname = "second"\npath = "embedded:smollm2-135m"\nn_ctx = 512\nparallel = 1\nn_threads = 1\n'
+    two = models_toml() + ('[[models]]\nname = "second"\npath = "embedded:smollm2-135m"\n'
+                           "n_ctx = 512\nparallel = 1\nn_threads = 1\n")
     srv = start_server(two)
     assert "second" in _model_ids(srv.base_url)
     srv.config.write_text(models_toml())
@@ -96,7 +96,7 @@ def test_sighup_with_a_broken_models_toml_keeps_the_old_config(start_server):
     ]):
         srv.config.write_text(broken)
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: srv.log().count("reload failed") > n, what="reload failure logged")
+        wait_for(lambda n=n: srv.log().count("reload failed") > n, what="reload failure logged")
         r = httpx.post(srv.base_url + "/v1/completions", json=long_completion(max_tokens=4), timeout=60)
         assert r.status_code == 200, r.text
     assert _model_ids(srv.base_url) == ["smollm2-135m", "default"]

@@ -13,7 +13,6 @@ import llama_cpp
 import numpy as np
 import openai
 import pytest
-
 from conftest import TEST_N_CTX, model_path, models_toml
 from lora_factory import write_lora
 from oracle import _no_repack
@@ -112,7 +111,7 @@ def test_dimensions_truncate_then_renormalise(client):
 def test_base64_is_little_endian_float32_of_the_same_vector(client):
     floats = embed(client, [CAT, TAX])
     packed = embed(client, [CAT, TAX], encoding_format="base64")
-    for f, b in zip(floats["data"], packed["data"]):
+    for f, b in zip(floats["data"], packed["data"], strict=False):
         assert isinstance(b["embedding"], str)
         decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
         assert decoded.tolist() == np.array(f["embedding"], dtype=np.float32).tolist()

@@ -8,7 +8,6 @@ import re
 
 import httpx
 import pytest
-
 from conftest import models_toml
 from lora_factory import write_lora
 

@@ -7,12 +7,12 @@ import hashlib
 import threading
 
 import pytest
-
 from lora_factory import write_lora
+
 from nomoat.config import embedded_model_path
 from nomoat.engine.engine import Engine
 from nomoat.engine.model import LoadedModel, ModelSpec
-from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
+from nomoat.engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
 
 # How long the blocked context creation waits for the test before it gives up on its own. Only a
 # fail-safe: the test passes when submit and cancel returned while the creation was still blocked.
@@ -33,7 +33,7 @@ async def adapter_set(engine: Engine, path, name: str) -> AdapterSet:
     return AdapterSet((AppliedAdapter(name=name, scale=1.0, content_hash=digest, handle=lora),))
 
 
-def request(adapters: AdapterSet = AdapterSet(), max_tokens: int = 4) -> GenerationRequest:
+def request(adapters: AdapterSet = NO_ADAPTERS, max_tokens: int = 4) -> GenerationRequest:
     return GenerationRequest(prompt=TextPrompt("Once upon a time"), sampling=SamplingParams(temperature=0),
                              max_tokens=max_tokens, adapters=adapters)
 

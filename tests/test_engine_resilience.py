@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from lora_factory import DIMS, write_lora
+
 from nomoat.config import embedded_model_path
+from nomoat.engine.engine import Engine
 from nomoat.engine.errors import AdapterRejected
 from nomoat.engine.model import LoadedModel, ModelSpec
-from nomoat.engine.engine import Engine
 from nomoat.engine.types import GenerationRequest, SamplingParams, TextPrompt
 
 

@@ -6,7 +6,6 @@ import json
 
 import httpx
 import pytest
-
 from conftest import models_toml
 from wire import MODEL, assert_error, assert_serves, chat_body, completion_body
 
@@ -84,7 +83,8 @@ def test_body_that_is_not_an_object_is_400(client, body):
     assert_serves(client)
 
 
-@pytest.mark.parametrize("path, body", [(CHAT, chat_body("Hi")), (COMPLETIONS, completion_body("Hi"))], ids=["chat", "completions"])
+@pytest.mark.parametrize("path, body", [(CHAT, chat_body("Hi")), (COMPLETIONS, completion_body("Hi"))],
+                         ids=["chat", "completions"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 def test_unknown_model_is_404_model_not_found(client, path, body, streamed):
     r = client.post(path, json=body | {"model": "gpt-4o", "stream": streamed})

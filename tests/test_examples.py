@@ -6,7 +6,6 @@ import shutil
 import sys
 
 import pytest
-
 from clients_fixtures import run_against
 from conftest import ROOT
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel
+from support.inprocess import MODEL, FakeServer
 
 from nomoat.http.routes import ENDPOINTS
 from nomoat.openai.schema import REQUEST_MODELS
-from support.inprocess import MODEL, FakeServer
 
 # CI runs the same few examples every time (a flaky test is a broken one); a hunt for bugs runs many,
 # random ones: NOMOAT_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py.

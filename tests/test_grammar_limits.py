@@ -11,12 +11,12 @@ from typing import Any
 
 import llama_cpp
 import pytest
+from wire import assert_error, assert_serves, chat_body, post_ok
 
 from nomoat.config import embedded_model_path
 from nomoat.core.gbnf import MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES
 from nomoat.core.structured import Grammar, SchemaError, response_rule
 from nomoat.engine.model import install_llama_logging
-from wire import assert_error, assert_serves, chat_body, post_ok
 
 SCHEMA_PARAM = "response_format.json_schema.schema"
 LOOP = "leads back to itself"

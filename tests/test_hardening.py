@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
-
 from conftest import free_port, models_toml
 from streams import wait_for
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import jsonschema
 import pytest
+from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
-
-from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
 
 MAX_TOKENS = 96  # room for a small JSON object; a 135M model still answers in seconds
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from conftest import ServerProcess, models_toml
 from streams import NO_EOS, StreamReader, long_completion, wait_for
 
@@ -135,7 +134,7 @@ def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(slots
     try:
         for n, h in enumerate(held, 1):
             h.start()
-            wait_for(lambda: _in_flight(limited) >= n, timeout=30, what=f"{n} requests held")
+            wait_for(lambda n=n: _in_flight(limited) >= n, timeout=30, what=f"{n} requests held")
         per_key = _post(limited, "/v1/chat/completions", CHAT, KEYS[0])
         err = _error(per_key, 429)
         assert err["code"] == "rate_limit_exceeded" and "max_streams_per_key" in err["message"]

@@ -4,15 +4,15 @@ adapter chosen by model name."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import pytest
+from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
-
-from clients_fixtures import PET_TEXT, Pet, Recorder, assert_served_by
 
 MAX_TOKENS = 96  # room for a small JSON object
 COLORS = [ChatMessage(role="user", content="Name three colors.")]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import signal
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import models_toml
+from prometheus_client.parser import text_string_to_metric_families
 from streams import long_completion, start_streams, wait_for
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import httpx
-
 from wire import MODEL, NO_EOS, chat_body, completion_body, metric, post_ok, stream, wait_until
 
 CHAT = "/v1/chat/completions"
@@ -53,7 +52,8 @@ def test_streams_and_completions_are_counted_by_endpoint(client):
     for endpoint in ("/v1/chat/completions", "/v1/completions"):
         labels = {"model": MODEL, "endpoint": endpoint, "status": "200"}
         assert metric(after, "nomoat_requests_total", **labels) - (metric(before, "nomoat_requests_total", **labels) or 0) == 1
-    completion = metric(after, "nomoat_completion_tokens_total", model=MODEL) - metric(before, "nomoat_completion_tokens_total", model=MODEL)
+    completion = (metric(after, "nomoat_completion_tokens_total", model=MODEL)
+                  - metric(before, "nomoat_completion_tokens_total", model=MODEL))
     assert completion == chunks[-1]["usage"]["completion_tokens"] + 2 == 5
 
 
@@ -82,7 +82,7 @@ def test_in_flight_gauge_counts_open_requests(client, base_url):
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         infl = metric(scrape(client), "nomoat_requests_in_flight")
-        assert infl == 2, [l[:300] for l in lines if l][-5:]
+        assert infl == 2, [line[:300] for line in lines if line][-5:]
         assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 1, timeout=10)
     assert wait_until(lambda: metric(scrape(client), "nomoat_requests_in_flight") == 1, timeout=10)
     assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 0, timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from nomoat.metrics import EventLoopMonitor, Metrics
@@ -33,10 +34,8 @@ def test_a_blocked_loop_is_recorded_as_lag_and_the_monitor_stops_when_cancelled(
                 - sample(metrics, "nomoat_event_loop_lag_seconds_bucket", le="0.5"))
         assert slow >= 1  # the monitor slept 0.01 s and woke at least 0.59 s late
         monitor.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await monitor
-        except asyncio.CancelledError:
-            pass
         assert monitor.cancelled()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -6,7 +6,6 @@ import asyncio
 
 import openai
 import pytest
-
 from wire import MODEL, NO_EOS, POEM
 
 MESSAGES = [{"role": "user", "content": POEM}]

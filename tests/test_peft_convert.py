@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from peft_factory import ALL_MODULES, WrittenAdapter, write_peft_adapter
 
-from nomoat.errors import AdapterError
-from nomoat.http.errors import answer_for
-from nomoat.engine.base_info import BaseModelInfo
-from nomoat.engine.errors import ModelFileError
 from nomoat.adapters.peft import (
     convert_peft_to_gguf,
     is_peft_dir,
     peft_content_hash,
     validate_peft_dir,
 )
+from nomoat.engine.base_info import BaseModelInfo
+from nomoat.engine.errors import ModelFileError
+from nomoat.errors import AdapterError
+from nomoat.http.errors import answer_for
 
 # llama.cpp's tensor names for the seven PEFT modules, written out here rather than taken from gguf's maps.
 GGUF_NAMES = {

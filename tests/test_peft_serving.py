@@ -14,10 +14,10 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from peft_factory import ALL_MODULES, WrittenAdapter, layer_module_name, write_peft_adapter
-
 from conftest import ServerProcess, model_path, models_toml
 from oracle import greedy_chat
+from peft_factory import ALL_MODULES, WrittenAdapter, layer_module_name, write_peft_adapter
+
 from nomoat.engine.base_info import BaseModelInfo
 
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]

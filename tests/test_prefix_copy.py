@@ -7,7 +7,6 @@ import threading
 
 import httpx
 import pytest
-
 from conftest import models_toml
 from lora_factory import write_lora
 
@@ -71,8 +70,9 @@ def test_a_running_sequences_prefix_is_copied_and_answers_as_a_cold_prompt_start
     before = copies(warm.base_url)
     long_run = body("List every rule you know, in detail.", max_tokens=64, stream=True)
     long_run["logit_bias"] = {"2": -100}  # keeps streaming while the second request runs
+    ask = body("How much is the late fee per day?", max_tokens=16)
     second = while_streaming(warm.base_url, long_run, lambda: httpx.post(
-        warm.base_url + "/v1/chat/completions", json=body("How much is the late fee per day?", max_tokens=16), timeout=120).json())
+        warm.base_url + "/v1/chat/completions", json=ask, timeout=120).json())
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached > 60, second["usage"]  # the system prompt came from the streaming sequence's slot
     assert copies(warm.base_url) == before + 1

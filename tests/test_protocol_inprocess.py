@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-
 from support.inprocess import MODEL
 
 CHAT = "/v1/chat/completions"

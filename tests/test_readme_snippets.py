@@ -11,7 +11,6 @@ import re
 import sys
 
 import pytest
-
 from clients_fixtures import run_against
 from conftest import ROOT
 

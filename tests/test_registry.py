@@ -7,12 +7,12 @@ import concurrent.futures
 from pathlib import Path
 
 import pytest
+from conftest import model_path
+from lora_factory import write_lora
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
-from conftest import model_path
-from lora_factory import write_lora
 from nomoat.adapters import catalogue as catalogue_module
 from nomoat.config import ModelConfig, ModelsFile
 from nomoat.engine.adapters import LoraAdapter

@@ -6,7 +6,6 @@ import json
 
 import httpx
 import pytest
-
 from conftest import ServerProcess, models_toml
 from streams import StreamReader, long_completion, wait_for
 

@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import models_toml
-from nomoat.sdnotify import Notifier, monotonic_usec, watchdog_interval
 from streams import wait_for
+
+from nomoat.sdnotify import Notifier, monotonic_usec, watchdog_interval
 
 
 class NotifyListener(threading.Thread):
@@ -33,7 +33,7 @@ class NotifyListener(threading.Thread):
         while not self._closing.is_set():
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from enum import Enum
-from typing import Literal, Optional
+from enum import StrEnum
+from typing import Literal
 
 import httpx
 import jsonschema
 import openai
 import pydantic
 import pytest
-
 from clients_fixtures import CLIENT_MODELS
-from nomoat.errors import InvalidRequestError
+
 from nomoat.core.numbers import number_range
 from nomoat.core.structured import Grammar, response_rule
+from nomoat.errors import InvalidRequestError
 
 PERSON = {
     "type": "object",
@@ -73,7 +73,7 @@ def test_bounds_hold_when_sampling_freely(sdk):
         jsonschema.validate(person, PERSON)
 
 
-class Mood(str, Enum):
+class Mood(StrEnum):
     happy = "happy"
     calm = "calm"
 
@@ -87,7 +87,7 @@ class Owner(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=10)
     mood: Mood
     pet: Pet
-    nickname: Optional[str] = pydantic.Field(None, max_length=8)
+    nickname: str | None = pydantic.Field(None, max_length=8)
 
 
 def test_sdk_parse_with_a_pydantic_model_sync_and_async(sdk, clients_server):

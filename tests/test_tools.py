@@ -9,12 +9,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
-
 from clients_fixtures import CLIENT_MODELS
 from conftest import models_toml
-from nomoat.engine.chat_template import CHATML, ChatTemplate
+
 from nomoat.core.tool_calls import ToolStream, parse_output
 from nomoat.core.tools import Tool, ToolPlan, prompt_messages
+from nomoat.engine.chat_template import CHATML, ChatTemplate
 
 WEATHER = {
     "type": "function",
@@ -121,7 +121,8 @@ def test_async_stream_with_required_tool(clients_server):
 
 def test_a_function_without_parameters_is_called_with_empty_arguments(sdk):
     no_params = {"type": "function", "function": {"name": "get_time", "description": "The time now"}}
-    for tool in (no_params, {**no_params, "function": {**no_params["function"], "parameters": {"type": "object", "properties": {}}}}):
+    empty = {"type": "object", "properties": {}}
+    for tool in (no_params, {**no_params, "function": {**no_params["function"], "parameters": empty}}):
         r = sdk.chat.completions.create(model="smollm2-135m", messages=ASK, tools=[tool], tool_choice="required",
                                         temperature=0, max_tokens=40)
         assert r.choices[0].finish_reason == "tool_calls"
@@ -158,7 +159,8 @@ def test_tool_choice_none_answers_in_text(sdk):
         "type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}}}}], "tool_choice": "required"},
      "tools[0].function.parameters"),
     ({"functions": [{"name": "f"}]}, "functions"),
-    ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]}, "messages[1].tool_calls[0].function"),
+    ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]},
+     "messages[1].tool_calls[0].function"),
 ])
 def test_bad_tool_requests_are_400_naming_the_field(clients_server, body, param):
     r = httpx.post(clients_server.base_url + "/v1/chat/completions", timeout=60,
@@ -247,7 +249,8 @@ def test_history_is_written_in_the_call_format_for_templates_without_tools():
     ]
     out = prompt_messages(messages, plan(), native=False)
     assert out[0]["role"] == "system" and "get_weather" in out[0]["content"]
-    assert out[2] == {"role": "assistant", "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'}
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    assert out[2] == {"role": "assistant", "content": call}
     assert out[3] == {"role": "user", "content": "<tool_response>\ncold\n</tool_response>"}
     rendered = ChatTemplate(CHATML, bos_token="", eos_token="").render(out)
     assert "<|im_start|>tool" not in rendered

@@ -6,13 +6,15 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "smollm2-135m"
 from support.process import NO_EOS  # noqa: E402,F401  (re-exported: the tests' one end-of-generation ban)
+
 POEM = "Write a poem about the sea."
 
 

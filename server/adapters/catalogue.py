@@ -7,9 +7,10 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Protocol
+from typing import Literal, Protocol
 
 from ..config import ModelsFile
 from ..engine.adapters import LoraAdapter
@@ -220,11 +221,12 @@ class AdapterCatalogue:
             else:
                 kept[name] = entry
         for spec in models_file.adapters:
-            base, entry = models_file.base_of(spec.base), self._entries.get(spec.name)
-            same_file = (entry is not None and entry.origin == "config" and entry.path == spec.path
-                         and entry.base == base and base not in retired)
-            if same_file and entry is not None:
-                kept[spec.name] = dataclasses.replace(entry, scale=spec.scale) if entry.scale != spec.scale else entry
+            base, existing = models_file.base_of(spec.base), self._entries.get(spec.name)
+            same_file = (existing is not None and existing.origin == "config" and existing.path == spec.path
+                         and existing.base == base and base not in retired)
+            if same_file and existing is not None:
+                kept[spec.name] = (dataclasses.replace(existing, scale=spec.scale) if existing.scale != spec.scale
+                                   else existing)
             else:
                 loads.append(_Load(spec.name, base, spec.scale, "config", Path(spec.path), engines[base], spec.path))
         return kept, loads
@@ -244,7 +246,7 @@ class AdapterCatalogue:
 
     # --- shared --------------------------------------------------------------------
 
-    def _open(self, name: str, source: Path, engine: Engine) -> "concurrent.futures.Future[LoraAdapter]":
+    def _open(self, name: str, source: Path, engine: Engine) -> concurrent.futures.Future[LoraAdapter]:
         """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
         gguf_path, digest = prepare_adapter(source, engine.model.base_info(), self._cache_dir)
         return engine.load_adapter(name, source, gguf_path, digest)

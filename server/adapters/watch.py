@@ -7,22 +7,23 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Final, Literal
 
 import watchfiles
 
 from ..errors import AdapterError, NomoatError
+from ..registry import ModelRegistry
+from .catalogue import AdapterEntry
 from .gguf_check import TruncatedGGUFError, check_gguf_layout
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
 from .regular_files import open_regular
-from ..registry import ModelRegistry
-from .catalogue import AdapterEntry
 
 log = logging.getLogger("nomoat.watch")
 
-ORIGIN = "watch"
+ORIGIN: Final = "watch"
 # A file must keep its size and mtime this long before it is read: most copies finish well within it,
 # and the header checks below catch a writer that pauses longer.
 SETTLE_SECONDS = 0.25

@@ -116,7 +116,7 @@ def _partial_call(inner: str, names: set[str]) -> ToolCall | None:
 
 
 def _bare_calls(text: str, names: set[str]) -> list[ToolCall]:
-    if not text[:1] in ("{", "["):
+    if text[:1] not in ("{", "["):
         return []
     try:
         obj = json.loads(text)
@@ -275,12 +275,12 @@ class ToolStream:
             block = self.buf if close < 0 else self.buf[: close + len(CLOSE)]
             self.buf = "" if close < 0 else self.buf[close + len(CLOSE):]
             m = _BLOCK.match(block)
-            call = _block_call(m.group(1), self.names) if m else None
-            if call is None or (not self.plan.parallel and self.calls):
-                if call is None:
+            found = _block_call(m.group(1), self.names) if m else None
+            if found is None or (not self.plan.parallel and self.calls):
+                if found is None:
                     out.append({"content": block})
                 continue
-            out += self._whole(call)
+            out += self._whole(found)
 
     def _whole(self, call: ToolCall) -> list[dict[str, Any]]:
         self.calls.append(call)

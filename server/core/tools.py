@@ -19,6 +19,7 @@ Hermes and Qwen, which many fine-tunes know):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -152,10 +153,8 @@ def _call_json(call: Any) -> dict[str, Any]:
     fn = call.get("function", {}) if isinstance(call, dict) else {}
     args = fn.get("arguments", "{}")
     if isinstance(args, str):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
     return {"name": fn.get("name", ""), "arguments": args}
 
 

@@ -30,7 +30,9 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> 
         budget -= take
     groups: dict[tuple[int, tuple], Work] = {}
     for item in work:
-        groups.setdefault((item[0].context.index, item[0].request.adapters.key), []).append(item)
+        context = item[0].context
+        assert context is not None, "only started sequences have work"
+        groups.setdefault((context.index, item[0].request.adapters.key), []).append(item)
     # Per context, start with the set already applied: a switch re-reserves llama.cpp's graph.
     order = sorted(groups, key=lambda g: (g[0], g[1] != contexts[g[0]].applied))
     # Increasing sequence ids: llama.cpp puts only consecutive ids in one ubatch, so an

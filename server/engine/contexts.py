@@ -32,7 +32,7 @@ class Context:
     active_keys: dict[tuple, int] = field(default_factory=dict)  # adapter set key -> running sequences
 
     @classmethod
-    def open(cls, index: int, ptr: Any, parallel: int) -> "Context":
+    def open(cls, index: int, ptr: Any, parallel: int) -> Context:
         return cls(index=index, ptr=ptr, memory=llama_cpp.llama_get_memory(ptr), free_ids=list(range(parallel)))
 
     @property

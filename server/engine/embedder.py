@@ -8,8 +8,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -20,7 +21,7 @@ from .types import TextPrompt, TokenPrompt
 
 log = logging.getLogger("nomoat.engine")
 
-EmbeddingInput = Union[TextPrompt, TokenPrompt]
+EmbeddingInput = TextPrompt | TokenPrompt
 
 # Inputs decoded together in one llama_decode call (each is one sequence of the batch).
 SEQUENCES_PER_BATCH = 64
@@ -49,7 +50,7 @@ class _Cancelled(Exception):
 @dataclass(eq=False)
 class _Job:
     inputs: list[EmbeddingInput]
-    future: "concurrent.futures.Future[Embeddings]" = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[Embeddings] = field(default_factory=concurrent.futures.Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -83,7 +84,7 @@ class Embedder:
         self._unfinished: set[_Job] = set()  # queued or running; under _lock, for abort()
         self._ctx: llama_cpp.llama_context_p | None = None
         self._memory: llama_cpp.llama_memory_t | None = None
-        self._batch: llama_cpp.llama_batch | None = None
+        self._batch: Any = None  # a llama_batch once the context exists; ctypes fields defy static types
         self._n_batch = 0
         self._thread = threading.Thread(target=self._run, name=f"embed-{model.spec.name}", daemon=True)
         self._thread.start()
@@ -183,7 +184,7 @@ class Embedder:
         vectors = np.empty((len(tokens), self.n_embd), dtype=np.float32)
         for group in _plan([len(t) for t in tokens], self._n_batch, SEQUENCES_PER_BATCH):
             states = self._decode_group([tokens[i] for i in group], job)
-            for i, rows in zip(group, states):
+            for i, rows in zip(group, states, strict=False):
                 vectors[i] = _normalized(self._pool(rows))
         return Embeddings(vectors=vectors, prompt_tokens=total)
 
@@ -193,7 +194,8 @@ class Embedder:
             bad = next((t for t in item.tokens if not 0 <= t < model.n_vocab), None)
             if bad is not None:
                 raise InvalidInput(
-                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{model.n_vocab - 1})", subject=f"input[{index}]",
+                    f"input[{index}]: token id {bad} is outside the vocabulary (0..{model.n_vocab - 1})",
+                    subject=f"input[{index}]",
                 )
             tokens = list(item.tokens)
         else:
@@ -252,12 +254,13 @@ class Embedder:
             return [np.concatenate(chunks)]
         rows = self._decode([(seq, tokens, 0) for seq, tokens in enumerate(inputs)], job)
         bounds = np.cumsum([0, *(len(t) for t in inputs)])
-        return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
 
     def _decode(self, pieces: list[tuple[int, list[int], int]], job: _Job) -> np.ndarray:
         """One llama_decode of (sequence, tokens, first position) pieces; the states of every token, in order."""
         self._check_wanted(job)
         batch = self._batch
+        assert batch is not None, "made with the context"
         n = 0
         for seq, tokens, pos0 in pieces:
             for j, token in enumerate(tokens):
@@ -282,14 +285,14 @@ class Embedder:
         return rows.mean(axis=0, dtype=np.float64)
 
 
-def _settle(future: "concurrent.futures.Future[Embeddings]", *, result: Embeddings | None = None,
+def _settle(future: concurrent.futures.Future[Embeddings], *, result: Embeddings | None = None,
             exception: BaseException | None = None) -> None:
     """Complete `future` unless abort() (or the worker) already did: the first answer wins."""
     try:
         if exception is not None:
             future.set_exception(exception)
         else:
-            future.set_result(result)
+            future.set_result(result)  # type: ignore[arg-type]  # None only with an exception
     except concurrent.futures.InvalidStateError:
         pass
 

@@ -8,15 +8,16 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import llama_cpp
 
-from .errors import AdapterRejected, AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .adapters import LoraAdapter
 from .batching import Work, plan_step
 from .contexts import Context, choose_context
+from .errors import AdapterRejected, AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, OpenGenerations, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
@@ -122,7 +123,7 @@ class Engine:
         self._generations.add(gen)
         return gen
 
-    def call(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T]":
+    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `fn` on the engine thread between two steps; await it with asyncio.wrap_future."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -140,7 +141,7 @@ class Engine:
             self._cv.notify()
         return future
 
-    def load_adapter(self, name: str, source: Any, gguf_path: Any, content_hash: str) -> "concurrent.futures.Future[LoraAdapter]":
+    def load_adapter(self, name: str, source: Any, gguf_path: Any, content_hash: str) -> concurrent.futures.Future[LoraAdapter]:
         """Load an adapter file on this model (on the engine thread)."""
 
         def init() -> LoraAdapter:
@@ -321,11 +322,12 @@ class Engine:
             self._sample(seq, index, events)
 
     def _sample(self, seq: Sequence, index: int, events: list) -> None:
-        request = seq.request
+        request, context = seq.request, seq.context
+        assert context is not None, "only started sequences are sampled"
         logprobs = None
         if request.logprobs:
-            logprobs = log_softmax_row(seq.context.ptr, index, self.model.n_vocab)
-        token = seq.sampler.sample(seq.context.ptr, index)
+            logprobs = log_softmax_row(context.ptr, index, self.model.n_vocab)
+        token = seq.sampler.sample(context.ptr, index)
         seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)

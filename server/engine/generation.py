@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 from .types import GenerationRequest, TokenEvent
 
@@ -33,7 +33,7 @@ class Generation:
     """
 
     def __init__(self, request: GenerationRequest, n_prompt: int, *, wake: Callable[[], None],
-                 on_done: Callable[["Generation"], None]) -> None:
+                 on_done: Callable[[Generation], None]) -> None:
         self.request = request
         self.n_prompt = n_prompt
         self.cancelled = False

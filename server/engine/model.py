@@ -10,9 +10,9 @@ from pathlib import Path
 
 import llama_cpp
 
-from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
+from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .types import ChatPrompt, Prompt, TextPrompt, TokenPrompt
 
 log = logging.getLogger("nomoat.engine")

@@ -36,7 +36,7 @@ class SamplerChain:
         if params.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias.items()):
-                arr[i].token = token
+                arr[i].token = token  # type: ignore[assignment]  # ctypes converts the int
                 arr[i].bias = bias
             add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
         if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
@@ -90,7 +90,7 @@ class SamplerChain:
         return token
 
     def _allowed(self, token: int) -> bool:
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0  # type: ignore[assignment]
         self._one_arr.size, self._one_arr.selected, self._one_arr.sorted = 1, -1, False
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(self._one_arr))
         return self._one[0].logit != -math.inf

@@ -48,7 +48,7 @@ class PrefixReuse:
     copy_min_tokens: int
 
     @classmethod
-    def for_context(cls, enabled: bool, n_ctx: int) -> "PrefixReuse":
+    def for_context(cls, enabled: bool, n_ctx: int) -> PrefixReuse:
         """The policy for sequences of `n_ctx` cells each."""
         return cls(enabled=enabled, copy_min_tokens=max(1, round(COPY_BREAK_EVEN_TOKENS_PER_4K * n_ctx / 4096)))
 
@@ -83,6 +83,7 @@ def _copy_prefix(seq: Sequence, keep: int, running: list[Sequence], copy_min_tok
     least `copy_min_tokens` (bench/bench_prefix_copy.py). Returns the tokens now reused.
     """
     key, context = seq.request.adapters.key, seq.context
+    assert context is not None, "placed before its prefix is looked for"
     holders = [(slot, cached[1]) for slot, cached in context.slot_cache.items() if cached[0] == key]
     holders += [(s.seq_id, s.evaluated) for s in running if s.context is context and s.request.adapters.key == key]
     best_src, best_len = None, keep

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class TokenPrompt:
     tokens: list[int]
 
 
-Prompt = Union[ChatPrompt, TextPrompt, TokenPrompt]
+Prompt = ChatPrompt | TextPrompt | TokenPrompt
 
 
 @dataclass

@@ -29,7 +29,7 @@ class KeyRing:
     admin_keys: tuple[bytes, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "KeyRing":
+    def from_settings(cls, settings: Settings) -> KeyRing:
         users = _split(settings.api_key.get_secret_value() if settings.api_key else "")
         if settings.api_key_file is not None:
             users += read_key_file(settings.api_key_file)

@@ -44,7 +44,7 @@ async def receive_body(receive: Receive, limit: int, timeout: float) -> list[Mes
 
     try:
         await asyncio.wait_for(gather(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _too_slow(timeout) from None
     return messages
 
@@ -71,7 +71,7 @@ async def read_json(request: Request, limit: int, timeout: float) -> Any:
         raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
     try:
         body = await asyncio.wait_for(_receive(request, limit), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _too_slow(timeout) from None
     except ClientDisconnect:
         raise ClientDisconnected from None

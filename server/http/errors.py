@@ -14,12 +14,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import errors as engine
-from .body import ClientDisconnected
 from ..errors import (
-    AuthenticationError, ConflictError, ContextLengthExceededError, InvalidConfigError, InvalidRequestError,
-    NomoatError, NotFoundError, PayloadTooLargeError, PermissionDeniedError, RateLimitError, RequestTimeoutError,
+    AuthenticationError,
+    ConflictError,
+    ContextLengthExceededError,
+    InvalidConfigError,
+    InvalidRequestError,
+    NomoatError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTimeoutError,
     ServiceUnavailableError,
 )
+from .body import ClientDisconnected
 
 log = logging.getLogger("nomoat.http")
 
@@ -68,11 +77,10 @@ def answer_for(exc: BaseException, prompt_field: str = "prompt") -> ErrorAnswer:
     `prompt_field` is the request field holding what the engine calls the prompt (`messages`
     for chat, `prompt` for completions, `input` for embeddings).
     """
-    for cls, status, type_, code in _TABLE:
-        if isinstance(exc, cls):
-            break
-    else:
+    row = next((row for row in _TABLE if isinstance(exc, row[0])), None)
+    if row is None:
         return ErrorAnswer(500, error_body("internal server error", "server_error", "internal_error"))
+    _, status, type_, code = row
     if isinstance(exc, NomoatError):
         message, param, code = exc.message, exc.param, exc.code or code
         retry_after = exc.retry_after

@@ -26,7 +26,7 @@ class RequestLimits:
     timeout: float | None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RequestLimits":
+    def from_settings(cls, settings: Settings) -> RequestLimits:
         return cls(
             max_body_bytes=settings.max_body_bytes,
             body_timeout=settings.body_timeout_seconds,

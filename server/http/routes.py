@@ -7,9 +7,9 @@ table, so a new route cannot silently disagree between them.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response

@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..adapters.files import confine
-from .protocol import Lenient, parse
 from ..adapters.catalogue import AdapterEntry
+from ..adapters.files import confine
 from ..http.body import read_json
 from ..registry import ModelRegistry
+from .protocol import Lenient, parse
 
 
 class LoadAdapterRequest(Lenient):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -98,7 +99,7 @@ async def _chunks(run: Run, req: CompletionRequest, echo: list[str]) -> AsyncIte
     yield DONE
 
 
-def _echo_text(target: Target, prompt: Union[str, list[int]]) -> str:
+def _echo_text(target: Target, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
     return b"".join(target.engine.model.piece(t) for t in prompt).decode("utf-8", "replace")

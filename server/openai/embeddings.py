@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, StrictInt, StrictStr, ValidationError, ValidatorFunctionWrapHandler, field_validator
@@ -24,7 +24,7 @@ class EmbeddingRequest(Lenient):
     """POST /v1/embeddings, as OpenAI defines it; `user` and unknown fields are ignored."""
 
     model: str | None = None
-    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
@@ -55,7 +55,7 @@ class EmbeddingRequest(Lenient):
         if isinstance(value, str):
             return [TextPrompt(value)]
         if isinstance(value[0], int):
-            return [TokenPrompt(list(value))]  # type: ignore[arg-type]
+            return [TokenPrompt(list(value))]
         return [TextPrompt(v) if isinstance(v, str) else TokenPrompt(list(v)) for v in value]
 
 
@@ -100,7 +100,7 @@ def _shortened(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     return (cut / np.where(norms > 0.0, norms, 1.0)).astype(np.float32)
 
 
-def _encoded(vector: np.ndarray, encoding_format: str) -> Union[list[float], str]:
+def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":  # little-endian float32 bytes, what the openai SDK decodes
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     return vector.tolist()

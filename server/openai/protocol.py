@@ -4,7 +4,7 @@ every field they hold, so handlers receive only requests that can be served."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,7 +46,7 @@ class TextPart(Lenient):
 
 class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
@@ -66,7 +66,7 @@ class ChatMessage(Lenient):
                     f"content part type {part.type!r} is not supported: this model reads text only",
                     param=f"messages[{index}].content[{j}].type",
                 )
-            texts.append(part.text)
+            texts.append(part.text or "")
         return "".join(texts)
 
 
@@ -80,7 +80,7 @@ class _SamplingFields(Lenient):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -152,7 +152,7 @@ class JsonSchemaFormat(Lenient):
 
     name: str = "response"
     description: str | None = None
-    schema_: Union[dict[str, Any], bool] = Field(default_factory=dict, alias="schema")
+    schema_: dict[str, Any] | bool = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
@@ -162,7 +162,7 @@ class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
     # llama.cpp's server form, which some clients send: a schema on json_object. Enforced, never ignored.
-    schema_: Union[dict[str, Any], bool, None] = Field(None, alias="schema")
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
 
     @property
     def schema_to_enforce(self) -> Any:
@@ -172,7 +172,7 @@ class ResponseFormat(Lenient):
         return self.schema_
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "ResponseFormat":
+    def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("type 'json_schema' needs a 'json_schema' object")
         return self
@@ -185,14 +185,14 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = Field(None, max_length=128)
-    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     # The pre-tools API: refused with a pointer to its replacement rather than ignored.
     functions: list[Any] | None = None
     function_call: Any = None
 
     @model_validator(mode="after")
-    def _servable(self) -> "ChatCompletionRequest":
+    def _servable(self) -> ChatCompletionRequest:
         if self.functions is not None or self.function_call is not None:
             raise InvalidRequestError(
                 "'functions' and 'function_call' are deprecated and not supported: use 'tools' and 'tool_choice'",
@@ -220,21 +220,21 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _servable(self) -> "CompletionRequest":
+    def _servable(self) -> CompletionRequest:
         if self.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequestError("best_of other than n is not supported", param="best_of")
         return self
 
-    def prompts(self) -> list[Union[str, list[int]]]:
+    def prompts(self) -> list[str | list[int]]:
         """Each prompt the request holds: a string, a list of strings, tokens or a list of token lists."""
         p = self.prompt
         if isinstance(p, str):
@@ -260,7 +260,8 @@ def parse(model: type[BaseModel], body: Any) -> Any:
             msg = f"'{param}' is a required property"
         elif param:
             msg = f"Invalid value for '{param}': {msg}"
-        raise InvalidRequestError(msg, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None
+        code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
+        raise InvalidRequestError(msg, param=param, code=code) from None
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}

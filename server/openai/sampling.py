@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from ..engine.types import SamplingParams
 from ..errors import InvalidRequestError
 from .protocol import ChatCompletionRequest, CompletionRequest
 
 
-def sampling_params(req: Union[ChatCompletionRequest, CompletionRequest], n_vocab: int, seed_offset: int,
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, n_vocab: int, seed_offset: int,
                     grammar: str | None = None) -> SamplingParams:
     bias = {}
     for key, value in (req.logit_bias or {}).items():
