@@ -185,7 +185,7 @@ def _read_headers(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (dtype, shape) from the safetensors header; no tensor data is read."""
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            slices = {name: handle.get_slice(name) for name in handle}
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118  (safe_open is not iterable)
             return {name: (s.get_dtype(), tuple(s.get_shape())) for name, s in slices.items()}
     except (SafetensorError, OSError, ValueError) as exc:
         _refuse(path, f"is not a complete safetensors file ({exc})")
