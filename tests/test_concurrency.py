@@ -142,7 +142,7 @@ def test_queued_stream_gets_its_first_chunk_before_a_slot_frees(single_slot):
                 lines = data_lines(queued)
                 # Sent on admission, while the only slot is still busy (clients time out otherwise).
                 first = next(lines)
-                assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+                assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
                 assert metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == 1
                 holder.close()
                 rest = list(lines)
