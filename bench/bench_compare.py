@@ -25,14 +25,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from lora_factory import write_lora  # noqa: E402
-from support.process import NO_EOS  # noqa: E402
-
-import bench.common  # noqa: E402
-
-# bench_server.py imports NO_EOG from bench.common, whose re-export of it ruff's unused-import fix
-# dropped (c573813); put it back before that import, until common.py exports it again.
-if not hasattr(bench.common, "NO_EOG"):
-    bench.common.NO_EOG = NO_EOS  # type: ignore[attr-defined]
 
 from bench.bench_server import Result, Runs, bodies_for, run_load  # noqa: E402
 from bench.common import free_port, models_toml, wait_healthy  # noqa: E402

@@ -13,6 +13,7 @@ import httpx
 
 # One server-process helper for the tests and the benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.process import NO_EOS as NO_EOG  # noqa: E402,F401  (the benchmarks' end-of-generation ban)
 from support.process import ServerProcess, free_port, wait_healthy  # noqa: E402,F401
 
 

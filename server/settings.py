@@ -55,10 +55,11 @@ class Settings(BaseSettings):
     )
     body_timeout_seconds: float = Field(
         30.0, gt=0,
-        description=(
-            "Longest a client may take to send its request body; past it: 408. Also how long a stream "
-            "waits for a client that stops reading before it gives up on it."
-        ),
+        description="Longest a client may take to send its request body; past it: 408.",
+    )
+    send_timeout_seconds: float = Field(
+        120.0, gt=0,
+        description="How long a stream waits on a client that stopped reading before it closes the stream.",
     )
     adapter_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

@@ -252,7 +252,7 @@ def event_stream(run: Run, chunks: AsyncIterator[dict[str, str]]) -> Response:
             run.cancel()
 
     return _EventStream(guarded(), sep="\n", ping=15, headers=run.headers,
-                        send_timeout=run.core.limits.body_timeout)
+                        send_timeout=run.core.limits.send_timeout)
 
 
 class _EventStream(EventSourceResponse):

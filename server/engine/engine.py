@@ -51,6 +51,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cv = threading.Condition()
         self._inbox: collections.deque[Sequence] = collections.deque()
+        self._admitting: dict[int, GenerationRequest] = {}  # being tokenized: their adapters are held
         self._active: list[Sequence] = []
         # Context 0 is the model's own; more open, up to max_contexts, when several adapter sets
         # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
@@ -80,27 +81,35 @@ class Engine:
         return self._outstanding
 
     async def submit(self, request: GenerationRequest) -> Generation:
-        """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full."""
+        """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full.
+
+        An adapter the request resolved holds from here on: one unloaded (or replaced) while the
+        request is tokenized serves it to its end, as it does a request already running.
+        """
         if self._stopping:
             raise ShuttingDown()
         self._check_capacity()
+        for applied in request.adapters.adapters:
+            if applied.handle.unloading:
+                raise AdapterUnloaded(applied.name)
         loop = asyncio.get_running_loop()
         self._loop = loop
         # Counted from admission, so a reload that retires this engine waits for its tokenizing too.
         self._outstanding += 1
+        with self._cv:
+            self._admitting[id(request)] = request
         try:
             prompt, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+            try:
+                self._check_prompt_length(request, len(prompt))
+            except BaseException:
+                sampler.close()
+                raise
         except BaseException:
             self._outstanding -= 1
-            raise
-        try:
-            self._check_prompt_length(request, len(prompt))
-            for applied in request.adapters.adapters:
-                if applied.handle.unloading:
-                    raise AdapterUnloaded(applied.name)
-        except BaseException:
-            sampler.close()
-            self._outstanding -= 1
+            with self._cv:
+                del self._admitting[id(request)]
+                self._cv.notify()  # an adapter it held may be free now
             raise
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
@@ -114,6 +123,7 @@ class Engine:
             todo=list(prompt),
         )
         with self._cv:
+            del self._admitting[id(request)]
             if self._stopping:  # closed while tokenizing: the worker would never see this sequence
                 self._outstanding -= 1
                 seq.sampler.close()
@@ -380,10 +390,11 @@ class Engine:
         self._emit(events)
 
     def _take_unused_adapters(self) -> list[LoraAdapter]:
-        """Take the adapters marked for unloading that no queued or running sequence uses (lock held)."""
+        """Take the adapters marked for unloading that no admitted request uses (lock held)."""
         if not self._to_free:
             return []
-        in_use = {id(a.handle) for s in (*self._active, *self._inbox) for a in s.request.adapters.adapters}
+        requests = [*(s.request for s in (*self._active, *self._inbox)), *self._admitting.values()]
+        in_use = {id(a.handle) for r in requests for a in r.adapters.adapters}
         unused = [a for a in self._to_free if id(a) not in in_use]
         self._to_free = [a for a in self._to_free if id(a) in in_use]
         return unused

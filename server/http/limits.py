@@ -21,7 +21,8 @@ class RequestLimits:
     """What one completion request may ask for; built from Settings, applied by the serving code."""
 
     max_body_bytes: int
-    body_timeout: float  # seconds to receive a body, and to wait for a client that stopped reading
+    body_timeout: float  # seconds to receive a body
+    send_timeout: float  # seconds a stream waits on a client that stopped reading
     max_tokens: int
     timeout: float | None
 
@@ -30,6 +31,7 @@ class RequestLimits:
         return cls(
             max_body_bytes=settings.max_body_bytes,
             body_timeout=settings.body_timeout_seconds,
+            send_timeout=settings.send_timeout_seconds,
             max_tokens=settings.max_tokens_limit,
             timeout=settings.request_timeout_seconds or None,
         )
