@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,46 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from lora_factory import write_lora  # noqa: E402
 
 from bench.bench_server import Result, Runs, bodies_for, run_load  # noqa: E402
-from bench.common import free_port, models_toml, wait_healthy  # noqa: E402
+from bench.common import Nomoat, models_toml  # noqa: E402
 
 LEVELS: list[tuple[bool, int]] = [(False, 1), (False, 4), (False, 8), (True, 8)]
-
-
-class Server:
-    """`CMD serve --config CFG --port P --log-level warning` in a temporary folder, as a context manager."""
-
-    def __init__(self, command: str, config_text: str) -> None:
-        self.dir = tempfile.TemporaryDirectory()
-        workdir = Path(self.dir.name)
-        config = workdir / "models.toml"
-        config.write_text(config_text)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (workdir / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [*shlex.split(command), "serve", "--config", str(config), "--port", str(self.port),
-             "--log-level", "warning"],
-            cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-
-    def __enter__(self) -> Server:
-        try:
-            wait_healthy(self.url, self.proc, 120)
-        except RuntimeError:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.dir.cleanup()
 
 
 @dataclass
@@ -79,7 +41,7 @@ class Level:
 
 def one_run(command: str, config_text: str, mixed: bool, c: int, tokens: int, rounds: int) -> Result:
     """A fresh server, a short warm-up (every adapter set once), then the measured load."""
-    with Server(command, config_text) as s:
+    with Nomoat(config_text, command=shlex.split(command)) as s:
         run_load(s.url, bodies_for("nomoat", mixed, 8), 3, 1)
         return run_load(s.url, bodies_for("nomoat", mixed, tokens), c, rounds)
 

@@ -20,9 +20,10 @@ from support.process import ServerProcess, free_port, wait_healthy  # noqa: E402
 class Nomoat:
     """`python -m nomoat serve` with a generated models.toml in a temporary folder, as a context manager."""
 
-    def __init__(self, models_toml: str, *args: str) -> None:
+    def __init__(self, models_toml: str, *args: str, command: list[str] | None = None) -> None:
         self.dir = tempfile.TemporaryDirectory()
-        self.server = ServerProcess(models_toml, Path(self.dir.name), "--log-level", "warning", *args)
+        self.server = ServerProcess(models_toml, Path(self.dir.name), "--log-level", "warning", *args,
+                                    command=command)
         self.port, self.url = self.server.port, self.server.base_url
 
     def __enter__(self) -> Nomoat:

@@ -41,7 +41,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, descri
 class ServerProcess:
     """A `python -m nomoat serve` child on 127.0.0.1 with a models.toml in `workdir`; its log is kept."""
 
-    def __init__(self, config_text: str, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_text: str, workdir: Path, *args: str, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        """`command` starts the server (default: this interpreter's `-m nomoat`); `serve` and its flags follow."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "models.toml"
@@ -50,7 +52,7 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nomoat", "serve", "--config", str(self.config),
+            [*(command or [sys.executable, "-m", "nomoat"]), "serve", "--config", str(self.config),
              "--port", str(self.port), *args],
             cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
         )
