@@ -30,8 +30,10 @@ class ChatCompletions:
         target = self.core.route(request, req.model, req.lora_pairs())
         plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
         check_history(req.messages)
-        # A large schema takes a while to turn into a grammar: never on the event loop.
-        grammar = await asyncio.to_thread(chat_grammar, req, plan)
+        # A large schema takes a while to turn into a grammar: never on the event loop (and no thread
+        # hop for the plain chats that need none).
+        constrained = plan.mode == "forced" or (req.response_format is not None and req.response_format.type != "text")
+        grammar = await asyncio.to_thread(chat_grammar, req, plan) if constrained else None
         native = target.engine.model.chat_template.supports_tools
         prompt = ChatPrompt(prompt_messages(req.template_messages(), plan, native),
                             tools=[t.openai() for t in plan.tools] if native and plan.active else None)
