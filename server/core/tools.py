@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ MAX_FORCED_CALLS = 8
 class Tool:
     name: str
     description: str
-    parameters: dict[str, Any]
+    parameters: dict[str, Any] | None
 
     def openai(self) -> dict[str, Any]:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
@@ -80,31 +81,45 @@ class ToolPlan:
 
 
 def plan_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool) -> ToolPlan:
-    """Check the request's tools and tool_choice (400s name the field) and say what they ask."""
+    """Chat completions' `tools` and `tool_choice` (400s name the OpenAI field) and what they ask."""
+    defs = [Tool(t.function.name, t.function.description or "", t.function.parameters) for t in tools or []]
+    if isinstance(tool_choice, str) or tool_choice is None:
+        return make_plan(defs, tool_choice, None, parallel)
+    return make_plan(defs, "function", tool_choice.function.name, parallel, named_param="tool_choice.function.name")
+
+
+def make_plan(tools: list[Tool], choice: str | None, named: str | None, parallel: bool, *,
+              tool_param: Callable[[int, str], str] = lambda i, key: f"tools[{i}].function.{key}",
+              schema_key: str = "parameters", named_param: str = "tool_choice") -> ToolPlan:
+    """Check a request's tools and its choice, in any wire protocol's shape, and say what they ask.
+
+    `choice`: "none", "auto", "required" (a call to any tool) or "function" (a call to `named`);
+    None means "auto" with tools and "none" without. `tool_param(i, key)` names a tool's field in
+    this protocol's errors (`key` is "name" or `schema_key`); `named_param` the forced name's field.
+    A tool whose parameters are None takes none (`{}`).
+    """
     defs = []
     seen: set[str] = set()
-    for i, t in enumerate(tools or []):
-        fn = t.function
-        if fn.name in seen:
-            raise InvalidRequestError(f"two tools are named {fn.name!r}", param=f"tools[{i}].function.name")
-        seen.add(fn.name)
-        params = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
+    for i, t in enumerate(tools):
+        if t.name in seen:
+            raise InvalidRequestError(f"two tools are named {t.name!r}", param=tool_param(i, "name"))
+        seen.add(t.name)
+        params = t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
         if not isinstance(params, dict) or params.get("type", "object") != "object":
-            raise InvalidRequestError("a function's parameters must be a JSON schema of type object",
-                                      param=f"tools[{i}].function.parameters")
-        defs.append(Tool(fn.name, fn.description or "", params))
-    if isinstance(tool_choice, str) or tool_choice is None:
-        choice = tool_choice or ("auto" if defs else "none")
-        if choice != "none" and not defs:
-            raise InvalidRequestError(f"tool_choice {choice!r} needs at least one tool in 'tools'", param="tool_choice")
-        if choice == "required":
-            return ToolPlan(tuple(defs), "forced", tuple(d.name for d in defs), parallel)
-        return ToolPlan(tuple(defs), choice, (), parallel)
-    name = tool_choice.function.name
-    if name not in seen:
-        raise InvalidRequestError(f"tool_choice names the function {name!r}, which is not in 'tools'",
-                                  param="tool_choice.function.name")
-    return ToolPlan(tuple(defs), "forced", (name,), parallel)
+            raise InvalidRequestError(f"a function's {schema_key} must be a JSON schema of type object",
+                                      param=tool_param(i, schema_key))
+        defs.append(Tool(t.name, t.description, params))
+    if choice == "function":
+        if named not in seen:
+            raise InvalidRequestError(f"tool_choice names the function {named!r}, which is not in 'tools'",
+                                      param=named_param)
+        return ToolPlan(tuple(defs), "forced", (str(named),), parallel)
+    choice = choice or ("auto" if defs else "none")
+    if choice != "none" and not defs:
+        raise InvalidRequestError(f"tool_choice {choice!r} needs at least one tool in 'tools'", param="tool_choice")
+    if choice == "required":
+        return ToolPlan(tuple(defs), "forced", tuple(d.name for d in defs), parallel)
+    return ToolPlan(tuple(defs), choice, (), parallel)
 
 
 # --- the prompt ------------------------------------------------------------------------------
