@@ -1,178 +1,27 @@
-"""GGUF layout checks made before gguf.GGUFReader maps a file: every count and length must fit the file.
+"""The GGUF layout check an adapter file passes before gguf.GGUFReader or llama.cpp reads it.
 
-GGUFReader trusts the counts it reads: an array claiming 2**62 items makes it loop past the end of
-the file, building a numpy view per item, until memory runs out. This walk reads the same header
-with work bounded by caps and by the file's size, and refuses what does not fit.
+The walk itself is server/engine/gguf_header.py; here its refusals become adapter errors that name
+the file (400s on the admin API, log lines for the watcher).
 """
 
 from __future__ import annotations
 
-import os
-import struct
 from pathlib import Path
 from typing import BinaryIO
 
-import gguf
-
+from ..engine import gguf_header
 from ..errors import AdapterError
-
-# Far above any LoRA adapter (a handful of keys, a few thousand tensors), and low enough that the
-# Python objects GGUFReader builds per key, array item and tensor stay within a few hundred MB.
-MAX_KV = 1 << 16
-MAX_TENSORS = 1 << 16
-MAX_ARRAY_ITEMS = 1 << 20  # all arrays of a file together
-MAX_NAME_BYTES = 1 << 16  # keys and tensor names
-MAX_STRING_BYTES = 1 << 26
-MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
-_INT64_MAX = (1 << 63) - 1
-
-_V = gguf.GGUFValueType
-_SCALAR_SIZES = {
-    _V.UINT8: 1, _V.INT8: 1, _V.BOOL: 1, _V.UINT16: 2, _V.INT16: 2, _V.UINT32: 4, _V.INT32: 4,
-    _V.FLOAT32: 4, _V.UINT64: 8, _V.INT64: 8, _V.FLOAT64: 8,
-}
 
 
 class TruncatedGGUFError(AdapterError):
     """The file ends before what its header describes: damaged, or a copy still being written."""
 
 
-class _Cursor:
-    """Reads a GGUF header front to back; nothing is read or skipped past the end of the file."""
-
-    def __init__(self, stream: BinaryIO, path: Path) -> None:
-        self._stream, self._path = stream, path
-        self.size = os.fstat(stream.fileno()).st_size
-        self.pos = 0
-        self.order = "<"
-        self.array_items = 0
-
-    def bad(self, reason: str) -> AdapterError:
-        return AdapterError(f"{self._path}: not a valid GGUF file: {reason}", param="path")
-
-    def truncated(self, reason: str) -> TruncatedGGUFError:
-        return TruncatedGGUFError(f"{self._path}: not a complete GGUF file: {reason}", param="path")
-
-    def need(self, n: int, what: str) -> None:
-        if n > self.size - self.pos:
-            raise self.truncated(f"{what} needs {n} bytes at offset {self.pos}, the file has "
-                                 f"{self.size - self.pos} left")
-
-    def take(self, n: int, what: str) -> bytes:
-        self.need(n, what)
-        data = self._stream.read(n)
-        if len(data) != n:
-            raise self.truncated(f"{what}: the file shrank while being read")
-        self.pos += n
-        return data
-
-    def skip(self, n: int, what: str) -> None:
-        self.need(n, what)
-        self.pos += n
-        self._stream.seek(self.pos)
-
-    def u32(self, what: str) -> int:
-        return struct.unpack(self.order + "I", self.take(4, what))[0]
-
-    def u64(self, what: str) -> int:
-        return struct.unpack(self.order + "Q", self.take(8, what))[0]
-
-    def name(self, what: str) -> str:
-        length = self.u64(f"the length of {what}")
-        if length > MAX_NAME_BYTES:
-            raise self.bad(f"{what} is {length} bytes long (at most {MAX_NAME_BYTES})")
-        return self.take(length, what).decode("utf-8", errors="replace")
-
-    def skip_string(self, what: str) -> None:
-        length = self.u64(f"the length of {what}")
-        if length > MAX_STRING_BYTES:
-            raise self.bad(f"{what} is a string of {length} bytes (at most {MAX_STRING_BYTES})")
-        self.skip(length, what)
-
-
 def check_gguf_layout(stream: BinaryIO, path: Path) -> None:
-    """Refuse (AdapterError naming `path`) a GGUF whose header does not fit its file.
-
-    Walks the header, every key/value and every tensor info, and checks that each tensor's data lies
-    inside the file. TruncatedGGUFError (an AdapterError) means the file ends too early.
-    """
-    stream.seek(0)
-    cursor = _Cursor(stream, path)
-    magic = stream.read(4)
-    stream.seek(0)
-    if magic != b"GGUF"[: len(magic)]:
-        raise AdapterError(f"{path}: not a GGUF file (no GGUF magic)", param="path")
-    cursor.take(4, "the GGUF magic")
-    version = cursor.u32("the GGUF version")
-    if version & 0xFFFF == 0:  # written on a machine of the other byte order, as GGUFReader reads it
-        cursor.order = ">"
-        version = struct.unpack(">I", struct.pack("<I", version))[0]
-    if version not in gguf.READER_SUPPORTED_VERSIONS:
-        raise cursor.bad(f"GGUF version {version} is not supported")
-    tensor_count = cursor.u64("the tensor count")
-    kv_count = cursor.u64("the key/value count")
-    if kv_count > MAX_KV:
-        raise cursor.bad(f"it claims {kv_count} metadata keys (at most {MAX_KV})")
-    if tensor_count > MAX_TENSORS:
-        raise cursor.bad(f"it claims {tensor_count} tensors (at most {MAX_TENSORS})")
-    alignment = gguf.GGUF_DEFAULT_ALIGNMENT
-    for index in range(kv_count):
-        key = cursor.name(f"metadata key {index}")
-        value_type = cursor.u32(f"the type of {key!r}")
-        if key == gguf.Keys.General.ALIGNMENT and value_type == _V.UINT32:
-            alignment = cursor.u32(key)
-            if alignment == 0 or alignment & (alignment - 1):
-                raise cursor.bad(f"{key} is {alignment}, not a power of two")
-        else:
-            _skip_value(cursor, key, value_type)
-    tensors = [_tensor_info(cursor, index) for index in range(tensor_count)]
-    data_start = -(-cursor.pos // alignment) * alignment
-    for name, offset, n_bytes in tensors:
-        if offset % alignment:
-            raise cursor.bad(f"tensor {name!r} starts at {offset}, not a multiple of the alignment {alignment}")
-        end = data_start + offset + n_bytes
-        if end > cursor.size:
-            raise cursor.truncated(f"the data of tensor {name!r} ends at byte {end}, the file has {cursor.size}")
-
-
-def _skip_value(cursor: _Cursor, key: str, value_type: int) -> None:
-    if value_type == _V.STRING:
-        cursor.skip_string(f"the value of {key!r}")
-    elif value_type in _SCALAR_SIZES:
-        cursor.skip(_SCALAR_SIZES[_V(value_type)], f"the value of {key!r}")
-    elif value_type == _V.ARRAY:
-        item_type = cursor.u32(f"the item type of {key!r}")
-        count = cursor.u64(f"the length of {key!r}")
-        cursor.array_items += count
-        if cursor.array_items > MAX_ARRAY_ITEMS:
-            raise cursor.bad(f"{key!r} is an array of {count} items (at most {MAX_ARRAY_ITEMS} in all arrays)")
-        if item_type == _V.STRING:
-            for index in range(count):
-                cursor.skip_string(f"{key}[{index}]")
-        elif item_type in _SCALAR_SIZES:
-            cursor.skip(count * _SCALAR_SIZES[_V(item_type)], f"the {count} items of {key!r}")
-        else:
-            raise cursor.bad(f"{key!r} is an array of value type {item_type}, which GGUF metadata cannot hold")
-    else:
-        raise cursor.bad(f"{key!r} has unknown value type {value_type}")
-
-
-def _tensor_info(cursor: _Cursor, index: int) -> tuple[str, int, int]:
-    """Name, data offset and data size in bytes of one tensor."""
-    name = cursor.name(f"the name of tensor {index}")
-    n_dims = cursor.u32(f"the dimension count of tensor {name!r}")
-    if n_dims > MAX_DIMS:
-        raise cursor.bad(f"tensor {name!r} has {n_dims} dimensions (at most {MAX_DIMS})")
-    dims = [cursor.u64(f"the dimensions of tensor {name!r}") for _ in range(n_dims)]
-    raw_type = cursor.u32(f"the type of tensor {name!r}")
-    offset = cursor.u64(f"the data offset of tensor {name!r}")
+    """Refuse (AdapterError naming `path`) a GGUF whose header does not fit its file."""
     try:
-        block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(raw_type)]
-    except (ValueError, KeyError):
-        raise cursor.bad(f"tensor {name!r} has unknown type {raw_type}") from None
-    n_elements = 1
-    for dim in dims:
-        n_elements *= dim
-    if n_elements > _INT64_MAX or (dims and dims[0] % block_size):
-        raise cursor.bad(f"tensor {name!r} has impossible dimensions {dims} for its type")
-    return name, offset, n_elements // block_size * type_size
+        gguf_header.check_gguf_layout(stream, path)
+    except gguf_header.TruncatedGGUFError as exc:
+        raise TruncatedGGUFError(str(exc), param="path") from None
+    except gguf_header.GGUFLayoutError as exc:
+        raise AdapterError(str(exc), param="path") from None

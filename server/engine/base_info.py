@@ -9,6 +9,7 @@ from typing import NoReturn
 import gguf
 
 from .errors import ModelFileError
+from .gguf_header import GGUFLayoutError, read_metadata
 
 _T = gguf.MODEL_TENSOR
 
@@ -36,29 +37,34 @@ class BaseModelInfo:
 
     @classmethod
     def from_gguf(cls, path: Path) -> BaseModelInfo:
+        # Only the header's dimensions, read by the bounded walk: GGUFReader would build an object per
+        # tokenizer entry first (seconds for a 49k vocabulary).
         try:
-            reader = gguf.GGUFReader(path)
-        except (OSError, ValueError, IndexError) as exc:  # what GGUFReader raises on a damaged file
+            fields = read_metadata(path, lambda key: key == "general.architecture"
+                                   or not key.startswith(("tokenizer.", "general.")))
+        except OSError as exc:
+            _unreadable(path, f"base model cannot be read ({exc.strerror or exc})")
+        except GGUFLayoutError as exc:
             _unreadable(path, f"base model is not a readable GGUF file ({exc})")
-        arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-        if arch_field is None:
+        arch = fields.get(gguf.Keys.General.ARCHITECTURE)
+        if not isinstance(arch, str):
             _unreadable(path, "base GGUF has no general.architecture")
-        arch = str(arch_field.contents())
         uniform = True
 
         def number(key: str, default: int | None = None) -> int:
             nonlocal uniform
-            field = reader.get_field(key.format(arch=arch))
-            if field is None:
+            value = fields.get(key.format(arch=arch))
+            if value is None:
                 if default is None:
                     _unreadable(path, f"base GGUF lacks {key.format(arch=arch)}")
                 return default
-            value = field.contents()
             if isinstance(value, list):
                 # Hybrid models store 0 for layers without attention; those have no q/k/v to adapt.
                 sizes = {int(v) for v in value if v}
                 uniform = uniform and len(sizes) <= 1
                 return max(sizes, default=0)
+            if isinstance(value, str):
+                _unreadable(path, f"base GGUF's {key.format(arch=arch)} is not a number")
             return int(value)
 
         n_embd = number(gguf.Keys.LLM.EMBEDDING_LENGTH)
