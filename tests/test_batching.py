@@ -7,10 +7,12 @@ import os
 
 import httpx
 import pytest
-from conftest import TEST_N_CTX, models_toml
+from conftest import models_toml
 from lora_factory import write_lora
 from wire import NO_EOS
 
+# The mixed server's context per sequence: small, so filling it (the KV test) costs little.
+N_CTX = 1024
 SYSTEM = ("You are a meticulous assistant for a hardware store. Answer briefly, politely and with exact "
           "product names. Never invent prices; when unsure, say so and suggest asking a clerk.")
 
@@ -36,7 +38,7 @@ def prefix_len(a: str, b: str) -> int:
 def mixed_server(tmp_path_factory, start_server_module):
     d = tmp_path_factory.mktemp("batch-adapters")
     a = write_lora(d / "a.gguf", seed=11, std=0.12)
-    return start_server_module(models_toml(extra=f'[[adapters]]\nname = "a"\npath = "{a}"\n'))
+    return start_server_module(models_toml(n_ctx=N_CTX, extra=f'[[adapters]]\nname = "a"\npath = "{a}"\n'))
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +122,10 @@ def test_cancelled_stream_does_not_disturb_others_and_frees_its_kv(mixed_server)
         assert cancelled.result() == 3
         assert prefix_len(other.result(), expected) >= 8
     # A prompt filling almost the whole context still fits once the cancelled sequence is gone.
-    long_prompt = "word " * (TEST_N_CTX - 60)
+    long_prompt = "word " * (N_CTX - 60)
     r = httpx.post(url + "/v1/completions", json={"prompt": long_prompt, "max_tokens": 4}, timeout=120)
     assert r.status_code == 200, r.text
-    assert r.json()["usage"]["prompt_tokens"] > TEST_N_CTX - 100
+    assert r.json()["usage"]["prompt_tokens"] > N_CTX - 100
 
 
 def test_prefix_cache_reports_cached_tokens_and_keeps_output(mixed_server, start_server_module):
