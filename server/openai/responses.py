@@ -111,7 +111,7 @@ class Responses:
         if plan.mode == "forced" or (fmt is not None and fmt.type != "text"):
             # A large schema takes a while to turn into a grammar: never on the event loop.
             grammar = await asyncio.to_thread(
-                output_grammar, plan, fmt.type if fmt else None, fmt.schema_ if fmt else None,
+                output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
                 Grammar("text.format"), lambda i: f"tools[{i}].parameters", "text.format.schema")
         native = target.engine.model.chat_template.supports_tools
         prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from ..core.tools import Tool
 from ..errors import InvalidRequestError
-from .protocol import Lenient, _SamplingFields
+from .protocol import JsonSchemaFormat, Lenient, _SamplingFields
 
 # Content part types read as text; everything else (input_image, input_file, input_audio) is refused.
 _TEXT_PARTS = {"input_text", "output_text", "text"}
@@ -98,18 +98,15 @@ class NamedToolChoice(Lenient):
     name: str | None = None
 
 
-class TextFormat(Lenient):
-    type: Literal["text", "json_object", "json_schema"]
-    name: str = "response"
-    description: str | None = None
-    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
-    strict: bool | None = None
+class TextFormat(JsonSchemaFormat):
+    """`text.format`: chat's `response_format` with the json_schema fields at the top level."""
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> TextFormat:
-        if self.type == "json_schema" and self.schema_ is None:
-            raise ValueError("type 'json_schema' needs a 'schema'")
-        return self
+    type: Literal["text", "json_object", "json_schema"]
+
+    @property
+    def schema_to_enforce(self) -> Any:
+        """The JSON schema the output must follow (None: any JSON object, or free text)."""
+        return self.schema_ if self.type == "json_schema" else None
 
 
 class TextConfig(Lenient):
@@ -148,6 +145,10 @@ class ResponsesRequest(_SamplingFields):
             if choice.name is None:
                 raise InvalidRequestError("tool_choice needs 'name'", param="tool_choice.name",
                                           code="missing_required_parameter")
+        fmt = self.format
+        if fmt is not None and fmt.type == "json_schema" and "schema_" not in fmt.model_fields_set:
+            raise InvalidRequestError("text.format type 'json_schema' needs a 'schema'", param="text.format.schema",
+                                      code="missing_required_parameter")
         for i, item in enumerate(self.items()):
             item.check(i)
         if self.previous_response_id is None and not self.items():
