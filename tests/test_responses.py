@@ -48,7 +48,7 @@ class Server:
 
     def langchain(self, model: str, **kwargs: object) -> ChatOpenAI:
         return ChatOpenAI(base_url=f"{self.proc.base_url}/v1", api_key="none", model=model, temperature=0,
-                          max_retries=0, timeout=300, use_responses_api=True, **kwargs)  # type: ignore[arg-type]
+                          max_retries=0, timeout=300, use_responses_api=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
