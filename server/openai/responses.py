@@ -27,7 +27,7 @@ from ..http.routes import Handler
 from .protocol import parse
 from .response_store import ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
-from .responses_protocol import NamedToolChoice, ResponsesRequest, chat_messages, item_dicts
+from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, item_dicts
 from .sampling import sampling_params
 
 
@@ -66,7 +66,7 @@ class Turn:
 
 def _choice_echo(req: ResponsesRequest) -> str | dict[str, Any]:
     choice = req.tool_choice
-    return choice.model_dump(exclude_none=True) if isinstance(choice, NamedToolChoice) else (choice or "auto")
+    return choice.model_dump(exclude_none=True) if isinstance(choice, FunctionChoice) else (choice or "auto")
 
 
 def _format_echo(req: ResponsesRequest) -> dict[str, Any]:

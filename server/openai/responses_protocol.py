@@ -93,7 +93,7 @@ class FunctionTool(Lenient):
     strict: bool | None = None
 
 
-class NamedToolChoice(Lenient):
+class FunctionChoice(Lenient):
     type: str
     name: str | None = None
 
@@ -121,7 +121,7 @@ class ResponsesRequest(_SamplingFields):
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     tools: list[FunctionTool] | None = Field(None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     text: TextConfig | None = None
     parallel_tool_calls: bool = True
     metadata: dict[str, str] | None = Field(None, max_length=16)
@@ -138,7 +138,7 @@ class ResponsesRequest(_SamplingFields):
                 raise InvalidRequestError("a function tool needs 'name'", param=f"tools[{i}].name",
                                           code="missing_required_parameter")
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice):
+        if isinstance(choice, FunctionChoice):
             if choice.type != "function":
                 raise InvalidRequestError(f"tool_choice type {choice.type!r} is not supported: only function tools are",
                                           param="tool_choice.type", code="invalid_value")
@@ -170,7 +170,7 @@ class ResponsesRequest(_SamplingFields):
 
     def choice(self) -> tuple[str | None, str | None]:
         """`tool_choice` as make_plan reads it: the mode, and the function a named choice forces."""
-        if isinstance(self.tool_choice, NamedToolChoice):
+        if isinstance(self.tool_choice, FunctionChoice):
             return "function", self.tool_choice.name
         return self.tool_choice, None
 
