@@ -211,6 +211,13 @@ def test_the_store_is_pruned_by_count(fake_factory, tmp_path):
     assert [srv.client.get(f"{RESPONSES}/{i}").status_code for i in ids] == [404, 200, 200]
 
 
+def test_the_store_is_pruned_by_age_and_kept_private(fake_factory, tmp_path):
+    srv = fake_factory(state_dir=tmp_path, responses_max_age=0.001)
+    body = create(srv, "soon gone")
+    assert srv.client.get(f"{RESPONSES}/{body['id']}").status_code == 404
+    assert (tmp_path / "responses.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
 def test_the_store_survives_a_new_app_over_the_same_state_dir(fake_factory, tmp_path):
     body = create(fake_factory(state_dir=tmp_path), "remember me")
     again = fake_factory(state_dir=tmp_path)

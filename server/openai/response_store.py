@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS responses (
     stored_at REAL NOT NULL,
     response TEXT NOT NULL,
     input TEXT NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS responses_by_age ON responses (stored_at);
 """
 
 
@@ -52,13 +53,18 @@ class ResponseStore:
         return await asyncio.to_thread(self._delete, response_id)
 
     def _connect(self, create: bool) -> sqlite3.Connection | None:
+        """A connection to the file; None when there is no file yet and `create` is false."""
         if not create and not self.path.exists():
             return None
-        if create:
+        new = not self.path.exists()
+        if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Conversations are private: the file (and SQLite's -wal and -shm files, which copy its
+            # mode) is for the server's user alone.
+            self.path.touch(mode=0o600)
         conn = sqlite3.connect(self.path, timeout=10.0)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(_SCHEMA)
+        conn.executescript(_SCHEMA)
         return conn
 
     def _put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
