@@ -23,7 +23,9 @@ from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import NotFoundError
 from ..http.body import ClientDisconnected
 from ..http.errors import answer_for
+from ..http.limits import RequestLimits
 from ..http.routes import Handler
+from ..registry import Target
 from .protocol import parse
 from .response_store import ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
@@ -39,7 +41,6 @@ class Turn:
     created_at: int
     model: str
     req: ResponsesRequest
-    plan: ToolPlan
     input: list[dict[str, Any]]
 
     def body(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
@@ -104,25 +105,9 @@ class Responses:
         choice, named = req.choice()
         plan = make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
                          tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")
-        earlier = await self._earlier(req.previous_response_id)
-        items = earlier + item_dicts(req.items())
-        fmt = req.format
-        grammar = None
-        if plan.mode == "forced" or (fmt is not None and fmt.type != "text"):
-            # A large schema takes a while to turn into a grammar: never on the event loop.
-            grammar = await asyncio.to_thread(
-                output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
-                Grammar("text.format"), lambda i: f"tools[{i}].parameters", "text.format.schema")
-        native = target.engine.model.chat_template.supports_tools
-        prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
-                            tools=[t.openai() for t in plan.tools] if native and plan.active else None)
-        max_tokens = self.core.limits.completion_tokens(
-            req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens, "max_output_tokens")
-        run = await self.core.start(request, target, [GenerationRequest(
-            prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
-            max_tokens=max_tokens, stop=req.stop_list(), adapters=target.adapters,
-        )])
-        turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, plan, items)
+        items = await self._earlier(req.previous_response_id) + item_dicts(req.items())
+        run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
+        turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, items)
         writer = OutputWriter(plan)
         if req.stream:
             return event_stream(run, self._events(run, turn, writer))
@@ -186,6 +171,26 @@ class Responses:
         if not await self.store.delete(response_id):
             raise _not_found(response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],
+                     limits: RequestLimits) -> GenerationRequest:
+    """What the engine runs for a request: the conversation through the chat template, under its grammar."""
+    fmt = req.format
+    grammar = None
+    if plan.mode == "forced" or (fmt is not None and fmt.type != "text"):
+        # A large schema takes a while to turn into a grammar: never on the event loop.
+        grammar = await asyncio.to_thread(
+            output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
+            Grammar("text.format"), lambda i: f"tools[{i}].parameters", "text.format.schema")
+    native = target.engine.model.chat_template.supports_tools
+    prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
+                        tools=[t.openai() for t in plan.tools] if native and plan.active else None)
+    asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
+    return GenerationRequest(
+        prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
+        max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
+    )
 
 
 def _not_found(response_id: str) -> NotFoundError:
