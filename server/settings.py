@@ -81,7 +81,17 @@ class Settings(BaseSettings):
     )
     state_dir: Path | None = Field(
         None,
-        description="Where converted adapters are cached (default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat).",
+        description=(
+            "Where converted adapters and stored responses are kept "
+            "(default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat)."
+        ),
+    )
+    responses_max_age: float = Field(
+        30 * 24 * 3600.0, gt=0,
+        description="Seconds a stored Responses API response is kept for GET and previous_response_id (default 30 days).",
+    )
+    responses_max_count: int = Field(
+        10000, ge=1, description="Most Responses API responses kept; the oldest are dropped past it.",
     )
     max_tokens_limit: int = Field(
         4096, ge=1,

@@ -33,7 +33,8 @@ FUZZ = settings(max_examples=DEEP_EXAMPLES or 40, derandomize=not DEEP_EXAMPLES,
                                        HealthCheck.filter_too_much, HealthCheck.data_too_large])
 JSON_HEADERS = {"content-type": "application/json"}
 # What a successful non-stream answer of each POST route holds in `object`.
-OBJECTS = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list", "load_adapter": "adapter"}
+OBJECTS = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list", "load_adapter": "adapter",
+           "create_response": "response"}
 # Statuses a body that the schema accepts may still get: refused for meaning (400: top_logprobs without
 # logprobs, 404: no such adapter, 403: a path outside the adapter directories...), never a 5xx.
 SERVABLE_STATUSES = {200, 201, 400, 403, 404, 413, 422, 429}
@@ -162,10 +163,11 @@ def check_still_serving(fake: FakeServer) -> None:
 
 @pytest.fixture()
 def app(fake_factory: Any, tmp_path: Path) -> Iterator[FakeServer]:
-    """The app with an (empty) adapter directory, so POST /v1/adapters reaches its path confinement."""
+    """The app with an (empty) adapter directory, so POST /v1/adapters reaches its path confinement, and
+    its own state directory for the responses it stores."""
     adapters = tmp_path / "adapters"
     adapters.mkdir()
-    yield fake_factory(adapter_dirs=[adapters], max_body_bytes=64 * 1024)
+    yield fake_factory(adapter_dirs=[adapters], max_body_bytes=64 * 1024, state_dir=tmp_path / "state")
 
 
 # --- properties ----------------------------------------------------------------------------------

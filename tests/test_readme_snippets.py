@@ -25,7 +25,7 @@ def snippet(name: str) -> str:
     return found[0]
 
 
-@pytest.mark.parametrize("name", ["langchain", "llama-index"])
+@pytest.mark.parametrize("name", ["langchain", "llama-index", "responses"])
 def test_snippet_runs_verbatim(clients_server, tmp_path, name):
     code = snippet(name)
     assert code.count(f"{README_ADDRESS}/v1") == 1 and '"smollm2-135m"' in code

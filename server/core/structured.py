@@ -398,12 +398,14 @@ def _some(names: list[str]) -> str:
 # --- what requests ask for ----------------------------------------------------------------
 
 
-def response_rule(g: Grammar, kind: str, schema: Any = None) -> str:
+def response_rule(g: Grammar, kind: str, schema: Any = None, param: str | None = None) -> str:
     """The rule for `response_format`: JSON valid against `schema` when there is one, else any JSON object.
 
     `json_object` with a `schema` is llama.cpp server's form of `json_schema`: enforced the same way.
+    `param` names the schema's field in errors (default: chat's `response_format`).
     """
     if kind == "json_object" and schema is None:
         return g.base("object")
-    param = "response_format.schema" if kind == "json_object" else "response_format.json_schema.schema"
+    if param is None:
+        param = "response_format.schema" if kind == "json_object" else "response_format.json_schema.schema"
     return g.schema_rule(schema, doc_id="response", path="", param=param)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequestError
-from .structured import Grammar, literal
+from .structured import Grammar, literal, response_rule
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # Parallel calls a forced grammar allows: one per tool, and never more than this.
@@ -63,21 +63,44 @@ class ToolPlan:
             return 1
         return min(len(self.forced), MAX_FORCED_CALLS)
 
-    def calls_rule(self, g: Grammar) -> str:
-        """A grammar rule for 1..max_calls blocks calling the allowed tools with valid arguments."""
+    def calls_rule(self, g: Grammar, schema_param: Callable[[int], str] = lambda i: f"tools[{i}].function.parameters"
+                   ) -> str:
+        """A grammar rule for 1..max_calls blocks calling the allowed tools with valid arguments.
+
+        `schema_param(i)` names tool i's parameters in this protocol's errors.
+        """
         names = self.forced if self.mode == "forced" else tuple(t.name for t in self.tools)
         ws = g.base("ws")
         alts = []
         for i, tool in enumerate(self.tools):
             if tool.name not in names:
                 continue
-            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=f"tools[{i}].function.parameters")
+            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=schema_param(i))
             alts.append(g.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(tool.name))} "," {ws} '
                               f'"\\"arguments\\"" {ws} ":" {ws} {args} {ws} "}}"'))
         block = g.add(f'{literal(OPEN + chr(10))} ({" | ".join(alts)}) {literal(chr(10) + CLOSE)}')
         if self.max_calls == 1:
             return block
         return g.add(f'{block} ("\\n" {block}){{0,{self.max_calls - 1}}}')
+
+
+def output_grammar(plan: ToolPlan, kind: str | None, schema: Any, g: Grammar,
+                   schema_param: Callable[[int], str] = lambda i: f"tools[{i}].function.parameters",
+                   format_param: str | None = None) -> str | None:
+    """The grammar a request's output must follow, if any (slow for large schemas: run it in a thread).
+
+    A forced tool call: the calls. JSON output (`kind` "json_object" or "json_schema", `schema` None
+    for any object): that JSON, or (tools offered with `auto`) a call instead of it. Otherwise none.
+    `schema_param` and `format_param` name the tools' and the format's schemas in errors.
+    """
+    if plan.mode == "forced":
+        return g.text(plan.calls_rule(g, schema_param))
+    if kind is None or kind == "text":
+        return None
+    rule = response_rule(g, kind, schema, format_param)
+    if plan.active:
+        rule = g.add(f"{plan.calls_rule(g, schema_param)} | {rule}")
+    return g.text(rule)
 
 
 def plan_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool) -> ToolPlan:

@@ -26,6 +26,8 @@ from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
 from ..openai.models import model_routes
+from ..openai.response_store import ResponseStore
+from ..openai.responses import Responses
 from ..openai.schema import openapi
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
@@ -58,6 +60,8 @@ def build_app(
     metrics.watch_engines(registry.engines)
     limits = RequestLimits.from_settings(settings)
     core = GenerationCore(registry, metrics, limits)
+    responses = Responses(core, ResponseStore(settings.resolved_state_dir(), settings.responses_max_age,
+                                              settings.responses_max_count))
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
 
     async def health(request: Request) -> Response:
@@ -85,6 +89,7 @@ def build_app(
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,
+        **responses.handlers(),
         **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
                                      settings.body_timeout_seconds)),
     }

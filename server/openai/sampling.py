@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..engine.types import SamplingParams
 from ..errors import InvalidRequestError
-from .protocol import ChatCompletionRequest, CompletionRequest
+from .protocol import _SamplingFields
 
 
-def sampling_params(req: ChatCompletionRequest | CompletionRequest, n_vocab: int, seed_offset: int,
+def sampling_params(req: _SamplingFields, n_vocab: int, seed_offset: int,
                     grammar: str | None = None) -> SamplingParams:
     bias = {}
     for key, value in (req.logit_bias or {}).items():

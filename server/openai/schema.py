@@ -17,6 +17,7 @@ from ..http.routes import ENDPOINTS, Access, Endpoint
 from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .responses_protocol import ResponsesRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -26,6 +27,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
+    "create_response": ResponsesRequest,
     "load_adapter": LoadAdapterRequest,
 }
 
@@ -38,6 +40,9 @@ SUMMARIES: dict[str, str] = {
     "chat": "Create a chat completion (stream: true answers server-sent events)",
     "completions": "Create a text completion (stream: true answers server-sent events)",
     "embeddings": "Create embeddings",
+    "create_response": "Create a response (Responses API; stream: true answers semantic server-sent events)",
+    "get_response": "A stored response by id",
+    "delete_response": "Delete a stored response",
     "list_adapters": "List the loaded LoRA adapters",
     "load_adapter": "Load a LoRA adapter from the configured adapter directories",
     "unload_adapter": "Unload a LoRA adapter",

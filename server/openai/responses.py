@@ -1,0 +1,207 @@
+"""POST /v1/responses, GET and DELETE /v1/responses/{id}: the Responses API over the generation core.
+
+A request's input items (after those of the response it continues, `previous_response_id`) become
+chat messages for the chat template; the output goes through one OutputWriter into `reasoning`,
+`message` and `function_call` items, streamed as semantic events or answered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..core.generate import GenerationCore, Run, Totals, event_stream, race_disconnect
+from ..core.structured import Grammar
+from ..core.tools import ToolPlan, make_plan, output_grammar, prompt_messages
+from ..engine.types import ChatPrompt, GenerationRequest
+from ..errors import NotFoundError
+from ..http.body import ClientDisconnected
+from ..http.errors import answer_for
+from ..http.limits import RequestLimits
+from ..http.routes import Handler
+from ..registry import Target
+from .protocol import parse
+from .response_store import ResponseStore
+from .responses_events import Event, OutputWriter, Sequencer, item_id
+from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, item_dicts
+from .sampling import sampling_params
+
+
+@dataclass
+class Turn:
+    """One response being made: its id, the request it answers, and the input items it ran on."""
+
+    id: str
+    created_at: int
+    model: str
+    req: ResponsesRequest
+    input: list[dict[str, Any]]
+
+    def body(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+             error: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The response object, with the request fields the SDK's `Response` model echoes."""
+        req = self.req
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+            "model": self.model, "output": output, "parallel_tool_calls": req.parallel_tool_calls,
+            "previous_response_id": req.previous_response_id, "reasoning": {"effort": None, "summary": None},
+            "store": req.store, "temperature": 1.0 if req.temperature is None else req.temperature,
+            "text": {"format": _format_echo(req)},
+            "tool_choice": _choice_echo(req),
+            "tools": [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
+                       "strict": True if t.strict is None else t.strict} for t in req.tools or []],
+            "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": "disabled",
+            "usage": usage, "user": req.user, "metadata": req.metadata or {},
+        }
+
+
+def _choice_echo(req: ResponsesRequest) -> str | dict[str, Any]:
+    choice = req.tool_choice
+    return choice.model_dump(exclude_none=True) if isinstance(choice, FunctionChoice) else (choice or "auto")
+
+
+def _format_echo(req: ResponsesRequest) -> dict[str, Any]:
+    fmt = req.format
+    if fmt is None or fmt.type != "json_schema":
+        return {"type": fmt.type if fmt else "text"}
+    return {"type": "json_schema", "name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict,
+            "description": fmt.description}
+
+
+def usage_body(totals: Totals, reasoning_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": totals.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": totals.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": totals.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+    }
+
+
+class Responses:
+    """The handlers; one per app."""
+
+    def __init__(self, core: GenerationCore, store: ResponseStore) -> None:
+        self.core = core
+        self.store = store
+
+    def handlers(self) -> dict[str, Handler]:
+        """The three routes, by their names in the route table."""
+        return {"create_response": self.create, "get_response": self.get, "delete_response": self.delete}
+
+    async def create(self, request: Request) -> Response:
+        req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
+        target = self.core.route(request, req.model, req.lora_pairs())
+        choice, named = req.choice()
+        plan = make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
+                         tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")
+        items = await self._earlier(req.previous_response_id) + item_dicts(req.items())
+        run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
+        turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, items)
+        writer = OutputWriter(plan)
+        if req.stream:
+            return event_stream(run, self._events(run, turn, writer))
+
+        async def consume() -> None:
+            async for _, event in run.events():
+                if event.error is not None:
+                    raise event.error
+                writer.feed(event)
+
+        try:
+            await race_disconnect(request, consume())
+        except ClientDisconnected:
+            run.cancel()
+            raise
+        return JSONResponse(await self._finished(run, turn, writer), headers=run.headers)
+
+    async def _events(self, run: Run, turn: Turn, writer: OutputWriter) -> AsyncIterator[dict[str, str]]:
+        send = Sequencer()
+        # Sent at once, before the prompt is evaluated: clients time out on a silent stream.
+        yield send({"type": "response.created", "response": turn.body("in_progress", [])})
+        yield send({"type": "response.in_progress", "response": turn.body("in_progress", [])})
+        async for _, event in run.events():
+            if event.error is not None:
+                for payload in failure(event.error, turn, writer):
+                    yield send(payload)
+                return
+            for payload in writer.feed(event):
+                yield send(payload)
+        body = await self._finished(run, turn, writer)
+        yield send({"type": f"response.{body['status']}", "response": body})
+
+    async def _finished(self, run: Run, turn: Turn, writer: OutputWriter) -> dict[str, Any]:
+        """The finished response, counted into usage and kept when the request says `store`."""
+        cut = run.choices[0].finish_reason == "length"
+        body = turn.body("incomplete" if cut else "completed", writer.items,
+                         usage_body(run.record_usage(copies=1), writer.reasoning_tokens))
+        if turn.req.store:
+            await self.store.put(body, turn.input)
+        return body
+
+    async def _earlier(self, previous_id: str | None) -> list[dict[str, Any]]:
+        """The input and output items of the response this one continues ([] for a new conversation)."""
+        if previous_id is None:
+            return []
+        stored = await self.store.get(previous_id)
+        if stored is None:
+            raise NotFoundError(f"Previous response with id '{previous_id}' not found.",
+                                param="previous_response_id", code="previous_response_not_found")
+        return stored.input + stored.response["output"]
+
+    async def get(self, request: Request) -> Response:
+        response_id = request.path_params["response_id"]
+        stored = await self.store.get(response_id)
+        if stored is None:
+            raise _not_found(response_id)
+        return JSONResponse(stored.response)
+
+    async def delete(self, request: Request) -> Response:
+        response_id = request.path_params["response_id"]
+        if not await self.store.delete(response_id):
+            raise _not_found(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],
+                     limits: RequestLimits) -> GenerationRequest:
+    """What the engine runs for a request: the conversation through the chat template, under its grammar."""
+    fmt = req.format
+    grammar = None
+    if plan.mode == "forced" or (fmt is not None and fmt.type != "text"):
+        # A large schema takes a while to turn into a grammar: never on the event loop.
+        grammar = await asyncio.to_thread(
+            output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
+            Grammar("text.format"), lambda i: f"tools[{i}].parameters", "text.format.schema")
+    native = target.engine.model.chat_template.supports_tools
+    prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
+                        tools=[t.openai() for t in plan.tools] if native and plan.active else None)
+    asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
+    return GenerationRequest(
+        prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
+        max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
+    )
+
+
+def _not_found(response_id: str) -> NotFoundError:
+    return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+def failure(exc: BaseException, turn: Turn, writer: OutputWriter) -> list[Event]:
+    """A generation that failed mid-stream: the `error` event, then `response.failed` (nothing is stored)."""
+    error = answer_for(exc, "input").body["error"]
+    return [
+        {"type": "error", "code": error["code"], "message": error["message"], "param": error["param"]},
+        {"type": "response.failed", "response": turn.body(
+            "failed", writer.items, error={"code": error["code"] or "server_error", "message": error["message"]})},
+    ]
