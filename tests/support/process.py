@@ -50,7 +50,9 @@ class ServerProcess:
         self.config.write_text(config_text)
         self.log_path = workdir / "server.log"
         self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # State (converted adapters, stored responses) stays in the workdir unless a test says otherwise:
+        # a test never writes into the user's own state dir.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOMOAT_STATE_DIR": str(workdir / "state"), **(env or {})}
         self.proc = subprocess.Popen(
             [*(command or [sys.executable, "-m", "nomoat"]), "serve", "--config", str(self.config),
              "--port", str(self.port), *args],
