@@ -198,6 +198,8 @@ def test_an_engine_error_mid_stream_is_an_error_event(fake):
     (body(tool_choice={"type": "any"}), ["tool_choice", "at least one tool"]),
     (body(tools=[{"name": "x", "input_schema": {"type": "string"}}]), ["tools[0].input_schema", "object"]),
     (body(tools=[{"name": "x"}]), ["tools[0].input_schema", "required"]),
+    (body(tools=[{"name": "x", "input_schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}}],
+          tool_choice={"type": "any"}), ["tools[0].input_schema", "pattern"]),
     (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), ["tools[0].type", "web_search"]),
     (body(tools=[WEATHER, WEATHER]), ["tools[1].name", "get_weather"]),
     (body(temperature=1.5), ["temperature"]),
