@@ -22,7 +22,7 @@ from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel
 from support.inprocess import MODEL, FakeServer
 
-from nomoat.http.routes import ENDPOINTS
+from nomoat.http.routes import ENDPOINTS, match
 from nomoat.openai.schema import REQUEST_MODELS
 
 # CI runs the same few examples every time (a flaky test is a broken one); a hunt for bugs runs many,
@@ -35,6 +35,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 # What a successful non-stream answer of each POST route holds in `object`.
 OBJECTS = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list", "load_adapter": "adapter",
            "create_response": "response"}
+TYPES = {"messages": "message"}  # the same, for Anthropic's answers (`type`)
 # Statuses a body that the schema accepts may still get: refused for meaning (400: top_logprobs without
 # logprobs, 404: no such adapter, 403: a path outside the adapter directories...), never a 5xx.
 SERVABLE_STATUSES = {200, 201, 400, 403, 404, 413, 422, 429}
@@ -104,8 +105,8 @@ def bodies(model: type[BaseModel], junk: bool) -> st.SearchStrategy[Any]:
             if name not in built:
                 built[name] = st.deferred(lambda: walk(defs[name]))
             return built[name]
-        if "anyOf" in node:
-            return st.one_of([walk(branch) for branch in node["anyOf"]])
+        if "anyOf" in node or "oneOf" in node:  # oneOf: a discriminated union (content blocks)
+            return st.one_of([walk(branch) for branch in node.get("anyOf", node.get("oneOf"))])
         if node.get("type") == "object" and "properties" in node:
             fields = {key: walk(sub) for key, sub in node["properties"].items()}
             required = {key: fields.pop(key) for key in node.get("required", []) if not junk}
@@ -139,21 +140,31 @@ NEAR_VALID_BODIES = {name: bodies(model, junk=True) for name, model in REQUEST_M
 # --- checks --------------------------------------------------------------------------------------
 
 def check_answer(r: Any, name: str) -> None:
-    """Whatever the request: no 5xx; an error has OpenAI's shape; a success is its route's object or a
-    stream that ends with [DONE] or an error event."""
+    """Whatever the request: no 5xx; an error has its route's dialect's shape (OpenAI's, or Anthropic's on
+    /v1/messages); a success is its route's object or a stream that ends as its protocol ends one."""
     assert r.status_code < 500, f"{r.status_code}: {r.text[:2000]}"
+    anthropic = match(r.request.method, r.request.url.path).dialect == "anthropic"
     if r.status_code >= 400:
-        error = r.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}, error
+        body = r.json()
+        error = body["error"]
+        if anthropic:
+            assert body["type"] == "error" and set(error) == {"type", "message"}, body
+        else:
+            assert set(error) == {"message", "type", "param", "code"}, error
         assert isinstance(error["message"], str) and error["message"]
         return
     if r.headers["content-type"].startswith("text/event-stream"):
         events = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
         assert events, r.text
-        assert events[-1] == "[DONE]" or "error" in json.loads(events[-1]), events[-1]
+        if anthropic:
+            assert json.loads(events[-1])["type"] in ("message_stop", "error"), events[-1]
+        else:
+            assert events[-1] == "[DONE]" or "error" in json.loads(events[-1]), events[-1]
         return
     if name in OBJECTS:
         assert r.json()["object"] == OBJECTS[name], r.text[:2000]
+    if name in TYPES:
+        assert r.json()["type"] == TYPES[name], r.text[:2000]
 
 
 def check_still_serving(fake: FakeServer) -> None:

@@ -32,6 +32,15 @@ def test_snippet_runs_verbatim(clients_server, tmp_path, name):
     run_against([sys.executable, "-c", code.replace(README_ADDRESS, clients_server.base_url)], clients_server, tmp_path)
 
 
+def test_anthropic_snippet_runs_verbatim(clients_server, tmp_path):
+    # The anthropic SDK adds /v1 itself: its base_url is the bare address.
+    code = snippet("anthropic")
+    assert code.count(f'"{README_ADDRESS}"') == 1 and '"smollm2-135m"' in code
+    out = run_against([sys.executable, "-c", code.replace(README_ADDRESS, clients_server.base_url)], clients_server,
+                      tmp_path)
+    assert "ToolUseBlock" in out and "get_weather" in out, out
+
+
 def test_the_two_commands_are_unchanged():
     text = README.read_text()
     assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/nomoat serve\n" in text

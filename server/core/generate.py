@@ -38,6 +38,7 @@ class Choice:
     finish_reason: str | None = None
     usage: Usage | None = None
     tokens: list[TokenEvent] = field(default_factory=list)  # events with logprobs, when asked for
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
     def add(self, event: TokenEvent) -> None:
         self.text += event.text
@@ -46,6 +47,7 @@ class Choice:
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
             self.usage = event.usage
+            self.stop_sequence = event.stop_sequence
 
 
 @dataclass(frozen=True)

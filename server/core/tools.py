@@ -44,6 +44,10 @@ class Tool:
                                                   "parameters": self.parameters}}
 
 
+def _openai_tool_param(i: int, key: str) -> str:
+    return f"tools[{i}].function.{key}"
+
+
 @dataclass(frozen=True)
 class ToolPlan:
     """What a request asks of tools: which are offered, and whether a call is forced."""
@@ -52,6 +56,9 @@ class ToolPlan:
     mode: str = "none"  # none | auto | forced
     forced: tuple[str, ...] = ()  # the names a forced call may use
     parallel: bool = True
+    # How this protocol names a tool's field in errors (make_plan's `tool_param` and `schema_key`).
+    tool_param: Callable[[int, str], str] = _openai_tool_param
+    schema_key: str = "parameters"
 
     @property
     def active(self) -> bool:
@@ -63,19 +70,15 @@ class ToolPlan:
             return 1
         return min(len(self.forced), MAX_FORCED_CALLS)
 
-    def calls_rule(self, g: Grammar, schema_param: Callable[[int], str] = lambda i: f"tools[{i}].function.parameters"
-                   ) -> str:
-        """A grammar rule for 1..max_calls blocks calling the allowed tools with valid arguments.
-
-        `schema_param(i)` names tool i's parameters in this protocol's errors.
-        """
+    def calls_rule(self, g: Grammar) -> str:
+        """A grammar rule for 1..max_calls blocks calling the allowed tools with valid arguments."""
         names = self.forced if self.mode == "forced" else tuple(t.name for t in self.tools)
         ws = g.base("ws")
         alts = []
         for i, tool in enumerate(self.tools):
             if tool.name not in names:
                 continue
-            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=schema_param(i))
+            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=self.tool_param(i, self.schema_key))
             alts.append(g.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(tool.name))} "," {ws} '
                               f'"\\"arguments\\"" {ws} ":" {ws} {args} {ws} "}}"'))
         block = g.add(f'{literal(OPEN + chr(10))} ({" | ".join(alts)}) {literal(chr(10) + CLOSE)}')
@@ -85,21 +88,20 @@ class ToolPlan:
 
 
 def output_grammar(plan: ToolPlan, kind: str | None, schema: Any, g: Grammar,
-                   schema_param: Callable[[int], str] = lambda i: f"tools[{i}].function.parameters",
                    format_param: str | None = None) -> str | None:
     """The grammar a request's output must follow, if any (slow for large schemas: run it in a thread).
 
     A forced tool call: the calls. JSON output (`kind` "json_object" or "json_schema", `schema` None
     for any object): that JSON, or (tools offered with `auto`) a call instead of it. Otherwise none.
-    `schema_param` and `format_param` name the tools' and the format's schemas in errors.
+    The plan names its tools' schemas in errors; `format_param` names the format's schema.
     """
     if plan.mode == "forced":
-        return g.text(plan.calls_rule(g, schema_param))
+        return g.text(plan.calls_rule(g))
     if kind is None or kind == "text":
         return None
     rule = response_rule(g, kind, schema, format_param)
     if plan.active:
-        rule = g.add(f"{plan.calls_rule(g, schema_param)} | {rule}")
+        rule = g.add(f"{plan.calls_rule(g)} | {rule}")
     return g.text(rule)
 
 
@@ -112,7 +114,7 @@ def plan_tools(tools: list[Any] | None, tool_choice: Any, parallel: bool) -> Too
 
 
 def make_plan(tools: list[Tool], choice: str | None, named: str | None, parallel: bool, *,
-              tool_param: Callable[[int, str], str] = lambda i, key: f"tools[{i}].function.{key}",
+              tool_param: Callable[[int, str], str] = _openai_tool_param,
               schema_key: str = "parameters", named_param: str = "tool_choice") -> ToolPlan:
     """Check a request's tools and its choice, in any wire protocol's shape, and say what they ask.
 
@@ -132,17 +134,18 @@ def make_plan(tools: list[Tool], choice: str | None, named: str | None, parallel
             raise InvalidRequestError(f"a function's {schema_key} must be a JSON schema of type object",
                                       param=tool_param(i, schema_key))
         defs.append(Tool(t.name, t.description, params))
+    forced: tuple[str, ...]
     if choice == "function":
         if named not in seen:
             raise InvalidRequestError(f"tool_choice names the function {named!r}, which is not in 'tools'",
                                       param=named_param)
-        return ToolPlan(tuple(defs), "forced", (str(named),), parallel)
-    choice = choice or ("auto" if defs else "none")
-    if choice != "none" and not defs:
-        raise InvalidRequestError(f"tool_choice {choice!r} needs at least one tool in 'tools'", param="tool_choice")
-    if choice == "required":
-        return ToolPlan(tuple(defs), "forced", tuple(d.name for d in defs), parallel)
-    return ToolPlan(tuple(defs), choice, (), parallel)
+        mode, forced = "forced", (str(named),)
+    else:
+        choice = choice or ("auto" if defs else "none")
+        if choice != "none" and not defs:
+            raise InvalidRequestError(f"tool_choice {choice!r} needs at least one tool in 'tools'", param="tool_choice")
+        mode, forced = ("forced", tuple(d.name for d in defs)) if choice == "required" else (choice, ())
+    return ToolPlan(tuple(defs), mode, forced, parallel, tool_param, schema_key)
 
 
 # --- the prompt ------------------------------------------------------------------------------

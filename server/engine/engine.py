@@ -23,7 +23,7 @@ from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .sequences import PrefixReuse, Sequence, place, release
 from .stops import TextAssembler
-from .types import GenerationRequest, TokenEvent, Usage
+from .types import GenerationRequest, Prompt, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -132,6 +132,11 @@ class Engine:
             self._cv.notify()
         self._generations.add(gen)
         return gen
+
+    async def count_tokens(self, prompt: Prompt) -> int:
+        """The tokens `prompt` takes, counted as `submit` would (chat template included), off the event loop."""
+        tokens = await asyncio.get_running_loop().run_in_executor(self._tokenizer, self.model.prompt_tokens, prompt)
+        return len(tokens)
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `fn` on the engine thread between two steps; await it with asyncio.wrap_future."""
@@ -355,7 +360,7 @@ class Engine:
             ),
         )
         if seq.assembler.stopped:
-            self._finish(seq, "stop", text, events)
+            self._finish(seq, "stop", text, events, stop=seq.assembler.matched)
         elif seq.n_generated >= seq.max_new:
             self._finish(seq, "length", text + seq.assembler.flush(), events, last=event)
         else:
@@ -363,12 +368,12 @@ class Engine:
             seq.todo = [token]
 
     def _finish(self, seq: Sequence, reason: str | None, text: str, events: list,
-                *, error: Exception | None = None, last: TokenEvent | None = None) -> None:
+                *, error: Exception | None = None, last: TokenEvent | None = None, stop: str | None = None) -> None:
         usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated, cached_tokens=seq.n_cached)
         if last is not None:  # the final event carries the last token too
             final = dataclasses.replace(last, text=text, finish_reason=reason, usage=usage)
         else:
-            final = TokenEvent(text=text, finish_reason=reason, usage=usage, error=error)
+            final = TokenEvent(text=text, finish_reason=reason, usage=usage, error=error, stop_sequence=stop)
         events.append((seq.gen, final))
         self._release(seq, keep_cache=error is None)
 

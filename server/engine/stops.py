@@ -18,6 +18,7 @@ class TextAssembler:
         self._stops = [s for s in stops if s]
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, piece: bytes) -> str:
         """Add a token's bytes; return the text now safe to emit."""
@@ -29,7 +30,7 @@ class TextAssembler:
         for stop in self._stops:
             at = self._pending.find(stop)
             if at != -1 and (first == -1 or at < first):
-                first = at
+                first, self.matched = at, stop
         if first != -1:
             self.stopped = True
             out, self._pending = self._pending[:first], ""

@@ -124,6 +124,7 @@ class TokenEvent:
     finish_reason: str | None = None
     usage: Usage | None = None
     error: Exception | None = None
+    stop_sequence: str | None = None  # on a "stop" finish: the stop string that ended it (None: end of text)
 
     @property
     def final(self) -> bool:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..anthropic.messages import Messages
 from ..core.generate import GenerationCore
 from ..errors import ConfigError, InvalidConfigError
 from ..metrics import Metrics
@@ -33,10 +34,10 @@ from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
 from .body import ClientDisconnected
-from .errors import ErrorBoundary, answer_for, error_body
+from .errors import ErrorBoundary, answer_for, dialect_body
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .requestlog import RequestLogMiddleware
-from .routes import ENDPOINTS, Handler, build_routes
+from .routes import ENDPOINTS, Handler, build_routes, match
 
 log = logging.getLogger("nomoat.http")
 
@@ -90,6 +91,8 @@ def build_app(
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,
         **responses.handlers(),
+        "messages": (messages := Messages(core)).handle,
+        "count_tokens": messages.count_tokens,
         **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
                                      settings.body_timeout_seconds)),
     }
@@ -136,14 +139,16 @@ def handlers_of(routes: list[Route]) -> dict[str, Handler]:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        body = error_body(f"no route {request.method} {request.url.path}", "invalid_request_error", "not_found")
-    elif exc.status_code == 405:
-        body = error_body(f"method {request.method} is not allowed on {request.url.path}",
-                          "invalid_request_error", "method_not_allowed")
+    status, dialect = exc.status_code, match(request.method, request.url.path).dialect
+    if status == 404:
+        body = dialect_body(dialect, status, f"no route {request.method} {request.url.path}", "invalid_request_error",
+                            "not_found")
+    elif status == 405:
+        body = dialect_body(dialect, status, f"method {request.method} is not allowed on {request.url.path}",
+                            "invalid_request_error", "method_not_allowed")
     else:
-        body = error_body(str(exc.detail), "invalid_request_error")
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        body = dialect_body(dialect, status, str(exc.detail), "invalid_request_error")
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -152,5 +157,5 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    answer = answer_for(exc)
+    answer = answer_for(exc, dialect=match(request.method, request.url.path).dialect)
     return JSONResponse(answer.body, status_code=answer.status)

@@ -63,8 +63,11 @@ class Authenticator:
         self.keys = keys
         self.metrics_require_key = metrics_require_key
 
-    def check(self, method: str, path: str, authorization: str | None) -> str | None:
-        """The caller's key id (a hash prefix, safe to log), or None when no key was needed; raises 401/403."""
+    def check(self, method: str, path: str, authorization: str | None, api_key: str | None = None) -> str | None:
+        """The caller's key id (a hash prefix, safe to log), or None when no key was needed; raises 401/403.
+
+        The key comes as `Authorization: Bearer KEY` (OpenAI's clients) or `x-api-key: KEY` (Anthropic's).
+        """
         keys = self.keys
         access = required_access(method, path)
         admin_route = access is Access.ADMIN
@@ -74,10 +77,10 @@ class Authenticator:
             return None
         if not admin_route and not keys.user_keys:
             return None  # only an admin key is set: the API itself stays open
-        token = _bearer(authorization)
-        if token is None:
+        token = _bearer(authorization) or (api_key.strip() if api_key else None)
+        if not token:
             raise AuthenticationError(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-api-key: YOUR_KEY'."
             )
         role = keys.role(token.encode())
         if role is None:
@@ -97,8 +100,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            header = next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k == b"authorization"), None)
-            found = self.auth.check(scope["method"], scope["path"], header)
+            found = self.auth.check(scope["method"], scope["path"], _header(scope, b"authorization"),
+                                    _header(scope, b"x-api-key"))
             if found is not None:
                 scope.setdefault("state", {})["key_id"] = found
         await self.app(scope, receive, send)
@@ -148,6 +151,10 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name other than localhost: assume it is reachable
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k == name), None)
 
 
 def _bearer(authorization: str | None) -> str | None:

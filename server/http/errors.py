@@ -1,7 +1,9 @@
-"""The one place an error becomes an HTTP answer: status code, OpenAI error body and headers.
+"""The one place an error becomes an HTTP answer: status code, error body and headers.
 
 Domain errors (server/errors.py) and the engine's (server/engine/errors.py) know nothing of
-HTTP; the table below gives each class its status, OpenAI `type` and `code`.
+HTTP; the table below gives each class its status, OpenAI `type` and `code`. A route that speaks
+Anthropic's dialect (http/routes.py) gets the same status with Anthropic's body, its type read
+off the status.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from .body import ClientDisconnected
+from .routes import Dialect, match
 
 log = logging.getLogger("nomoat.http")
 
@@ -54,6 +57,18 @@ _TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (engine.EngineError, 500, "server_error", "engine_error"),
     (NomoatError, 500, "server_error", None),
 ]
+# Anthropic's error type for each status (docs.claude.com/en/api/errors); any other 4xx is an
+# invalid_request_error, any other 5xx an api_error.
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 # Seconds a client should wait before retrying, where the error itself does not say.
 _SHUTDOWN_RETRY_AFTER = 5
 
@@ -71,7 +86,18 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def answer_for(exc: BaseException, prompt_field: str = "prompt") -> ErrorAnswer:
+def dialect_body(dialect: Dialect, status: int, message: str, type_: str, code: str | None = None,
+                 param: str | None = None) -> dict[str, Any]:
+    """An error body in a route's dialect; `type_`, `code` and `param` are OpenAI's."""
+    if dialect == "openai":
+        return error_body(message, type_, code, param)
+    if param and param not in message:
+        message = f"{param}: {message}"  # Anthropic's body has no param field: the message names it
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, default), "message": message}}
+
+
+def answer_for(exc: BaseException, prompt_field: str = "prompt", dialect: Dialect = "openai") -> ErrorAnswer:
     """The answer for a domain or engine error; anything else is an internal error (500).
 
     `prompt_field` is the request field holding what the engine calls the prompt (`messages`
@@ -79,7 +105,7 @@ def answer_for(exc: BaseException, prompt_field: str = "prompt") -> ErrorAnswer:
     """
     row = next((row for row in _TABLE if isinstance(exc, row[0])), None)
     if row is None:
-        return ErrorAnswer(500, error_body("internal server error", "server_error", "internal_error"))
+        return ErrorAnswer(500, dialect_body(dialect, 500, "internal server error", "server_error", "internal_error"))
     _, status, type_, code = row
     if isinstance(exc, NomoatError):
         message, param, code = exc.message, exc.param, exc.code or code
@@ -92,7 +118,7 @@ def answer_for(exc: BaseException, prompt_field: str = "prompt") -> ErrorAnswer:
         elif isinstance(exc, engine.ShuttingDown):
             retry_after = _SHUTDOWN_RETRY_AFTER
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return ErrorAnswer(status, error_body(message, type_, code, param), headers)
+    return ErrorAnswer(status, dialect_body(dialect, status, message, type_, code, param), headers)
 
 
 def _engine_param(exc: engine.EngineError, prompt_field: str) -> str | None:
@@ -143,5 +169,6 @@ class ErrorBoundary:
         except Exception as exc:
             if started or not is_client_error(exc):
                 raise
-            answer = answer_for(exc, scope.get("state", {}).get("prompt_field", "prompt"))
+            answer = answer_for(exc, scope.get("state", {}).get("prompt_field", "prompt"),
+                                match(scope["method"], scope["path"]).dialect)
             await JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)(scope, receive, send)

@@ -10,12 +10,15 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, compile_path
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The wire protocol a route's errors speak (http/errors.py renders each): OpenAI's or Anthropic's shape.
+Dialect = Literal["openai", "anthropic"]
 
 
 class Access(Enum):
@@ -34,6 +37,7 @@ class Endpoint:
     generates: bool = False  # holds a generation slot from its start to its last byte (limits)
     quiet: bool = False  # scraped often: no access log line, no request metric
     unprefixed: bool = True  # also answers without its /v1 prefix, as llama.cpp's server does
+    dialect: Dialect = "openai"  # the error shape of its answers, and of 404/405s on paths below it
 
     def paths(self) -> list[str]:
         if self.unprefixed and self.path.startswith("/v1/"):
@@ -53,6 +57,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/responses", "create_response", generates=True),
     Endpoint("GET", "/v1/responses/{response_id}", "get_response"),
     Endpoint("DELETE", "/v1/responses/{response_id}", "delete_response"),
+    Endpoint("POST", "/v1/messages", "messages", generates=True, dialect="anthropic"),
+    Endpoint("POST", "/v1/messages/count_tokens", "count_tokens", dialect="anthropic"),
     Endpoint("GET", "/v1/adapters", "list_adapters"),
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
     Endpoint("DELETE", "/v1/adapters/{name:path}", "unload_adapter", Access.ADMIN),
@@ -67,6 +73,7 @@ class Match:
     endpoint: Endpoint | None
     label: str  # the metrics label: the route's path template, or "other"
     admin_path: bool  # the path belongs to an admin endpoint (any method)
+    dialect: Dialect = "openai"  # how errors on this path are rendered
 
 
 def _compile() -> list[tuple[re.Pattern[str], str, Endpoint]]:
@@ -84,16 +91,25 @@ _COMPILED = _compile()
 def match(method: str, path: str) -> Match:
     """The endpoint serving `method path`; HEAD matches GET as starlette does."""
     wanted = "GET" if method == "HEAD" else method
-    label, admin_path, found = "other", False, None
+    label, admin_path, found, near = "other", False, None, None
     for regex, template, endpoint in _COMPILED:
         if regex.match(path) is None:
             continue
         admin_path = admin_path or endpoint.access is Access.ADMIN
         if label == "other":
-            label = template
+            label, near = template, endpoint
         if endpoint.method == wanted and found is None:
             found, label = endpoint, template
-    return Match(found, label, admin_path)
+    near = found or near or _below(path)
+    return Match(found, label, admin_path, near.dialect if near is not None else "openai")
+
+
+def _below(path: str) -> Endpoint | None:
+    """The endpoint an unknown path lies below (/v1/messages/batches: /v1/messages), for its 404's dialect."""
+    for _, template, endpoint in _COMPILED:
+        if path.startswith(template.rstrip("/") + "/"):
+            return endpoint
+    return None
 
 
 def build_routes(handlers: Mapping[str, Handler]) -> list[Route]:

@@ -182,7 +182,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         # A large schema takes a while to turn into a grammar: never on the event loop.
         grammar = await asyncio.to_thread(
             output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
-            Grammar("text.format"), lambda i: f"tools[{i}].parameters", "text.format.schema")
+            Grammar("text.format"), "text.format.schema")
     native = target.engine.model.chat_template.supports_tools
     prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
                         tools=[t.openai() for t in plan.tools] if native and plan.active else None)

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
+from ..anthropic.protocol import CountTokensRequest, MessagesRequest
 from ..http.routes import ENDPOINTS, Access, Endpoint
 from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
@@ -28,6 +29,8 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
     "create_response": ResponsesRequest,
+    "messages": MessagesRequest,
+    "count_tokens": CountTokensRequest,
     "load_adapter": LoadAdapterRequest,
 }
 
@@ -43,6 +46,8 @@ SUMMARIES: dict[str, str] = {
     "create_response": "Create a response (Responses API; stream: true answers semantic server-sent events)",
     "get_response": "A stored response by id",
     "delete_response": "Delete a stored response",
+    "messages": "Create a message, as Anthropic's Messages API (stream: true answers its server-sent events)",
+    "count_tokens": "Count a message request's prompt tokens, as Anthropic's Messages API",
     "list_adapters": "List the loaded LoRA adapters",
     "load_adapter": "Load a LoRA adapter from the configured adapter directories",
     "unload_adapter": "Unload a LoRA adapter",
@@ -66,6 +71,20 @@ ERROR_SCHEMA: dict[str, Any] = {
     }},
 }
 
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Anthropic's error shape: every error answer of the Anthropic routes (/v1/messages...) has it.",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {"type": "object", "required": ["type", "message"], "properties": {
+            "type": {"type": "string", "examples": ["invalid_request_error", "authentication_error", "not_found_error",
+                                                    "rate_limit_error", "api_error", "overloaded_error"]},
+            "message": {"type": "string"},
+        }},
+    },
+}
+
 # The errors a route can answer besides `default`, by what it takes and does; all have the Error shape.
 _BODY_ERRORS = {"400": "Invalid request", "404": "No such model or adapter", "408": "The body arrived too slowly",
                 "413": "The body is too large"}
@@ -84,7 +103,7 @@ def openapi_document() -> dict[str, Any]:
     model_refs, defs = models_json_schema(
         [(model, "validation") for model in REQUEST_MODELS.values()], ref_template=REF_TEMPLATE
     )
-    schemas = {**defs.get("$defs", {}), "Error": ERROR_SCHEMA}
+    schemas = {**defs.get("$defs", {}), "Error": ERROR_SCHEMA, "AnthropicError": ANTHROPIC_ERROR_SCHEMA}
     bodies = {name: model_refs[(model, "validation")] for name, model in REQUEST_MODELS.items()}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
@@ -104,10 +123,16 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": {"Error": {
-                "description": "An error, in OpenAI's shape",
-                "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}},
-            }},
+            "responses": {
+                "Error": {
+                    "description": "An error, in OpenAI's shape",
+                    "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}},
+                },
+                "AnthropicError": {
+                    "description": "An error, in Anthropic's shape",
+                    "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="AnthropicError")}}},
+                },
+            },
             "securitySchemes": {"bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
@@ -144,7 +169,8 @@ def _responses(endpoint: Endpoint, has_body: bool) -> dict[str, Any]:
         success["content"] = {"text/plain": {"schema": {"type": "string"}}}
     elif endpoint.generates and endpoint.name != "embeddings":
         success["content"]["text/event-stream"] = {"schema": {
-            "type": "string", "description": "With stream: true, `data: {chunk}` events, then `data: [DONE]`",
+            "type": "string", "description": "With stream: true, `data: {chunk}` events, then `data: [DONE]`"
+            if endpoint.dialect == "openai" else "With stream: true, `event: <type>` and `data: {event}` lines",
         }}
     if endpoint.name == "health":
         return {ok: success, "503": {"description": "Still loading: {\"status\": \"loading\"}, with Retry-After"}}
@@ -159,7 +185,7 @@ def _responses(endpoint: Endpoint, has_body: bool) -> dict[str, Any]:
         errors |= _ADMIN_ERRORS
     if endpoint.generates:
         errors |= _BUSY_ERRORS
-    error_ref = {"$ref": "#/components/responses/Error"}
+    error_ref = {"$ref": "#/components/responses/" + ("AnthropicError" if endpoint.dialect == "anthropic" else "Error")}
     return {ok: success, **{status: {**error_ref, "description": text} for status, text in sorted(errors.items())},
             "default": error_ref}
 

@@ -8,6 +8,7 @@ prompt) read back, one character per token; a prompt starting with `SAY:` answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,15 +100,19 @@ class FakeEngine:
         asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
         return gen
 
+    async def count_tokens(self, prompt: Any) -> int:
+        return len(self.model.prompt_tokens(prompt))
+
     def _retired(self) -> None:
         self.outstanding -= 1
 
     async def _produce(self, gen: Generation, request: GenerationRequest, n_prompt: int) -> None:
         text = script_for(request)
+        matched = None
         for stop in request.stop:
             cut = text.find(stop)
             if cut >= 0:
-                text = text[:cut]
+                text, matched = text[:cut], stop
         limit = request.max_tokens if request.max_tokens is not None else len(text)
         out = text[:limit]
         for i, char in enumerate(out):
@@ -116,10 +121,11 @@ class FakeEngine:
                 break
             last = i == len(out) - 1
             finish = ("length" if limit < len(text) else "stop") if last else None
-            gen._push(self._event(request, char, finish, Usage(n_prompt, i + 1) if last else None))
+            event = self._event(request, char, finish, Usage(n_prompt, i + 1) if last else None)
+            gen._push(dataclasses.replace(event, stop_sequence=matched) if finish == "stop" else event)
         else:
             if not out:
-                gen._push(TokenEvent(finish_reason="stop", usage=Usage(n_prompt, 0)))
+                gen._push(TokenEvent(finish_reason="stop", usage=Usage(n_prompt, 0), stop_sequence=matched))
             return
         if self.aborted is not None:
             gen._push(TokenEvent(error=ShuttingDown(self.aborted)))

@@ -1,0 +1,95 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic requests into engine requests through the
+generation core, engine events into Anthropic messages and SSE events (server/anthropic/render.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..core.generate import GenerationCore, event_stream
+from ..core.structured import Grammar
+from ..core.tools import Tool, ToolPlan, make_plan, prompt_messages
+from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
+from ..registry import Target
+from .protocol import CountTokensRequest, MessagesRequest, parse
+from .render import message_json, stream_events
+
+# Anthropic's tool_choice types as the core's choices: "any" forces a call to some tool, "tool" to one.
+_CHOICES = {"auto": "auto", "any": "required", "tool": "function", "none": "none"}
+
+
+class Messages:
+    """The handlers; one per app."""
+
+    def __init__(self, core: GenerationCore) -> None:
+        self.core = core
+
+    async def handle(self, request: Request) -> Response:
+        req: MessagesRequest = parse(MessagesRequest, await self.core.body(request, "messages"))
+        target, plan, prompt = self._prompt(request, req)
+        schema = req.output_schema
+        # A large schema takes a while to turn into a grammar: never on the event loop.
+        grammar = await asyncio.to_thread(output_grammar, plan, schema) \
+            if plan.mode == "forced" or schema is not None else None
+        sampling = SamplingParams(
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            grammar=grammar,
+        )
+        run = await self.core.start(request, target, [GenerationRequest(
+            prompt=prompt,
+            sampling=sampling,
+            max_tokens=self.core.limits.completion_tokens(req.max_tokens, "max_tokens"),
+            stop=list(req.stop_sequences or []),
+            adapters=target.adapters,
+        )])
+        if req.stream:
+            return event_stream(run, stream_events(run, plan))
+        (choice,) = await run.collect()
+        return JSONResponse(message_json(run, choice, plan), headers=run.headers)
+
+    async def count_tokens(self, request: Request) -> Response:
+        """The prompt's tokens as a generation would count them: the same messages through the chat template."""
+        req: CountTokensRequest = parse(CountTokensRequest, await self.core.body(request, "messages"))
+        target, _, prompt = self._prompt(request, req)
+        return JSONResponse({"input_tokens": await target.engine.count_tokens(prompt)},
+                            headers={"x-nomoat-adapters": target.adapters.label()})
+
+    def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
+        target = self.core.route(request, req.model, req.lora_pairs())
+        plan = tool_plan(req)
+        native = target.engine.model.chat_template.supports_tools
+        prompt = ChatPrompt(prompt_messages(req.template_messages(), plan, native),
+                            tools=[t.openai() for t in plan.tools] if native and plan.active else None)
+        return target, plan, prompt
+
+
+def tool_plan(req: CountTokensRequest) -> ToolPlan:
+    """What `tools` and `tool_choice` ask, checked by the core (400s name Anthropic's fields)."""
+    tools = [Tool(t.name, t.description, t.input_schema) for t in req.tools or []]
+    choice = req.tool_choice
+    return make_plan(
+        tools,
+        _CHOICES[choice.type] if choice else None,
+        choice.name if choice else None,
+        not (choice and choice.disable_parallel_tool_use),
+        tool_param=lambda i, key: f"tools[{i}].{key}",
+        schema_key="input_schema",
+        named_param="tool_choice.name",
+    )
+
+
+def output_grammar(plan: ToolPlan, schema: dict[str, Any] | None) -> str | None:
+    """The grammar the output must follow: forced calls; or the `output_config.format` schema (a call in
+    its place when tools are offered with `auto`); or none."""
+    g = Grammar("output_config.format.schema")
+    alternatives = []
+    if plan.active and (plan.mode == "forced" or schema is not None):
+        alternatives.append(plan.calls_rule(g))
+    if schema is not None and plan.mode != "forced":
+        alternatives.append(g.schema_rule(schema, doc_id="output", path="", param="output_config.format.schema"))
+    return g.text(g.add(" | ".join(alternatives))) if alternatives else None

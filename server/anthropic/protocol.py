@@ -1,0 +1,205 @@
+"""The Anthropic Messages API's requests: pydantic models with Anthropic's names, lenient (unknown fields
+are ignored) as the OpenAI ones, that check every field they hold and turn a conversation into the
+OpenAI-shaped messages the chat template and the tool core read.
+
+- `thinking` is accepted and ignored: the model thinks (or not) as its chat template makes it; a
+  `<think>` block it writes is answered as a `thinking` block either way.
+- `output_config.format` (`{"type": "json_schema", "schema": ...}`) is enforced with a grammar.
+- Extra, non-Anthropic: `lora` ([{"name", "scale"}]) as chat completions has it; `model` may be left
+  out for the default model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from ..errors import InvalidRequestError
+from ..openai.protocol import Lenient, LoraRef, parse
+
+__all__ = ["CountTokensRequest", "MessagesRequest", "parse"]
+
+# The content blocks a text model can read; a thinking block sent back is dropped, as Anthropic drops
+# earlier turns' thinking.
+_READABLE = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+_MEDIA = {"image", "document", "file", "container_upload", "search_result"}
+
+
+class TextBlock(Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Lenient):
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: dict[str, Any]
+
+
+class ToolResultBlock(Lenient):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: list[TextBlock] | str = ""
+    is_error: bool = False
+
+    def text(self) -> str:
+        text = self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        return f"Error: {text}" if self.is_error else text
+
+
+class ThinkingBlock(Lenient):
+    type: Literal["thinking", "redacted_thinking"]
+
+
+def _block_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return _TAGS.get(kind) if isinstance(kind, str) else None
+
+
+# Tags capitalised, so that a 400's field path leaves them out (messages[0].content[1].id).
+_TAGS = {"text": "Text", "tool_use": "ToolUse", "tool_result": "ToolResult", "thinking": "Thinking",
+         "redacted_thinking": "Thinking"}
+Block = Annotated[
+    Annotated[TextBlock, Tag("Text")] | Annotated[ToolUseBlock, Tag("ToolUse")]
+    | Annotated[ToolResultBlock, Tag("ToolResult")] | Annotated[ThinkingBlock, Tag("Thinking")],
+    Discriminator(_block_tag, custom_error_type="invalid_block",
+                  custom_error_message="each content block needs a 'type': text, tool_use or tool_result"),
+]
+
+
+class InputMessage(Lenient):
+    role: Literal["user", "assistant"]
+    content: list[Block] | str  # the list first: a wrong block is reported, not "not a string"
+
+
+class ToolParam(Lenient):
+    type: Literal["custom"] | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    description: str = ""
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(Lenient):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("type 'tool' needs the 'name' of the tool to call")
+        return self
+
+
+class OutputFormat(Lenient):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Lenient):
+    format: OutputFormat | None = None
+
+
+class CountTokensRequest(Lenient):
+    """POST /v1/messages/count_tokens: what makes the prompt."""
+
+    model: str | None = None
+    messages: list[InputMessage] = Field(min_length=1)
+    system: list[TextBlock] | str | None = None
+    tools: list[ToolParam] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    thinking: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
+    # nomoat: the whole adapter set for this request, e.g. [{"name": "sql", "scale": 0.8}]; `model` then
+    # only selects the base, and [] means the base model alone.
+    lora: list[LoraRef] | None = Field(None, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _readable(cls, data: Any) -> Any:
+        """Blocks and tools a text model cannot serve are refused by name (a 400 naming the field)."""
+        if not isinstance(data, dict):
+            return data
+        messages = data.get("messages")
+        for i, m in enumerate(messages if isinstance(messages, list) else []):
+            content = m.get("content") if isinstance(m, dict) else None
+            for j, block in enumerate(content if isinstance(content, list) else []):
+                _check_block(block, f"messages[{i}].content[{j}]")
+                inner = block.get("content") if isinstance(block, dict) else None
+                for k, part in enumerate(inner if isinstance(inner, list) else []):
+                    _check_block(part, f"messages[{i}].content[{j}].content[{k}]", {"text"})
+        tools = data.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind not in (None, "custom"):
+                raise InvalidRequestError(f"tool type {kind!r} is not supported: only custom tools (name, description, "
+                                          "input_schema) are served", param=f"tools[{i}].type")
+        return data
+
+    @model_validator(mode="after")
+    def _turns(self) -> CountTokensRequest:
+        for i, m in enumerate(self.messages):
+            for j, block in enumerate([] if isinstance(m.content, str) else m.content):
+                wrong = "assistant" if isinstance(block, ToolResultBlock) else "user"
+                if isinstance(block, (ToolUseBlock, ToolResultBlock)) and m.role == wrong:
+                    raise InvalidRequestError(f"a {block.type} block cannot be in a {wrong} message",
+                                              param=f"messages[{i}].content[{j}]")
+        return self
+
+    def lora_pairs(self) -> list[tuple[str, float]] | None:
+        """Each adapter once; naming one twice adds its scales, as a sum of deltas would."""
+        if self.lora is None:
+            return None
+        names = dict.fromkeys(ref.name for ref in self.lora)
+        return [(name, sum(ref.scale for ref in self.lora if ref.name == name)) for name in names]
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        fmt = self.output_config.format if self.output_config else None
+        return fmt.schema_ if fmt else None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """The conversation as OpenAI-shaped messages: `system` first, tool uses as `tool_calls`, each tool
+        result a `tool` message (before the text of its user turn, as Anthropic orders them)."""
+        out: list[dict[str, Any]] = []
+        system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system or [])
+        if system:
+            out.append({"role": "system", "content": system})
+        for m in self.messages:
+            if isinstance(m.content, str):
+                out.append({"role": m.role, "content": m.content})
+                continue
+            text = "".join(b.text for b in m.content if isinstance(b, TextBlock))
+            calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+                     for b in m.content if isinstance(b, ToolUseBlock)]
+            results = [{"role": "tool", "tool_call_id": b.tool_use_id, "content": b.text()}
+                       for b in m.content if isinstance(b, ToolResultBlock)]
+            out += results
+            if calls:
+                out.append({"role": "assistant", "content": text, "tool_calls": calls})
+            elif text or not results:
+                out.append({"role": m.role, "content": text})
+        return out
+
+
+class MessagesRequest(CountTokensRequest):
+    """POST /v1/messages; `metadata` and unknown fields are ignored."""
+
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = Field(None, max_length=16)
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+
+
+def _check_block(block: Any, param: str, readable: set[str] = _READABLE) -> None:
+    kind = block.get("type") if isinstance(block, dict) else None
+    if not isinstance(kind, str) or kind in readable:
+        return  # a missing or mistyped type is the model validation's to report
+    why = "this model reads text only" if kind in _MEDIA else "it is not a block a client sends to this server"
+    raise InvalidRequestError(f"content block type {kind!r} is not supported: {why}", param=f"{param}.type")
