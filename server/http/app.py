@@ -27,6 +27,7 @@ from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
 from ..openai.models import model_routes
 from ..openai.schema import openapi
+from ..openai.tokenize import TokenizerRoutes
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
@@ -59,6 +60,7 @@ def build_app(
     limits = RequestLimits.from_settings(settings)
     core = GenerationCore(registry, metrics, limits)
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
+    tokenizer = TokenizerRoutes(core)
 
     async def health(request: Request) -> Response:
         if not registry.ready:
@@ -85,6 +87,9 @@ def build_app(
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,
+        "tokenize": tokenizer.tokenize,
+        "detokenize": tokenizer.detokenize,
+        "apply_template": tokenizer.apply_template,
         **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
                                      settings.body_timeout_seconds)),
     }

@@ -17,6 +17,7 @@ from ..http.routes import ENDPOINTS, Access, Endpoint
 from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .tokenize import DetokenizeRequest, TokenizeRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -27,6 +28,9 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
     "load_adapter": LoadAdapterRequest,
+    "tokenize": TokenizeRequest,
+    "detokenize": DetokenizeRequest,
+    "apply_template": ChatCompletionRequest,
 }
 
 SUMMARIES: dict[str, str] = {
@@ -38,6 +42,9 @@ SUMMARIES: dict[str, str] = {
     "chat": "Create a chat completion (stream: true answers server-sent events)",
     "completions": "Create a text completion (stream: true answers server-sent events)",
     "embeddings": "Create embeddings",
+    "tokenize": "Tokenize text with a model's vocabulary (llama.cpp's server route): {\"tokens\": [...]}",
+    "detokenize": "Token ids back to text (llama.cpp's server route): {\"content\": \"...\"}",
+    "apply_template": "The prompt text a chat request's template renders, without generating: {\"prompt\": \"...\"}",
     "list_adapters": "List the loaded LoRA adapters",
     "load_adapter": "Load a LoRA adapter from the configured adapter directories",
     "unload_adapter": "Unload a LoRA adapter",

@@ -41,10 +41,25 @@ class FakeModel:
         self.n_vocab = N_VOCAB
         self.n_ctx = N_CTX
         self.chat_template = ChatTemplate(CHATML, bos_token="", eos_token="<|im_end|>")
-        self.spec = type("Spec", (), {"name": name, "parallel": 4})()
+        self.spec = type("Spec", (), {"name": name, "parallel": 4, "reasoning_format": "auto"})()
 
     def piece(self, token: int) -> bytes:
         return chr(token).encode("utf-8", "replace")
+
+    def token_bytes(self, token: int, *, special: bool) -> bytes:
+        return self.piece(token)
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        return [ord(c) % N_VOCAB for c in text]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        bad = next((t for t in tokens if not 0 <= t < N_VOCAB), None)
+        if bad is not None:
+            raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{N_VOCAB - 1})", subject="tokens")
+        return "".join(chr(t) for t in tokens)
+
+    def chat_text(self, prompt: ChatPrompt) -> str:
+        return self.chat_template.render(prompt.messages, tools=prompt.tools, variables=prompt.variables)
 
     def prompt_tokens(self, prompt: Any) -> list[int]:
         if isinstance(prompt, TokenPrompt):
@@ -53,7 +68,7 @@ class FakeModel:
                 raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{N_VOCAB - 1})")
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
-            tokens = [ord(c) % N_VOCAB for c in self.chat_template.render(prompt.messages, tools=prompt.tools)]
+            tokens = self.tokenize(self.chat_text(prompt), add_bos=False)
         else:
             tokens = [ord(c) % N_VOCAB for c in prompt.text]
         if not tokens:
@@ -93,11 +108,15 @@ class FakeEngine:
         if self.outstanding >= self.capacity:
             raise Busy(f"model {self.name!r} is at capacity", retry_after=1)
         prompt = self.model.prompt_tokens(request.prompt)
+        text = self.model.chat_text(request.prompt) if isinstance(request.prompt, ChatPrompt) else ""
         self.submitted.append(request)
         self.outstanding += 1
-        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired())
+        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired(), prompt_text=text)
         asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
         return gen
+
+    async def vocabulary(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
 
     def _retired(self) -> None:
         self.outstanding -= 1
