@@ -15,7 +15,6 @@ from ..core.structured import Grammar, response_rule
 from ..core.tool_calls import ToolStream, parse_output
 from ..core.tools import ToolPlan, check_history, plan_tools, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
-from ..registry import Target
 from .protocol import ChatCompletionRequest, parse
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
@@ -35,7 +34,7 @@ class ChatCompletions:
         # hop for the plain chats that need none).
         grammar = await asyncio.to_thread(chat_grammar, req, plan) if _server_grammar(req, plan) else None
         grammar = grammar or await request_grammar(req)
-        prompt = chat_prompt(req, plan, target)
+        prompt = chat_prompt(req, plan, target.engine.model.chat_template.supports_tools)
         max_tokens = self.core.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         )
@@ -202,9 +201,9 @@ def read_tools(req: ChatCompletionRequest) -> ToolPlan:
     return plan
 
 
-def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, target: Target) -> ChatPrompt:
-    """What the chat template renders for this request (POST /apply-template shows the same text)."""
-    native = target.engine.model.chat_template.supports_tools
+def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, native: bool) -> ChatPrompt:
+    """What the chat template renders for this request (POST /apply-template shows the same text);
+    `native`: the template renders tools itself."""
     return ChatPrompt(prompt_messages(req.template_messages(), plan, native),
                       tools=[t.openai() for t in plan.tools] if native and plan.active else None,
                       variables=req.template_variables())

@@ -3,13 +3,16 @@ chat template without generating (no generation slot; adapters change neither)."
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..core.generate import GenerationCore
+from ..engine.engine import Engine
 from ..engine.model import LoadedModel
 from .chat import chat_prompt, read_tools
 from .protocol import ChatCompletionRequest, Lenient, parse
@@ -40,20 +43,26 @@ class TokenizerRoutes:
     async def tokenize(self, request: Request) -> Response:
         req: TokenizeRequest = parse(TokenizeRequest, await self.core.body(request, "content"))
         engine = self.core.route(request, req.model, None).engine
-        tokens = await engine.vocabulary(_tokens, engine.model, req)
-        return JSONResponse({"tokens": tokens})
+        return await _answer(engine, lambda: {"tokens": _tokens(engine.model, req)})
 
     async def detokenize(self, request: Request) -> Response:
         req: DetokenizeRequest = parse(DetokenizeRequest, await self.core.body(request, "tokens"))
         engine = self.core.route(request, req.model, None).engine
-        return JSONResponse({"content": await engine.vocabulary(engine.model.detokenize, req.tokens)})
+        return await _answer(engine, lambda: {"content": engine.model.detokenize(req.tokens)})
 
     async def apply_template(self, request: Request) -> Response:
         """The text a chat request's template renders, generation prompt included: what chat evaluates."""
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
-        target = self.core.route(request, req.model, None)
-        prompt = chat_prompt(req, read_tools(req), target)
-        return JSONResponse({"prompt": await target.engine.vocabulary(target.engine.model.chat_text, prompt)})
+        engine = self.core.route(request, req.model, None).engine
+        prompt = chat_prompt(req, read_tools(req), engine.model.chat_template.supports_tools)
+        return await _answer(engine, lambda: {"prompt": engine.model.chat_text(prompt)})
+
+
+async def _answer(engine: Engine, work: Callable[[], dict[str, Any]]) -> Response:
+    """`work()` as a JSON answer, done and encoded in the model's tokenizer pool: a body of
+    megabytes is a million tokens, and their JSON alone would hold up the event loop."""
+    body = await engine.vocabulary(lambda: json.dumps(work(), ensure_ascii=False, separators=(",", ":")).encode())
+    return Response(body, media_type="application/json")
 
 
 def _tokens(model: LoadedModel, req: TokenizeRequest) -> list[Any]:
