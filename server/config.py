@@ -6,7 +6,7 @@ import importlib.util
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -56,6 +56,13 @@ class ModelConfig(BaseModel):
     n_batch: int = Field(512, ge=1, description="Most prompt tokens evaluated in one llama_decode.")
     parallel: int = Field(4, ge=1, le=256, description="Sequences generated at once.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's.")
+    reasoning_format: Literal["auto", "none"] = Field(
+        "auto",
+        description=(
+            "Chat answers of a model that thinks first (`<think>...</think>`): `auto` returns the block as "
+            "`reasoning_content`, apart from the content; `none` leaves everything in the content."
+        ),
+    )
     prefix_cache: bool = Field(True, description="Reuse the KV of a prompt prefix a sequence slot still holds.")
     adapter_contexts: int = Field(
         3,

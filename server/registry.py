@@ -137,6 +137,7 @@ class ModelRegistry:
             n_gpu_layers=config.n_gpu_layers,
             repack=config.repack,
             chat_template=config.chat_template,
+            reasoning_format=config.reasoning_format,
             adapter_contexts=config.adapter_contexts,
         )
         try:

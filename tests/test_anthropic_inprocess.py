@@ -4,6 +4,7 @@ the error dialect of 401/404/405/413, the message and its SSE events as the anth
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import anthropic
@@ -167,7 +168,8 @@ def test_the_sdk_accumulates_thinking_text_and_tool_use_as_the_message_says(fake
 
 
 def test_an_engine_error_mid_stream_is_an_error_event(fake):
-    payload = {**body("SAY:" + "x" * 3000, max_tokens=3000), "stream": True}
+    payload = {**body("SAY:" + "x" * 30, max_tokens=100), "stream": True}
+    fake.engine.hold = threading.Event()
     with fake.client.stream("POST", MESSAGES, json=payload) as r:
         lines = []
         for line in r.iter_lines():

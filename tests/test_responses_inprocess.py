@@ -72,6 +72,8 @@ def output_text(body: dict[str, Any]) -> str:
     ({"input": "hi", "max_output_tokens": 10**6}, "max_output_tokens"),
     ({"input": []}, "input"),
     ({"input": 5}, "input"),
+    ({"input": "hi", "grammar": "root ::= \"unclosed"}, "grammar"),
+    ({"input": "hi", "grammar": 'root ::= "a"', "text": {"format": {"type": "json_object"}}}, "grammar"),
 ])
 def test_bad_requests_are_400s_naming_the_field(srv, body, param):
     r = srv.client.post(RESPONSES, json={"model": MODEL, **body})
@@ -284,3 +286,8 @@ def test_an_engine_failure_mid_stream_is_an_error_then_response_failed(srv):
     failed = datas[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["message"] and output_text(failed) == "You"
     assert srv.client.get(f"{RESPONSES}/{failed['id']}").status_code == 404
+
+
+def test_llama_cpp_grammar_extension_reaches_the_engine(srv):
+    create(srv, "SAY:yes", grammar='root ::= "yes" | "no"')
+    assert srv.engine.submitted[-1].sampling.grammar == 'root ::= "yes" | "no"'

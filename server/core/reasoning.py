@@ -96,6 +96,12 @@ def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
         out.append((kind, text))
 
 
+def opens_reasoning(prompt: str) -> bool:
+    """Whether a rendered chat prompt ends inside an open thinking block (DeepSeek-R1 distills,
+    Qwen3 with thinking on): the output then starts in the reasoning (`started`)."""
+    return prompt.rstrip().endswith(OPEN)
+
+
 def split_reasoning(text: str, started: bool = False) -> tuple[str | None, str]:
     """A finished output's reasoning (None when it has no thinking block) and content."""
     splitter = ReasoningSplitter(started)

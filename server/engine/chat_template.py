@@ -40,6 +40,11 @@ CHATML = (
 )
 
 
+# What the server itself passes every template: a request's own variables may not replace them.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "bos_token", "eos_token", "add_generation_prompt",
+                                "raise_exception", "strftime_now"})
+
+
 class ChatTemplate:
     """A compiled chat template with the model's BOS/EOS strings bound."""
 
@@ -62,9 +67,14 @@ class ChatTemplate:
         self.eos_token = eos_token
 
     def render(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, variables: dict[str, Any] | None = None) -> str:
+        """The prompt text; `variables` are more names the template may read (`enable_thinking`)."""
+        clash = sorted(RESERVED_VARIABLES.intersection(variables or {}))
+        if clash:
+            raise InvalidInput(f"chat template variable {clash[0]!r} is set by the server, not the request")
         try:
             return self._template.render(
+                **(variables or {}),
                 messages=messages,
                 tools=tools,
                 bos_token=self.bos_token,

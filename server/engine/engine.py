@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import llama_cpp
@@ -23,7 +24,7 @@ from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, top_logprobs
 from .sequences import PrefixReuse, Sequence, place, release
 from .stops import TextAssembler
-from .types import GenerationRequest, Prompt, TokenEvent, Usage
+from .types import GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -99,7 +100,8 @@ class Engine:
         with self._cv:
             self._admitting[id(request)] = request
         try:
-            prompt, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+            rendered, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
+            prompt = rendered.tokens
             try:
                 self._check_prompt_length(request, len(prompt))
             except BaseException:
@@ -113,7 +115,7 @@ class Engine:
             raise
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
-        gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired)
+        gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired, prompt_text=rendered.text)
         seq = Sequence(
             gen=gen,
             prompt=prompt,
@@ -135,8 +137,7 @@ class Engine:
 
     async def count_tokens(self, prompt: Prompt) -> int:
         """The tokens `prompt` takes, counted as `submit` would (chat template included), off the event loop."""
-        tokens = await asyncio.get_running_loop().run_in_executor(self._tokenizer, self.model.prompt_tokens, prompt)
-        return len(tokens)
+        return len((await self.vocabulary(self.model.render, prompt)).tokens)
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `fn` on the engine thread between two steps; await it with asyncio.wrap_future."""
@@ -175,10 +176,17 @@ class Engine:
             self._to_free.append(adapter)
             self._cv.notify()
 
-    def _prepare(self, request: GenerationRequest) -> tuple[list[int], SamplerChain]:
+    async def vocabulary(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the tokenizer pool: tokenizing, detokenizing and template rendering read only
+        the vocabulary and never need a generation slot, but a megabyte of text must not stall the loop."""
+        if self._stopping:
+            raise ShuttingDown()
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, partial(fn, *args))
+
+    def _prepare(self, request: GenerationRequest) -> tuple[RenderedPrompt, SamplerChain]:
         """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
-        prompt = self.model.prompt_tokens(request.prompt)
-        return prompt, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
+        rendered = self.model.render(request.prompt)
+        return rendered, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
 
     def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
         if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:

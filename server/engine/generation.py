@@ -33,9 +33,11 @@ class Generation:
     """
 
     def __init__(self, request: GenerationRequest, n_prompt: int, *, wake: Callable[[], None],
-                 on_done: Callable[[Generation], None]) -> None:
+                 on_done: Callable[[Generation], None], prompt_text: str = "") -> None:
         self.request = request
         self.n_prompt = n_prompt
+        # What the chat template rendered ("" for other prompts): it may already open a thinking block.
+        self.prompt_text = prompt_text
         self.cancelled = False
         self.done = False
         self._wake = wake

@@ -13,7 +13,7 @@ import llama_cpp
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .errors import InvalidInput, ModelFileError, PromptTooLong
-from .types import ChatPrompt, Prompt, TextPrompt, TokenPrompt
+from .types import ChatPrompt, Prompt, RenderedPrompt, TextPrompt, TokenPrompt
 
 log = logging.getLogger("nomoat.engine")
 _llama_log = logging.getLogger("nomoat.llama_cpp")
@@ -51,6 +51,9 @@ class ModelSpec:
     repack: bool = False
     chat_template: str | None = None
     adapter_contexts: int = 3
+    # How chat answers show a thinking block: "auto" splits it into reasoning, "none" leaves it in
+    # the content. The engine ignores it; the protocols read it.
+    reasoning_format: str = "auto"
 
 
 class LoadedModel:
@@ -157,26 +160,44 @@ class LoadedModel:
         """The bytes a token stands for when generated (special tokens render as nothing)."""
         cached = self._pieces.get(token)
         if cached is None:
-            buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
+            cached = self._pieces[token] = self.token_bytes(token, special=False)
         return cached
+
+    def token_bytes(self, token: int, *, special: bool) -> bytes:
+        """A token's bytes; `special` renders control tokens as their text (`<|im_end|>`)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def check_tokens(self, tokens: list[int], subject: str = "prompt") -> None:
+        bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})", subject=subject)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text for tokens, special ones written out, as llama.cpp's /detokenize does."""
+        self.check_tokens(tokens, "tokens")
+        return b"".join(self.token_bytes(t, special=True) for t in tokens).decode("utf-8", "replace")
+
+    def chat_text(self, prompt: ChatPrompt) -> str:
+        """The text the chat template renders for a chat prompt, ending with the generation prompt."""
+        return self.chat_template.render(prompt.messages, tools=prompt.tools, variables=prompt.variables)
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    def prompt_tokens(self, prompt: Prompt) -> list[int]:
-        """Tokens for a prompt; chat prompts go through the chat template, others never do."""
+    def render(self, prompt: Prompt) -> RenderedPrompt:
+        """A prompt's tokens, and for a chat prompt the text its template rendered; only chat
+        prompts go through the chat template."""
+        text = ""
         if isinstance(prompt, TokenPrompt):
-            bad = next((t for t in prompt.tokens if not 0 <= t < self.n_vocab), None)
-            if bad is not None:
-                raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+            self.check_tokens(prompt.tokens)
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
-            text = self.chat_template.render(prompt.messages, tools=prompt.tools)
+            text = self.chat_text(prompt)
             bos_in_text = self.chat_template.bos_token and text.startswith(self.chat_template.bos_token)
             tokens = self.tokenize(text, add_bos=self.add_bos and not bos_in_text, special=True)
         else:
@@ -189,7 +210,7 @@ class LoadedModel:
                 f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
                 f"{len(tokens)} tokens, leaving no room to generate.",
             )
-        return tokens
+        return RenderedPrompt(tokens, text)
 
     def _load_chat_template(self, override: str | None) -> ChatTemplate:
         source = override
@@ -203,9 +224,7 @@ class LoadedModel:
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+        return self.token_bytes(token, special=True).decode("utf-8", "replace")
 
     # --- lifecycle ---------------------------------------------------------------
 

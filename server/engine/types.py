@@ -63,11 +63,13 @@ class SamplingParams:
 class ChatPrompt:
     """Chat messages to render with the model's chat template (OpenAI message dicts).
 
-    `tools` (OpenAI tool definitions) go to the template for models whose template renders them.
+    `tools` (OpenAI tool definitions) go to the template for models whose template renders them;
+    `variables` are more names the template may read (`enable_thinking`, `reasoning_effort`...).
     """
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,14 @@ class TokenPrompt:
 
 
 Prompt = ChatPrompt | TextPrompt | TokenPrompt
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt as the model evaluates it: its tokens, and the chat template's text ("" for other prompts)."""
+
+    tokens: list[int]
+    text: str = ""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from ..openai.models import model_routes
 from ..openai.response_store import ResponseStore
 from ..openai.responses import Responses
 from ..openai.schema import openapi
+from ..openai.tokenize import TokenizerRoutes
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
@@ -64,6 +65,7 @@ def build_app(
     responses = Responses(core, ResponseStore(settings.resolved_state_dir(), settings.responses_max_age,
                                               settings.responses_max_count))
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
+    tokenizer = TokenizerRoutes(core)
 
     async def health(request: Request) -> Response:
         if not registry.ready:
@@ -93,6 +95,9 @@ def build_app(
         **responses.handlers(),
         "messages": (messages := Messages(core)).handle,
         "count_tokens": messages.count_tokens,
+        "tokenize": tokenizer.tokenize,
+        "detokenize": tokenizer.detokenize,
+        "apply_template": tokenizer.apply_template,
         **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
                                      settings.body_timeout_seconds)),
     }

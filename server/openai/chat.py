@@ -10,13 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.generate import Choice, GenerationCore, Run, event_stream
+from ..core.reasoning import Kind, ReasoningSplitter, opens_reasoning, split_reasoning
 from ..core.structured import Grammar, response_rule
 from ..core.tool_calls import ToolStream, parse_output
 from ..core.tools import ToolPlan, check_history, plan_tools, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
 from .protocol import ChatCompletionRequest, parse
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
-from .sampling import sampling_params
+from .sampling import grammar_refusal, request_grammar, sampling_params
 
 
 class ChatCompletions:
@@ -28,33 +29,32 @@ class ChatCompletions:
     async def handle(self, request: Request) -> Response:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
         target = self.core.route(request, req.model, req.lora_pairs())
-        plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
-        check_history(req.messages)
+        plan = read_tools(req)
         # A large schema takes a while to turn into a grammar: never on the event loop (and no thread
         # hop for the plain chats that need none).
-        constrained = plan.mode == "forced" or (req.response_format is not None and req.response_format.type != "text")
-        grammar = await asyncio.to_thread(chat_grammar, req, plan) if constrained else None
-        native = target.engine.model.chat_template.supports_tools
-        prompt = ChatPrompt(prompt_messages(req.template_messages(), plan, native),
-                            tools=[t.openai() for t in plan.tools] if native and plan.active else None)
+        grammar = await asyncio.to_thread(chat_grammar, req, plan) if _server_grammar(req, plan) else None
+        grammar = grammar or await request_grammar(req)
+        prompt = chat_prompt(req, plan, target.engine.model.chat_template.supports_tools)
         max_tokens = self.core.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         )
         n_vocab = target.engine.model.n_vocab
-        run = await self.core.start(request, target, [
-            GenerationRequest(
-                prompt=prompt,
-                sampling=sampling_params(req, n_vocab, i, grammar),
-                max_tokens=max_tokens,
-                stop=req.stop_list(),
-                adapters=target.adapters,
-                logprobs=req.logprobs,
-                top_logprobs=req.top_logprobs or 0,
-            )
-            for i in range(req.n)
-        ])
+        with grammar_refusal(req):
+            run = await self.core.start(request, target, [
+                GenerationRequest(
+                    prompt=prompt,
+                    sampling=sampling_params(req, n_vocab, i, grammar),
+                    max_tokens=max_tokens,
+                    stop=req.stop_list(),
+                    adapters=target.adapters,
+                    logprobs=req.logprobs,
+                    top_logprobs=req.top_logprobs or 0,
+                )
+                for i in range(req.n)
+            ])
+        started = _reasoning_started(req, plan, run)
         if req.stream:
-            return event_stream(run, _chunks(run, req, plan))
+            return event_stream(run, _chunks(run, req, plan, started))
         choices = await run.collect()
         usage = usage_dict(run.record_usage(copies=len(choices)))
         return JSONResponse({
@@ -66,7 +66,7 @@ class ChatCompletions:
             "choices": [
                 {
                     "index": c.index,
-                    **chat_message(c, plan),
+                    **chat_message(c, plan, started),
                     "logprobs": {"content": [chat_logprob_entry(t) for t in c.tokens], "refusal": None}
                     if req.logprobs else None,
                 }
@@ -76,7 +76,8 @@ class ChatCompletions:
         }, headers=run.headers)
 
 
-async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan) -> AsyncIterator[dict[str, str]]:
+async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan,
+                  started: bool | None) -> AsyncIterator[dict[str, str]]:
     cid, created, model = new_id("chatcmpl"), now(), run.target.model_id
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
@@ -91,29 +92,24 @@ async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan) -> Async
     first = {"role": "assistant", "content": None if plan.mode == "forced" else "", "refusal": None}
     for i in range(len(run.gens)):
         yield chunk(i, first)
-    tool_streams = [ToolStream(plan) if plan.active else None for _ in run.gens]
+    streams = [ChoiceDeltas(plan, started) for _ in run.gens]
     async for i, event in run.events():
         if event.error is not None:
             yield error_event(event.error, "messages")
             return
         logprobs = {"content": [chat_logprob_entry(event)], "refusal": None} \
             if req.logprobs and event.logprob is not None else None
-        tools = tool_streams[i]
         cut = event.finish_reason == "length"
-        if tools is None:
-            deltas = [{"content": event.text, "refusal": None}] if event.text or logprobs else []
-        else:
-            deltas = tools.feed(event.text) if event.text else []
-            if event.finish_reason is not None:
-                deltas += tools.finish(cut=cut)
-            deltas = [{**d, "refusal": None} if "content" in d else d for d in deltas]
-            if logprobs and not deltas:
-                deltas = [{"content": "", "refusal": None}]
+        deltas = streams[i].feed(event.text) if event.text else []
+        if event.finish_reason is not None:
+            deltas += streams[i].finish(cut=cut)
+        if logprobs and not deltas:
+            deltas = [{"content": "", "refusal": None}]
         for k, delta in enumerate(deltas):
             yield chunk(i, delta, logprobs=logprobs if k == 0 else None)
         if event.finish_reason is not None:
             # A call max_tokens cut is not a finished call: the reason stays "length".
-            calls = tools is not None and tools.n_calls and not cut
+            calls = streams[i].n_calls and not cut
             yield chunk(i, {}, finish="tool_calls" if calls else event.finish_reason)
     usage = usage_dict(run.record_usage(copies=len(run.gens)))
     if req.include_usage:
@@ -122,6 +118,45 @@ async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan) -> Async
             "system_fingerprint": None, "choices": [], "usage": usage,
         })
     yield DONE
+
+
+class ChoiceDeltas:
+    """One streamed choice's text as chat deltas: the thinking block split off first (`started`
+    None: no split), tool calls then parsed out of what follows it."""
+
+    def __init__(self, plan: ToolPlan, started: bool | None) -> None:
+        self._splitter = ReasoningSplitter(started) if started is not None else None
+        self._tools = ToolStream(plan) if plan.active else None
+
+    @property
+    def n_calls(self) -> int:
+        return self._tools.n_calls if self._tools is not None else 0
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        pieces: list[tuple[Kind, str]] = self._splitter.feed(text) if self._splitter is not None else [("content", text)]
+        return _refusal_null(self._deltas(pieces))
+
+    def finish(self, cut: bool) -> list[dict[str, Any]]:
+        deltas = self._deltas(self._splitter.finish() if self._splitter is not None else [])
+        if self._tools is not None:
+            deltas += self._tools.finish(cut=cut)
+        return _refusal_null(deltas)
+
+    def _deltas(self, pieces: list[tuple[Kind, str]]) -> list[dict[str, Any]]:
+        deltas: list[dict[str, Any]] = []
+        for kind, text in pieces:
+            if kind == "reasoning":
+                deltas.append({"reasoning_content": text})
+            elif self._tools is not None:
+                deltas += self._tools.feed(text)
+            else:
+                deltas.append({"content": text})
+        return deltas
+
+
+def _refusal_null(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # As OpenAI's, a delta with content says `refusal: null`.
+    return [{**d, "refusal": None} if "content" in d else d for d in deltas]
 
 
 def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> str | None:
@@ -142,15 +177,47 @@ def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> str | None:
     return g.text(rule)
 
 
-def chat_message(choice: Choice, plan: ToolPlan) -> dict[str, Any]:
-    """`message` and `finish_reason` of a finished chat choice, with its tool calls parsed out."""
+def chat_message(choice: Choice, plan: ToolPlan, started: bool | None = None) -> dict[str, Any]:
+    """`message` and `finish_reason` of a finished chat choice: its thinking block split off first
+    (`started` None: no split), then its tool calls parsed out of the rest."""
     cut = choice.finish_reason == "length"
-    content, calls = parse_output(choice.text, plan, cut=cut)
+    reasoning, text = split_reasoning(choice.text, started) if started is not None else (None, choice.text)
+    content, calls = parse_output(text, plan, cut=cut)
+    thought = {"reasoning_content": reasoning} if reasoning else {}
     if not calls:
-        return {"message": {"role": "assistant", "content": content, "refusal": None},
+        return {"message": {"role": "assistant", "content": content, **thought, "refusal": None},
                 "finish_reason": choice.finish_reason}
     return {
-        "message": {"role": "assistant", "content": content or None, "refusal": None,
+        "message": {"role": "assistant", "content": content or None, **thought, "refusal": None,
                     "tool_calls": [c.openai() for c in calls]},
         "finish_reason": "length" if cut else "tool_calls",
     }
+
+
+def read_tools(req: ChatCompletionRequest) -> ToolPlan:
+    """What the request asks of tools; its tools and its history of calls checked."""
+    plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    check_history(req.messages)
+    return plan
+
+
+def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, native: bool) -> ChatPrompt:
+    """What the chat template renders for this request (POST /apply-template shows the same text);
+    `native`: the template renders tools itself."""
+    return ChatPrompt(prompt_messages(req.template_messages(), plan, native),
+                      tools=[t.openai() for t in plan.tools] if native and plan.active else None,
+                      variables=req.template_variables())
+
+
+def _server_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> bool:
+    """Whether the server constrains the output itself: a forced tool call or a JSON response_format."""
+    return plan.mode == "forced" or (req.response_format is not None and req.response_format.type != "text")
+
+
+def _reasoning_started(req: ChatCompletionRequest, plan: ToolPlan, run: Run) -> bool | None:
+    """How to split the answers' thinking block: None (not at all: `reasoning_format` none), else
+    whether the prompt left one open. Output the server constrains (JSON, forced calls) has none."""
+    fmt = req.reasoning_format or run.target.engine.model.spec.reasoning_format
+    if fmt == "none" or _server_grammar(req, plan):
+        return None
+    return opens_reasoning(run.gens[0].prompt_text)

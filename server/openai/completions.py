@@ -13,7 +13,7 @@ from ..engine.types import GenerationRequest, TextPrompt, TokenPrompt
 from ..registry import Target
 from .protocol import CompletionRequest, parse
 from .render import DONE, TextOffsets, completion_logprobs, error_event, new_id, now, sse, usage_dict
-from .sampling import sampling_params
+from .sampling import grammar_refusal, request_grammar, sampling_params
 
 
 class Completions:
@@ -29,19 +29,21 @@ class Completions:
         logprobs = req.logprobs is not None
         max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens")
         n_vocab = target.engine.model.n_vocab
-        run = await self.core.start(request, target, [
-            GenerationRequest(
-                prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
-                sampling=sampling_params(req, n_vocab, i * req.n + j),
-                max_tokens=max_tokens,
-                stop=req.stop_list(),
-                adapters=target.adapters,
-                logprobs=logprobs,
-                top_logprobs=req.logprobs or 0,
-            )
-            for i, p in enumerate(prompts)
-            for j in range(req.n)
-        ])
+        grammar = await request_grammar(req)
+        with grammar_refusal(req):
+            run = await self.core.start(request, target, [
+                GenerationRequest(
+                    prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
+                    sampling=sampling_params(req, n_vocab, i * req.n + j, grammar),
+                    max_tokens=max_tokens,
+                    stop=req.stop_list(),
+                    adapters=target.adapters,
+                    logprobs=logprobs,
+                    top_logprobs=req.logprobs or 0,
+                )
+                for i, p in enumerate(prompts)
+                for j in range(req.n)
+            ])
         echo = [_echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
         if req.stream:
             return event_stream(run, _chunks(run, req, echo))

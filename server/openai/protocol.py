@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..engine.chat_template import RESERVED_VARIABLES
 from ..errors import InvalidRequestError
 
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
@@ -90,6 +91,8 @@ class _SamplingFields(Lenient):
     # nomoat: the whole adapter set for this request, e.g. [{"name": "sql", "scale": 0.8}].
     # When present, `model` only selects the base; [] means the base model alone.
     lora: list[LoraRef] | None = Field(None, max_length=16)
+    # llama.cpp's server: a GBNF grammar (root rule `root`) every answer must follow.
+    grammar: str | None = None
 
     def lora_pairs(self) -> list[tuple[str, float]] | None:
         if self.lora is None:
@@ -190,6 +193,20 @@ class ChatCompletionRequest(_SamplingFields):
     # The pre-tools API: refused with a pointer to its replacement rather than ignored.
     functions: list[Any] | None = None
     function_call: Any = None
+    # As llama.cpp's server: more variables for the model's chat template (`{"enable_thinking": false}`),
+    # and how a thinking block is returned (`none`: left in the content; default: the model's setting).
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_format: Literal["auto", "deepseek", "none"] | None = None
+    # OpenAI's; passed to the chat template as `reasoning_effort` (some templates read it).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _own_variables(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        clash = sorted(RESERVED_VARIABLES.intersection(value or {}))
+        if clash:
+            raise ValueError(f"{clash[0]!r} is set by the server and cannot be overridden")
+        return value
 
     @model_validator(mode="after")
     def _servable(self) -> ChatCompletionRequest:
@@ -200,7 +217,21 @@ class ChatCompletionRequest(_SamplingFields):
             )
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        if self.grammar is not None:
+            if self.response_format is not None and self.response_format.type != "text":
+                raise InvalidRequestError("'grammar' and a JSON 'response_format' both constrain the output: "
+                                          "send one of them", param="grammar")
+            if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
+                raise InvalidRequestError("'grammar' and a forced tool call ('tool_choice') both constrain the "
+                                          "output: send one of them", param="grammar")
         return self
+
+    def template_variables(self) -> dict[str, Any]:
+        """What the chat template reads besides the messages and tools."""
+        variables = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            variables["reasoning_effort"] = self.reasoning_effort
+        return variables
 
     @property
     def token_limit(self) -> int | None:

@@ -20,7 +20,7 @@ from ..core.generate import GenerationCore, Run, Totals, event_stream, race_disc
 from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
-from ..errors import NotFoundError
+from ..errors import InvalidRequestError, NotFoundError
 from ..http.body import ClientDisconnected
 from ..http.errors import answer_for
 from ..http.limits import RequestLimits
@@ -30,7 +30,7 @@ from .protocol import parse
 from .response_store import ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
 from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, item_dicts
-from .sampling import sampling_params
+from .sampling import grammar_refusal, request_grammar, sampling_params
 
 
 @dataclass
@@ -106,7 +106,8 @@ class Responses:
         plan = make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
                          tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")
         items = await self._earlier(req.previous_response_id) + item_dicts(req.items())
-        run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
+        with grammar_refusal(req):
+            run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
         turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, items)
         writer = OutputWriter(plan)
         if req.stream:
@@ -183,6 +184,10 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         grammar = await asyncio.to_thread(
             output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
             Grammar("text.format"), "text.format.schema")
+    if grammar is not None and req.grammar is not None:
+        raise InvalidRequestError("'grammar' and a JSON 'text.format' or a forced tool call both constrain the "
+                                  "output: send one of them", param="grammar")
+    grammar = grammar or await request_grammar(req)
     native = target.engine.model.chat_template.supports_tools
     prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
                         tools=[t.openai() for t in plan.tools] if native and plan.active else None)

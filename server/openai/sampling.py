@@ -1,7 +1,13 @@
-"""OpenAI's sampling fields into the engine's SamplingParams."""
+"""OpenAI's sampling fields into the engine's SamplingParams, and llama.cpp's `grammar` extension."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..core.user_grammar import GrammarError, check_grammar
+from ..engine.errors import InvalidInput
 from ..engine.types import SamplingParams
 from ..errors import InvalidRequestError
 from .protocol import _SamplingFields
@@ -28,3 +34,23 @@ def sampling_params(req: _SamplingFields, n_vocab: int, seed_offset: int,
         logit_bias=bias,
         grammar=grammar,
     )
+
+
+async def request_grammar(req: _SamplingFields) -> str | None:
+    """The request's own `grammar`, checked off the event loop (a large one takes a while)."""
+    if req.grammar is None:
+        return None
+    await asyncio.to_thread(check_grammar, req.grammar)
+    return req.grammar
+
+
+@contextmanager
+def grammar_refusal(req: _SamplingFields) -> Iterator[None]:
+    """A grammar llama.cpp refuses after the check (left recursion, say) is the request's `grammar` at fault."""
+    try:
+        yield
+    except InvalidInput as exc:
+        if req.grammar is None or exc.subject != "grammar":
+            raise
+        raise GrammarError("grammar: llama.cpp refused it (left recursion, or see the server log for its reason)",
+                           param="grammar", code="invalid_grammar") from None

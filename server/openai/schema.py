@@ -19,6 +19,7 @@ from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses_protocol import ResponsesRequest
+from .tokenize import DetokenizeRequest, TokenizeRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -32,6 +33,9 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "messages": MessagesRequest,
     "count_tokens": CountTokensRequest,
     "load_adapter": LoadAdapterRequest,
+    "tokenize": TokenizeRequest,
+    "detokenize": DetokenizeRequest,
+    "apply_template": ChatCompletionRequest,
 }
 
 SUMMARIES: dict[str, str] = {
@@ -48,6 +52,9 @@ SUMMARIES: dict[str, str] = {
     "delete_response": "Delete a stored response",
     "messages": "Create a message, as Anthropic's Messages API (stream: true answers its server-sent events)",
     "count_tokens": "Count a message request's prompt tokens, as Anthropic's Messages API",
+    "tokenize": "Tokenize text with a model's vocabulary (llama.cpp's server route): {\"tokens\": [...]}",
+    "detokenize": "Token ids back to text (llama.cpp's server route): {\"content\": \"...\"}",
+    "apply_template": "The prompt text a chat request's template renders, without generating: {\"prompt\": \"...\"}",
     "list_adapters": "List the loaded LoRA adapters",
     "load_adapter": "Load a LoRA adapter from the configured adapter directories",
     "unload_adapter": "Unload a LoRA adapter",

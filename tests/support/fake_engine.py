@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +43,25 @@ class FakeModel:
         self.n_vocab = N_VOCAB
         self.n_ctx = N_CTX
         self.chat_template = ChatTemplate(CHATML, bos_token="", eos_token="<|im_end|>")
-        self.spec = type("Spec", (), {"name": name, "parallel": 4})()
+        self.spec = type("Spec", (), {"name": name, "parallel": 4, "reasoning_format": "auto"})()
 
     def piece(self, token: int) -> bytes:
         return chr(token).encode("utf-8", "replace")
+
+    def token_bytes(self, token: int, *, special: bool) -> bytes:
+        return self.piece(token)
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        return [ord(c) % N_VOCAB for c in text]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        bad = next((t for t in tokens if not 0 <= t < N_VOCAB), None)
+        if bad is not None:
+            raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{N_VOCAB - 1})", subject="tokens")
+        return "".join(chr(t) for t in tokens)
+
+    def chat_text(self, prompt: ChatPrompt) -> str:
+        return self.chat_template.render(prompt.messages, tools=prompt.tools, variables=prompt.variables)
 
     def prompt_tokens(self, prompt: Any) -> list[int]:
         if isinstance(prompt, TokenPrompt):
@@ -54,7 +70,7 @@ class FakeModel:
                 raise InvalidInput(f"token id {bad} is outside the vocabulary (0..{N_VOCAB - 1})")
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
-            tokens = [ord(c) % N_VOCAB for c in self.chat_template.render(prompt.messages, tools=prompt.tools)]
+            tokens = self.tokenize(self.chat_text(prompt), add_bos=False)
         else:
             tokens = [ord(c) % N_VOCAB for c in prompt.text]
         if not tokens:
@@ -76,6 +92,9 @@ class FakeEngine:
     aborted: str | None = None
     submitted: list[GenerationRequest] = field(default_factory=list)
     logprob: float = math.log(0.5)  # what every token's logprob is (NaN to mimic runaway adapter weights)
+    # When set, every generation pauses after its first token until this is set, cancelled or aborted:
+    # a test acts on a stream that is certainly still running.
+    hold: threading.Event | None = None
 
     def __post_init__(self) -> None:
         self.model = FakeModel(self.name)
@@ -94,14 +113,18 @@ class FakeEngine:
         if self.outstanding >= self.capacity:
             raise Busy(f"model {self.name!r} is at capacity", retry_after=1)
         prompt = self.model.prompt_tokens(request.prompt)
+        text = self.model.chat_text(request.prompt) if isinstance(request.prompt, ChatPrompt) else ""
         self.submitted.append(request)
         self.outstanding += 1
-        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired())
+        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired(), prompt_text=text)
         asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
         return gen
 
     async def count_tokens(self, prompt: Any) -> int:
         return len(self.model.prompt_tokens(prompt))
+
+    async def vocabulary(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
 
     def _retired(self) -> None:
         self.outstanding -= 1
@@ -117,6 +140,9 @@ class FakeEngine:
         out = text[:limit]
         for i, char in enumerate(out):
             await asyncio.sleep(0)
+            while i == 1 and self.hold is not None and not self.hold.is_set() \
+                    and not gen.cancelled and self.aborted is None:
+                await asyncio.sleep(0.005)
             if gen.cancelled or self.aborted is not None:
                 break
             last = i == len(out) - 1
