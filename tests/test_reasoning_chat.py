@@ -147,3 +147,23 @@ def test_real_model_made_to_think_first(client: httpx.Client) -> None:
     assert message["reasoning_content"] and message["content"]
     assert "<think>" not in message["content"] and "</think>" not in message["reasoning_content"]
     assert streamed(client, payload)[:2] == (message["reasoning_content"], message["content"])
+
+
+def test_every_protocol_splits_a_block_the_template_opened(fake) -> None:
+    """The Responses and Messages APIs read the same template and model setting as chat."""
+    fake.engine.model.chat_template = ChatTemplate(THINKING, bos_token="", eos_token="<|im_end|>")
+    say = "SAY:Mulling it over.</think>Yes."
+    r = fake.client.post("/v1/responses", json={"model": MODEL, "input": say, "store": False})
+    assert r.status_code == 200, r.text
+    items = r.json()["output"]
+    assert [i["type"] for i in items] == ["reasoning", "message"], items
+    assert items[0]["content"][0]["text"] == "Mulling it over." and items[1]["content"][0]["text"] == "Yes."
+    r = fake.client.post("/v1/messages", json={"model": MODEL, "max_tokens": 64,
+                                              "messages": [{"role": "user", "content": say}]})
+    assert r.status_code == 200, r.text
+    assert [(b["type"], b.get("thinking", b.get("text"))) for b in r.json()["content"]] == \
+        [("thinking", "Mulling it over."), ("text", "Yes.")]
+    fake.engine.model.spec.reasoning_format = "none"
+    r = fake.client.post("/v1/messages", json={"model": MODEL, "max_tokens": 64,
+                                              "messages": [{"role": "user", "content": say}]})
+    assert [b["type"] for b in r.json()["content"]] == ["text"]

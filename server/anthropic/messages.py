@@ -4,14 +4,13 @@ generation core, engine events into Anthropic messages and SSE events (server/an
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.generate import GenerationCore, event_stream
 from ..core.structured import Grammar
-from ..core.tools import Tool, ToolPlan, make_plan, prompt_messages
+from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
 from ..registry import Target
 from .protocol import CountTokensRequest, MessagesRequest, parse
@@ -32,8 +31,10 @@ class Messages:
         target, plan, prompt = self._prompt(request, req)
         schema = req.output_schema
         # A large schema takes a while to turn into a grammar: never on the event loop.
-        grammar = await asyncio.to_thread(output_grammar, plan, schema) \
-            if plan.mode == "forced" or schema is not None else None
+        constrained = plan.mode == "forced" or schema is not None
+        grammar = await asyncio.to_thread(output_grammar, plan, "json_schema" if schema is not None else None, schema,
+                                          Grammar("output_config.format.schema"), "output_config.format.schema") \
+            if constrained else None
         sampling = SamplingParams(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
@@ -47,10 +48,11 @@ class Messages:
             stop=list(req.stop_sequences or []),
             adapters=target.adapters,
         )])
+        started = run.thinking(None, constrained)
         if req.stream:
-            return event_stream(run, stream_events(run, plan))
+            return event_stream(run, stream_events(run, plan, started))
         (choice,) = await run.collect()
-        return JSONResponse(message_json(run, choice, plan), headers=run.headers)
+        return JSONResponse(message_json(run, choice, plan, started), headers=run.headers)
 
     async def count_tokens(self, request: Request) -> Response:
         """The prompt's tokens as a generation would count them: the same messages through the chat template."""
@@ -81,15 +83,3 @@ def tool_plan(req: CountTokensRequest) -> ToolPlan:
         schema_key="input_schema",
         named_param="tool_choice.name",
     )
-
-
-def output_grammar(plan: ToolPlan, schema: dict[str, Any] | None) -> str | None:
-    """The grammar the output must follow: forced calls; or the `output_config.format` schema (a call in
-    its place when tools are offered with `auto`); or none."""
-    g = Grammar("output_config.format.schema")
-    alternatives = []
-    if plan.active and (plan.mode == "forced" or schema is not None):
-        alternatives.append(plan.calls_rule(g))
-    if schema is not None and plan.mode != "forced":
-        alternatives.append(g.schema_rule(schema, doc_id="output", path="", param="output_config.format.schema"))
-    return g.text(g.add(" | ".join(alternatives))) if alternatives else None

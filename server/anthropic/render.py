@@ -39,10 +39,10 @@ def stop_reason(finish: str | None, calls: bool, stop_sequence: str | None) -> s
     return "stop_sequence" if stop_sequence is not None else "end_turn"
 
 
-def message_json(run: Run, choice: Choice, plan: ToolPlan) -> dict[str, Any]:
-    """The answer to a finished, non-streamed request."""
+def message_json(run: Run, choice: Choice, plan: ToolPlan, started: bool | None) -> dict[str, Any]:
+    """The answer to a finished, non-streamed request; `started` is Run.thinking's answer."""
     cut = choice.finish_reason == "length"
-    reasoning, text = split_reasoning(choice.text)
+    reasoning, text = split_reasoning(choice.text, started)
     content, calls = parse_output(text, plan, cut=cut)
     blocks: list[dict[str, Any]] = []
     if reasoning is not None:
@@ -83,14 +83,14 @@ def sse(payload: dict[str, Any]) -> dict[str, str]:
     return {"event": payload["type"], "data": json.dumps(payload, ensure_ascii=False, separators=(",", ":"))}
 
 
-async def stream_events(run: Run, plan: ToolPlan) -> AsyncIterator[dict[str, str]]:
+async def stream_events(run: Run, plan: ToolPlan, started: bool | None) -> AsyncIterator[dict[str, str]]:
     """message_start, ping, each block's start/deltas/stop, message_delta, message_stop; an engine error
     ends the stream with an `error` event in Anthropic's error shape."""
     start = {**_message(run, []), "stop_reason": None, "stop_sequence": None,
              "usage": {"input_tokens": run.gens[0].n_prompt, "output_tokens": 0}}
     yield sse({"type": "message_start", "message": start})
     yield sse({"type": "ping"})
-    blocks = BlockStream(plan)
+    blocks = BlockStream(plan, started)
     async for _, event in run.events():
         if event.error is not None:
             yield {"event": "error", "data": json.dumps(answer_for(event.error, "messages", "anthropic").body)}
@@ -116,8 +116,8 @@ class BlockStream:
     tool call opens no block (a finished message leaves it out the same way).
     """
 
-    def __init__(self, plan: ToolPlan) -> None:
-        self._reasoning = ReasoningSplitter()
+    def __init__(self, plan: ToolPlan, started: bool | None) -> None:
+        self._reasoning = ReasoningSplitter(started)
         self._tools = ToolStream(plan) if plan.active else None
         self._index = -1
         self._open: str | None = None  # the type of the block being streamed

@@ -24,6 +24,7 @@ from ..http.body import ClientDisconnected, read_json
 from ..http.limits import RequestLimits
 from ..metrics import GenerationTimer, Metrics
 from ..registry import ModelRegistry, Target
+from .reasoning import opens_reasoning
 
 log = logging.getLogger("nomoat.generate")
 T = TypeVar("T")
@@ -141,6 +142,14 @@ class Run:
             self.cancel()
             raise
         return self.choices
+
+    def thinking(self, reasoning_format: str | None, constrained: bool) -> bool | None:
+        """How to split this run's thinking block (server/core/reasoning.py's `started`): None, not at all
+        (`reasoning_format` "none" by request or model, or output the server constrains: JSON, forced
+        calls); else whether the rendered prompt left a block open."""
+        if (reasoning_format or self.target.engine.model.spec.reasoning_format) == "none" or constrained:
+            return None
+        return opens_reasoning(self.gens[0].prompt_text)
 
     def cancel(self) -> None:
         """Stop every generation at the engine's next step (a disconnect, or a stream that ended)."""

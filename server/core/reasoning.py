@@ -29,8 +29,9 @@ def _partial_suffix(text: str, tag: str) -> int:
 class ReasoningSplitter:
     """Splits streamed text into (kind, text) pieces, holding back what may still become a tag."""
 
-    def __init__(self, started: bool = False) -> None:
-        self._state = "reasoning" if started else "start"
+    def __init__(self, started: bool | None = False) -> None:
+        """`started`: the prompt left a block open; None: no splitting, everything is content."""
+        self._state = "content" if started is None else "reasoning" if started else "start"
         self._lead = True  # at the start of the reasoning: leading whitespace is dropped
         self._buf = ""
 
@@ -102,8 +103,10 @@ def opens_reasoning(prompt: str) -> bool:
     return prompt.rstrip().endswith(OPEN)
 
 
-def split_reasoning(text: str, started: bool = False) -> tuple[str | None, str]:
+def split_reasoning(text: str, started: bool | None = False) -> tuple[str | None, str]:
     """A finished output's reasoning (None when it has no thinking block) and content."""
+    if started is None:
+        return None, text
     splitter = ReasoningSplitter(started)
     pieces = splitter.feed(text) + splitter.finish()
     reasoning = "".join(t for k, t in pieces if k == "reasoning")

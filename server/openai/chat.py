@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.generate import Choice, GenerationCore, Run, event_stream
-from ..core.reasoning import Kind, ReasoningSplitter, opens_reasoning, split_reasoning
-from ..core.structured import Grammar, response_rule
+from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
+from ..core.structured import Grammar
 from ..core.tool_calls import ToolStream, parse_output
-from ..core.tools import ToolPlan, check_history, plan_tools, prompt_messages
+from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
 from .protocol import ChatCompletionRequest, parse
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
@@ -52,7 +52,7 @@ class ChatCompletions:
                 )
                 for i in range(req.n)
             ])
-        started = _reasoning_started(req, plan, run)
+        started = run.thinking(req.reasoning_format, _server_grammar(req, plan))
         if req.stream:
             return event_stream(run, _chunks(run, req, plan, started))
         choices = await run.collect()
@@ -125,7 +125,7 @@ class ChoiceDeltas:
     None: no split), tool calls then parsed out of what follows it."""
 
     def __init__(self, plan: ToolPlan, started: bool | None) -> None:
-        self._splitter = ReasoningSplitter(started) if started is not None else None
+        self._splitter = ReasoningSplitter(started)
         self._tools = ToolStream(plan) if plan.active else None
 
     @property
@@ -133,11 +133,11 @@ class ChoiceDeltas:
         return self._tools.n_calls if self._tools is not None else 0
 
     def feed(self, text: str) -> list[dict[str, Any]]:
-        pieces: list[tuple[Kind, str]] = self._splitter.feed(text) if self._splitter is not None else [("content", text)]
+        pieces = self._splitter.feed(text)
         return _refusal_null(self._deltas(pieces))
 
     def finish(self, cut: bool) -> list[dict[str, Any]]:
-        deltas = self._deltas(self._splitter.finish() if self._splitter is not None else [])
+        deltas = self._deltas(self._splitter.finish())
         if self._tools is not None:
             deltas += self._tools.finish(cut=cut)
         return _refusal_null(deltas)
@@ -160,28 +160,17 @@ def _refusal_null(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> str | None:
-    """The grammar a chat request's output must follow, if any.
-
-    A forced tool call: the calls. `response_format` JSON: that JSON, or (tools offered with
-    `auto`) a call instead of it. Otherwise none: the output is free.
-    """
-    g = Grammar("response_format")
-    if plan.mode == "forced":
-        return g.text(plan.calls_rule(g))
+    """The grammar a chat request's output must follow, if any (core/tools.py's output_grammar)."""
     fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    rule = response_rule(g, fmt.type, fmt.schema_to_enforce)
-    if plan.active:
-        rule = g.add(f"{plan.calls_rule(g)} | {rule}")
-    return g.text(rule)
+    return output_grammar(plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
+                          Grammar("response_format"))
 
 
 def chat_message(choice: Choice, plan: ToolPlan, started: bool | None = None) -> dict[str, Any]:
     """`message` and `finish_reason` of a finished chat choice: its thinking block split off first
     (`started` None: no split), then its tool calls parsed out of the rest."""
     cut = choice.finish_reason == "length"
-    reasoning, text = split_reasoning(choice.text, started) if started is not None else (None, choice.text)
+    reasoning, text = split_reasoning(choice.text, started)
     content, calls = parse_output(text, plan, cut=cut)
     thought = {"reasoning_content": reasoning} if reasoning else {}
     if not calls:
@@ -212,12 +201,3 @@ def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, native: bool) -> Cha
 def _server_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> bool:
     """Whether the server constrains the output itself: a forced tool call or a JSON response_format."""
     return plan.mode == "forced" or (req.response_format is not None and req.response_format.type != "text")
-
-
-def _reasoning_started(req: ChatCompletionRequest, plan: ToolPlan, run: Run) -> bool | None:
-    """How to split the answers' thinking block: None (not at all: `reasoning_format` none), else
-    whether the prompt left one open. Output the server constrains (JSON, forced calls) has none."""
-    fmt = req.reasoning_format or run.target.engine.model.spec.reasoning_format
-    if fmt == "none" or _server_grammar(req, plan):
-        return None
-    return opens_reasoning(run.gens[0].prompt_text)

@@ -109,7 +109,8 @@ class Responses:
         with grammar_refusal(req):
             run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
         turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, items)
-        writer = OutputWriter(plan)
+        fmt = req.format
+        writer = OutputWriter(plan, run.thinking(None, plan.mode == "forced" or (fmt is not None and fmt.type != "text")))
         if req.stream:
             return event_stream(run, self._events(run, turn, writer))
 

@@ -50,10 +50,11 @@ class OutputWriter:
     items never opens a message of its own.
     """
 
-    def __init__(self, plan: ToolPlan) -> None:
+    def __init__(self, plan: ToolPlan, started: bool | None = False) -> None:
+        """`started`: Run.thinking's answer (None: no thinking block is split off)."""
         self.items: list[dict[str, Any]] = []
         self.reasoning_tokens = 0
-        self._splitter = ReasoningSplitter()
+        self._splitter = ReasoningSplitter(started)
         self._tools = ToolStream(plan) if plan.active else None
         self._open: dict[str, Any] | None = None  # the item whose content is still being written
         self._pending = ""  # whitespace not yet in any message
