@@ -25,7 +25,7 @@ CAT = "The cat sat on the mat"
 CAT2 = "A cat is sitting on a mat"
 TAX = "Quarterly tax filing deadlines"
 # Longer than the embedder's n_batch (512): evaluated in chunks over the KV cache.
-LONG = " ".join(f"Line {i}: the river bends past the mill and the old stone bridge." for i in range(33))  # 551 tokens
+LONG = " ".join(f"Line {i}: the river bends past the mill and the old stone bridge." for i in range(50))
 
 
 def embed(client: httpx.Client, inputs, **fields) -> dict:
