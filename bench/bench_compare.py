@@ -28,6 +28,14 @@ from lora_factory import write_lora  # noqa: E402
 from bench.bench_server import Result, Runs, bodies_for, run_load  # noqa: E402
 from bench.common import Nomoat, models_toml  # noqa: E402
 
+
+def absolute(argv: list[str]) -> list[str]:
+    """The command with a relative interpreter path made absolute: servers start in their own workdir."""
+    if argv and "/" in argv[0] and not argv[0].startswith("/"):
+        return [str(Path(argv[0]).resolve()), *argv[1:]]
+    return argv
+
+
 LEVELS: list[tuple[bool, int]] = [(False, 1), (False, 4), (False, 8), (True, 8)]
 
 
@@ -41,7 +49,7 @@ class Level:
 
 def one_run(command: str, config_text: str, mixed: bool, c: int, tokens: int, rounds: int) -> Result:
     """A fresh server, a short warm-up (every adapter set once), then the measured load."""
-    with Nomoat(config_text, command=shlex.split(command)) as s:
+    with Nomoat(config_text, command=absolute(shlex.split(command))) as s:
         run_load(s.url, bodies_for("nomoat", mixed, 8), 3, 1)
         return run_load(s.url, bodies_for("nomoat", mixed, tokens), c, rounds)
 
