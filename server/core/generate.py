@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -125,16 +125,19 @@ class Run:
                 return
         self.request.state.ttft = self.timer.ttft
 
-    async def collect(self) -> list[Choice]:
+    async def collect(self, on_event: Callable[[TokenEvent], object] | None = None) -> list[Choice]:
         """Run every generation to its end; the client going away first cancels them all.
 
         An engine error ends the request with that error (raised here, rendered by the HTTP layer).
+        `on_event` sees every other event as it comes (a protocol that builds its answer on the way).
         """
 
         async def consume() -> None:
             async for _, event in self.events():
                 if event.error is not None:
                     raise event.error
+                if on_event is not None:
+                    on_event(event)
 
         try:
             await race_disconnect(self.request, consume())

@@ -16,12 +16,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..core.generate import GenerationCore, Run, Totals, event_stream, race_disconnect
+from ..core.generate import GenerationCore, Run, Totals, event_stream
 from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, prompt_messages
 from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import InvalidRequestError, NotFoundError
-from ..http.body import ClientDisconnected
 from ..http.errors import answer_for
 from ..http.limits import RequestLimits
 from ..http.routes import Handler
@@ -113,18 +112,7 @@ class Responses:
         writer = OutputWriter(plan, run.thinking(None, plan.mode == "forced" or (fmt is not None and fmt.type != "text")))
         if req.stream:
             return event_stream(run, self._events(run, turn, writer))
-
-        async def consume() -> None:
-            async for _, event in run.events():
-                if event.error is not None:
-                    raise event.error
-                writer.feed(event)
-
-        try:
-            await race_disconnect(request, consume())
-        except ClientDisconnected:
-            run.cancel()
-            raise
+        await run.collect(writer.feed)
         return JSONResponse(await self._finished(run, turn, writer), headers=run.headers)
 
     async def _events(self, run: Run, turn: Turn, writer: OutputWriter) -> AsyncIterator[dict[str, str]]:
