@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.generate import GenerationCore, event_stream
 from ..core.structured import Grammar
-from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, prompt_messages
+from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
 from ..registry import Target
 from .protocol import CountTokensRequest, MessagesRequest, parse
@@ -65,9 +65,7 @@ class Messages:
         target = self.core.route(request, req.model, req.lora_pairs())
         plan = tool_plan(req)
         native = target.engine.model.chat_template.supports_tools
-        prompt = ChatPrompt(prompt_messages(req.template_messages(), plan, native),
-                            tools=[t.openai() for t in plan.tools] if native and plan.active else None)
-        return target, plan, prompt
+        return target, plan, tool_prompt(req.template_messages(), plan, native)
 
 
 def tool_plan(req: CountTokensRequest) -> ToolPlan:

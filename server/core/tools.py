@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.types import ChatPrompt
 from ..errors import InvalidRequestError
 from .structured import Grammar, literal, response_rule
 
@@ -188,6 +189,15 @@ def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool
         else:
             out.insert(0, {"role": "system", "content": system_text(plan)})
     return out
+
+
+def tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan, native: bool,
+                variables: dict[str, Any] | None = None) -> ChatPrompt:
+    """A conversation and its tools as the chat template's prompt: `native`, the template renders the
+    tools itself; otherwise they are text (prompt_messages)."""
+    return ChatPrompt(prompt_messages(messages, plan, native),
+                      tools=[t.openai() for t in plan.tools] if native and plan.active else None,
+                      variables=variables or {})
 
 
 def _call_json(call: Any) -> dict[str, Any]:

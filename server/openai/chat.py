@@ -13,7 +13,7 @@ from ..core.generate import Choice, GenerationCore, Run, event_stream
 from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
 from ..core.structured import Grammar
 from ..core.tool_calls import ToolStream, parse_output
-from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, prompt_messages
+from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
 from .protocol import ChatCompletionRequest, parse
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
@@ -193,9 +193,7 @@ def read_tools(req: ChatCompletionRequest) -> ToolPlan:
 def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, native: bool) -> ChatPrompt:
     """What the chat template renders for this request (POST /apply-template shows the same text);
     `native`: the template renders tools itself."""
-    return ChatPrompt(prompt_messages(req.template_messages(), plan, native),
-                      tools=[t.openai() for t in plan.tools] if native and plan.active else None,
-                      variables=req.template_variables())
+    return tool_prompt(req.template_messages(), plan, native, req.template_variables())
 
 
 def _server_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> bool:

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.generate import GenerationCore, Run, Totals, event_stream
 from ..core.structured import Grammar
-from ..core.tools import ToolPlan, make_plan, output_grammar, prompt_messages
-from ..engine.types import ChatPrompt, GenerationRequest
+from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
+from ..engine.types import GenerationRequest
 from ..errors import InvalidRequestError, NotFoundError
 from ..http.errors import answer_for
 from ..http.limits import RequestLimits
@@ -178,8 +178,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
                                   "output: send one of them", param="grammar")
     grammar = grammar or await request_grammar(req)
     native = target.engine.model.chat_template.supports_tools
-    prompt = ChatPrompt(prompt_messages(chat_messages(req.instructions, items), plan, native),
-                        tools=[t.openai() for t in plan.tools] if native and plan.active else None)
+    prompt = tool_prompt(chat_messages(req.instructions, items), plan, native)
     asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
     return GenerationRequest(
         prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
