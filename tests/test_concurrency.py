@@ -90,7 +90,7 @@ def test_eight_concurrent_streams_are_complete_and_separate(client, base_url):
         if i < 4:
             assert chat_text(chunks) == WORDS[i] * 16, (i, chat_text(chunks))
     assert len(ids) == 8
-    assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+    assert wait_until(lambda: active_sequences(client) == 0)
     assert metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == 0
 
 
@@ -103,7 +103,7 @@ def test_disconnect_mid_stream_frees_the_engine(single_slot):
             assert all(c["choices"][0]["finish_reason"] is None for c in got)
             assert active_sequences(client) == 1
         # Generating on would hold the only slot for ~1500 tokens; a cancel frees it at once.
-        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+        assert wait_until(lambda: active_sequences(client) == 0)
         assert_serves(client)
 
 
@@ -116,7 +116,7 @@ def test_disconnect_frees_every_choice_of_n(single_slot):
             # One slot: one choice runs, the other waits for it.
             assert metric(text, "nomoat_active_sequences", model=MODEL) == 1
             assert metric(text, "nomoat_queue_depth", model=MODEL) == 1
-        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+        assert wait_until(lambda: active_sequences(client) == 0)
         assert metric(client.get("/metrics").text, "nomoat_queue_depth", model=MODEL) == 0
         assert_serves(client)
 
@@ -126,8 +126,8 @@ def test_client_timeout_on_a_whole_answer_frees_the_engine(single_slot):
         before = requests_with_status(client, "499")
         with pytest.raises(httpx.ReadTimeout):
             client.post(CHAT, json=ENDLESS, timeout=httpx.Timeout(60, read=1.5))
-        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
-        assert wait_until(lambda: requests_with_status(client, "499") == before + 1, timeout=5)
+        assert wait_until(lambda: active_sequences(client) == 0)
+        assert wait_until(lambda: requests_with_status(client, "499") == before + 1)
         assert_serves(client)
 
 
@@ -136,7 +136,7 @@ def test_queued_stream_gets_its_first_chunk_before_a_slot_frees(single_slot):
         with client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as holder:
             held = data_lines(holder)  # keep it: a dropped line iterator closes the response
             next(held)
-            assert wait_until(lambda: active_sequences(client) == 1, timeout=10)
+            assert wait_until(lambda: active_sequences(client) == 1)
             body = chat_body("Hi", max_tokens=4, logit_bias=NO_EOS, stream=True)
             with client.stream("POST", CHAT, json=body) as queued:
                 lines = data_lines(queued)
@@ -148,7 +148,7 @@ def test_queued_stream_gets_its_first_chunk_before_a_slot_frees(single_slot):
                 rest = list(lines)
         assert "".join(c["choices"][0]["delta"].get("content") or "" for c in rest if c["choices"])
         assert [c["choices"][0]["finish_reason"] for c in rest if c["choices"][0]["finish_reason"]] == ["length"]
-        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+        assert wait_until(lambda: active_sequences(client) == 0)
 
 
 def test_waiting_requests_are_served_in_arrival_order(single_slot):
@@ -195,10 +195,10 @@ def test_full_queue_is_429_with_retry_after(start_server):
                 model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)))
             before = requests_with_status(client, "429")
             t.start()
-            assert wait_until(lambda: requests_with_status(client, "429") > before, timeout=30)
+            assert wait_until(lambda: requests_with_status(client, "429") > before)
         t.join(120)
         assert answer and answer[0].choices[0].message.content
-        assert wait_until(lambda: active_sequences(client) == 0, timeout=10)
+        assert wait_until(lambda: active_sequences(client) == 0)
         assert_serves(client)
 
 
@@ -229,7 +229,7 @@ def test_shutdown_answers_a_waiting_request_with_a_json_503(start_server):
     waiting = threading.Thread(target=lambda: answer.append(httpx.post(srv.base_url + CHAT, json=ENDLESS, timeout=60)))
     waiting.start()
     running = 'nomoat_active_sequences{model="smollm2-135m"} 1.0'
-    assert wait_until(lambda: running in httpx.get(srv.base_url + "/metrics").text, timeout=60), "never ran"
+    assert wait_until(lambda: running in httpx.get(srv.base_url + "/metrics").text), "never ran"
     srv.proc.send_signal(signal.SIGTERM)
     waiting.join(60)
     assert srv.proc.wait(30) == 0

@@ -230,7 +230,7 @@ def test_environment_variables_configure_a_server(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
-            assert wait_until(lambda: proc.poll() is not None or _healthy(base_url), timeout=60)
+            assert wait_until(lambda: proc.poll() is not None or _healthy(base_url))
             assert proc.poll() is None, log_path.read_text()
             with httpx.Client(base_url=base_url, timeout=120) as client:
                 assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["env-model", "default"]

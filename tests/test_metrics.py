@@ -83,9 +83,9 @@ def test_in_flight_gauge_counts_open_requests(client, base_url):
         assert next(lines).startswith("data: ")
         infl = metric(scrape(client), "nomoat_requests_in_flight")
         assert infl == 2, [line[:300] for line in lines if line][-5:]
-        assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 1, timeout=10)
-    assert wait_until(lambda: metric(scrape(client), "nomoat_requests_in_flight") == 1, timeout=10)
-    assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 0, timeout=10)
+        assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 1)
+    assert wait_until(lambda: metric(scrape(client), "nomoat_requests_in_flight") == 1)
+    assert wait_until(lambda: metric(scrape(client), "nomoat_active_sequences", model=MODEL) == 0)
 
 
 def test_log_has_a_startup_line_and_one_line_per_request(client, server):
@@ -99,4 +99,4 @@ def test_log_has_a_startup_line_and_one_line_per_request(client, server):
     def logged() -> bool:
         return any(all(w in line for w in wanted) for line in server.log().splitlines())
 
-    assert wait_until(logged, timeout=5), server.log()[-2000:]
+    assert wait_until(logged), server.log()[-2000:]

@@ -125,7 +125,8 @@ def metric(text: str, sample: str, **labels: str) -> float | None:
     return None
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 300.0, interval: float = 0.05) -> bool:
+    """Poll until `predicate()` holds; `timeout` only guards against a hang (CI runs on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
