@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .models_dir import scan_models_dir
+from .models_dir import files_size, scan_models_dir
 from .pulled import PulledManifest
 from .settings import Settings
 
@@ -31,19 +30,14 @@ class AvailableModel:
 
     @property
     def size(self) -> int:
-        """Bytes on disk; a file gone since it was found counts as 0."""
-        total = 0
-        for f in self.files:
-            with contextlib.suppress(OSError):
-                total += f.stat().st_size
-        return total
+        return files_size(self.files)
 
 
 def discovered_models(settings: Settings) -> list[AvailableModel]:
     """The models directory's models (by name), then pulled ones (in pull order) whose files are still cached."""
     found: list[AvailableModel] = []
     if settings.models_dir is not None:
-        found += [AvailableModel(m.name, "models-dir", m.files) for m in scan_models_dir(settings.models_dir)]
+        found += [AvailableModel(name, "models-dir", files) for name, files in scan_models_dir(settings.models_dir).items()]
     found += pulled_models(settings)
     return found
 

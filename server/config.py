@@ -267,7 +267,7 @@ def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
         from .hub import Hub, HubError, parse_ref  # huggingface_hub is slow to import: only when it is used
 
         try:
-            return Hub(progress="log").fetch(parse_ref(path), prefer_cache=True).path
+            return Hub(progress="log").fetch(parse_ref(path), prefer_cache=True).paths[0]
         except HubError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     resolved = (base_dir / expand_home(path, where)).resolve()

@@ -130,21 +130,15 @@ def pick(choices: list[GgufChoice], ref: ModelRef, where: str) -> GgufChoice:
 
 @dataclass(frozen=True)
 class PulledFiles:
-    """A model in the local cache: what it was asked as, the commit and repo paths, and the files on disk."""
+    """A model in the local cache: what it was asked as, the commit, its repo paths and its files on disk.
+
+    llama.cpp loads `paths[0]`, the first part of a split model.
+    """
 
     ref: ModelRef
     commit: str
     files: tuple[str, ...]
     paths: tuple[Path, ...]
-
-    @property
-    def path(self) -> Path:
-        """The file llama.cpp loads: the first part of a split model."""
-        return self.paths[0]
-
-    @property
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
 
 
 Progress = Literal["bar", "log"]
@@ -207,7 +201,7 @@ class Hub:
             if cached is None:
                 raise HubError(f"{ref.name}: cannot reach the Hub at {self.endpoint} ({exc}) and the model is "
                                f"not in the Hugging Face cache ({self.cache_dir})") from None
-            log.warning("%s: the Hub is out of reach (%s); using the cached %s", ref.name, exc, cached.path)
+            log.warning("%s: the Hub is out of reach (%s); using the cached %s", ref.name, exc, cached.paths[0])
             return cached
         return PulledFiles(ref, _commit_of(paths[0], choice.files[0]), choice.files, paths)
 

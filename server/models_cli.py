@@ -9,6 +9,7 @@ from typing import Any
 from . import config
 from .available import AvailableModel, discovered_models
 from .errors import ConfigError
+from .models_dir import files_size
 from .pulled import PulledManifest, PulledModel
 from .settings import Settings, format_validation_error
 
@@ -26,9 +27,10 @@ def pull(cli: dict[str, Any], name: str) -> int:
     except ConfigError as exc:
         print(f"nomoat: cannot pull {name}:\n{exc}", file=sys.stderr)
         return 1
+    size = files_size(files.paths)
     PulledManifest(settings.resolved_state_dir()).add(
-        PulledModel(name=ref.name, repo=ref.repo, commit=files.commit, files=list(files.files), size=files.size))
-    print(f"pulled {ref.name} ({', '.join(files.files)}, {_size(files.size)}): serve it as model {ref.name!r}")
+        PulledModel(name=ref.name, repo=ref.repo, commit=files.commit, files=list(files.files), size=size))
+    print(f"pulled {ref.name} ({', '.join(files.files)}, {_size(size)}): serve it as model {ref.name!r}")
     return 0
 
 

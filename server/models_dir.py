@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import stat
@@ -46,17 +47,13 @@ def model_stem(filename: str) -> str:
     return part.stem if part is not None else filename[: -len(".gguf")]
 
 
-@dataclass(frozen=True)
-class FoundModel:
-    """A model found in the models directory: its name, the file llama.cpp loads, and all its files."""
-
-    name: str
-    path: Path
-    files: tuple[Path, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
+def files_size(files: tuple[Path, ...]) -> int:
+    """Bytes on disk of a model's files; a file gone since it was found counts as 0."""
+    total = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            total += f.stat().st_size
+    return total
 
 
 def _regular_file(path: Path) -> bool:
@@ -67,13 +64,16 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def scan_models_dir(directory: Path) -> list[FoundModel]:
-    """Every model in `directory` (not its subfolders), sorted by name; incomplete split sets are skipped."""
+def scan_models_dir(directory: Path) -> dict[str, tuple[Path, ...]]:
+    """Every model in `directory` (not its subfolders): name → its files, the one llama.cpp opens first.
+
+    Sorted by name; a split set missing a part is skipped (logged).
+    """
     try:
         entries = sorted(directory.iterdir())
     except OSError as exc:
         log.warning("models dir %s cannot be read: %s", directory, exc.strerror or exc)
-        return []
+        return {}
     whole: dict[str, Path] = {}
     parts: dict[str, dict[int, Path]] = {}
     counts: dict[str, int] = {}
@@ -86,7 +86,7 @@ def scan_models_dir(directory: Path) -> list[FoundModel]:
             continue
         parts.setdefault(part.stem, {})[part.index] = path
         counts[part.stem] = part.count
-    found = [FoundModel(name, path, (path,)) for name, path in whole.items()]
+    found: dict[str, tuple[Path, ...]] = {name: (path,) for name, path in whole.items()}
     for stem, by_index in parts.items():
         if stem in whole:
             log.warning("models dir %s: %s.gguf and split files %s-*-of-* both exist; serving %s.gguf",
@@ -96,6 +96,5 @@ def scan_models_dir(directory: Path) -> list[FoundModel]:
             log.warning("models dir %s: split model %s has %d of its %d parts; skipped",
                         directory, stem, len(by_index), counts[stem])
             continue
-        files = tuple(by_index[i] for i in sorted(by_index))
-        found.append(FoundModel(stem, files[0], files))
-    return sorted(found, key=lambda m: m.name)
+        found[stem] = tuple(by_index[i] for i in sorted(by_index))
+    return dict(sorted(found.items()))

@@ -127,18 +127,18 @@ def hub(fake_hub: FakeHub, tmp_path: Path) -> Hub:
 def test_fetch_by_name_and_by_quant(hub: Hub, fake_hub: FakeHub):
     default = hub.fetch(parse_ref(TINY))
     assert default.files == ("tiny-Q2_K.gguf",)
-    assert default.path.read_bytes() == fake_hub.repos[TINY]["tiny-Q2_K.gguf"].source.read_bytes()
+    assert default.paths[0].read_bytes() == fake_hub.repos[TINY]["tiny-Q2_K.gguf"].source.read_bytes()
     assert default.commit == fake_hub.commits[TINY]
     split = hub.fetch(parse_ref(f"{TINY}:q3_k_s"))
     assert [p.name for p in split.paths] == ["tiny-Q3_K_S-00001-of-00002.gguf", "tiny-Q3_K_S-00002-of-00002.gguf"]
-    assert split.path == split.paths[0] and split.size == 1300
+    assert [p.stat().st_size for p in split.paths] == [600, 700]
     assert not fake_hub.requests_for("mmproj-tiny-f16.gguf")
 
 
 def test_resume_after_a_cut_connection(hub: Hub, fake_hub: FakeHub):
     fake_hub.cut_next("tiny-Q4_0.gguf")
     pulled = hub.fetch(parse_ref(f"{TINY}:Q4_0"))
-    assert pulled.path.read_bytes() == fake_hub.repos[TINY]["tiny-Q4_0.gguf"].source.read_bytes()
+    assert pulled.paths[0].read_bytes() == fake_hub.repos[TINY]["tiny-Q4_0.gguf"].source.read_bytes()
     gets = [r for r in fake_hub.requests_for("tiny-Q4_0.gguf") if r.method == "GET"]
     assert [r.range is not None for r in gets] == [False, True], gets  # the second asked only for the rest
     assert gets[1].range is not None and gets[1].range.startswith("bytes=") and gets[1].range != "bytes=0-"
@@ -174,7 +174,7 @@ def test_hf_path_in_models_toml_resolves_through_the_cache(hub: Hub, fake_hub: F
     # What HF_ENDPOINT and HF_HOME say in a server's environment (huggingface_hub reads them once, at import).
     monkeypatch.setattr("nomoat.hub.Hub", lambda **kw: Hub(endpoint=fake_hub.url, cache_dir=hub.cache_dir, **kw))
     path = config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path")
-    assert path == hub.cached(parse_ref(f"{TINY}:Q8_0")).path
+    assert path == hub.cached(parse_ref(f"{TINY}:Q8_0")).paths[0]
     asked = len(fake_hub.requests)
     assert config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path") == path
     assert len(fake_hub.requests) == asked  # cached: the Hub is not asked again
