@@ -150,7 +150,6 @@ class _LoggedProgress(tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._done = int(kwargs.get("initial") or 0)
         self._total = kwargs.get("total")
-        self._what = kwargs.get("desc") or "download"
         self._tenth = -1
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
@@ -161,7 +160,7 @@ class _LoggedProgress(tqdm):
             tenth = min(10, self._done * 10 // self._total)
             if tenth > self._tenth:
                 self._tenth = tenth
-                log.info("downloading %s: %d%% of %.1f MB", self._what, tenth * 10, self._total / 1e6)
+                log.info("downloaded %d%% of %.1f MB", tenth * 10, self._total / 1e6)  # the file: the line before
         return None
 
 

@@ -6,6 +6,7 @@ Nothing here reaches the internet: HF_ENDPOINT points at tests/support/fake_hub.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -170,10 +171,13 @@ def test_offline_uses_the_cache_and_names_what_is_not_there(hub: Hub, fake_hub: 
         gone.fetch(parse_ref("nomoat-test/other"))
 
 
-def test_hf_path_in_models_toml_resolves_through_the_cache(hub: Hub, fake_hub: FakeHub, monkeypatch, tmp_path):
+def test_hf_path_in_models_toml_resolves_through_the_cache(hub: Hub, fake_hub: FakeHub, monkeypatch, tmp_path,
+                                                           caplog):
     # What HF_ENDPOINT and HF_HOME say in a server's environment (huggingface_hub reads them once, at import).
     monkeypatch.setattr("nomoat.hub.Hub", lambda **kw: Hub(endpoint=fake_hub.url, cache_dir=hub.cache_dir, **kw))
-    path = config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path")
+    with caplog.at_level(logging.INFO, logger="nomoat.hub"):
+        path = config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path")
+    assert "pulling tiny-Q8_0.gguf from" in caplog.text and "downloaded 100% of 0.0 MB" in caplog.text  # no bar
     assert path == hub.cached(parse_ref(f"{TINY}:Q8_0")).paths[0]
     asked = len(fake_hub.requests)
     assert config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path") == path
