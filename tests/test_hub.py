@@ -266,3 +266,8 @@ def test_pull_offline_from_the_cache_and_errors(hub_env: dict[str, str], fake_hu
     listed = nomoat(hub_env, "ls")
     names = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
     assert names == ["smollm2-135m", f"{TINY}:Q8_0", f"{TINY}:q8_0"]  # each name as pulled
+    # Two names for one file: removing one keeps the file for the other.
+    assert nomoat(hub_env, "rm", f"{TINY}:Q8_0").returncode == 0
+    rows = [line.split() for line in nomoat(hub_env, "ls").stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["smollm2-135m", f"{TINY}:q8_0"]
+    assert Path(rows[1][4]).stat().st_size == 3000
