@@ -19,10 +19,14 @@ from .settings import Settings, format_validation_error
 _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per Settings field, documented from its description, env var and default."""
+# The settings `nomoat pull`, `ls` and `rm` read: where models.toml, the models dir and the pulled list are.
+_MODEL_STORE_FLAGS = ("config", "models_dir", "state_dir")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One `--flag` per Settings field (or per field in `only`), documented from its description, env var and default."""
     for name, field in Settings.model_fields.items():
-        if field.validation_alias is not None:
+        if field.validation_alias is not None or (only is not None and name not in only):
             continue  # systemd's own variables (NOTIFY_SOCKET...), not options
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
@@ -76,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the base model: a GGUF file, or a model id from models.toml [default: the embedded model]",
     )
     convert.add_argument("--config", metavar="FILE", help="models.toml to look --base up in [default: as serve]")
+    pull = sub.add_parser(
+        "pull",
+        help="download a GGUF model from the Hugging Face Hub by name",
+        description=(
+            "Download OWNER/REPO[:QUANT] into the Hugging Face cache (resumable; HF_TOKEN, HF_ENDPOINT and "
+            "HF_HUB_OFFLINE apply). QUANT picks the file by quantisation (any case, e.g. Q4_K_M); without it, "
+            "Q4_K_M if the repo has one, else its smallest GGUF. The server then serves it under that name."
+        ),
+    )
+    pull.add_argument("name", metavar="OWNER/REPO[:QUANT]")
+    _add_settings_flags(pull, _MODEL_STORE_FLAGS)
+    ls = sub.add_parser("ls", help="list the models a server would serve: models.toml, models dir, pulled",
+                        description="List available models with their source, size on disk and path.")
+    _add_settings_flags(ls, _MODEL_STORE_FLAGS)
+    rm = sub.add_parser("rm", help="remove a pulled model and its files",
+                        description="Forget a model pulled with `nomoat pull` and delete its files from the cache.")
+    rm.add_argument("name", metavar="NAME", help="the name it was pulled as")
+    _add_settings_flags(rm, _MODEL_STORE_FLAGS)
     return parser
 
 
@@ -90,6 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(cli)
     if args.command == "convert-lora":
         return convert_lora(args)
+    if args.command in ("pull", "ls", "rm"):
+        from . import models_cli
+
+        settings_cli = {k: v for k, v in cli.items() if k in _MODEL_STORE_FLAGS}
+        if args.command == "ls":
+            return models_cli.ls(settings_cli)
+        if args.command == "pull":
+            return models_cli.pull(settings_cli, args.name)
+        return models_cli.rm(settings_cli, args.name)
     parser.error(f"unknown command {args.command}")  # exits
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -10,12 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .available import discovered_models
 from .engine.chat_template import ChatTemplate
 from .engine.errors import TemplateError
 from .errors import ConfigError
 from .settings import Settings, format_validation_error
 
+log = logging.getLogger("nomoat.config")
+
 EMBEDDED = "embedded:smollm2-135m"
+HF_PREFIX = "hf:"  # a model on the Hugging Face Hub: hf:OWNER/REPO[:QUANT], fetched into its cache
 EMBEDDED_NAME = "smollm2-135m"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -49,7 +54,10 @@ class ModelConfig(BaseModel):
 
     name: ModelId = Field(description="The id clients send as `model`.")
     aliases: list[ModelId] = Field(default_factory=list, description="Other ids for the same model.")
-    path: str = Field(EMBEDDED, description=f"A GGUF file (relative to models.toml) or {EMBEDDED!r}.")
+    path: str = Field(
+        EMBEDDED,
+        description=f"A GGUF file (relative to models.toml), {EMBEDDED!r}, or {HF_PREFIX}OWNER/REPO[:QUANT] from the Hub.",
+    )
     n_ctx: int = Field(4096, ge=16, description="Context length of each sequence (tokens).")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: the `threads` setting).")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 for all.")
@@ -255,6 +263,13 @@ def add_cli_adapters(models: ModelsFile, specs: list[str]) -> None:
 def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
     if path == EMBEDDED:
         return embedded_model_path()
+    if path.startswith(HF_PREFIX):
+        from .hub import Hub, HubError, parse_ref  # huggingface_hub is slow to import: only when it is used
+
+        try:
+            return Hub(progress="log").fetch(parse_ref(path), prefer_cache=True).paths[0]
+        except HubError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     resolved = (base_dir / expand_home(path, where)).resolve()
     if not resolved.is_file():
         raise ConfigError(f"{where}: model file not found: {resolved}")
@@ -264,8 +279,9 @@ def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
 def models_for_single_file(settings: Settings) -> ModelsFile:
     """`nomoat serve --model FILE`: one model, no config file."""
     assert settings.model is not None
-    path = resolve_model_path(str(settings.model), Path.cwd(), "--model")
-    name = settings.model_name or path.name.removesuffix(".gguf")
+    given = str(settings.model)
+    path = resolve_model_path(given, Path.cwd(), "--model")
+    name = settings.model_name or single_model_name(given if given.startswith(HF_PREFIX) else str(path))
     fields: dict[str, Any] = {"name": name, "path": str(path)}
     if settings.n_ctx is not None:
         fields["n_ctx"] = settings.n_ctx
@@ -274,24 +290,53 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
     return ModelsFile(models=[ModelConfig(**fields)])
 
 
+def single_model_name(given: str) -> str:
+    """--model's id without --model-name: OWNER/REPO[:QUANT] for a Hub model (as `nomoat pull` names it), else
+    the file name less .gguf."""
+    return given.removeprefix(HF_PREFIX) if given.startswith(HF_PREFIX) else Path(given).name.removesuffix(".gguf")
+
+
 def embedded_default() -> ModelsFile:
     return ModelsFile(models=[ModelConfig(name=EMBEDDED_NAME, path=str(embedded_model_path()))])
 
 
-def load(cli: dict[str, Any]) -> tuple[Settings, ModelsFile]:
-    """Everything the server needs before it starts, every problem raised as one ConfigError."""
+def load_settings(cli: dict[str, Any]) -> tuple[Settings, Path | None, dict[str, Any]]:
+    """The settings (flags, NOMOAT_*, models.toml's [server]), the models.toml read, and the rest of its tables."""
     pre = Settings.load(cli, {}, "settings")
     config_path = None if pre.model is not None else find_config_file(pre.config)
     if config_path is None:
-        settings = pre
+        return pre, None, {}
+    data = read_config_file(config_path)
+    server_values = data.pop("server", {})
+    if not isinstance(server_values, dict):
+        raise ConfigError(f"{config_path}: server: must be a table")
+    return Settings.load(cli, server_values, f"{config_path}: server"), config_path, data
+
+
+def add_discovered_models(models: ModelsFile, settings: Settings) -> None:
+    """The models directory's and pulled models after models.toml's; a name already taken is skipped (logged)."""
+    taken = {i for m in models.models for i in m.ids()} | {a.name for a in models.adapters} | {
+        s.name for s in models.stacks}
+    for found in discovered_models(settings):
+        if found.name in taken:
+            log.info("%s model %s (%s) not added: the name is already taken", found.source, found.name, found.path)
+            continue
+        try:
+            models.models.append(ModelConfig(name=found.name, path=str(found.path)))
+        except ValidationError as exc:
+            log.warning("%s model %s not added: %s", found.source, found.path, format_validation_error(exc, "name"))
+            continue
+        taken.add(found.name)
+
+
+def load(cli: dict[str, Any]) -> tuple[Settings, ModelsFile]:
+    """Everything the server needs before it starts, every problem raised as one ConfigError."""
+    settings, config_path, data = load_settings(cli)
+    if config_path is None:
         models = models_for_single_file(settings) if settings.model is not None else embedded_default()
     else:
-        data = read_config_file(config_path)
-        server_values = data.pop("server", {})
-        if not isinstance(server_values, dict):
-            raise ConfigError(f"{config_path}: server: must be a table")
-        settings = Settings.load(cli, server_values, f"{config_path}: server")
         models = parse_models(data, str(config_path), config_path.parent)
+    add_discovered_models(models, settings)  # before --lora, so an adapter may name one as its base
     add_cli_adapters(models, settings.lora)
     if settings.parallel is not None:
         for model in models.models:

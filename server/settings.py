@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     model_name: str | None = Field(
         None, description="Model id for --model (default: the file name without .gguf)."
     )
+    models_dir: Path | None = Field(
+        None,
+        description=(
+            "Serve every GGUF file in this folder under its file name without .gguf (split files "
+            "NAME-00001-of-0000N.gguf as one model NAME; mmproj files left out), after models.toml's models."
+        ),
+    )
     n_ctx: int | None = Field(
         None, ge=16, description="Context length per sequence for --model (default 4096, capped by the model's)."
     )
@@ -82,7 +89,7 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None,
         description=(
-            "Where converted adapters and stored responses are kept "
+            "Where converted adapters, stored responses and the list of pulled models are kept "
             "(default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat)."
         ),
     )

@@ -1,0 +1,60 @@
+"""Models available beyond models.toml: the models directory's files and pulled models, each with its source."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .models_dir import files_size, scan_models_dir
+from .pulled import PulledManifest
+from .settings import Settings
+
+log = logging.getLogger("nomoat.available")
+
+Source = Literal["models.toml", "models-dir", "pulled"]
+
+
+@dataclass(frozen=True)
+class AvailableModel:
+    """A model id, where it comes from, and the files it loads from (the first is what llama.cpp opens)."""
+
+    name: str
+    source: Source
+    files: tuple[Path, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.files[0]
+
+    @property
+    def size(self) -> int:
+        return files_size(self.files)
+
+
+def discovered_models(settings: Settings) -> list[AvailableModel]:
+    """The models directory's models (by name), then pulled ones (in pull order) whose files are still cached."""
+    found: list[AvailableModel] = []
+    if settings.models_dir is not None:
+        found += [AvailableModel(name, "models-dir", files) for name, files in scan_models_dir(settings.models_dir).items()]
+    found += pulled_models(settings)
+    return found
+
+
+def pulled_models(settings: Settings) -> list[AvailableModel]:
+    entries = PulledManifest(settings.resolved_state_dir()).entries()
+    if not entries:
+        return []
+    from .hub import Hub  # huggingface_hub takes most of a second to import: only when something was pulled
+
+    hub = Hub()
+    found = []
+    for entry in entries:
+        paths = hub.files_at(entry.repo, entry.commit, entry.files)
+        if paths is None:
+            log.warning("pulled model %s: its files are gone from the Hugging Face cache (%s); pull it again",
+                        entry.name, hub.cache_dir)
+            continue
+        found.append(AvailableModel(entry.name, "pulled", paths))
+    return found
