@@ -11,11 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .available import discovered_models
 from .engine.chat_template import ChatTemplate
 from .engine.errors import TemplateError
 from .errors import ConfigError
 from .settings import Settings, format_validation_error
+from .store.available import discovered_models
 
 log = logging.getLogger("nomoat.config")
 
@@ -264,7 +264,7 @@ def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
     if path == EMBEDDED:
         return embedded_model_path()
     if path.startswith(HF_PREFIX):
-        from .hub import Hub, HubError, parse_ref  # huggingface_hub is slow to import: only when it is used
+        from .store.hub import Hub, HubError, parse_ref  # huggingface_hub is slow to import: only when it is used
 
         try:
             return Hub(progress="log").fetch(parse_ref(path), prefer_cache=True).paths[0]

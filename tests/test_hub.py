@@ -21,7 +21,7 @@ from support.process import ServerProcess
 from wire import NO_EOS
 
 from nomoat import config
-from nomoat.hub import GgufChoice, Hub, HubError, ModelRef, group_ggufs, parse_ref, pick, quant_of
+from nomoat.store.hub import GgufChoice, Hub, HubError, ModelRef, group_ggufs, parse_ref, pick, quant_of
 
 # --- names ---------------------------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ def test_offline_uses_the_cache_and_names_what_is_not_there(hub: Hub, fake_hub: 
 def test_hf_path_in_models_toml_resolves_through_the_cache(hub: Hub, fake_hub: FakeHub, monkeypatch, tmp_path,
                                                            caplog):
     # What HF_ENDPOINT and HF_HOME say in a server's environment (huggingface_hub reads them once, at import).
-    monkeypatch.setattr("nomoat.hub.Hub", lambda **kw: Hub(endpoint=fake_hub.url, cache_dir=hub.cache_dir, **kw))
-    with caplog.at_level(logging.INFO, logger="nomoat.hub"):
+    monkeypatch.setattr("nomoat.store.hub.Hub", lambda **kw: Hub(endpoint=fake_hub.url, cache_dir=hub.cache_dir, **kw))
+    with caplog.at_level(logging.INFO, logger="nomoat.store"):
         path = config.resolve_model_path(f"hf:{TINY}:Q8_0", tmp_path, "models.0.path")
     assert "pulling tiny-Q8_0.gguf from" in caplog.text and "downloaded 100% of 0.0 MB" in caplog.text  # no bar
     assert path == hub.cached(parse_ref(f"{TINY}:Q8_0")).paths[0]

@@ -10,8 +10,8 @@ import pytest
 from conftest import model_path
 
 from nomoat import config
-from nomoat.models_dir import scan_models_dir, split_part
-from nomoat.pulled import PulledManifest, PulledModel
+from nomoat.store.models_dir import scan_models_dir, split_part
+from nomoat.store.pulled import PulledManifest, PulledModel
 
 
 @pytest.fixture(autouse=True)

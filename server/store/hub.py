@@ -27,10 +27,10 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .models_dir import is_gguf, is_projector, model_stem, split_part
 
-log = logging.getLogger("nomoat.hub")
+log = logging.getLogger("nomoat.store")
 
 HF_PREFIX = "hf:"
 DEFAULT_QUANT = "Q4_K_M"

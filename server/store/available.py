@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..settings import Settings
 from .models_dir import files_size, scan_models_dir
 from .pulled import PulledManifest
-from .settings import Settings
 
-log = logging.getLogger("nomoat.available")
+log = logging.getLogger("nomoat.store")
 
 Source = Literal["models.toml", "models-dir", "pulled"]
 

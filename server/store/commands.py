@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config
+from .. import config
+from ..errors import ConfigError
+from ..settings import Settings, format_validation_error
 from .available import AvailableModel, discovered_models
-from .errors import ConfigError
 from .models_dir import files_size
 from .pulled import PulledManifest, PulledModel
-from .settings import Settings, format_validation_error
 
 
 def pull(cli: dict[str, Any], name: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-log = logging.getLogger("nomoat.pulled")
+log = logging.getLogger("nomoat.store")
 
 MANIFEST_NAME = "pulled.json"
 
