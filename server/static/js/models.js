@@ -37,9 +37,7 @@ export function fillPicker(select, catalog, wanted) {
   select.replaceChildren(...bases.map((card) => {
     const option = document.createElement("option");
     option.value = card.id;
-    const status = catalog.status(card.id);
-    const extras = catalog.adaptersOf(card.id).length + catalog.stacksOf(card.id).length;
-    option.textContent = `${card.id} (${status}${extras ? `, ${extras} adapters/stacks` : ""})`;
+    option.textContent = `${card.id} (${catalog.status(card.id)})`;
     return option;
   }));
   if (bases.some((c) => c.id === wanted)) select.value = wanted;

@@ -45,29 +45,39 @@ export class ServerPanel {
       line(`${t.models_loaded} loaded · ${t.active_sequences} active · ${t.queue_depth} queued`
         + (t.memory_bytes !== null ? ` · ${bytes(t.memory_bytes)}` : ""), "totals"),
     ];
-    const table = document.createElement("table");
-    table.className = "models";
-    table.append(row("th", ["model", "memory", "unloads", "active", "queue", "adapters"]));
-    for (const m of s.models) {
-      table.append(row("td", [
-        `${m.id} (${m.status})`,
-        m.memory_bytes !== null ? bytes(m.memory_bytes) : "—",
-        m.pinned ? "pinned" : expires(m.expires_at),
-        `${m.active_sequences}/${m.parallel}`,
-        String(m.queue_depth),
-        this.adapterChips(m),
-      ]));
-    }
-    nodes.push(table);
+    for (const m of s.models) nodes.push(this.modelCard(m));
     if (s.admin && s.model_lifecycle) nodes.push(this.lifecycleButtons());
     this.container.replaceChildren(...nodes);
     this.admin.hidden = !s.admin;
   }
 
+  modelCard(m) {
+    const card = document.createElement("div");
+    card.className = "model-card";
+    const title = document.createElement("div");
+    title.className = "model-name";
+    const status = document.createElement("span");
+    status.className = "badge";
+    status.dataset.status = m.status;
+    status.textContent = m.status;
+    title.append(`${m.id} `, status);
+    const figures = [
+      `${m.active_sequences}/${m.parallel} active`,
+      `${m.queue_depth} queued`,
+      `memory ${m.memory_bytes !== null ? bytes(m.memory_bytes) : "unknown"}`,
+      `unloads ${m.pinned ? "never (pinned)" : expires(m.expires_at)}`,
+    ];
+    const adapters = document.createElement("div");
+    adapters.className = "chips";
+    adapters.append(this.adapterChips(m));
+    card.append(title, line(figures.join(" · "), "figures"), adapters);
+    return card;
+  }
+
   adapterChips(model) {
     const cell = document.createDocumentFragment();
     const names = [...model.adapters, ...model.stacks];
-    if (!names.length) cell.append("—");
+    if (!names.length) cell.append("no adapters");
     for (const name of model.adapters) {
       const chip = document.createElement("span");
       chip.className = "chip";
@@ -124,16 +134,6 @@ function line(text, className = "") {
   return p;
 }
 
-function row(tag, cells) {
-  const tr = document.createElement("tr");
-  for (const cell of cells) {
-    const td = document.createElement(tag);
-    td.append(cell);
-    tr.append(td);
-  }
-  return tr;
-}
-
 function actionButton(text, title, action) {
   const button = document.createElement("button");
   button.type = "button";
@@ -163,7 +163,7 @@ function bytes(n) {
 
 // expires_at as epoch seconds or an ISO date; none: stays loaded.
 function expires(at) {
-  if (at === null || at === undefined) return "—";
+  if (at === null || at === undefined) return "not scheduled";
   const when = typeof at === "number" ? at * 1000 : Date.parse(at);
   if (Number.isNaN(when)) return String(at);
   const left = (when - Date.now()) / 1000;
