@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from conftest import ROOT, ServerProcess, free_port, models_toml
@@ -168,6 +169,10 @@ def finished(driver: Any) -> dict[str, str]:
     return last_answer(driver)
 
 
+def active_sequences(server: ThreadServer) -> int:
+    return int(httpx.get(server.base_url + "/status", timeout=30).json()["totals"]["active_sequences"])
+
+
 def screenshot(driver: Any) -> None:
     """docs/ui.png for the README, only when asked (NOMOAT_UI_SCREENSHOT=1): normal runs leave the tree alone."""
     if os.environ.get("NOMOAT_UI_SCREENSHOT") == "1":
@@ -254,12 +259,14 @@ def test_stop_ends_the_stream_and_the_server_stops_generating(browser, fake_serv
         click(browser, "#send")
         wait_for(browser, lambda: (last_answer(browser) or {}).get("text"), "the first token shows")
         assert engine.outstanding == 1 and last_answer(browser)["state"] == "streaming"
+        assert active_sequences(fake_server) == 1
         click(browser, "#stop")
         answer = finished(browser)
         assert answer["state"] == "stopped" and "stopped" in answer["meta"], answer
         # The hold was never released: the generation ended only because the server cancelled it
         # when the page dropped the stream.
         wait_for(browser, lambda: engine.outstanding == 0, "the server cancels the generation")
+        assert active_sequences(fake_server) == 0
         assert not engine.hold.is_set()
         assert browser.find_element("css selector", "#send").is_enabled()
         assert not browser.find_element("css selector", "#stop").is_enabled()
