@@ -235,8 +235,9 @@ def test_side_by_side_answers_under_two_adapter_sets_at_once(browser, real):
     set_value(browser, "#max-tokens", "16")
     set_value(browser, "#column-a .set-select", "adapter:sea")
     set_value(browser, "#column-b .set-select", "base")
-    set_value(browser, "#compare-prompt", POEM)
-    click(browser, "#compare-send")
+    set_value(browser, "#prompt", POEM)
+    assert browser.find_element("css selector", "#send").text == "Compare"
+    click(browser, "#send")
     columns = ["#column-a", "#column-b"]
     wait_for(browser, lambda: all(browser.execute_script(f"return document.querySelector('{c}').dataset.state") == "done"
                                   for c in columns), "both answers end")

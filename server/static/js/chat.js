@@ -5,26 +5,12 @@ import { renderMarkdown } from "./markdown.js";
 import { describeRun, runState, streamChat } from "./stream.js";
 
 export class ChatView {
-  // options() gives {model, lora, system, temperature, maxTokens}; onSaved() runs after each save.
-  constructor({ api, store, options, onSaved, elements }) {
-    this.api = api;
-    this.store = store;
-    this.options = options;
-    this.onSaved = onSaved;
-    this.el = elements; // messages, form, prompt, send, stop
+  // options() gives {model, lora, system, temperature, maxTokens}; onSaved() runs after each save,
+  // onBusy(busy) when an answer starts or ends.
+  constructor({ api, store, options, onSaved, onBusy, messages }) {
+    Object.assign(this, { api, store, options, onSaved, onBusy, messages });
     this.conversation = null;
     this.controller = null;
-    this.el.form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      this.send();
-    });
-    this.el.prompt.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        this.send();
-      }
-    });
-    this.el.stop.addEventListener("click", () => this.stop());
   }
 
   get busy() {
@@ -40,10 +26,8 @@ export class ChatView {
     this.render();
   }
 
-  async send() {
-    const text = this.el.prompt.value.trim();
-    if (!text || this.busy) return;
-    this.el.prompt.value = "";
+  async send(text) {
+    if (this.busy) return;
     const messages = this.conversation.messages;
     if (!messages.some((m) => m.role === "user")) this.conversation.title = text.slice(0, 60);
     messages.push({ role: "user", content: text });
@@ -70,10 +54,10 @@ export class ChatView {
     conversation.messages.push(message);
     this.save();
     this.render();
-    const node = this.el.messages.lastElementChild;
+    const node = this.messages.lastElementChild;
     const body = node.querySelector(".body");
     this.controller = new AbortController();
-    this.setBusy(true);
+    this.onBusy(true);
     const run = await streamChat(this.api, {
       model: options.model,
       messages: [...(options.system ? [{ role: "system", content: options.system }] : []), ...history],
@@ -88,15 +72,10 @@ export class ChatView {
       },
     });
     this.controller = null;
-    this.setBusy(false);
+    this.onBusy(false);
     Object.assign(message, { content: run.text, meta: describeRun(run), state: runState(run) });
     this.save();
     if (this.conversation === conversation) this.render();
-  }
-
-  setBusy(busy) {
-    this.el.send.disabled = busy;
-    this.el.stop.disabled = !busy;
   }
 
   save() {
@@ -106,7 +85,7 @@ export class ChatView {
 
   render() {
     const messages = this.conversation ? this.conversation.messages : [];
-    this.el.messages.replaceChildren(...messages.map((m, i) => this.messageNode(m, i === messages.length - 1)));
+    this.messages.replaceChildren(...messages.map((m, i) => this.messageNode(m, i === messages.length - 1)));
     this.follow();
   }
 
@@ -149,6 +128,6 @@ export class ChatView {
   }
 
   follow() {
-    this.el.messages.scrollTop = this.el.messages.scrollHeight;
+    this.messages.scrollTop = this.messages.scrollHeight;
   }
 }

@@ -4,24 +4,25 @@ import { renderMarkdown } from "./markdown.js";
 import { describeRun, runState, streamChat } from "./stream.js";
 
 export class CompareView {
-  // options() as the chat's; sets() lists [{key, title, lora}] the columns may choose from.
-  constructor({ api, options, sets, elements }) {
-    this.api = api;
-    this.options = options;
-    this.sets = sets;
-    this.el = elements; // form, prompt, send, stop, columns: [element, element]
+  // options() as the chat's; sets() lists [{key, title, lora}] the columns may choose from;
+  // onBusy(busy) when a comparison starts or ends.
+  constructor({ api, options, sets, onBusy, columns }) {
+    Object.assign(this, { api, options, sets, onBusy, columns });
     this.controller = null;
-    this.el.form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      this.compare();
-    });
-    this.el.stop.addEventListener("click", () => this.controller && this.controller.abort());
+  }
+
+  get busy() {
+    return this.controller !== null;
+  }
+
+  stop() {
+    if (this.controller) this.controller.abort();
   }
 
   // Refills both columns' choices, keeping each one's choice where it still exists.
   refresh() {
     const sets = this.sets();
-    this.el.columns.forEach((column, side) => {
+    this.columns.forEach((column, side) => {
       const select = column.querySelector(".set-select");
       const kept = select.value || (side === 0 ? "mixer" : "base");
       select.replaceChildren(...sets.map(({ key, title }) => {
@@ -34,24 +35,21 @@ export class CompareView {
     });
   }
 
-  async compare() {
-    const text = this.el.prompt.value.trim();
-    if (!text || this.controller) return;
+  async send(text) {
+    if (this.busy) return;
     const options = this.options();
     const sets = this.sets();
     this.controller = new AbortController();
-    this.el.send.disabled = true;
-    this.el.stop.disabled = false;
+    this.onBusy(true);
     const messages = [...(options.system ? [{ role: "system", content: options.system }] : []),
       { role: "user", content: text }];
-    await Promise.all(this.el.columns.map((column) => {
+    await Promise.all(this.columns.map((column) => {
       const key = column.querySelector(".set-select").value;
       const set = sets.find((s) => s.key === key) || sets[0];
       return this.stream(column, { ...options, lora: set.lora }, messages);
     }));
     this.controller = null;
-    this.el.send.disabled = false;
-    this.el.stop.disabled = true;
+    this.onBusy(false);
   }
 
   async stream(column, options, messages) {

@@ -3,6 +3,7 @@
 import { Api } from "./api.js";
 import { ChatView } from "./chat.js";
 import { CompareView } from "./compare.js";
+import { Composer } from "./composer.js";
 import { ConversationList } from "./conversations.js";
 import { KeyDialog } from "./keydialog.js";
 import { Mixer } from "./mixer.js";
@@ -51,17 +52,15 @@ const mixer = new Mixer($("#mixer"), (scales) => {
   compare.refresh();
 });
 
+const composer = new Composer({ form: $("#composer"), prompt: $("#prompt"), send: $("#send"), stop: $("#stop") });
+
 const chat = new ChatView({
-  api, store, options, onSaved: () => conversations.render(chat.conversation && chat.conversation.id),
-  elements: { messages: $("#messages"), form: $("#composer"), prompt: $("#prompt"), send: $("#send"), stop: $("#stop") },
+  api, store, options, messages: $("#messages"), onBusy: () => composer.update(),
+  onSaved: () => conversations.render(chat.conversation && chat.conversation.id),
 });
 
 const compare = new CompareView({
-  api, options, sets: adapterSets,
-  elements: {
-    form: $("#compare-form"), prompt: $("#compare-prompt"), send: $("#compare-send"), stop: $("#compare-stop"),
-    columns: [$("#column-a"), $("#column-b")],
-  },
+  api, options, sets: adapterSets, onBusy: () => composer.update(), columns: [$("#column-a"), $("#column-b")],
 });
 
 const conversations = new ConversationList({
@@ -133,9 +132,11 @@ function bindTabs() {
       for (const other of document.querySelectorAll(".tabs [data-view]")) {
         other.setAttribute("aria-selected", String(other === tab));
       }
-      $("#chat-view").hidden = tab.dataset.view !== "chat";
-      $("#compare-view").hidden = tab.dataset.view !== "compare";
-      document.querySelector(".conversations").hidden = tab.dataset.view !== "chat";
+      const chatShown = tab.dataset.view === "chat";
+      $("#chat-view").hidden = !chatShown;
+      $("#compare-view").hidden = chatShown;
+      document.querySelector(".conversations").hidden = !chatShown;
+      composer.attach(chatShown ? chat : compare, chatShown ? "Send" : "Compare");
     });
   }
 }
@@ -143,6 +144,7 @@ function bindTabs() {
 function start() {
   bindSettings();
   bindTabs();
+  composer.attach(chat, "Send");
   picker.addEventListener("change", showModel);
   $("#new-chat").addEventListener("click", () => openConversation(newConversation()));
   openConversation(store.conversations()[0] || newConversation());
