@@ -279,7 +279,7 @@ def test_stop_ends_the_stream_and_the_server_stops_generating(browser, fake_serv
 def test_model_output_with_markup_is_shown_as_text(browser, fake_server):
     open_page(browser, fake_server.base_url)
     markup = ('<script>window.__pwned = 1</script><img src="/ui/none.png" onerror="window.__pwned = 2">'
-              ' **bold** and `<b>code</b>`\n```html\n<iframe src="/"></iframe>\n```')
+              ' **bold** and `<b>code</b>`\n```html\n<iframe src="/"></iframe>\n```\n# Heading\n- one\n- *two*\n\n3. three')
     answer = ask(browser, "SAY:" + markup, max_tokens="400")  # the fake model answers exactly this
     assert answer["state"] == "done", answer
     assert '<script>window.__pwned = 1</script><img src="/ui/none.png" onerror="window.__pwned = 2">' in answer["text"]
@@ -291,6 +291,11 @@ def test_model_output_with_markup_is_shown_as_text(browser, fake_server):
     assert browser.execute_script("return document.querySelector('#messages .assistant strong').textContent") == "bold"
     assert browser.execute_script("return document.querySelector('#messages .assistant pre code').textContent") \
         == '<iframe src="/"></iframe>'
+    shape = browser.execute_script(
+        "const a = document.querySelector('#messages .assistant .body');"
+        "return [a.querySelector('h3').textContent, [...a.querySelectorAll('ul li')].map(li => li.innerText),"
+        " a.querySelector('ul em').textContent, a.querySelector('ol').start];")
+    assert shape == ["Heading", ["one", "two"], "two", 3]
     assert console_errors(browser) == []
 
 
