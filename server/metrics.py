@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -79,6 +80,8 @@ class Metrics:
             "How late the event loop woke from a short sleep: time it was kept busy by something blocking it.",
             buckets=_LAG_BUCKETS, registry=r,
         )
+        # Tokens generated lately, for GET /status's tokens/s (Prometheus has rate() for the counters).
+        self.recent_tokens = TokenRate()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -89,6 +92,34 @@ class Metrics:
 
     def timer(self, model: str, adapter: str) -> GenerationTimer:
         return GenerationTimer(self, model, adapter)
+
+
+class TokenRate:
+    """Tokens counted over the last `window` seconds, in one-second buckets: a bounded, cheap rolling rate."""
+
+    def __init__(self, window: int = 30, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._buckets: collections.deque[list[int]] = collections.deque()  # [second, tokens], oldest first
+        self.total = 0
+
+    def add(self, tokens: int) -> None:
+        second = int(self._clock())
+        self.total += tokens
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += tokens
+        else:
+            self._buckets.append([second, tokens])
+        self._prune(second)
+
+    def per_second(self) -> float:
+        """Tokens a second over the window (whole seconds, the current one included)."""
+        self._prune(int(self._clock()))
+        return sum(n for _, n in self._buckets) / self.window
+
+    def _prune(self, now: int) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self.window:
+            self._buckets.popleft()
 
 
 class EventLoopMonitor:

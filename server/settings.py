@@ -143,6 +143,9 @@ class Settings(BaseSettings):
         False, description="Refuse to start without an API key (the Docker image sets this)."
     )
     metrics_require_key: bool = Field(False, description="Require an API key for /metrics too.")
+    ui: bool = Field(
+        True, description="Serve the web page (chat, adapter mixer, server panel) at / (--no-ui: off, a 404)."
+    )
     cors_origins: str = Field(
         "", description="Browser origins allowed to call the API, comma-separated, or '*' (empty: CORS off)."
     )

@@ -180,6 +180,7 @@ def count_tokens(metrics: Metrics, request: Request, totals: Totals) -> None:
     metrics.prompt_tokens.labels(*labels).inc(totals.prompt_tokens)
     metrics.cached_prompt_tokens.labels(*labels).inc(totals.cached_tokens)
     metrics.completion_tokens.labels(*labels).inc(totals.completion_tokens)
+    metrics.recent_tokens.add(totals.completion_tokens)
     request.state.tokens = (totals.prompt_tokens, totals.completion_tokens)
 
 

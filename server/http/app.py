@@ -39,6 +39,8 @@ from .errors import ErrorBoundary, answer_for, dialect_body
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .requestlog import RequestLogMiddleware
 from .routes import ENDPOINTS, Handler, build_routes, match
+from .status import ServerStatus
+from .ui import StaticPage
 
 log = logging.getLogger("nomoat.http")
 
@@ -103,6 +105,9 @@ def build_app(
     }
     if reload is not None:
         handlers["reload"] = admin_reload
+    handlers["status"] = ServerStatus(registry, metrics, auth).handle
+    if settings.ui:
+        handlers.update(StaticPage().handlers())
 
     # Outermost first. CORS sits above auth so preflights need no key and errors carry its
     # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.

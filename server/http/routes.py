@@ -48,6 +48,7 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/health", "health", Access.PUBLIC, quiet=True),
     Endpoint("GET", "/metrics", "metrics", Access.METRICS, quiet=True),
+    Endpoint("GET", "/status", "status", Access.METRICS, quiet=True),
     Endpoint("GET", "/openapi.json", "openapi", Access.PUBLIC),
     Endpoint("GET", "/v1/models", "list_models"),
     Endpoint("GET", "/v1/models/{model_id:path}", "get_model"),
@@ -66,6 +67,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
     Endpoint("DELETE", "/v1/adapters/{name:path}", "unload_adapter", Access.ADMIN),
     Endpoint("POST", "/admin/reload", "reload", Access.ADMIN),
+    # The web page (issue #17): public, as the API it calls keeps its own auth. Last, so that "/"
+    # is never the endpoint an unknown path lies below when another one is (its errors' dialect).
+    Endpoint("GET", "/", "ui_index", Access.PUBLIC),
+    Endpoint("GET", "/ui/{path:path}", "ui_file", Access.PUBLIC),
 )
 
 

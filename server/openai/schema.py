@@ -59,6 +59,9 @@ SUMMARIES: dict[str, str] = {
     "load_adapter": "Load a LoRA adapter from the configured adapter directories",
     "unload_adapter": "Unload a LoRA adapter",
     "reload": "Reload models.toml (as SIGHUP does); 404 when the server was not started from a config file",
+    "status": "The server panel's figures as JSON: loaded models, queue depth, active sequences, recent tokens/s",
+    "ui_index": "The web page: chat, adapter mixer, side by side, server panel (404 with --no-ui)",
+    "ui_file": "The web page's scripts, styles and icons; any other path: 404",
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -174,6 +177,9 @@ def _responses(endpoint: Endpoint, has_body: bool) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}}
     if endpoint.name == "metrics":
         success["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    elif endpoint.name.startswith("ui_"):
+        success["content"] = {"text/html": {"schema": {"type": "string"}}} if endpoint.name == "ui_index" \
+            else {"*/*": {"schema": {"type": "string"}}}
     elif endpoint.generates and endpoint.name != "embeddings":
         success["content"]["text/event-stream"] = {"schema": {
             "type": "string", "description": "With stream: true, `data: {chunk}` events, then `data: [DONE]`"

@@ -1,0 +1,91 @@
+"""GET /status: what the web page's server panel shows, read from the registry and engines as JSON.
+
+The same figures /metrics exports (queue depth, active sequences, tokens), shaped for a page that
+does not parse Prometheus text, plus what the caller's key may do there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import __version__
+from ..errors import NomoatError
+from ..metrics import Metrics
+from ..registry import ModelRegistry
+from .auth import Authenticator
+from .routes import match
+
+# An admin route whose answer tells whether the caller's key is an admin key (nothing is changed:
+# the check is made, the route is not called).
+_ADMIN_PROBE = ("POST", "/v1/adapters")
+# The model lifecycle routes of issue #14; the page offers load/unload only where they exist.
+_LIFECYCLE_ROUTE = ("POST", "/models/load")
+
+
+class ServerStatus:
+    """Builds the status document; `started` is when the server began serving."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, auth: Authenticator) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.auth = auth
+        self.started = time.monotonic()
+
+    async def handle(self, request: Request) -> Response:
+        return JSONResponse(self.document(is_admin(self.auth, request)))
+
+    def document(self, admin: bool) -> dict[str, Any]:
+        models = self.models()
+        memory = [m["memory_bytes"] for m in models if m["memory_bytes"] is not None]
+        rate = self.metrics.recent_tokens
+        return {
+            "object": "status",
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "ready": self.registry.ready,
+            "admin": admin,
+            "model_lifecycle": match(*_LIFECYCLE_ROUTE).endpoint is not None,
+            "tokens_per_second": round(rate.per_second(), 2),
+            "tokens_window_seconds": rate.window,
+            "totals": {
+                "models_loaded": sum(m["status"] == "loaded" for m in models),
+                "active_sequences": sum(m["active_sequences"] for m in models),
+                "queue_depth": sum(m["queue_depth"] for m in models),
+                "memory_bytes": sum(memory) if memory else None,
+                "completion_tokens": rate.total,
+            },
+            "models": models,
+        }
+
+    def models(self) -> list[dict[str, Any]]:
+        """One entry per loaded model: its load figures and its adapters and stacks by name."""
+        catalogue = self.registry.catalogue
+        out = []
+        for name, engine in sorted(self.registry.engines().items()):
+            out.append({
+                "id": name,
+                "status": "loaded",
+                # Filled by the model lifecycle (#14): its memory estimate and unload time.
+                "memory_bytes": None,
+                "expires_at": None,
+                "active_sequences": engine.active,
+                "queue_depth": engine.waiting,
+                "parallel": engine.model.spec.parallel,
+                "max_model_len": engine.model.n_ctx,
+                "adapters": sorted(e.name for e in catalogue.entries() if e.base == name),
+                "stacks": sorted(s.name for s in catalogue.stacks() if s.base == name),
+            })
+        return out
+
+
+def is_admin(auth: Authenticator, request: Request) -> bool:
+    """Whether the request's key (or no key, where none is configured) may use the admin routes."""
+    try:
+        auth.check(*_ADMIN_PROBE, request.headers.get("authorization"), request.headers.get("x-api-key"))
+    except NomoatError:
+        return False
+    return True

@@ -1,0 +1,157 @@
+// The page's wiring: settings, model picker, mixer, chat, side by side and the server panel.
+
+import { Api } from "./api.js";
+import { ChatView } from "./chat.js";
+import { CompareView } from "./compare.js";
+import { Composer } from "./composer.js";
+import { ConversationList } from "./conversations.js";
+import { KeyDialog } from "./keydialog.js";
+import { Mixer } from "./mixer.js";
+import { Catalog, fillPicker } from "./models.js";
+import { ServerPanel } from "./panel.js";
+import { newConversation, Store } from "./store.js";
+
+const $ = (selector) => document.querySelector(selector);
+
+const store = new Store();
+const settings = store.settings();
+const keys = new KeyDialog($("#key-dialog"));
+const api = new Api((reason) => keys.ask(reason));
+const catalog = new Catalog(api);
+const picker = $("#model");
+
+function saveSettings() {
+  store.saveSettings(settings);
+}
+
+// What every request takes from the controls.
+function options(lora = mixer.lora()) {
+  return {
+    model: picker.value || undefined,
+    system: settings.system,
+    temperature: settings.temperature,
+    maxTokens: settings.maxTokens,
+    lora,
+  };
+}
+
+// The adapter sets a side-by-side column may run under.
+function adapterSets() {
+  const base = picker.value;
+  return [
+    { key: "mixer", title: "The mixer's set", lora: mixer.lora() },
+    { key: "base", title: "Base model (no adapters)", lora: [] },
+    ...catalog.adaptersOf(base).map((a) => ({ key: `adapter:${a.id}`, title: `${a.id} @ 1`, lora: [{ name: a.id, scale: 1 }] })),
+    ...catalog.stacksOf(base).map((s) => ({ key: `stack:${s.id}`, title: `stack ${s.id}`, lora: s.adapters })),
+  ];
+}
+
+const mixer = new Mixer($("#mixer"), (scales) => {
+  settings.mixer[picker.value] = scales;
+  saveSettings();
+  compare.refresh();
+});
+
+const composer = new Composer({ form: $("#composer"), prompt: $("#prompt"), send: $("#send"), stop: $("#stop") });
+
+const chat = new ChatView({
+  api, store, options, messages: $("#messages"), onBusy: () => composer.update(),
+  onSaved: () => conversations.render(chat.conversation && chat.conversation.id),
+});
+
+const compare = new CompareView({
+  api, options, sets: adapterSets, onBusy: () => composer.update(), columns: [$("#column-a"), $("#column-b")],
+});
+
+const conversations = new ConversationList({
+  list: $("#conversation-list"), store,
+  select: (conversation) => openConversation(conversation),
+  remove: (id) => {
+    store.remove(id);
+    if (chat.conversation && chat.conversation.id === id) openConversation(store.conversations()[0] || newConversation());
+    conversations.render(chat.conversation.id);
+  },
+});
+
+const panel = new ServerPanel({
+  api, catalog, details: $("#server-panel"), container: $("#server-status"), admin: $("#admin"),
+  adapterForm: $("#adapter-load"), currentModel: () => picker.value, changed: refreshModels,
+});
+
+function openConversation(conversation) {
+  chat.open(conversation);
+  conversations.render(conversation.id);
+}
+
+function showModel() {
+  const base = picker.value;
+  settings.model = base;
+  saveSettings();
+  $("#model-status").textContent = base ? catalog.status(base) : "";
+  $("#model-status").dataset.status = base ? catalog.status(base) : "";
+  mixer.show(catalog.adaptersOf(base), catalog.stacksOf(base), settings.mixer[base] || {});
+  compare.refresh();
+}
+
+async function refreshModels() {
+  try {
+    await catalog.refresh();
+    fillPicker(picker, catalog, settings.model);
+    showModel();
+    notice("");
+  } catch (err) {
+    notice(`Could not list models: ${err.message}`);
+  }
+}
+
+function notice(text) {
+  $("#notice").textContent = text;
+}
+
+function bindSettings() {
+  const system = $("#system-prompt");
+  const temperature = $("#temperature");
+  const maxTokens = $("#max-tokens");
+  system.value = settings.system;
+  temperature.value = String(settings.temperature);
+  maxTokens.value = String(settings.maxTokens);
+  system.addEventListener("input", () => { settings.system = system.value; saveSettings(); });
+  temperature.addEventListener("input", () => {
+    const value = Number(temperature.value);
+    if (temperature.validity.valid && !Number.isNaN(value)) { settings.temperature = value; saveSettings(); }
+  });
+  maxTokens.addEventListener("input", () => {
+    const value = Number(maxTokens.value);
+    if (maxTokens.validity.valid && value >= 1) { settings.maxTokens = Math.floor(value); saveSettings(); }
+  });
+}
+
+function bindTabs() {
+  for (const tab of document.querySelectorAll(".tabs [data-view]")) {
+    tab.addEventListener("click", () => {
+      for (const other of document.querySelectorAll(".tabs [data-view]")) {
+        other.setAttribute("aria-selected", String(other === tab));
+      }
+      const chatShown = tab.dataset.view === "chat";
+      $("#chat-view").hidden = !chatShown;
+      $("#compare-view").hidden = chatShown;
+      document.querySelector(".conversations").hidden = !chatShown;
+      composer.attach(chatShown ? chat : compare, chatShown ? "Send" : "Compare");
+    });
+  }
+}
+
+function start() {
+  bindSettings();
+  bindTabs();
+  composer.attach(chat, "Send");
+  picker.addEventListener("change", showModel);
+  $("#new-chat").addEventListener("click", () => openConversation(newConversation()));
+  openConversation(store.conversations()[0] || newConversation());
+  refreshModels().then(() => {
+    document.body.dataset.ready = "true";
+    panel.start();
+  });
+}
+
+start();
