@@ -95,6 +95,16 @@ class ModelConfig(BaseModel):
         "auto", description="Flash attention (llama.cpp's -fa); `auto` lets llama.cpp decide per backend.",
     )
 
+    speculative: Literal["ngram", "none"] = Field(
+        "none",
+        description=(
+            "Speculative decoding for requests that do not set `speculative`: `ngram` drafts tokens by finding "
+            "the sequence's last few tokens earlier in its prompt and output (fast when answers copy their input; "
+            "greedy output unchanged), `none` decodes one token per step."
+        ),
+    )
+    speculative_n_max: int = Field(8, ge=1, le=64, description="Most drafted tokens verified per step.")
+
     @model_validator(mode="after")
     def _kv_needs_flash_attention(self) -> ModelConfig:
         if self.cache_type_v != "f16" and self.flash_attn == "off":
@@ -104,7 +114,8 @@ class ModelConfig(BaseModel):
 
     def engine_options(self) -> dict[str, Any]:
         """The ModelSpec fields that are plain copies of this config's (the registry passes them on)."""
-        return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn}
+        return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
+                "speculative": self.speculative, "speculative_n_max": self.speculative_n_max}
 
     @field_validator("chat_template")
     @classmethod

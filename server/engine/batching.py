@@ -1,6 +1,9 @@
-"""What one engine step evaluates: every next token, prompt chunks in the rest of the batch, grouped per llama_decode."""
+"""What one engine step evaluates: every next token and its drafts, prompt chunks in the rest of the batch,
+grouped per llama_decode, and how they fill a llama_batch."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .contexts import Context
 from .sequences import Sequence
@@ -15,13 +18,13 @@ Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluat
 def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> list[tuple[Context, Work]]:
     """The llama_decode calls of one step, in order: one per context and adapter set.
 
-    Sequences generating get their one token; prefilling ones share what is left of `n_batch`.
+    Sequences generating get their one token and its drafts; prefilling ones share what is left of `n_batch`.
     """
     decoding = [s for s in active if len(s.todo) == 1]
     prefilling = [s for s in active if len(s.todo) > 1]
-    budget = n_batch - len(decoding)
+    work: Work = [(s, s.todo + s.draft) for s in decoding]
+    budget = n_batch - sum(len(tokens) for _, tokens in work)
     chunk_cap = PREFILL_CHUNK_WHILE_DECODING if decoding else budget
-    work: Work = [(s, s.todo) for s in decoding]
     for seq in prefilling:
         take = min(budget, chunk_cap, len(seq.todo))
         if take <= 0:
@@ -38,3 +41,42 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> 
     # Increasing sequence ids: llama.cpp puts only consecutive ids in one ubatch, so an
     # unsorted batch of 8 ran as up to 4 ubatches (25 % slower, bench/bench_batch.py).
     return [(contexts[g[0]], sorted(groups[g], key=lambda item: item[0].seq_id)) for g in order]
+
+
+def propose_drafts(active: list[Sequence], n_batch: int, n_ctx: int) -> None:
+    """Give each generating sequence that speculates its drafts for this step.
+
+    Never more than it may still generate (the last token of a step is always sampled), than its
+    context has cells for, or than a fair share of the batch.
+    """
+    decoding = [s for s in active if len(s.todo) == 1]
+    share = n_batch // (2 * max(1, len(decoding))) - 1  # half the batch stays for prompts
+    for seq in decoding:
+        seq.draft = []
+        if seq.drafter is None:
+            continue
+        room = min(seq.max_new - seq.n_generated - 1, n_ctx - seq.n_past - 1, share)
+        if room > 0:
+            seq.drafter.sync(seq.evaluated + seq.todo)
+            seq.draft = seq.drafter.draft(room)
+
+
+def fill_batch(batch: Any, work: Work) -> list[tuple[Sequence, int]]:
+    """Write `work` into `batch` (a llama_batch); returns each sequence whose logits come back, with the
+    batch row of its first: the end of a finished prompt, or a generated token followed by its drafts."""
+    n = 0
+    outputs: list[tuple[Sequence, int]] = []
+    for seq, tokens in work:
+        # Logits from the last token of `todo` on, when this call evaluates all of `todo`.
+        first_out = len(seq.todo) - 1 if len(tokens) >= len(seq.todo) else len(tokens)
+        for j, token in enumerate(tokens):
+            batch.token[n] = token
+            batch.pos[n] = seq.n_past + j
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.seq_id
+            batch.logits[n] = j >= first_out
+            if j == first_out:
+                outputs.append((seq, n))
+            n += 1
+    batch.n_tokens = n
+    return outputs

@@ -14,7 +14,7 @@ from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .kv import KVCacheTypes
-from .types import ChatPrompt, Prompt, RenderedPrompt, TextPrompt, TokenPrompt
+from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, TokenPrompt
 
 log = logging.getLogger("nomoat.engine")
 _llama_log = logging.getLogger("nomoat.llama_cpp")
@@ -59,6 +59,18 @@ class ModelSpec:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     flash_attn: str = "auto"
+    # Speculative decoding for requests that do not choose: "ngram" (prompt lookup) or "none".
+    speculative: str = "none"
+    speculative_n_max: int = 8
+
+    @property
+    def speculation(self) -> Speculation:
+        return Speculation(self.speculative, self.speculative_n_max)
+
+    def speculation_for(self, asked: Speculation | None) -> Speculation:
+        """What a request gets: its own choice, else the model's; its n_max, else the model's."""
+        chosen = asked or self.speculation
+        return chosen if chosen.n_max is not None else Speculation(chosen.type, self.speculative_n_max)
 
     @property
     def kv_types(self) -> KVCacheTypes:
