@@ -23,7 +23,7 @@ from .generation import EngineStats, Generation, OpenGenerations, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import PrefixReuse, Sequence, place, release
-from .speculative import drafter_for
+from .speculative import drafter_for, verify
 from .stops import TextAssembler
 from .types import GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
 
@@ -327,32 +327,9 @@ class Engine:
             seq.evaluated.extend(done)
             del seq.todo[: len(done)]
         for seq, row in outputs:
-            self._verify(seq, row, events)
+            verify(seq, row, partial(self._sample, seq, events=events), self.stats)
 
-    def _verify(self, seq: Sequence, row: int, events: list) -> None:
-        """Sample from `row` on, one row per draft, while each sampled token is the draft (engine/speculative.py)."""
-        drafts, seq.draft = seq.draft, []
-        accepted = 0
-        for i in range(len(drafts) + 1):
-            token = self._sample(seq, row + i, events)
-            if token is None:
-                break  # finished: its slot is released, what the rows beyond hold goes with it
-            if i < len(drafts) and token == drafts[i]:
-                accepted += 1
-                seq.evaluated.append(token)  # its KV was computed in this decode
-                seq.n_past += 1
-                continue
-            seq.todo = [token]
-            if accepted < len(drafts):  # the rejected drafts' KV must not be attended to
-                assert seq.context is not None
-                llama_cpp.llama_memory_seq_rm(seq.context.memory, seq.seq_id, seq.n_past, -1)
-            break
-        if drafts and seq.drafter is not None:
-            seq.drafter.record(len(drafts), accepted)
-            self.stats.drafted_tokens += len(drafts)
-            self.stats.accepted_tokens += accepted
-
-    def _sample(self, seq: Sequence, index: int, events: list) -> int | None:
+    def _sample(self, seq: Sequence, index: int, *, events: list) -> int | None:
         """Sample batch row `index` and emit the token; returns it, or None when that ended the sequence."""
         request, context = seq.request, seq.context
         assert context is not None, "only started sequences are sampled"

@@ -11,9 +11,17 @@ speculative sampling for a draft that puts all its mass on one token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import llama_cpp
+
+from .generation import EngineStats
 from .types import Speculation
+
+if TYPE_CHECKING:
+    from .sequences import Sequence
 
 # The n-grams looked up, longest first. A single token repeats too often by chance to predict the
 # next ones (", the"), and on a CPU every wrong draft costs nearly a decoded token.
@@ -77,3 +85,32 @@ def drafter_for(speculation: Speculation) -> NgramDrafter | None:
     if speculation.type == "ngram" and speculation.n_max:
         return NgramDrafter(n_max=speculation.n_max)
     return None
+
+
+def verify(seq: Sequence, row: int, sample: Callable[[int], int | None], stats: EngineStats) -> None:
+    """Sample `seq` from batch row `row` on, one row per draft, while each sampled token is the draft.
+
+    `sample(row)` samples and emits one token, returning it, or None when it ended the sequence
+    (whose slot is then released: what the rows beyond hold goes with it). The accepted drafts
+    join the sequence's KV; the rejected ones are removed from it, the last sampled token is next.
+    """
+    drafts, seq.draft = seq.draft, []
+    accepted = 0
+    for i in range(len(drafts) + 1):
+        token = sample(row + i)
+        if token is None:
+            break
+        if i < len(drafts) and token == drafts[i]:
+            accepted += 1
+            seq.evaluated.append(token)  # its KV was computed in this decode
+            seq.n_past += 1
+            continue
+        seq.todo = [token]
+        if accepted < len(drafts):  # the rejected drafts' KV must not be attended to
+            assert seq.context is not None, "only started sequences are sampled"
+            llama_cpp.llama_memory_seq_rm(seq.context.memory, seq.seq_id, seq.n_past, -1)
+        break
+    if drafts and seq.drafter is not None:
+        seq.drafter.record(len(drafts), accepted)
+        stats.drafted_tokens += len(drafts)
+        stats.accepted_tokens += accepted

@@ -29,8 +29,8 @@ install_llama_logging()  # llama.cpp's chatter into logging (captured by pytest)
 
 
 @contextmanager
-def engine(**fields: Any) -> Iterator[Engine]:
-    eng = Engine(LoadedModel(spec(**fields)), queue_size=8)
+def engine(prefix_cache: bool = True, **fields: Any) -> Iterator[Engine]:
+    eng = Engine(LoadedModel(spec(**fields)), queue_size=8, prefix_cache=prefix_cache)
     try:
         yield eng
     finally:
