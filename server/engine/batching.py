@@ -3,19 +3,44 @@ grouped per llama_decode, and how they fill a llama_batch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .contexts import Context
 from .sequences import Sequence
 
-# While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
-# long prompt delays each running stream by one short step instead of its whole prefill.
+# While other sequences are streaming, a prompt is evaluated in chunks sized so that a step takes
+# about PREFILL_STEP_SECONDS: a long prompt then delays each running stream by one short step
+# instead of its whole prefill. A fixed 128 tokens was 0.75 s a step on a 2-core CPU evaluating
+# ~170 prompt tokens/s (bench/README.md); the first chunks, before any step was timed, take 128.
 PREFILL_CHUNK_WHILE_DECODING = 128
+PREFILL_STEP_SECONDS = 0.15
+MIN_PREFILL_CHUNK = 16
 
 Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluates
 
 
-def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> list[tuple[Context, Work]]:
+@dataclass
+class PrefillPacer:
+    """The prompt tokens a step evaluates beside running streams, from the tokens per second steps measured."""
+
+    tokens_per_second: float = 0.0
+
+    def chunk(self) -> int:
+        if not self.tokens_per_second:
+            return PREFILL_CHUNK_WHILE_DECODING
+        return max(MIN_PREFILL_CHUNK, int(self.tokens_per_second * PREFILL_STEP_SECONDS))
+
+    def record(self, tokens: int, seconds: float) -> None:
+        """A step's tokens and time; only steps with a prompt chunk say much about the rate."""
+        if tokens < MIN_PREFILL_CHUNK or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self.tokens_per_second = rate if not self.tokens_per_second else 0.7 * self.tokens_per_second + 0.3 * rate
+
+
+def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
+              chunk_while_decoding: int = PREFILL_CHUNK_WHILE_DECODING) -> list[tuple[Context, Work]]:
     """The llama_decode calls of one step, in order: one per context and adapter set.
 
     Sequences generating get their one token and its drafts; prefilling ones share what is left of `n_batch`.
@@ -24,7 +49,7 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> 
     prefilling = [s for s in active if len(s.todo) > 1]
     work: Work = [(s, s.todo + s.draft) for s in decoding]
     budget = n_batch - sum(len(tokens) for _, tokens in work)
-    chunk_cap = PREFILL_CHUNK_WHILE_DECODING if decoding else budget
+    chunk_cap = chunk_while_decoding if decoding else budget
     for seq in prefilling:
         take = min(budget, chunk_cap, len(seq.todo))
         if take <= 0:

@@ -8,6 +8,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import llama_cpp
 
 from .adapters import LoraAdapter, free_lora, load_lora, split_unused
-from .batching import Work, fill_batch, plan_step, propose_drafts
+from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
 from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, OpenGenerations, deliver
@@ -63,6 +64,7 @@ class Engine:
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._to_free: list[LoraAdapter] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        self._pacer = PrefillPacer()
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.spec.name}", daemon=True)
         self._thread.start()
@@ -300,12 +302,14 @@ class Engine:
         for seq in [s for s in self._active if s.gen.cancelled]:
             self._finish(seq, "cancelled", "", events)
         propose_drafts(self._active, self.model.n_batch, self.model.n_ctx)
-        calls = plan_step(self._active, self.model.n_batch, self._contexts)
+        calls = plan_step(self._active, self.model.n_batch, self._contexts, self._pacer.chunk())
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
+        started = time.perf_counter()
         for context, work in calls:
             self._decode_group(context, work, events)
+        self._pacer.record(self.stats.last_batch_tokens, time.perf_counter() - started)
         self._emit(events)
 
     def _decode_group(self, context: Context, items: Work, events: list) -> None:
