@@ -14,29 +14,45 @@ from .sequences import Sequence
 # instead of its whole prefill. A fixed 128 tokens was 0.75 s a step on a 2-core CPU evaluating
 # ~170 prompt tokens/s (bench/README.md); the first chunks, before any step was timed, take 128.
 PREFILL_CHUNK_WHILE_DECODING = 128
-PREFILL_STEP_SECONDS = 0.15
-MIN_PREFILL_CHUNK = 16
+PREFILL_STEP_SECONDS = 0.25
+MIN_PREFILL_CHUNK = 32
 
 Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluates
 
 
 @dataclass
 class PrefillPacer:
-    """The prompt tokens a step evaluates beside running streams, from the tokens per second steps measured."""
+    """The prompt tokens a step evaluates beside running streams, from what steps were measured to cost.
 
-    tokens_per_second: float = 0.0
+    A step costs a fixed part (the streams' own tokens: llama.cpp computes a prompt chunk in a
+    micro-batch of its own) plus its prompt tokens at the prompt rate; the chunk fills what the
+    step's time target leaves after the fixed part. Rates are running averages, so a busy machine
+    shrinks the chunks and a quiet one grows them.
+    """
+
+    decode_seconds: float = 0.0  # a step without prompt tokens
+    tokens_per_second: float = 0.0  # prompt tokens over the time they added to their step
 
     def chunk(self) -> int:
         if not self.tokens_per_second:
             return PREFILL_CHUNK_WHILE_DECODING
-        return max(MIN_PREFILL_CHUNK, int(self.tokens_per_second * PREFILL_STEP_SECONDS))
+        room = max(PREFILL_STEP_SECONDS - self.decode_seconds, 0.0)
+        return max(MIN_PREFILL_CHUNK, int(self.tokens_per_second * room))
 
-    def record(self, tokens: int, seconds: float) -> None:
-        """A step's tokens and time; only steps with a prompt chunk say much about the rate."""
-        if tokens < MIN_PREFILL_CHUNK or seconds <= 0:
+    def record(self, prompt_tokens: int, seconds: float) -> None:
+        """One step: the prompt tokens it evaluated and the time it took."""
+        if seconds <= 0:
             return
-        rate = tokens / seconds
-        self.tokens_per_second = rate if not self.tokens_per_second else 0.7 * self.tokens_per_second + 0.3 * rate
+        if not prompt_tokens:
+            self.decode_seconds = _average(self.decode_seconds, seconds)
+            return
+        extra = seconds - self.decode_seconds
+        if extra > 0:
+            self.tokens_per_second = _average(self.tokens_per_second, prompt_tokens / extra)
+
+
+def _average(old: float, new: float) -> float:
+    return new if not old else 0.7 * old + 0.3 * new
 
 
 def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],

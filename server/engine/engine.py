@@ -306,10 +306,11 @@ class Engine:
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
+        prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if len(seq.todo) > 1)
         started = time.perf_counter()
         for context, work in calls:
             self._decode_group(context, work, events)
-        self._pacer.record(self.stats.last_batch_tokens, time.perf_counter() - started)
+        self._pacer.record(prompt_tokens, time.perf_counter() - started)
         self._emit(events)
 
     def _decode_group(self, context: Context, items: Work, events: list) -> None:
