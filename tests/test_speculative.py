@@ -59,8 +59,8 @@ def test_greedy_copy_output_is_unchanged_and_drafts_are_accepted(eng):
 def test_sequences_drafting_in_one_batch_each_follow_their_own_output(eng):
     """Two sequences verify their drafts in the same llama_decode; each still follows its solo answer
     (compared as tests/test_batching.py does: the batch a token is computed in may move near-ties)."""
-    jobs = [request(COPY, 32, sampling=GREEDY_NO_EOS, speculative=NGRAM),
-            request(f"Repeat this code exactly:\n\n{CODE}", 32, sampling=GREEDY_NO_EOS, speculative=NGRAM)]
+    jobs = [request(COPY, 24, sampling=GREEDY_NO_EOS, speculative=NGRAM),
+            request(f"Repeat this code exactly:\n\n{CODE}", 24, sampling=GREEDY_NO_EOS, speculative=NGRAM)]
     solo = [tokens(run(eng, job)[0]) for job in jobs]
     accepted = eng.stats.accepted_tokens
     together = [tokens(events) for events in run(eng, *jobs)]
