@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from lora_factory import write_lora
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, text, tokens
+from wire import NO_EOS, chat_body, chat_text, finish_reasons, metric, post_ok, stream
 
 from nomoat.engine.engine import Engine
 from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, Speculation
@@ -122,3 +123,18 @@ def test_the_models_default_applies_to_requests_that_do_not_choose():
         drafted = eng.stats.drafted_tokens
         run(eng, request(COPY, 8, sampling=GREEDY_NO_EOS, speculative=OFF))
         assert eng.stats.drafted_tokens == drafted
+
+
+def test_a_streamed_chat_with_speculation_over_http(client):
+    """End to end on the shared server: several tokens may come from one step, each still its own chunk."""
+    body = chat_body(COPY, max_tokens=24, temperature=0, logit_bias=NO_EOS)
+    plain = post_ok(client, "/v1/chat/completions", {**body, "speculative": {"type": "none"}})
+    chunks = stream(client, "/v1/chat/completions", {**body, "speculative": {"type": "ngram", "n_max": 6},
+                                                     "stream_options": {"include_usage": True}})
+    assert chunks[-1]["usage"]["completion_tokens"] == 24
+    assert finish_reasons(chunks) == ["length"]
+    assert sum(1 for ch in chunks for c in ch["choices"] if c["delta"].get("content")) >= 20
+    text_plain = plain["choices"][0]["message"]["content"]
+    assert len(os.path.commonprefix([chat_text(chunks), text_plain])) >= 40, (chat_text(chunks), text_plain)
+    assert (metric(client.get("/metrics").text, "nomoat_speculative_accepted_tokens_total",
+                   model="smollm2-135m") or 0) > 0
