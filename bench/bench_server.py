@@ -39,16 +39,18 @@ TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a clockmaker",
 
 
 class LlamaServer:
-    def __init__(self, binary: str, slots: int, n_ctx: int, threads: int, loras: list[Path]) -> None:
+    def __init__(self, binary: str, slots: int, n_ctx: int, threads: int, loras: list[Path],
+                 extra: list[str] | None = None, model: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [binary, "-m", str(embedded_model_path()), "--host", "127.0.0.1", "--port", str(self.port),
+        args = [binary, "-m", str(model or embedded_model_path()), "--host", "127.0.0.1", "--port", str(self.port),
                 "-np", str(slots), "-c", str(n_ctx * slots), "-t", str(threads), "-tb", str(threads),
                 "--no-repack", "--no-webui", "-lv", "0"]
         for lora in loras:
             args += ["--lora", str(lora)]
         if loras:
             args.append("--lora-init-without-apply")
+        args += extra or []
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> LlamaServer:

@@ -44,6 +44,7 @@ def _check_id(value: str) -> str:
     return value
 
 
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
 ModelId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_id)]
 
 
@@ -93,6 +94,36 @@ class ModelConfig(BaseModel):
             "crashes on AMX machines with llama-cpp-python 0.3.36, so off by default)."
         ),
     )
+
+    cache_type_k: KVCacheType = Field("f16", description="KV cache type for keys (llama.cpp's -ctk).")
+    cache_type_v: KVCacheType = Field(
+        "f16", description="KV cache type for values (llama.cpp's -ctv); a quantised one needs flash attention.",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="Flash attention (llama.cpp's -fa); `auto` lets llama.cpp decide per backend.",
+    )
+
+    speculative: Literal["ngram", "none"] = Field(
+        "none",
+        description=(
+            "Speculative decoding for requests that do not set `speculative`: `ngram` drafts tokens by finding "
+            "the sequence's last few tokens earlier in its prompt and output (fast when answers copy their input; "
+            "greedy output unchanged), `none` decodes one token per step."
+        ),
+    )
+    speculative_n_max: int = Field(8, ge=1, le=64, description="Most drafted tokens verified per step.")
+
+    @model_validator(mode="after")
+    def _kv_needs_flash_attention(self) -> ModelConfig:
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(f"cache_type_v = {self.cache_type_v!r} needs flash attention (llama.cpp computes "
+                             "attention over a quantised V cache only there): set flash_attn = 'auto' or 'on'")
+        return self
+
+    def engine_options(self) -> dict[str, Any]:
+        """The ModelSpec fields that are plain copies of this config's (the registry passes them on)."""
+        return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
+                "speculative": self.speculative, "speculative_n_max": self.speculative_n_max}
 
     @field_validator("chat_template")
     @classmethod

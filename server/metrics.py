@@ -197,6 +197,10 @@ class _EngineCollector(Collector):
             "prefix_copies": (
                 "nomoat_prefix_cache_copies_total", "Prefixes copied from another sequence slot (llama_memory_seq_cp)."
             ),
+            "drafted_tokens": ("nomoat_speculative_drafted_tokens_total", "Speculative draft tokens verified."),
+            "accepted_tokens": (
+                "nomoat_speculative_accepted_tokens_total", "Speculative draft tokens accepted (generated without a step)."
+            ),
         }
         for attr, (name, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=["model"])

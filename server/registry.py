@@ -139,6 +139,7 @@ class ModelRegistry:
             chat_template=config.chat_template,
             reasoning_format=config.reasoning_format,
             adapter_contexts=config.adapter_contexts,
+            **config.engine_options(),
         )
         try:
             model = LoadedModel(spec)

@@ -12,6 +12,7 @@ from ..core.generate import GenerationCore, event_stream
 from ..core.structured import Grammar
 from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
+from ..openai.protocol import speculation
 from ..registry import Target
 from .protocol import CountTokensRequest, MessagesRequest, parse
 from .render import message_json, stream_events
@@ -47,6 +48,7 @@ class Messages:
             max_tokens=self.core.limits.completion_tokens(req.max_tokens, "max_tokens"),
             stop=list(req.stop_sequences or []),
             adapters=target.adapters,
+            speculative=speculation(req.speculative),
         )])
         started = run.thinking(None, constrained)
         if req.stream:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from ..errors import InvalidRequestError
-from ..openai.protocol import Lenient, LoraRef, parse
+from ..openai.protocol import Lenient, LoraRef, SpeculativeOptions, parse
 
 __all__ = ["CountTokensRequest", "MessagesRequest", "parse"]
 
@@ -195,6 +195,8 @@ class MessagesRequest(CountTokensRequest):
     top_k: int | None = Field(None, ge=0)
     metadata: dict[str, Any] | None = None
     stream: bool = False
+    # nomoat: speculative decoding, as chat completions has it ({"type": "ngram", "n_max": 8}).
+    speculative: SpeculativeOptions | None = None
 
 
 def _check_block(block: Any, param: str, readable: set[str] = _READABLE) -> None:

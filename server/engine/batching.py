@@ -1,27 +1,71 @@
-"""What one engine step evaluates: every next token, prompt chunks in the rest of the batch, grouped per llama_decode."""
+"""What one engine step evaluates: every next token and its drafts, prompt chunks in the rest of the batch,
+grouped per llama_decode, and how they fill a llama_batch."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from .contexts import Context
 from .sequences import Sequence
 
-# While other sequences are streaming, a prompt is evaluated this many tokens per step, so a
-# long prompt delays each running stream by one short step instead of its whole prefill.
+# While other sequences are streaming, a prompt is evaluated in chunks sized so that a step takes
+# about PREFILL_STEP_SECONDS: a long prompt then delays each running stream by one short step
+# instead of its whole prefill. A fixed 128 tokens was 0.75 s a step on a 2-core CPU evaluating
+# ~170 prompt tokens/s (bench/README.md); the first chunks, before any step was timed, take 128.
 PREFILL_CHUNK_WHILE_DECODING = 128
+PREFILL_STEP_SECONDS = 0.25
+MIN_PREFILL_CHUNK = 32
 
 Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluates
 
 
-def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> list[tuple[Context, Work]]:
+@dataclass
+class PrefillPacer:
+    """The prompt tokens a step evaluates beside running streams, from what steps were measured to cost.
+
+    A step costs a fixed part (the streams' own tokens: llama.cpp computes a prompt chunk in a
+    micro-batch of its own) plus its prompt tokens at the prompt rate; the chunk fills what the
+    step's time target leaves after the fixed part. Rates are running averages, so a busy machine
+    shrinks the chunks and a quiet one grows them.
+    """
+
+    decode_seconds: float = 0.0  # a step without prompt tokens
+    tokens_per_second: float = 0.0  # prompt tokens over the time they added to their step
+
+    def chunk(self) -> int:
+        if not self.tokens_per_second:
+            return PREFILL_CHUNK_WHILE_DECODING
+        room = max(PREFILL_STEP_SECONDS - self.decode_seconds, 0.0)
+        return max(MIN_PREFILL_CHUNK, int(self.tokens_per_second * room))
+
+    def record(self, prompt_tokens: int, seconds: float) -> None:
+        """One step: the prompt tokens it evaluated and the time it took."""
+        if seconds <= 0:
+            return
+        if not prompt_tokens:
+            self.decode_seconds = _average(self.decode_seconds, seconds)
+            return
+        extra = seconds - self.decode_seconds
+        if extra > 0:
+            self.tokens_per_second = _average(self.tokens_per_second, prompt_tokens / extra)
+
+
+def _average(old: float, new: float) -> float:
+    return new if not old else 0.7 * old + 0.3 * new
+
+
+def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
+              chunk_while_decoding: int = PREFILL_CHUNK_WHILE_DECODING) -> list[tuple[Context, Work]]:
     """The llama_decode calls of one step, in order: one per context and adapter set.
 
-    Sequences generating get their one token; prefilling ones share what is left of `n_batch`.
+    Sequences generating get their one token and its drafts; prefilling ones share what is left of `n_batch`.
     """
     decoding = [s for s in active if len(s.todo) == 1]
     prefilling = [s for s in active if len(s.todo) > 1]
-    budget = n_batch - len(decoding)
-    chunk_cap = PREFILL_CHUNK_WHILE_DECODING if decoding else budget
-    work: Work = [(s, s.todo) for s in decoding]
+    work: Work = [(s, s.todo + s.draft) for s in decoding]
+    budget = n_batch - sum(len(tokens) for _, tokens in work)
+    chunk_cap = chunk_while_decoding if decoding else budget
     for seq in prefilling:
         take = min(budget, chunk_cap, len(seq.todo))
         if take <= 0:
@@ -38,3 +82,42 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context]) -> 
     # Increasing sequence ids: llama.cpp puts only consecutive ids in one ubatch, so an
     # unsorted batch of 8 ran as up to 4 ubatches (25 % slower, bench/bench_batch.py).
     return [(contexts[g[0]], sorted(groups[g], key=lambda item: item[0].seq_id)) for g in order]
+
+
+def propose_drafts(active: list[Sequence], n_batch: int, n_ctx: int) -> None:
+    """Give each generating sequence that speculates its drafts for this step.
+
+    Never more than it may still generate (the last token of a step is always sampled), than its
+    context has cells for, or than a fair share of the batch.
+    """
+    decoding = [s for s in active if len(s.todo) == 1]
+    share = n_batch // (2 * max(1, len(decoding))) - 1  # half the batch stays for prompts
+    for seq in decoding:
+        seq.draft = []
+        if seq.drafter is None:
+            continue
+        room = min(seq.max_new - seq.n_generated - 1, n_ctx - seq.n_past - 1, share)
+        if room > 0:
+            seq.drafter.sync(seq.evaluated + seq.todo)
+            seq.draft = seq.drafter.draft(room)
+
+
+def fill_batch(batch: Any, work: Work) -> list[tuple[Sequence, int]]:
+    """Write `work` into `batch` (a llama_batch); returns each sequence whose logits come back, with the
+    batch row of its first: the end of a finished prompt, or a generated token followed by its drafts."""
+    n = 0
+    outputs: list[tuple[Sequence, int]] = []
+    for seq, tokens in work:
+        # Logits from the last token of `todo` on, when this call evaluates all of `todo`.
+        first_out = len(seq.todo) - 1 if len(tokens) >= len(seq.todo) else len(tokens)
+        for j, token in enumerate(tokens):
+            batch.token[n] = token
+            batch.pos[n] = seq.n_past + j
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.seq_id
+            batch.logits[n] = j >= first_out
+            if j == first_out:
+                outputs.append((seq, n))
+            n += 1
+    batch.n_tokens = n
+    return outputs

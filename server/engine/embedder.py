@@ -237,6 +237,7 @@ class Embedder:
         cparams.kv_unified = True  # the batch's sequences share the n_ctx cells; memory is cleared per batch
         cparams.n_threads = cparams.n_threads_batch = spec.n_threads
         cparams.no_perf = True
+        spec.kv_types.apply(cparams)
         ctx = llama_cpp.llama_init_from_model(self.model.model, cparams)
         if not ctx:
             raise EngineError(f"llama.cpp could not create an embeddings context for model {spec.name!r} "

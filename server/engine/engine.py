@@ -8,6 +8,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -15,14 +16,15 @@ from typing import Any, TypeVar
 
 import llama_cpp
 
-from .adapters import LoraAdapter
-from .batching import Work, plan_step
+from .adapters import LoraAdapter, free_lora, load_lora, split_unused
+from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
-from .errors import AdapterRejected, AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
+from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, OpenGenerations, deliver
 from .model import LoadedModel
-from .sampling import SamplerChain, log_softmax_row, top_logprobs
+from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import PrefixReuse, Sequence, place, release
+from .speculative import drafter_for, verify
 from .stops import TextAssembler
 from .types import GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
 
@@ -62,6 +64,7 @@ class Engine:
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._to_free: list[LoraAdapter] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        self._pacer = PrefillPacer()
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.spec.name}", daemon=True)
         self._thread.start()
@@ -123,6 +126,7 @@ class Engine:
             sampler=sampler,
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
+            drafter=drafter_for(self.model.spec.speculation_for(request.speculative)),
         )
         with self._cv:
             del self._admitting[id(request)]
@@ -160,14 +164,8 @@ class Engine:
     def load_adapter(self, name: str, source: Any, gguf_path: Any, content_hash: str) -> concurrent.futures.Future[LoraAdapter]:
         """Load an adapter file on this model (on the engine thread)."""
 
-        def init() -> LoraAdapter:
-            ptr = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_path).encode())
-            if not ptr:
-                raise AdapterRejected(f"{source}: llama.cpp refused the adapter for model "
-                                      f"{self.model.spec.name!r} (see the log)")
-            return LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=ptr)
-
-        return self.call(init)
+        return self.call(partial(load_lora, self.model.model, self.model.spec.name, name, source, gguf_path,
+                                 content_hash))
 
     def unload_adapter(self, adapter: LoraAdapter) -> None:
         """Stop admitting requests for `adapter`; it is freed once no sequence uses it."""
@@ -251,7 +249,8 @@ class Engine:
                 self._jobs.clear()
                 unused = self._take_unused_adapters()
                 starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
-            self._free_adapters(unused)
+            for adapter in unused:
+                free_lora(adapter, self._contexts, self.model.spec.name)
             for seq in starting:
                 try:
                     self._start(seq)
@@ -302,33 +301,23 @@ class Engine:
         events: list[tuple[Generation, TokenEvent]] = []
         for seq in [s for s in self._active if s.gen.cancelled]:
             self._finish(seq, "cancelled", "", events)
-        calls = plan_step(self._active, self.model.n_batch, self._contexts)
+        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx)
+        calls = plan_step(self._active, self.model.n_batch, self._contexts, self._pacer.chunk())
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
+        prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if len(seq.todo) > 1)
+        started = time.perf_counter()
         for context, work in calls:
             self._decode_group(context, work, events)
+        self._pacer.record(prompt_tokens, time.perf_counter() - started)
         self._emit(events)
 
     def _decode_group(self, context: Context, items: Work, events: list) -> None:
         if context.apply(items[0][0].request.adapters):
             self.stats.adapter_switches += 1
-        batch = self._batch
-        n = 0
-        outputs: list[tuple[Sequence, int]] = []
-        for seq, tokens in items:
-            for j, token in enumerate(tokens):
-                batch.token[n] = token
-                batch.pos[n] = seq.n_past + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq.seq_id
-                last = j == len(tokens) - 1 and len(tokens) == len(seq.todo)
-                batch.logits[n] = last
-                if last:
-                    outputs.append((seq, n))
-                n += 1
-        batch.n_tokens = n
-        rc = llama_cpp.llama_decode(context.ptr, batch)
+        outputs = fill_batch(self._batch, items)
+        rc = llama_cpp.llama_decode(context.ptr, self._batch)
         context.decoded = True
         if rc != 0:
             error = EngineError(f"llama_decode failed (code {rc})")
@@ -336,15 +325,17 @@ class Engine:
                 self._finish(seq, None, "", events, error=error)
             return
         self.stats.decode_calls += 1
-        self.stats.decoded_tokens += n
+        self.stats.decoded_tokens += self._batch.n_tokens
         for seq, tokens in items:
-            seq.n_past += len(tokens)
-            seq.evaluated.extend(tokens)
-            del seq.todo[: len(tokens)]
-        for seq, index in outputs:
-            self._sample(seq, index, events)
+            done = tokens[: len(seq.todo)]  # drafts join `evaluated` only once verified
+            seq.n_past += len(done)
+            seq.evaluated.extend(done)
+            del seq.todo[: len(done)]
+        for seq, row in outputs:
+            verify(seq, row, partial(self._sample, seq, events=events), self.stats)
 
-    def _sample(self, seq: Sequence, index: int, events: list) -> None:
+    def _sample(self, seq: Sequence, index: int, *, events: list) -> int | None:
+        """Sample batch row `index` and emit the token; returns it, or None when that ended the sequence."""
         request, context = seq.request, seq.context
         assert context is not None, "only started sequences are sampled"
         logprobs = None
@@ -354,26 +345,18 @@ class Engine:
         seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)
-            return
+            return None
         piece = self.model.piece(token)
         text = seq.assembler.feed(piece)
-        event = TokenEvent(
-            text=text,
-            token_id=token,
-            token_text=piece.decode("utf-8", "replace"),
-            token_bytes=list(piece),
-            logprob=float(logprobs[token]) if logprobs is not None else None,
-            top_logprobs=(
-                top_logprobs(logprobs, request.top_logprobs, self.model.piece) if logprobs is not None else None
-            ),
-        )
+        event = token_event(token, piece, text, logprobs, request.top_logprobs, self.model.piece)
         if seq.assembler.stopped:
             self._finish(seq, "stop", text, events, stop=seq.assembler.matched)
         elif seq.n_generated >= seq.max_new:
             self._finish(seq, "length", text + seq.assembler.flush(), events, last=event)
         else:
             events.append((seq.gen, event))
-            seq.todo = [token]
+            return token
+        return None
 
     def _finish(self, seq: Sequence, reason: str | None, text: str, events: list,
                 *, error: Exception | None = None, last: TokenEvent | None = None, stop: str | None = None) -> None:
@@ -407,18 +390,8 @@ class Engine:
         if not self._to_free:
             return []
         requests = [*(s.request for s in (*self._active, *self._inbox)), *self._admitting.values()]
-        in_use = {id(a.handle) for r in requests for a in r.adapters.adapters}
-        unused = [a for a in self._to_free if id(a) not in in_use]
-        self._to_free = [a for a in self._to_free if id(a) in in_use]
+        unused, self._to_free = split_unused(self._to_free, requests)
         return unused
-
-    def _free_adapters(self, adapters: list[LoraAdapter]) -> None:
-        for adapter in adapters:
-            for context in self._contexts:
-                context.clear_if_using(adapter.content_hash)  # a context still pointing at it
-            llama_cpp.llama_adapter_lora_free(adapter.ptr)
-            adapter.ptr = None
-            log.info("freed adapter %s on %s", adapter.name, self.model.spec.name)
 
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():

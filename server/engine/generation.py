@@ -23,6 +23,8 @@ class EngineStats:
     last_batch_sequences: int = 0  # sequences the last step advanced, over all its llama_decode calls
     last_batch_tokens: int = 0  # tokens the last step evaluated (generated ones and prompt chunks)
     contexts: int = 1  # llama.cpp contexts open (one per concurrently running adapter set, bounded)
+    drafted_tokens: int = 0  # speculative drafts evaluated
+    accepted_tokens: int = 0  # drafts the sequence's sampler then picked: tokens gained without a step of their own
 
 
 class Generation:

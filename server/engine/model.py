@@ -13,7 +13,8 @@ import llama_cpp
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .errors import InvalidInput, ModelFileError, PromptTooLong
-from .types import ChatPrompt, Prompt, RenderedPrompt, TextPrompt, TokenPrompt
+from .kv import KVCacheTypes
+from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, TokenPrompt
 
 log = logging.getLogger("nomoat.engine")
 _llama_log = logging.getLogger("nomoat.llama_cpp")
@@ -54,6 +55,26 @@ class ModelSpec:
     # How chat answers show a thinking block: "auto" splits it into reasoning, "none" leaves it in
     # the content. The engine ignores it; the protocols read it.
     reasoning_format: str = "auto"
+    # KV cache element types (llama.cpp's -ctk/-ctv) and flash attention ("auto", "on", "off").
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"
+    # Speculative decoding for requests that do not choose: "ngram" (prompt lookup) or "none".
+    speculative: str = "none"
+    speculative_n_max: int = 8
+
+    @property
+    def speculation(self) -> Speculation:
+        return Speculation(self.speculative, self.speculative_n_max)
+
+    def speculation_for(self, asked: Speculation | None) -> Speculation:
+        """What a request gets: its own choice, else the model's; its n_max, else the model's."""
+        chosen = asked or self.speculation
+        return chosen if chosen.n_max is not None else Speculation(chosen.type, self.speculative_n_max)
+
+    @property
+    def kv_types(self) -> KVCacheTypes:
+        return KVCacheTypes(self.cache_type_k, self.cache_type_v, self.flash_attn)
 
 
 class LoadedModel:
@@ -77,6 +98,16 @@ class LoadedModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
         n_ctx = min(spec.n_ctx, n_ctx_train) if n_ctx_train > 0 else spec.n_ctx
+        self.architecture = self.metadata("general.architecture") or "unknown"
+        self._base_info: BaseModelInfo | None = None
+        try:
+            problem = spec.kv_types.problem(self.base_info())
+        except ModelFileError:
+            llama_cpp.llama_model_free(self.model)
+            raise
+        if problem:
+            llama_cpp.llama_model_free(self.model)
+            raise ModelFileError(f"{spec.path}: {problem}")
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * spec.parallel
@@ -91,21 +122,23 @@ class LoadedModel:
         cparams.n_threads = spec.n_threads
         cparams.n_threads_batch = spec.n_threads
         cparams.no_perf = True
+        spec.kv_types.apply(cparams)
         self._cparams = cparams
         self.contexts: list[llama_cpp.llama_context_p] = []
         self.ctx = self.new_context()
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise ModelFileError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, parallel={spec.parallel})")
+            raise ModelFileError(f"{spec.path}: llama.cpp could not create a context (n_ctx={n_ctx}, "
+                                 f"parallel={spec.parallel}, KV cache {spec.cache_type_k}/{spec.cache_type_v}; "
+                                 "see the log)")
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.n_batch = cparams.n_batch
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
         self._pieces: dict[int, bytes] = {}
-        self._base_info: BaseModelInfo | None = None
         self.chat_template = self._load_chat_template(spec.chat_template)
         self.load_seconds = time.perf_counter() - started
-        self.architecture = self.metadata("general.architecture") or "unknown"
+        log.info("%s: %s", spec.name, spec.kv_types.describe(self.base_info(), self.n_ctx * spec.parallel))
 
     # --- vocabulary (any thread) -------------------------------------------------
 

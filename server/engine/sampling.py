@@ -10,7 +10,7 @@ import llama_cpp
 import numpy as np
 
 from .errors import InvalidInput
-from .types import SamplingParams, TopLogprob
+from .types import SamplingParams, TokenEvent, TopLogprob
 
 # How many recent tokens presence/frequency/repeat penalties look at (llama.cpp's default).
 PENALTY_LAST_N = 64
@@ -137,3 +137,15 @@ def top_logprobs(logprobs: np.ndarray, n: int, piece) -> list[TopLogprob]:
         raw = piece(token)
         out.append(TopLogprob(token=raw.decode("utf-8", "replace"), bytes=list(raw), logprob=float(logprobs[token])))
     return out
+
+
+def token_event(token: int, piece: bytes, text: str, logprobs: np.ndarray | None, n_top: int, pieces) -> TokenEvent:
+    """The event for one sampled token: the text it releases, its bytes and, when asked, its logprobs."""
+    return TokenEvent(
+        text=text,
+        token_id=token,
+        token_text=piece.decode("utf-8", "replace"),
+        token_bytes=list(piece),
+        logprob=float(logprobs[token]) if logprobs is not None else None,
+        top_logprobs=top_logprobs(logprobs, n_top, pieces) if logprobs is not None else None,
+    )

@@ -9,6 +9,7 @@ import llama_cpp
 from .contexts import Context, common_prefix
 from .generation import EngineStats, Generation
 from .sampling import SamplerChain
+from .speculative import NgramDrafter
 from .stops import TextAssembler
 from .types import GenerationRequest
 
@@ -33,6 +34,8 @@ class Sequence:
     todo: list[int] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)  # every token now in this sequence's KV
     n_generated: int = 0
+    drafter: NgramDrafter | None = None  # speculation on: proposes `draft` before each decode
+    draft: list[int] = field(default_factory=list)  # evaluated after `todo` this step, verified when sampled
 
     @property
     def request(self) -> GenerationRequest:

@@ -60,6 +60,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """How a sequence drafts tokens to verify in one step: `ngram` (prompt lookup) or `none`;
+    `n_max` caps the drafts per step. Output is the same either way (engine/speculative.py)."""
+
+    type: str = "none"
+    n_max: int | None = None  # None: the model's speculative_n_max
+
+
+@dataclass(frozen=True)
 class ChatPrompt:
     """Chat messages to render with the model's chat template (OpenAI message dicts).
 
@@ -104,6 +113,7 @@ class GenerationRequest:
     adapters: AdapterSet = NO_ADAPTERS
     logprobs: bool = False
     top_logprobs: int = 0
+    speculative: Speculation | None = None  # None: the model's default
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ..core.structured import Grammar
 from ..core.tool_calls import ToolStream, parse_output
 from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
-from .protocol import ChatCompletionRequest, parse
+from .protocol import ChatCompletionRequest, parse, speculation
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
 
@@ -49,6 +49,7 @@ class ChatCompletions:
                     adapters=target.adapters,
                     logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs or 0,
+                    speculative=speculation(req.speculative),
                 )
                 for i in range(req.n)
             ])

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from ..core.generate import GenerationCore, Run, event_stream
 from ..engine.types import GenerationRequest, TextPrompt, TokenPrompt
 from ..registry import Target
-from .protocol import CompletionRequest, parse
+from .protocol import CompletionRequest, parse, speculation
 from .render import DONE, TextOffsets, completion_logprobs, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
 
@@ -40,6 +40,7 @@ class Completions:
                     adapters=target.adapters,
                     logprobs=logprobs,
                     top_logprobs=req.logprobs or 0,
+                    speculative=speculation(req.speculative),
                 )
                 for i, p in enumerate(prompts)
                 for j in range(req.n)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..engine.chat_template import RESERVED_VARIABLES
+from ..engine.types import Speculation
 from ..errors import InvalidRequestError
 
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
@@ -38,6 +39,19 @@ class LoraRef(Lenient):
 
     name: str = Field(min_length=1)
     scale: float = Field(1.0, ge=-10.0, le=10.0)
+
+
+class SpeculativeOptions(Lenient):
+    """nomoat: the non-OpenAI `speculative` field, e.g. {"type": "ngram", "n_max": 8}; left out, the model's
+    `speculative` setting applies. Drafts are verified by the model itself, so the output is the same."""
+
+    type: Literal["ngram", "none"]
+    n_max: int | None = Field(None, ge=1, le=64)
+
+
+def speculation(options: SpeculativeOptions | None) -> Speculation | None:
+    """The engine's Speculation for a request's `speculative` field (None: the model's default)."""
+    return None if options is None else Speculation(options.type, options.n_max)
 
 
 class TextPart(Lenient):
@@ -93,6 +107,7 @@ class _SamplingFields(Lenient):
     lora: list[LoraRef] | None = Field(None, max_length=16)
     # llama.cpp's server: a GBNF grammar (root rule `root`) every answer must follow.
     grammar: str | None = None
+    speculative: SpeculativeOptions | None = None
 
     def lora_pairs(self) -> list[tuple[str, float]] | None:
         if self.lora is None:

@@ -25,7 +25,7 @@ from ..http.errors import answer_for
 from ..http.limits import RequestLimits
 from ..http.routes import Handler
 from ..registry import Target
-from .protocol import parse
+from .protocol import parse, speculation
 from .response_store import ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
 from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, item_dicts
@@ -183,6 +183,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
     return GenerationRequest(
         prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
         max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
+        speculative=speculation(req.speculative),
     )
 
 

@@ -1,0 +1,116 @@
+"""Prompt-lookup (n-gram) speculative decoding: drafts from a sequence's own tokens, and how many to try next.
+
+Drafts ride in the sequence's place of the shared batch, with logits at every position; the engine
+then samples row by row with the sequence's own sampler and stops at the first sampled token that
+is not the draft. Every token it samples is one it emits, conditioned on exactly the tokens before
+it, so the sampler's state (grammar, penalties, its random stream) advances over emitted tokens
+only, and the output keeps the model's distribution: greedy picks are the model's own, and a
+sampled row accepts draft t with probability p(t) and otherwise draws from p without t, which is
+speculative sampling for a draft that puts all its mass on one token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import llama_cpp
+
+from .generation import EngineStats
+from .types import Speculation
+
+if TYPE_CHECKING:
+    from .sequences import Sequence
+
+# The n-grams looked up, longest first. A single token repeats too often by chance to predict the
+# next ones (", the"), and on a CPU every wrong draft costs nearly a decoded token.
+NGRAM_SIZES = (4, 3, 2)
+
+
+@dataclass
+class NgramDrafter:
+    """Finds the latest earlier occurrence of a sequence's last n tokens and proposes what followed it.
+
+    `index` maps each n-gram of the history to where the token after its latest occurrence sits,
+    so a lookup is a dict probe whatever the prompt's length; `extend` keeps it current.
+    """
+
+    n_max: int
+    tokens: list[int] = field(default_factory=list)
+    index: dict[tuple[int, ...], int] = field(default_factory=dict)
+    # How many drafts the next step tries: doubled after a draft accepted whole, cut back to what
+    # was accepted (plus one) after a miss, so text that stops repeating costs little.
+    budget: int = 2
+
+    def extend(self, tokens: list[int]) -> None:
+        history = self.tokens
+        for token in tokens:
+            end = len(history)
+            for n in NGRAM_SIZES:
+                if end >= n:
+                    self.index[tuple(history[end - n:end])] = end  # the n-gram ending here is followed by `token`
+            history.append(token)
+
+    def sync(self, history: list[int]) -> None:
+        """Catch up with a history that only ever grew (the prompt, then each emitted token)."""
+        if len(history) > len(self.tokens):
+            self.extend(history[len(self.tokens):])
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the history's last n-gram."""
+        limit = min(limit, self.budget, self.n_max)
+        if limit <= 0:
+            return []
+        history = self.tokens
+        for n in NGRAM_SIZES:
+            if len(history) <= n:
+                continue
+            start = self.index.get(tuple(history[-n:]))
+            if start is not None:
+                return history[start:start + limit]
+        return []
+
+    def record(self, drafted: int, accepted: int) -> None:
+        if not drafted:
+            return
+        if accepted == drafted:
+            self.budget = min(self.n_max, 2 * self.budget)
+        else:
+            self.budget = max(1, accepted + 1)
+
+
+def drafter_for(speculation: Speculation) -> NgramDrafter | None:
+    """A drafter when the request (or its model's default) asks for n-gram speculation."""
+    if speculation.type == "ngram" and speculation.n_max:
+        return NgramDrafter(n_max=speculation.n_max)
+    return None
+
+
+def verify(seq: Sequence, row: int, sample: Callable[[int], int | None], stats: EngineStats) -> None:
+    """Sample `seq` from batch row `row` on, one row per draft, while each sampled token is the draft.
+
+    `sample(row)` samples and emits one token, returning it, or None when it ended the sequence
+    (whose slot is then released: what the rows beyond hold goes with it). The accepted drafts
+    join the sequence's KV; the rejected ones are removed from it, the last sampled token is next.
+    """
+    drafts, seq.draft = seq.draft, []
+    accepted = 0
+    for i in range(len(drafts) + 1):
+        token = sample(row + i)
+        if token is None:
+            break
+        if i < len(drafts) and token == drafts[i]:
+            accepted += 1
+            seq.evaluated.append(token)  # its KV was computed in this decode
+            seq.n_past += 1
+            continue
+        seq.todo = [token]
+        if accepted < len(drafts):  # the rejected drafts' KV must not be attended to
+            assert seq.context is not None, "only started sequences are sampled"
+            llama_cpp.llama_memory_seq_rm(seq.context.memory, seq.seq_id, seq.n_past, -1)
+        break
+    if drafts and seq.drafter is not None:
+        seq.drafter.record(len(drafts), accepted)
+        stats.drafted_tokens += len(drafts)
+        stats.accepted_tokens += accepted
