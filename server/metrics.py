@@ -20,6 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .gateway_metrics import GatewayCollector
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -87,8 +89,10 @@ class Metrics:
         GCCollector(registry=r)
 
     def watch_engines(self, engines: Callable[[], Mapping[str, Any]]) -> None:
-        """Export queue depth, active sequences and loaded models, read from the engines at scrape time."""
+        """Export queue depth, active sequences and loaded models, read from the engines at scrape time, under
+        nomoat's names and under the vLLM names inference gateways route by (gateway_metrics.py)."""
         self.registry.register(_EngineCollector(engines))
+        self.registry.register(GatewayCollector(engines))
 
     def timer(self, model: str, adapter: str) -> GenerationTimer:
         return GenerationTimer(self, model, adapter)

@@ -20,7 +20,7 @@ from .adapters import LoraAdapter, free_lora, load_lora, split_unused
 from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
 from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
-from .generation import EngineStats, Generation, OpenGenerations, deliver
+from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import PrefixReuse, Sequence, place, release
@@ -83,6 +83,14 @@ class Engine:
     def outstanding(self) -> int:
         """Requests admitted and not yet finished, those still being tokenized included."""
         return self._outstanding
+
+    def occupancy(self) -> Occupancy:
+        """Running and waiting requests and the KV they hold, read on the event loop without the lock:
+        copies of what the worker changes, so at most one step old (for gateway metrics)."""
+        active = list(self._active)
+        waiting = [*self._admitting.values(), *(seq.request for seq in list(self._inbox))]
+        return Occupancy(len(active), len(waiting), sum(seq.n_past for seq in active), self.model.n_ctx * self.parallel,
+                         adapter_names(seq.request for seq in active), adapter_names(waiting), self.max_contexts)
 
     async def submit(self, request: GenerationRequest) -> Generation:
         """Admit a request or raise: 400 for a bad prompt, 429 when the queue is full.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from .types import GenerationRequest, TokenEvent
@@ -25,6 +25,23 @@ class EngineStats:
     contexts: int = 1  # llama.cpp contexts open (one per concurrently running adapter set, bounded)
     drafted_tokens: int = 0  # speculative drafts evaluated
     accepted_tokens: int = 0  # drafts the sequence's sampler then picked: tokens gained without a step of their own
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """What one engine runs and queues right now, as load-aware routers read it (server/gateway_metrics.py)."""
+
+    running: int  # sequences being evaluated
+    waiting: int  # admitted requests without a sequence slot yet (being tokenized or queued)
+    kv_used: int  # KV cells the running sequences hold, their reused prefixes included
+    kv_cells: int  # KV cells of every sequence slot together (n_ctx × parallel)
+    running_adapters: frozenset[str]  # adapter names of the running sequences
+    waiting_adapters: frozenset[str]
+    max_adapter_sets: int  # adapter sets that run at once, each in its own context, without switching
+
+
+def adapter_names(requests: Iterable[GenerationRequest]) -> frozenset[str]:
+    return frozenset(a.name for request in requests for a in request.adapters.adapters)
 
 
 class Generation:

@@ -19,7 +19,7 @@ import numpy as np
 from nomoat.engine.chat_template import CHATML, ChatTemplate
 from nomoat.engine.embedder import Embeddings
 from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
-from nomoat.engine.generation import EngineStats, Generation
+from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
 from nomoat.engine.types import ChatPrompt, GenerationRequest, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
 
 N_VOCAB = 0x3000
@@ -95,6 +95,7 @@ class FakeEngine:
     # When set, every generation pauses after its first token until this is set, cancelled or aborted:
     # a test acts on a stream that is certainly still running.
     hold: threading.Event | None = None
+    running: dict[int, GenerationRequest] = field(default_factory=dict)  # by id(Generation)
 
     def __post_init__(self) -> None:
         self.model = FakeModel(self.name)
@@ -116,7 +117,8 @@ class FakeEngine:
         text = self.model.chat_text(request.prompt) if isinstance(request.prompt, ChatPrompt) else ""
         self.submitted.append(request)
         self.outstanding += 1
-        gen = Generation(request, len(prompt), wake=lambda: None, on_done=lambda _: self._retired(), prompt_text=text)
+        gen = Generation(request, len(prompt), wake=lambda: None, on_done=self._retired, prompt_text=text)
+        self.running[id(gen)] = request
         asyncio.get_running_loop().create_task(self._produce(gen, request, len(prompt)))
         return gen
 
@@ -126,7 +128,14 @@ class FakeEngine:
     async def vocabulary(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
-    def _retired(self) -> None:
+    def occupancy(self) -> Occupancy:
+        """Every admitted generation runs at once here; each holds one KV cell per prompt token."""
+        requests = list(self.running.values())
+        return Occupancy(len(requests), 0, sum(len(self.model.prompt_tokens(r.prompt)) for r in requests),
+                         2048 * 4, adapter_names(requests), frozenset(), 3)
+
+    def _retired(self, gen: Generation) -> None:
+        self.running.pop(id(gen), None)
         self.outstanding -= 1
 
     async def _produce(self, gen: Generation, request: GenerationRequest, n_prompt: int) -> None:
