@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .engine.chat_template import ChatTemplate
 from .engine.errors import TemplateError
 from .errors import ConfigError
+from .quantities import parse_duration
 from .settings import Settings, format_validation_error
 
 EMBEDDED = "embedded:smollm2-135m"
@@ -85,6 +86,29 @@ class ModelConfig(BaseModel):
             "crashes on AMX machines with llama-cpp-python 0.3.36, so off by default)."
         ),
     )
+
+    load: Literal["on_demand", "startup"] = Field(
+        "on_demand",
+        description=(
+            "`on_demand` loads the model on its first request and unloads it when idle past keep_alive; "
+            "`startup` loads it before the server is ready and keeps it loaded (pinned)."
+        ),
+    )
+    keep_alive: str | float | None = Field(
+        None,
+        description="How long the model stays loaded when idle: '5m', seconds, 0, negative for ever (default: the server's).",
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def pinned(self) -> bool:
+        return self.load == "startup"
 
     @field_validator("chat_template")
     @classmethod
@@ -266,7 +290,7 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
     assert settings.model is not None
     path = resolve_model_path(str(settings.model), Path.cwd(), "--model")
     name = settings.model_name or path.name.removesuffix(".gguf")
-    fields: dict[str, Any] = {"name": name, "path": str(path)}
+    fields: dict[str, Any] = {"name": name, "path": str(path), "load": "startup"}
     if settings.n_ctx is not None:
         fields["n_ctx"] = settings.n_ctx
     if settings.n_gpu_layers is not None:
@@ -275,7 +299,7 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
 
 
 def embedded_default() -> ModelsFile:
-    return ModelsFile(models=[ModelConfig(name=EMBEDDED_NAME, path=str(embedded_model_path()))])
+    return ModelsFile(models=[ModelConfig(name=EMBEDDED_NAME, path=str(embedded_model_path()), load="startup")])
 
 
 def load(cli: dict[str, Any]) -> tuple[Settings, ModelsFile]:
