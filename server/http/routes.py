@@ -66,6 +66,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
     Endpoint("DELETE", "/v1/adapters/{name:path}", "unload_adapter", Access.ADMIN),
     Endpoint("POST", "/admin/reload", "reload", Access.ADMIN),
+    Endpoint("POST", "/models/load", "load_model", Access.ADMIN),
+    Endpoint("POST", "/models/unload", "unload_model", Access.ADMIN),
 )
 
 

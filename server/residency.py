@@ -1,0 +1,452 @@
+"""Which models are loaded: each model's state (unloaded, loading, loaded, failed), one shared load per model
+on demand, keep-alive unloads once idle, and room made under the memory budget by unloading idle models.
+
+A model is busy while a request holds it (from resolve to its last byte, `lease_scope()`), while one
+waits for its load, or while its engine has generations outstanding; a busy model is never unloaded.
+Every load and unload takes one lock, so memory accounting sees one change at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .config import ModelConfig
+from .engine.embedder import Embedder
+from .engine.engine import Engine
+from .engine.errors import ModelFileError
+from .errors import (
+    ConfigError,
+    ModelBusyError,
+    ModelLoadError,
+    ModelTooLargeError,
+    ServiceUnavailableError,
+)
+from .footprint import Footprint
+from .footprint import estimate as estimate_footprint
+from .metrics import Metrics
+from .quantities import format_size, parse_duration
+from .settings import Settings
+
+log = logging.getLogger("nomoat.residency")
+
+Status = Literal["unloaded", "loading", "loaded", "failed"]
+# How long a load waits for busy models to go idle before it answers 503: a request that just
+# finished releases its model a moment after its client has read the last byte.
+EVICT_WAIT_SECONDS = 30.0
+_POLL_SECONDS = 0.05
+
+_held: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("nomoat_leases", default=None)
+
+
+@contextlib.contextmanager
+def lease_scope() -> Iterator[None]:
+    """Models resolved inside stay busy (never unloaded) until the scope ends: one HTTP request's life."""
+    held: list[Callable[[], None]] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        for release in held:
+            release()
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A loaded model: its engine, and its embedder once an embeddings request asked for one."""
+
+    config: ModelConfig
+    engine: Engine
+    embedder: Embedder | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return self.engine.outstanding + (self.embedder.outstanding if self.embedder is not None else 0)
+
+    def abort(self, reason: str) -> None:
+        """End every generation and embeddings request still running, each with ShuttingDown(reason)."""
+        self.engine.abort(reason)
+        if self.embedder is not None:
+            self.embedder.abort(reason)
+
+    def close(self) -> None:
+        """Close the embedder, then the engine, which frees the model the embedder's context points into."""
+        if self.embedder is not None and not self.embedder.close():
+            log.error("model %s left allocated: its embeddings worker is still running", self.config.name)
+            return
+        self.engine.close()
+
+
+class Hooks(Protocol):
+    """What happens around a model's load and unload besides the engine (its adapters)."""
+
+    async def attach(self, base: str, engine: Engine) -> None:
+        """Open what the model needs on its new engine, before any request sees it."""
+        ...
+
+    def detach(self, base: str) -> None:
+        """On the loop, once the model is unloaded."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Where one model stands, as GET /models and /v1/models show it."""
+
+    status: Status
+    pinned: bool
+    memory: int | None  # estimated bytes (as loaded now, or as it would load); None when its file is unreadable
+    loaded_at: float | None
+    expires_at: float | None  # when it unloads if it stays idle; None while busy, unloaded, or never
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Resident:
+    """One available model and where it stands."""
+
+    config: ModelConfig
+    created: int
+    status: Status = "unloaded"
+    served: ServedModel | None = None
+    error: str | None = None
+    failed_key: tuple[Any, ...] | None = None
+    footprint: Footprint | None = None
+    keep_alive: float | None = None  # the last request's, else models.toml's, else the server's
+    leases: int = 0
+    waiting: int = 0
+    last_used: float = 0.0  # monotonic, for least-recently-used eviction
+    idle_since: float | None = None  # wall clock, while loaded and idle
+    loaded_at: float | None = None
+    loading: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.leases or self.waiting or (self.served is not None and self.served.outstanding))
+
+    def memory(self) -> int:
+        """The estimate for what is open now: one context each for generation and embeddings (engine.contexts)."""
+        if self.footprint is None:
+            return 0
+        contexts = 1
+        if self.served is not None:
+            contexts = max(1, getattr(self.served.engine.stats, "contexts", 1))
+            contexts += self.served.embedder is not None
+        return self.footprint.total(contexts)
+
+
+class Residency:
+    """Every available model's state; `acquire()` hands out a loaded model, loading it first if need be."""
+
+    def __init__(self, settings: Settings, open_engine: Callable[[ModelConfig], Engine], metrics: Metrics | None,
+                 hooks: Hooks) -> None:
+        self._settings = settings
+        self._open_engine = open_engine
+        self._metrics = metrics
+        self._hooks = hooks
+        self.residents: dict[str, Resident] = {}
+        self.lock = asyncio.Lock()
+        self.budget = settings.memory_budget_bytes()
+        self.gpu_budget = settings.gpu_memory_budget_bytes()
+        self._tasks: set[asyncio.Task[None]] = set()
+        if metrics is not None:
+            metrics.memory_budget.set(self.budget)
+
+    def add(self, config: ModelConfig) -> Resident:
+        resident = self.residents[config.name] = Resident(config, int(time.time()))
+        return resident
+
+    # --- startup (blocking, before the loop serves) -------------------------------------
+
+    def load_startup(self) -> None:
+        """Load every `load = "startup"` model (blocking); ConfigError when one cannot be served."""
+        for resident in self.residents.values():
+            if resident.config.pinned and resident.status != "loaded":
+                footprint = self.estimate(resident.config)
+                used = sum(r.memory() for r in self.residents.values() if r.status == "loaded")
+                if used + footprint.total() > self.budget:
+                    raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
+                                      f"{format_size(footprint.total())}; memory_budget {format_size(self.budget)} "
+                                      f"has {format_size(self.budget - used)} left")
+                self.mark_loaded(resident, ServedModel(resident.config, self._open_engine(resident.config)), footprint)
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def acquire(self, name: str, keep_alive: float | None = None) -> ServedModel:
+        """The loaded model `name`, loaded first if it is not (one load shared by every request waiting).
+
+        Inside `lease_scope()` the model stays busy until the scope ends. `keep_alive` (seconds,
+        math.inf for never) sets how long it stays loaded once idle, as Ollama's request field does.
+        """
+        resident = self.residents[name]
+        if keep_alive is not None:
+            resident.keep_alive = keep_alive
+        while resident.status != "loaded" or resident.served is None:
+            await self._wait_loaded(resident)
+            if self.residents.get(name) is not resident:  # a reload replaced it meanwhile
+                raise ServiceUnavailableError(f"model {name!r} was reconfigured while it loaded; retry", retry_after=1)
+        resident.last_used = time.monotonic()
+        held = _held.get()
+        if held is not None:
+            resident.leases += 1
+            resident.idle_since = None
+            self._cancel_timer(resident)
+            held.append(lambda: self._release(resident))
+        else:
+            self.reschedule(resident)
+        return resident.served
+
+    def hold(self, name: str) -> Callable[[], None]:
+        """Keep a loaded model busy until the returned call (work outside a request, e.g. an adapter load)."""
+        resident = self.residents[name]
+        resident.leases += 1
+        self._cancel_timer(resident)
+        return lambda: self._release(resident)
+
+    async def _wait_loaded(self, resident: Resident) -> None:
+        if resident.loading is None:
+            if resident.status == "failed" and resident.failed_key == _file_key(resident.config):
+                raise ModelLoadError(f"model {resident.name!r} failed to load: {resident.error}; it is retried "
+                                     "once its file or configuration changes", param="model")
+            resident.loading = asyncio.ensure_future(self._load(resident))
+            resident.loading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        resident.waiting += 1
+        try:
+            await asyncio.shield(resident.loading)
+        finally:
+            resident.waiting -= 1
+
+    def _release(self, resident: Resident) -> None:
+        resident.leases -= 1
+        resident.last_used = time.monotonic()
+        self.reschedule(resident)
+
+    # --- loads and unloads ---------------------------------------------------------------
+
+    async def _load(self, resident: Resident) -> None:
+        previous, resident.status = resident.status, "loading"
+        try:
+            async with self.lock:
+                if self.residents.get(resident.name) is not resident or resident.status == "loaded":
+                    return
+                try:
+                    footprint = await asyncio.to_thread(self.estimate, resident.config)
+                except ConfigError as exc:
+                    self._failed(resident, str(exc))
+                    raise ModelLoadError(f"model {resident.name!r} cannot be loaded: {exc}", param="model") from None
+                await self._make_room(resident, footprint)
+                started = time.perf_counter()
+                try:
+                    engine = await asyncio.to_thread(self._open_engine, resident.config)
+                except ConfigError as exc:
+                    self._failed(resident, str(exc))
+                    raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
+                served = ServedModel(resident.config, engine)
+                try:
+                    await self._hooks.attach(resident.name, engine)
+                except BaseException:
+                    await asyncio.to_thread(served.close)
+                    raise
+                self.mark_loaded(resident, served, footprint)
+                log.info("loaded %s on demand in %.2fs (estimated %s; %s of %s budget in use)", resident.name,
+                         time.perf_counter() - started, format_size(footprint.total()), format_size(self.used()),
+                         format_size(self.budget))
+        finally:
+            resident.loading = None
+            if resident.status == "loading":
+                resident.status = "failed" if previous == "failed" and resident.error else "unloaded"
+
+    def estimate(self, config: ModelConfig) -> Footprint:
+        try:
+            return estimate_footprint(config)
+        except ModelFileError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def mark_loaded(self, resident: Resident, served: ServedModel, footprint: Footprint) -> None:
+        resident.served, resident.footprint, resident.status = served, footprint, "loaded"
+        resident.error = resident.failed_key = None
+        resident.loaded_at, resident.last_used = time.time(), time.monotonic()
+        self.reschedule(resident)
+
+    def _failed(self, resident: Resident, reason: str) -> None:
+        log.error("model %s failed to load: %s", resident.name, reason)
+        resident.status, resident.error, resident.failed_key = "failed", reason, _file_key(resident.config)
+
+    async def _make_room(self, resident: Resident, footprint: Footprint) -> None:
+        """Unload idle models, least recently used first, until `footprint` fits (lock held)."""
+        need, gpu_need = footprint.total(), footprint.gpu()
+        limit = self._settings.max_loaded_models
+        if need > self.budget or (self.gpu_budget is not None and gpu_need > self.gpu_budget):
+            raise ModelTooLargeError(
+                f"model {resident.name!r} needs an estimated {format_size(need)}"
+                + (f" ({format_size(gpu_need)} on the GPU)" if gpu_need else "")
+                + f"; memory_budget is {format_size(self.budget)}"
+                + (f", gpu_memory_budget {format_size(self.gpu_budget)}" if self.gpu_budget is not None else ""),
+                param="model")
+        deadline = time.monotonic() + EVICT_WAIT_SECONDS
+        while True:
+            loaded = [r for r in self.residents.values() if r.status == "loaded" and r is not resident]
+            if self._fits(loaded, need, gpu_need, limit):
+                return
+            idle = sorted((r for r in loaded if not r.config.pinned and not r.busy), key=lambda r: r.last_used)
+            if idle:
+                await self._unload(idle[0], "evicted to make room for " + resident.name)
+                if self._metrics is not None:
+                    self._metrics.evictions.labels(idle[0].name).inc()
+                continue
+            pinned = [r for r in loaded if r.config.pinned]
+            if not self._fits(pinned, need, gpu_need, limit):
+                raise ModelTooLargeError(
+                    f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
+                    f"{format_size(self.budget)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
+                    f"use {format_size(sum(r.memory() for r in pinned))}", param="model")
+            if time.monotonic() >= deadline:
+                busy = ", ".join(r.name for r in loaded if not r.config.pinned)
+                raise ModelBusyError(f"model {resident.name!r} needs {format_size(need)}, held by busy models "
+                                     f"({busy}); retry once they finish", retry_after=5)
+            await asyncio.sleep(_POLL_SECONDS)
+
+    def _fits(self, loaded: list[Resident], need: int, gpu_need: int, limit: int) -> bool:
+        if limit and len(loaded) >= limit:
+            return False
+        if sum(r.memory() for r in loaded) + need > self.budget:
+            return False
+        gpu_used = sum(r.footprint.gpu() for r in loaded if r.footprint is not None)
+        return self.gpu_budget is None or gpu_used + gpu_need <= self.gpu_budget
+
+    async def _unload(self, resident: Resident, why: str) -> None:
+        """Unload an idle model (lock held; the caller checked it is idle, with no await since)."""
+        served = resident.served
+        assert served is not None and not resident.busy
+        self._cancel_timer(resident)
+        resident.status, resident.served, resident.loaded_at, resident.idle_since = "unloaded", None, None, None
+        resident.keep_alive = None
+        self._hooks.detach(resident.name)
+        await asyncio.to_thread(served.close)
+        log.info("unloaded %s (%s)", resident.name, why)
+
+    async def unload(self, name: str) -> bool:
+        """Unload `name` now if idle (True); a busy model unloads once idle (False)."""
+        async with self.lock:
+            resident = self.residents[name]
+            if resident.status != "loaded":
+                return True
+            if not resident.busy:
+                await self._unload(resident, "asked to")
+                return True
+            resident.keep_alive = 0.0
+            return False
+
+    # --- keep-alive ----------------------------------------------------------------------
+
+    def ttl(self, resident: Resident) -> float:
+        """Seconds a loaded model stays once idle (math.inf: until asked or evicted; pinned: for ever)."""
+        if resident.config.pinned:
+            return math.inf
+        if resident.keep_alive is not None:
+            return resident.keep_alive
+        if resident.config.keep_alive is not None:
+            return parse_duration(resident.config.keep_alive)
+        return self._settings.keep_alive_seconds()
+
+    def expires_at(self, resident: Resident) -> float | None:
+        """Wall-clock time a loaded idle model unloads; None while busy, or never."""
+        ttl = self.ttl(resident)
+        if resident.status != "loaded" or resident.idle_since is None or math.isinf(ttl):
+            return None
+        return resident.idle_since + ttl
+
+    def reschedule(self, resident: Resident) -> None:
+        """Arm the keep-alive timer of a loaded model that is idle (poll while its engine still drains)."""
+        self._cancel_timer(resident)
+        if resident.status != "loaded" or resident.leases or resident.waiting:
+            return
+        loop = asyncio.get_running_loop() if _in_loop() else None
+        if loop is None:
+            return
+        if resident.busy:  # generations outstanding: a cancelled stream is still draining
+            resident.timer = loop.call_later(0.1, self.reschedule, resident)
+            return
+        if resident.idle_since is None:
+            resident.idle_since = time.time()
+        ttl = self.ttl(resident)
+        if not math.isinf(ttl):
+            delay = max(0.0, resident.idle_since + ttl - time.time())
+            resident.timer = loop.call_later(delay, self._expire, resident)
+
+    def _expire(self, resident: Resident) -> None:
+        resident.timer = None
+        task = asyncio.ensure_future(self._unload_expired(resident))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unload_expired(self, resident: Resident) -> None:
+        async with self.lock:
+            expires = self.expires_at(resident)
+            if self.residents.get(resident.name) is resident and not resident.busy and expires is not None \
+                    and expires <= time.time() + 0.01:
+                await self._unload(resident, f"idle past keep_alive {self.ttl(resident):g}s")
+
+    def _cancel_timer(self, resident: Resident) -> None:
+        if resident.timer is not None:
+            resident.timer.cancel()
+            resident.timer = None
+
+    # --- views ---------------------------------------------------------------------------
+
+    def state(self, resident: Resident) -> ModelState:
+        return ModelState(resident.status, resident.config.pinned, resident.memory() or None, resident.loaded_at,
+                          self.expires_at(resident), resident.error)
+
+    async def estimate_all(self) -> None:
+        """Estimate the footprint of every model that has none yet (a header read each, off the loop)."""
+        for resident in [r for r in self.residents.values() if r.footprint is None]:
+            try:
+                resident.footprint = await asyncio.to_thread(self.estimate, resident.config)
+            except ConfigError:
+                continue  # an unreadable file: no estimate, and a load will say why
+
+    def used(self) -> int:
+        return sum(r.memory() for r in self.residents.values() if r.status == "loaded")
+
+    def loaded(self) -> dict[str, ServedModel]:
+        return {n: r.served for n, r in self.residents.items() if r.status == "loaded" and r.served is not None}
+
+    async def aclose(self) -> None:
+        for resident in self.residents.values():
+            self._cancel_timer(resident)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _file_key(config: ModelConfig) -> tuple[Any, ...]:
+    """What must change for a failed model to be tried again: its configuration or its file."""
+    try:
+        st = Path(config.path).stat()
+        stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    return (repr(config.model_dump()), stamp)
