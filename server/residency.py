@@ -144,7 +144,7 @@ class Resident:
             return 0
         contexts = 1
         if self.served is not None:
-            contexts = max(1, getattr(self.served.engine.stats, "contexts", 1))
+            contexts = max(1, self.served.engine.stats.contexts)
             contexts += self.served.embedder is not None
         return self.footprint.total(contexts)
 
@@ -163,6 +163,7 @@ class Residency:
         self.budget = settings.memory_budget_bytes()
         self.gpu_budget = settings.gpu_memory_budget_bytes()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_change: Callable[[], None] | None = None  # a model loaded or unloaded (sd_notify's STATUS)
         if metrics is not None:
             metrics.memory_budget.set(self.budget)
 
@@ -281,6 +282,7 @@ class Residency:
         resident.error = resident.failed_key = None
         resident.loaded_at, resident.last_used = time.time(), time.monotonic()
         self.reschedule(resident)
+        self._changed()
 
     def _failed(self, resident: Resident, reason: str) -> None:
         log.error("model %s failed to load: %s", resident.name, reason)
@@ -336,8 +338,13 @@ class Residency:
         resident.status, resident.served, resident.loaded_at, resident.idle_since = "unloaded", None, None, None
         resident.keep_alive = None
         self._hooks.detach(resident.name)
+        self._changed()
         await asyncio.to_thread(served.close)
         log.info("unloaded %s (%s)", resident.name, why)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def unload(self, name: str) -> bool:
         """Unload `name` now if idle (True); a busy model unloads once idle (False)."""
