@@ -176,9 +176,11 @@ class ModelRegistry:
         for resident in residents.values():
             self.residency.reschedule(resident)
         result = ReloadResult(loaded=sorted(loaded), removed=sorted(set(old) - set(residents)),
-                              unchanged=sorted(n for n in kept if n not in loaded))
-        log.info("models.toml applied: loaded %s, removed %s, unchanged %s",
-                 result.loaded or "none", result.removed or "none", result.unchanged or "none")
+                              unchanged=sorted(n for n in kept if n not in loaded),
+                              reconfigured=sorted(n for n in residents if n in old and n not in kept and n not in loaded))
+        log.info("models.toml applied: loaded %s, removed %s, unchanged %s, reconfigured while unloaded %s",
+                 result.loaded or "none", result.removed or "none", result.unchanged or "none",
+                 result.reconfigured or "none")
         return result
 
     def _open_all(self, configs: list[ModelConfig]) -> dict[str, tuple[ServedModel, Footprint]]:
@@ -378,6 +380,7 @@ class ReloadResult:
     loaded: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)  # changed while not loaded: takes effect on its next load
 
 
 def _close_all(models: Iterable[ServedModel]) -> None:

@@ -244,11 +244,7 @@ class Residency:
             async with self.lock:
                 if self.residents.get(resident.name) is not resident or resident.status == "loaded":
                     return
-                try:
-                    footprint = await asyncio.to_thread(self.estimate, resident.config)
-                except ConfigError as exc:
-                    self._failed(resident, str(exc))
-                    raise ModelLoadError(f"model {resident.name!r} cannot be loaded: {exc}", param="model") from None
+                footprint = await asyncio.to_thread(self.estimate, resident.config)
                 await self._make_room(resident, footprint)
                 started = time.perf_counter()
                 try:
@@ -272,10 +268,15 @@ class Residency:
                 resident.status = "failed" if previous == "failed" and resident.error else "unloaded"
 
     def estimate(self, config: ModelConfig) -> Footprint:
+        """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
         try:
             return estimate_footprint(config)
         except ModelFileError as exc:
-            raise ConfigError(str(exc)) from None
+            log.debug("no memory estimate for %s: %s", config.name, exc)
+            try:
+                return Footprint(weights=Path(config.path).stat().st_size, kv_per_context=0, compute_per_context=0)
+            except OSError:
+                return Footprint(weights=0, kv_per_context=0, compute_per_context=0)
 
     def mark_loaded(self, resident: Resident, served: ServedModel, footprint: Footprint) -> None:
         resident.served, resident.footprint, resident.status = served, footprint, "loaded"
@@ -422,10 +423,7 @@ class Residency:
     async def estimate_all(self) -> None:
         """Estimate the footprint of every model that has none yet (a header read each, off the loop)."""
         for resident in [r for r in self.residents.values() if r.footprint is None]:
-            try:
-                resident.footprint = await asyncio.to_thread(self.estimate, resident.config)
-            except ConfigError:
-                continue  # an unreadable file: no estimate, and a load will say why
+            resident.footprint = await asyncio.to_thread(self.estimate, resident.config)
 
     def used(self) -> int:
         return sum(r.memory() for r in self.residents.values() if r.status == "loaded")

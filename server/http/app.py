@@ -83,7 +83,7 @@ def build_app(
         except ConfigError as exc:
             raise InvalidConfigError(f"the configuration was not applied; the previous one still serves: {exc}") from None
         return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
-                             "unchanged": result.unchanged})
+                             "unchanged": result.unchanged, "reconfigured": result.reconfigured})
 
     handlers: dict[str, Handler] = {
         "health": health,
