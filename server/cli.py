@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the base model: a GGUF file, or a model id from models.toml [default: the embedded model]",
     )
     convert.add_argument("--config", metavar="FILE", help="models.toml to look --base up in [default: as serve]")
+    ps = sub.add_parser(
+        "ps",
+        help="list the models a running server has loaded, their memory, adapters and when each unloads",
+        description="Ask the running server (host, port and key from the settings, as serve reads them) for its models.",
+    )
+    for name in ("config", "host", "api_key", "admin_key"):
+        ps.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    ps.add_argument("--port", type=int, default=None)
     return parser
 
 
@@ -90,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(cli)
     if args.command == "convert-lora":
         return convert_lora(args)
+    if args.command == "ps":
+        return show_loaded(cli)
     parser.error(f"unknown command {args.command}")  # exits
 
 
@@ -113,6 +123,21 @@ def serve(cli: dict[str, Any]) -> int:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
     return daemon.run()
+
+
+def show_loaded(cli: dict[str, Any]) -> int:
+    """`nomoat ps`: settings as `serve` reads them (flags, NOMOAT_*, models.toml [server])."""
+    from . import config
+    from .ps import ps
+
+    try:
+        settings, _ = config.load(cli)
+    except ConfigError as exc:
+        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    code, text = ps(settings)
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def convert_lora(args: argparse.Namespace) -> int:

@@ -107,6 +107,7 @@ class ModelState:
     memory: int | None  # estimated bytes (as loaded now, or as it would load); None when its file is unreadable
     loaded_at: float | None
     expires_at: float | None  # when it unloads if it stays idle; None while busy, unloaded, or never
+    busy: bool = False  # a request runs on it or waits for it
     error: str | None = None
 
 
@@ -418,7 +419,7 @@ class Residency:
 
     def state(self, resident: Resident) -> ModelState:
         return ModelState(resident.status, resident.config.pinned, resident.memory() or None, resident.loaded_at,
-                          self.expires_at(resident), resident.error)
+                          self.expires_at(resident), resident.busy, resident.error)
 
     async def estimate_all(self) -> None:
         """Estimate the footprint of every model that has none yet (a header read each, off the loop)."""

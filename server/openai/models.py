@@ -15,7 +15,7 @@ from ..registry import ModelRegistry, ServedId
 def model_object(served: ServedId) -> dict[str, Any]:
     """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks,
     and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
-    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `adapters` (names on it), `error` when failed."""
+    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `busy`, `adapters` (names on it), `error` when failed."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
         "root": served.root, "parent": served.parent,
@@ -24,7 +24,7 @@ def model_object(served: ServedId) -> dict[str, Any]:
         card["max_model_len"] = served.max_model_len
     if served.state is not None:
         state = served.state
-        card.update(status=state.status, pinned=state.pinned, memory_bytes=state.memory,
+        card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,
                     loaded_at=_seconds(state.loaded_at), expires_at=_seconds(state.expires_at),
                     adapters=list(served.model_adapters))
         if state.error is not None:
