@@ -339,7 +339,8 @@ class AdapterCatalogue:
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.adapter_load.labels(entry.base, entry.name).observe(elapsed)
-        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
+        how = "loaded" if entry.adapter.ptr is not None else "checked (opens when its base loads)"
+        log.info("%s adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", how, entry.name, entry.base,
                  entry.adapter.source, elapsed * 1000, entry.adapter.content_hash[:12], entry.origin)
         return entry
 
