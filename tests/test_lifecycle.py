@@ -35,7 +35,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     copy = shutil.copy(model_path(), root / "copy.gguf")
     (root / "garbage.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     lora = write_lora(root / "lo.gguf", seed=7)
-    config = (f'default_model = "a"\n[server]\nmemory_budget = {BUDGET}\n'
+    write_lora(root / "rt.gguf", seed=8)
+    config = (f'default_model = "a"\n[server]\nmemory_budget = {BUDGET}\nadapter_dirs = ["{root}"]\n'
               + _model("a", model_path()) + _model("b", Path(copy)) + _model("junk", root / "garbage.gguf")
               + f'[[adapters]]\nname = "lo"\nbase = "a"\npath = "{lora}"\n')
     proc = ServerProcess(config, root).wait_ready()
@@ -111,6 +112,15 @@ def test_adapters_outlive_their_base(srv):
     assert again.status_code == 200 and again.headers["x-nomoat-adapters"] == "lo@1"
     assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
     assert statuses(srv)["a"] == "loaded"
+    # Registered on an unloaded base: checked now, opened when the base loads for a request naming it.
+    unload_all(srv)
+    root = srv.config.parent
+    r = httpx.post(srv.base_url + "/v1/adapters", json={"name": "rt", "path": str(root / "rt.gguf"), "base": "b"},
+                   timeout=60)
+    assert r.status_code == 201 and statuses(srv)["b"] == "unloaded", r.text
+    on_b = chat(srv, "rt")
+    assert on_b.status_code == 200 and on_b.headers["x-nomoat-adapters"] == "rt@1", on_b.text
+    assert statuses(srv)["b"] == "loaded"
 
 
 def test_the_estimate_bounds_the_measured_memory(srv):
