@@ -9,11 +9,14 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, NomoatError
 from .settings import Settings, format_validation_error
+
+if TYPE_CHECKING:
+    from .config import ModelsFile
 
 # Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
 _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
@@ -103,17 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unknown command {args.command}")  # exits
 
 
+def _configured(cli: dict[str, Any]) -> tuple[Settings, ModelsFile] | None:
+    """Settings and models as `serve` reads them; None after printing why they are invalid."""
+    from . import config
+
+    try:
+        return config.load(cli)
+    except ConfigError as exc:
+        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+        return None
+
+
 def serve(cli: dict[str, Any]) -> int:
     from . import config
     from .daemon import Daemon
     from .engine.model import install_llama_logging
     from .logs import configure_logging
 
-    try:
-        settings, models = config.load(cli)
-    except ConfigError as exc:
-        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+    configured = _configured(cli)
+    if configured is None:
         return 2
+    settings, models = configured
     configure_logging(settings.log_level, settings.log_format)
     install_llama_logging()
     try:
@@ -127,15 +140,12 @@ def serve(cli: dict[str, Any]) -> int:
 
 def show_loaded(cli: dict[str, Any]) -> int:
     """`nomoat ps`: settings as `serve` reads them (flags, NOMOAT_*, models.toml [server])."""
-    from . import config
     from .ps import ps
 
-    try:
-        settings, _ = config.load(cli)
-    except ConfigError as exc:
-        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+    configured = _configured(cli)
+    if configured is None:
         return 2
-    code, text = ps(settings)
+    code, text = ps(configured[0])
     print(text, file=sys.stderr if code else sys.stdout)
     return code
 

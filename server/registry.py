@@ -20,7 +20,8 @@ from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .footprint import Footprint
 from .metrics import Metrics
-from .residency import ModelState, Residency, Resident, ServedModel
+from .residency import Residency
+from .resident import ModelState, Resident, ServedModel
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")

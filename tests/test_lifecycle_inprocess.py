@@ -79,6 +79,19 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
         time.sleep(0.02)
 
 
+def held_stream(srv: FakeServer, model: str) -> tuple[FakeEngine, threading.Thread, list[Any]]:
+    """A stream on `model` that holds after its first token until `engine.hold` is set."""
+    assert chat(srv, model).status_code == 200
+    engine = srv.registry.engines()[model]
+    assert isinstance(engine, FakeEngine)
+    engine.hold = threading.Event()
+    answers: list[Any] = []
+    stream = threading.Thread(target=lambda: answers.append(chat(srv, model, stream=True, max_tokens=8)))
+    stream.start()
+    wait_until(lambda: engine.outstanding == 1, f"{model}'s stream is running")
+    return engine, stream, answers
+
+
 def test_durations_and_sizes_parse_as_ollama_and_settings_write_them():
     assert parse_duration("5m") == 300 and parse_duration("1h30m") == 5400 and parse_duration(0) == 0
     assert parse_duration("250ms") == 0.25 and parse_duration(-1) == parse_duration("-5m") == float("inf")
@@ -187,14 +200,7 @@ def test_a_one_model_limit_alternates_without_failing_a_request(serve, loader):
 def test_a_running_stream_is_never_cut_by_a_load_that_needs_its_memory(serve, monkeypatch):
     monkeypatch.setattr(residency_module, "EVICT_WAIT_SECONDS", 0.5)
     srv = serve(models("a", "b"), memory_budget=int(FOOTPRINT * 1.5))
-    assert chat(srv, "a").status_code == 200
-    engine = srv.registry.engines()["a"]
-    assert isinstance(engine, FakeEngine)
-    engine.hold = threading.Event()
-    answers: list[Any] = []
-    stream = threading.Thread(target=lambda: answers.append(chat(srv, "a", stream=True, max_tokens=8)))
-    stream.start()
-    wait_until(lambda: engine.outstanding == 1, "a's stream is running")
+    engine, stream, answers = held_stream(srv, "a")
     refused = chat(srv, "b")
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_busy", refused.text
     assert refused.headers["retry-after"] and "a" in refused.json()["error"]["message"]
@@ -204,6 +210,7 @@ def test_a_running_stream_is_never_cut_by_a_load_that_needs_its_memory(serve, mo
     second = threading.Thread(target=lambda: waiting.append(chat(srv, "b")))
     second.start()
     wait_until(lambda: cards(srv)["b"]["status"] == "loading", "b waits for memory")
+    assert engine.hold is not None
     engine.hold.set()
     stream.join(30)
     second.join(30)
@@ -263,16 +270,10 @@ def test_lifecycle_api_loads_and_unloads_with_the_admin_key(serve, loader):
 
 def test_unloading_a_busy_model_waits_until_it_is_idle(serve):
     srv = serve(models("a", "b"))
-    assert chat(srv, "a").status_code == 200
-    engine = srv.registry.engines()["a"]
-    assert isinstance(engine, FakeEngine)
-    engine.hold = threading.Event()
-    answers: list[Any] = []
-    stream = threading.Thread(target=lambda: answers.append(chat(srv, "a", stream=True, max_tokens=8)))
-    stream.start()
-    wait_until(lambda: engine.outstanding == 1, "a's stream is running")
+    engine, stream, answers = held_stream(srv, "a")
     r = srv.client.post("/models/unload", json={"model": "a"})
     assert r.status_code == 202 and r.json()["status"] == "loaded"
+    assert engine.hold is not None
     engine.hold.set()
     stream.join(30)
     assert answers[0].text.rstrip().endswith("data: [DONE]")

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..openai.models import model_object
 from ..openai.protocol import KeepAlive, parse
 from ..registry import ModelRegistry
-from ..residency import lease_scope
+from ..resident import lease_scope
 from .body import read_json
 from .routes import Handler
 
@@ -29,10 +29,7 @@ class LeaseMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        with lease_scope():
+        with lease_scope():  # harmless around a non-HTTP scope: it resolves no model
             await self.app(scope, receive, send)
 
 
