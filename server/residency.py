@@ -9,6 +9,7 @@ Every load and unload takes one lock, so memory accounting sees one change at a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -314,7 +315,8 @@ class Residency:
     async def estimate_all(self) -> None:
         """Estimate the footprint of every model that has none yet (a header read each, off the loop)."""
         for resident in [r for r in self.residents.values() if r.footprint is None]:
-            resident.footprint = await asyncio.to_thread(self.estimate, resident.config)
+            with contextlib.suppress(ModelFileError):  # not there yet, or unreadable: no estimate; a load says why
+                resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config)
 
     def used(self) -> int:
         return sum(r.memory() for r in self.residents.values() if r.status == "loaded")
