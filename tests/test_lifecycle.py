@@ -14,10 +14,12 @@ import pytest
 from conftest import model_path
 from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
-from support.process import ServerProcess
+from support.process import ServerProcess, free_port
 
 from nomoat.config import ModelConfig
 from nomoat.footprint import estimate
+from nomoat.ps import ps
+from nomoat.settings import Settings
 
 N_CTX, PARALLEL = 512, 2
 ESTIMATE = estimate(ModelConfig(name="x", path=str(model_path()), n_ctx=N_CTX, parallel=PARALLEL))
@@ -133,3 +135,12 @@ def test_the_estimate_bounds_the_measured_memory(srv):
     # Weights and KV are written at load; the compute buffer is reserved for a full batch of logits
     # and touched only as far as a step needs: the estimate is an upper bound that holds the rest.
     assert 0.8 * (ESTIMATE.weights + ESTIMATE.kv_per_context) <= grown <= ESTIMATE.total() * 1.1, (grown, ESTIMATE)
+
+
+def test_nomoat_ps_asks_the_running_server(srv):
+    assert httpx.post(srv.base_url + "/models/load", json={"model": "a"}, timeout=120).status_code == 200
+    code, text = ps(Settings(port=srv.port))
+    assert code == 0 and text.splitlines()[1].split()[:2] == ["a", "loaded"], text
+    assert "lo" in text.splitlines()[1]
+    code, text = ps(Settings(port=free_port()))
+    assert code == 1 and "no server answers" in text

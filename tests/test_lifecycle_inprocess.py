@@ -19,6 +19,7 @@ from nomoat import residency as residency_module
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import ConfigError
 from nomoat.footprint import estimate
+from nomoat.ps import render
 from nomoat.quantities import parse_duration, parse_size
 from nomoat.settings import Settings
 
@@ -296,3 +297,15 @@ def test_reload_changes_unloaded_models_without_loading_them(fake_factory, loade
 
     asyncio.run(scenario())
     assert loader.loads == ["a", "a", "d"]
+
+
+def test_ps_renders_the_loaded_models_and_when_each_unloads(serve):
+    srv = serve(models("a", "b", "c", pinned=("c",)))
+    assert chat(srv, "a").status_code == 200
+    listed = list(cards(srv).values())
+    now = time.time()
+    table = render(listed, now).splitlines()
+    assert table[0].split() == ["MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert set(rows) == {"a", "c"}, "unloaded models are not listed"
+    assert "in 4m" in rows["a"] and "MiB" in rows["a"] and "never (pinned)" in rows["c"]
