@@ -14,6 +14,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2
                "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
                "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
 NEVER = math.inf
+_CENTURY = 100 * 365 * 86400.0
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -24,7 +25,8 @@ def parse_duration(value: str | float | int) -> float:
     if isinstance(value, (int, float)):
         if math.isnan(value):
             raise ValueError("a duration cannot be NaN")
-        return NEVER if value < 0 else float(value)
+        # Negative, or past a century (no timer holds it): never.
+        return NEVER if value < 0 or value > _CENTURY else float(value)
     text = value.strip().lower()
     if text.startswith("-"):
         parse_duration(text[1:] or "x")  # still has to be a duration
@@ -41,7 +43,7 @@ def parse_duration(value: str | float | int) -> float:
         pos = found.end()
     if pos != len(text) or not text:
         raise ValueError(f"{value!r} is not a duration: use seconds or a number with ms, s, m, h or d (e.g. '5m')")
-    return total
+    return parse_duration(total)
 
 
 def parse_size(value: str | int, total: int | None = None, what: str = "memory") -> int:

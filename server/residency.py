@@ -21,6 +21,7 @@ from .engine.engine import Engine
 from .engine.errors import ModelFileError
 from .errors import (
     ConfigError,
+    ConflictError,
     ModelBusyError,
     ModelLoadError,
     ModelTooLargeError,
@@ -240,9 +241,12 @@ class Residency:
             self.on_change()
 
     async def unload(self, name: str) -> bool:
-        """Unload `name` now if idle (True); a busy model unloads once idle (False)."""
+        """Unload `name` now if idle (True); a busy model unloads once idle (False). A pinned one stays (409)."""
         async with self.lock:
             resident = self.residents[name]
+            if resident.config.pinned:
+                raise ConflictError(f"model {name!r} is pinned (load = \"startup\" in models.toml): it stays loaded",
+                                    param="model")
             if resident.status != "loaded":
                 return True
             if not resident.busy:

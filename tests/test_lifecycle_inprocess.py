@@ -309,3 +309,5 @@ def test_ps_renders_the_loaded_models_and_when_each_unloads(serve):
     rows = {line.split()[0]: line for line in table[1:]}
     assert set(rows) == {"a", "c"}, "unloaded models are not listed"
     assert "in 4m" in rows["a"] and "MiB" in rows["a"] and "never (pinned)" in rows["c"]
+    refused = srv.client.post("/models/unload", json={"model": "c"})
+    assert refused.status_code == 409 and "pinned" in refused.json()["error"]["message"]

@@ -63,7 +63,8 @@ SUMMARIES: dict[str, str] = {
     "unload_adapter": "Unload a LoRA adapter",
     "reload": "Reload models.toml (as SIGHUP does); 404 when the server was not started from a config file",
     "load_model": "Load a model now (llama.cpp router's route; admin key); keep_alive as on requests",
-    "unload_model": "Unload a model: 200 at once when idle, 202 when busy (it unloads once its requests end)",
+    "unload_model": "Unload a model: 200 at once when idle, 202 when busy (it unloads once its requests end), "
+                    "409 when pinned",
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
