@@ -52,7 +52,7 @@ def statuses(srv: ServerProcess) -> dict[str, str]:
 
 
 def chat(srv: ServerProcess, model: str, **extra: Any) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "temperature": 0,
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 3, "temperature": 0,
             **extra}
     return httpx.post(srv.base_url + "/v1/chat/completions", json=body, timeout=120)
 
