@@ -71,8 +71,8 @@ class Residency:
         for resident in self.residents.values():
             if resident.config.pinned and resident.status != "loaded":
                 footprint = self.estimate(resident.config)
-                used = sum(r.memory() for r in self.residents.values() if r.status == "loaded")
-                if used + footprint.total() > self.budget:
+                used = sum(r.memory("cpu") for r in self.residents.values() if r.status == "loaded")
+                if used + footprint.cpu() > self.budget:
                     raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
                                       f"{format_size(footprint.total())}; memory_budget {format_size(self.budget)} "
                                       f"has {format_size(self.budget - used)} left")
@@ -184,7 +184,7 @@ class Residency:
 
     async def _make_room(self, resident: Resident, footprint: Footprint) -> None:
         """Unload idle models, least recently used first, until `footprint` fits (lock held)."""
-        need, gpu_need = footprint.total(), footprint.gpu()
+        need, gpu_need = footprint.cpu(), footprint.gpu()
         limit = self._settings.max_loaded_models
         if need > self.budget or (self.gpu_budget is not None and gpu_need > self.gpu_budget):
             raise ModelTooLargeError(
@@ -209,7 +209,7 @@ class Residency:
                 raise ModelTooLargeError(
                     f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
                     f"{format_size(self.budget)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
-                    f"use {format_size(sum(r.memory() for r in pinned))}", param="model")
+                    f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model")
             if time.monotonic() >= deadline:
                 busy = ", ".join(r.name for r in loaded if not r.config.pinned)
                 raise ModelBusyError(f"model {resident.name!r} needs {format_size(need)}, held by busy models "
@@ -219,9 +219,9 @@ class Residency:
     def _fits(self, loaded: list[Resident], need: int, gpu_need: int, limit: int) -> bool:
         if limit and len(loaded) >= limit:
             return False
-        if sum(r.memory() for r in loaded) + need > self.budget:
+        if sum(r.memory("cpu") for r in loaded) + need > self.budget:
             return False
-        gpu_used = sum(r.footprint.gpu() for r in loaded if r.footprint is not None)
+        gpu_used = sum(r.memory("gpu") for r in loaded)
         return self.gpu_budget is None or gpu_used + gpu_need <= self.gpu_budget
 
     async def _unload(self, resident: Resident, why: str) -> None:
@@ -323,7 +323,7 @@ class Residency:
                 resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config)
 
     def used(self) -> int:
-        return sum(r.memory() for r in self.residents.values() if r.status == "loaded")
+        return sum(r.memory("cpu") for r in self.residents.values() if r.status == "loaded")
 
     def loaded(self) -> dict[str, ServedModel]:
         return {n: r.served for n, r in self.residents.items() if r.status == "loaded" and r.served is not None}

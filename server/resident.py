@@ -116,15 +116,16 @@ class Resident:
     def busy(self) -> bool:
         return bool(self.leases or self.waiting or (self.served is not None and self.served.outstanding))
 
-    def memory(self) -> int:
-        """The estimate for what is open now: one context each for generation and embeddings (engine.contexts)."""
+    def memory(self, part: Literal["total", "cpu", "gpu"] = "total") -> int:
+        """The estimate for what is open now (one context per running adapter set, one for embeddings):
+        all of it, or the part in RAM or on the GPU."""
         if self.footprint is None:
             return 0
         contexts = 1
         if self.served is not None:
             contexts = max(1, self.served.engine.stats.contexts)
             contexts += self.served.embedder is not None
-        return self.footprint.total(contexts)
+        return int(getattr(self.footprint, part)(contexts))
 
 
 def current_scope() -> list[Callable[[], None]] | None:
