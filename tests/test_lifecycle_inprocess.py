@@ -311,3 +311,14 @@ def test_ps_renders_the_loaded_models_and_when_each_unloads(serve):
     assert "in 4m" in rows["a"] and "MiB" in rows["a"] and "never (pinned)" in rows["c"]
     refused = srv.client.post("/models/unload", json={"model": "c"})
     assert refused.status_code == 409 and "pinned" in refused.json()["error"]["message"]
+
+
+def test_the_estimate_splits_ram_and_gpu_by_offloaded_layers():
+    cpu_only = estimate(ModelConfig(name="x", path=PATH))
+    half = estimate(ModelConfig(name="x", path=PATH, n_gpu_layers=15))  # SmolLM2-135M has 30 layers
+    full = estimate(ModelConfig(name="x", path=PATH, n_gpu_layers=-1))
+    assert cpu_only.gpu() == 0 and cpu_only.cpu() == cpu_only.total() == FOOTPRINT
+    assert half.gpu() == (cpu_only.weights + cpu_only.kv_per_context) // 2
+    assert full.cpu() == cpu_only.compute_per_context and full.total() == FOOTPRINT
+    two = estimate(ModelConfig(name="x", path=PATH, parallel=8))
+    assert two.kv_per_context == 2 * cpu_only.kv_per_context, "KV grows with n_ctx × parallel"
