@@ -9,11 +9,14 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, NomoatError
 from .settings import Settings, format_validation_error
+
+if TYPE_CHECKING:
+    from .config import ModelsFile
 
 # Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
 _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
@@ -98,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Forget a model pulled with `nomoat pull` and delete its files from the cache.")
     rm.add_argument("name", metavar="NAME", help="the name it was pulled as")
     _add_settings_flags(rm, _MODEL_STORE_FLAGS)
+    ps = sub.add_parser(
+        "ps",
+        help="list the models a running server has loaded, their memory, adapters and when each unloads",
+        description="Ask the running server (host, port and key from the settings, as serve reads them) for its models.",
+    )
+    for name in ("config", "host", "api_key", "admin_key"):
+        ps.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    ps.add_argument("--port", type=int, default=None)
     return parser
 
 
@@ -121,7 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pull":
             return models_cli.pull(settings_cli, args.name)
         return models_cli.rm(settings_cli, args.name)
+    if args.command == "ps":
+        return show_loaded(cli)
     parser.error(f"unknown command {args.command}")  # exits
+
+
+def _configured(cli: dict[str, Any]) -> tuple[Settings, ModelsFile] | None:
+    """Settings and models as `serve` reads them; None after printing why they are invalid."""
+    from . import config
+
+    try:
+        return config.load(cli)
+    except ConfigError as exc:
+        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+        return None
 
 
 def serve(cli: dict[str, Any]) -> int:
@@ -130,11 +154,10 @@ def serve(cli: dict[str, Any]) -> int:
     from .engine.model import install_llama_logging
     from .logs import configure_logging
 
-    try:
-        settings, models = config.load(cli)
-    except ConfigError as exc:
-        print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
+    configured = _configured(cli)
+    if configured is None:
         return 2
+    settings, models = configured
     configure_logging(settings.log_level, settings.log_format)
     install_llama_logging()
     try:
@@ -144,6 +167,18 @@ def serve(cli: dict[str, Any]) -> int:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
     return daemon.run()
+
+
+def show_loaded(cli: dict[str, Any]) -> int:
+    """`nomoat ps`: settings as `serve` reads them (flags, NOMOAT_*, models.toml [server])."""
+    from .ps import ps
+
+    configured = _configured(cli)
+    if configured is None:
+        return 2
+    code, text = ps(configured[0])
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def convert_lora(args: argparse.Namespace) -> int:

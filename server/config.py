@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .engine.chat_template import ChatTemplate
 from .engine.errors import TemplateError
 from .errors import ConfigError
+from .quantities import parse_duration
 from .settings import Settings, format_validation_error
 from .store.available import discovered_models
 
@@ -124,6 +125,28 @@ class ModelConfig(BaseModel):
         """The ModelSpec fields that are plain copies of this config's (the registry passes them on)."""
         return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "speculative": self.speculative, "speculative_n_max": self.speculative_n_max}
+    load: Literal["on_demand", "startup"] = Field(
+        "on_demand",
+        description=(
+            "`on_demand` loads the model on its first request and unloads it when idle past keep_alive; "
+            "`startup` loads it before the server is ready and keeps it loaded (pinned)."
+        ),
+    )
+    keep_alive: str | float | None = Field(
+        None,
+        description="How long the model stays loaded when idle: '5m', seconds, 0, negative for ever (default: the server's).",
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def pinned(self) -> bool:
+        return self.load == "startup"
 
     @field_validator("chat_template")
     @classmethod
@@ -313,7 +336,7 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
     given = str(settings.model)
     path = resolve_model_path(given, Path.cwd(), "--model")
     name = settings.model_name or single_model_name(given if given.startswith(HF_PREFIX) else str(path))
-    fields: dict[str, Any] = {"name": name, "path": str(path)}
+    fields: dict[str, Any] = {"name": name, "path": str(path), "load": "startup"}
     if settings.n_ctx is not None:
         fields["n_ctx"] = settings.n_ctx
     if settings.n_gpu_layers is not None:
@@ -328,7 +351,7 @@ def single_model_name(given: str) -> str:
 
 
 def embedded_default() -> ModelsFile:
-    return ModelsFile(models=[ModelConfig(name=EMBEDDED_NAME, path=str(embedded_model_path()))])
+    return ModelsFile(models=[ModelConfig(name=EMBEDDED_NAME, path=str(embedded_model_path()), load="startup")])
 
 
 def load_settings(cli: dict[str, Any]) -> tuple[Settings, Path | None, dict[str, Any]]:

@@ -60,6 +60,7 @@ class Daemon:
         self.notifier = Notifier(settings.notify_socket)
         self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
         self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload)
+        self.registry.residency.on_change = self._residency_changed
         self._load_config = load_config
         self._server: _Server | None = None
         self._stopping = False
@@ -132,8 +133,8 @@ class Daemon:
     async def _announce_ready(self, server: uvicorn.Server) -> None:
         while not server.started:
             await asyncio.sleep(0.05)
-        log.info("serving %s on http://%s:%d/v1", ", ".join(self.registry.engines()), self.settings.host,
-                 self.settings.port)
+        log.info("serving %s on http://%s:%d/v1 (loaded: %s)", ", ".join(self.registry.residency.residents),
+                 self.settings.host, self.settings.port, ", ".join(self.registry.engines()) or "none")
         self.notifier.ready(self._status_line())
 
     # --- signals ---------------------------------------------------------------------
@@ -222,8 +223,13 @@ class Daemon:
             log.warning("reload does not apply %s; restart the server for that", ", ".join(changed))
 
     def _status_line(self) -> str:
-        names = ", ".join(self.registry.engines())
-        return f"serving {names} on {self.settings.host}:{self.settings.port}"
+        loaded = ", ".join(self.registry.engines()) or "none"
+        available = ", ".join(self.registry.residency.residents)
+        return f"serving {available} on {self.settings.host}:{self.settings.port}; loaded: {loaded}"
+
+    def _residency_changed(self) -> None:
+        if self._server is not None and self._server.started and not self._stopping:
+            self.notifier.status(self._status_line())
 
     # --- background tasks ------------------------------------------------------------
 

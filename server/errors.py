@@ -86,6 +86,24 @@ class ServiceUnavailableError(NomoatError):
         super().__init__(message, retry_after=retry_after, **kwargs)  # type: ignore[arg-type]
 
 
+class ModelLoadError(ServiceUnavailableError):
+    """A model failed to load (its file or configuration); it stays failed until one of them changes."""
+
+    code = "model_load_failed"
+
+
+class ModelBusyError(ServiceUnavailableError):
+    """A model cannot load until busy models finish: they hold the memory it needs."""
+
+    code = "model_busy"
+
+
+class ModelTooLargeError(InvalidRequestError):
+    """A model does not fit the memory budget even with every other unpinned model unloaded."""
+
+    code = "model_too_large"
+
+
 class InvalidConfigError(NomoatError):
     """An admin asked for a reload and the configuration on disk is invalid; the old one still serves."""
 

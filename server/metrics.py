@@ -73,6 +73,13 @@ class Metrics:
             "nomoat_adapter_load_seconds", "Time to load a LoRA adapter; its _count is the number of loads.",
             ["model", "adapter"], buckets=_LOAD_BUCKETS, registry=r,
         )
+        self.evictions = Counter(
+            "nomoat_model_evictions_total", "Idle models unloaded to make room for another under the memory budget.",
+            ["model"], registry=r,
+        )
+        self.memory_budget = Gauge(
+            "nomoat_memory_budget_bytes", "Memory the loaded models may use together (memory_budget).", registry=r,
+        )
         self.reloads = Counter(
             "nomoat_config_reloads_total", "Configuration reloads (SIGHUP or POST /admin/reload) by result.",
             ["result"], registry=r,
@@ -93,6 +100,10 @@ class Metrics:
         nomoat's names and under the vLLM names inference gateways route by (gateway_metrics.py)."""
         self.registry.register(_EngineCollector(engines))
         self.registry.register(GatewayCollector(engines))
+
+    def watch_memory(self, estimates: Callable[[], Mapping[str, int]]) -> None:
+        """Export each loaded model's estimated memory, read at scrape time."""
+        self.registry.register(_MemoryCollector(estimates))
 
     def timer(self, model: str, adapter: str) -> GenerationTimer:
         return GenerationTimer(self, model, adapter)
@@ -212,3 +223,16 @@ class _EngineCollector(Collector):
                 family.add_metric([model], getattr(engine.stats, attr))
             yield family
         yield GaugeMetricFamily("nomoat_models_loaded", "Models loaded and served.", value=len(engines))
+
+
+class _MemoryCollector(Collector):
+    def __init__(self, estimates: Callable[[], Mapping[str, int]]) -> None:
+        self._estimates = estimates
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("nomoat_model_memory_estimate_bytes",
+                                   "Estimated memory of each loaded model (weights, KV cache, compute buffers).",
+                                   labels=["model"])
+        for model, size in self._estimates().items():
+            family.add_metric([model], size)
+        yield family

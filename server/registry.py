@@ -1,4 +1,4 @@
-"""The model registry: models.toml entries turned into loaded models, and model ids resolved to them."""
+"""The model registry: models.toml entries made available, model ids resolved to them, loaded on demand."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from .engine.errors import ModelFileError
 from .engine.model import LoadedModel, ModelSpec
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .footprint import Footprint
 from .metrics import Metrics
+from .residency import Residency
+from .resident import ModelState, Resident, ServedModel
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -43,31 +46,6 @@ class EmbeddingTarget:
     embedder: Embedder
 
 
-@dataclass(eq=False)
-class ServedModel:
-    config: ModelConfig
-    engine: Engine
-    created: int
-    embedder: Embedder | None = None  # created by the first embeddings request
-
-    @property
-    def outstanding(self) -> int:
-        return self.engine.outstanding + (self.embedder.outstanding if self.embedder is not None else 0)
-
-    def abort(self, reason: str) -> None:
-        """End every generation and embeddings request still running, each with ShuttingDown(reason)."""
-        self.engine.abort(reason)
-        if self.embedder is not None:
-            self.embedder.abort(reason)
-
-    def close(self) -> None:
-        """Close the embedder, then the engine, which frees the model the embedder's context points into."""
-        if self.embedder is not None and not self.embedder.close():
-            log.error("model %s left allocated: its embeddings worker is still running", self.config.name)
-            return
-        self.engine.close()
-
-
 @dataclass(frozen=True)
 class ServedId:
     """One id the server answers to, as /v1/models lists it: a model, an alias, an adapter or a stack."""
@@ -78,6 +56,8 @@ class ServedId:
     root: str  # the model the id runs on
     parent: str | None = None  # the base model of an adapter or stack
     max_model_len: int | None = None  # models and aliases: tokens per sequence
+    state: ModelState | None = None  # models and aliases: loaded or not, memory, when it unloads
+    model_adapters: tuple[str, ...] = ()  # models: the adapters registered on it
     adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
 
 
@@ -85,10 +65,10 @@ ModelLoader = Callable[[ModelConfig], Engine]
 
 
 class ModelRegistry:
-    """Owns every loaded model; `resolve()` maps a request's `model` to a Target.
+    """Every available model, loaded or not; `resolve()` maps a request's `model` to a Target, loading it if need be.
 
-    Adapters and stacks live in `catalogue`; `load_model` builds the engine for one models.toml
-    entry (tests pass fakes), by default loading the GGUF file into llama.cpp.
+    Adapters and stacks live in `catalogue`, models' states in `residency`; `load_model` builds the
+    engine for one models.toml entry (tests pass fakes), by default loading the GGUF file into llama.cpp.
     """
 
     def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None, *,
@@ -97,34 +77,28 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         self._load_model = load_model or self._load_engine
-        self._models: dict[str, ServedModel] = {}
         self._ids: dict[str, str] = {}
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
+        self.residency = Residency(settings, self._load_model, metrics, self.catalogue)
         self._retiring: set[ServedModel] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
+        if metrics is not None:
+            metrics.watch_memory(lambda: {r.name: r.memory() for r in self.residency.residents.values()
+                                          if r.status == "loaded"})
 
     def load(self) -> None:
-        """Load every model (blocking: run it off the event loop)."""
-        self._models = self._load_all(self._file.models)
+        """Make every model available and load the `load = "startup"` ones (blocking: run it off the event loop)."""
+        for config in self._file.models:
+            self.residency.add(config)
         self._ids = _id_map(self._file)
         try:
+            self.residency.load_startup()
             self.catalogue.load_config(self._file)
         except BaseException:
             self.close()
             raise
         self.ready = True
-
-    def _load_all(self, configs: list[ModelConfig]) -> dict[str, ServedModel]:
-        """Load each model or none: on a failure the ones loaded so far are closed again."""
-        loaded: dict[str, ServedModel] = {}
-        try:
-            for config in configs:
-                loaded[config.name] = ServedModel(config, self._load_model(config), int(time.time()))
-        except BaseException:
-            _close_all(loaded.values())
-            raise
-        return loaded
 
     def _load_engine(self, config: ModelConfig) -> Engine:
         spec = ModelSpec(
@@ -157,47 +131,71 @@ class ModelRegistry:
         return engine
 
     async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> ReloadResult:
-        """Serve `models_file` from now on, loading only what changed (call on the event loop).
+        """Serve `models_file` from now on, reloading only loaded models that changed (call on the event loop).
 
-        New and changed models, and the adapters they need, load off the loop while the old set
-        keeps serving; if a model fails, nothing changes (ConfigError). The swap happens on the
-        loop, where resolve() runs, so a request sees the old set or the new one, never a mix.
-        Removed and replaced engines are closed once their admitted requests have finished.
+        A changed model that is not loaded only takes its new configuration; a new or changed
+        `load = "startup"` model loads. Loads happen off the loop while the old set keeps serving; if
+        one fails, nothing changes (ConfigError). The swap happens on the loop, where resolve() runs,
+        so a request sees the old set or the new one, never a mix. Removed and replaced engines are
+        closed once their admitted requests have finished.
         """
         if not self.ready:
             raise ConfigError("models are still loading; try again once they are ready")
-        old = self._models
-        kept = {
-            c.name: old[c.name] for c in models_file.models
-            if c.name in old and not _needs_reload(old[c.name].config, c)
-        }
-        loaded = await asyncio.to_thread(self._load_all, [c for c in models_file.models if c.name not in kept])
-        models = {c.name: kept.get(c.name) or loaded[c.name] for c in models_file.models}
-        retired = [s for name, s in old.items() if models.get(name) is not s]
+        async with self.residency.lock:
+            old = self.residency.residents
+            kept = {c.name: old[c.name] for c in models_file.models
+                    if c.name in old and not _needs_reload(old[c.name].config, c)}
+            to_load = [c for c in models_file.models
+                       if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
+                       or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
+            loaded = await asyncio.to_thread(self._open_all, to_load)
+            residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
+            retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
+            engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
+                       for n, r in residents.items()}
 
-        def commit() -> None:
-            for config in models_file.models:
-                models[config.name].config = config  # aliases may have changed without a reload
-            self._file, self._models, self._ids = models_file, models, _id_map(models_file)
+            def commit() -> None:
+                for config in models_file.models:
+                    residents[config.name].config = config  # ids, keep_alive, load may change without a reload
+                for name, (served, footprint) in loaded.items():
+                    self.residency.mark_loaded(residents[name], served, footprint)
+                self.residency.residents = residents
+                self._file, self._ids = models_file, _id_map(models_file)
 
-        try:
-            await self.catalogue.reconcile(models_file, {n: s.engine for n, s in models.items()},
-                                           {s.config.name for s in retired}, commit)
-        except BaseException:
-            if self._models is not models:  # not swapped in: the new engines serve nobody
-                await asyncio.to_thread(_close_all, loaded.values())
-            raise
-        for served in retired:
+            try:
+                await self.catalogue.reconcile(models_file, engines, retired | set(loaded), commit)
+            except BaseException:
+                if self.residency.residents is not residents:  # not swapped in: the new engines serve nobody
+                    await asyncio.to_thread(_close_all, [served for served, _ in loaded.values()])
+                raise
+        for name in retired:
+            served = old[name].served
+            assert served is not None
             self._retiring.add(served)
             task = asyncio.create_task(self._retire(served, drain_timeout))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        result = ReloadResult(
-            loaded=sorted(loaded), removed=sorted(set(old) - set(models)), unchanged=sorted(kept),
-        )
-        log.info("models.toml applied: loaded %s, removed %s, unchanged %s",
-                 result.loaded or "none", result.removed or "none", result.unchanged or "none")
+        for resident in residents.values():
+            self.residency.reschedule(resident)
+        result = ReloadResult(loaded=sorted(loaded), removed=sorted(set(old) - set(residents)),
+                              unchanged=sorted(n for n in kept if n not in loaded),
+                              reconfigured=sorted(n for n in residents if n in old and n not in kept and n not in loaded))
+        log.info("models.toml applied: loaded %s, removed %s, unchanged %s, reconfigured while unloaded %s",
+                 result.loaded or "none", result.removed or "none", result.unchanged or "none",
+                 result.reconfigured or "none")
         return result
+
+    def _open_all(self, configs: list[ModelConfig]) -> dict[str, tuple[ServedModel, Footprint]]:
+        """Load each model or none: on a failure the ones loaded so far are closed again."""
+        loaded: dict[str, tuple[ServedModel, Footprint]] = {}
+        try:
+            for config in configs:
+                footprint = self.residency.estimate(config)
+                loaded[config.name] = (ServedModel(config, self._load_model(config)), footprint)
+        except BaseException:
+            _close_all(served for served, _ in loaded.values())
+            raise
+        return loaded
 
     async def _retire(self, served: ServedModel, timeout: float) -> None:
         """Close an engine nobody can reach any more, after its admitted requests end."""
@@ -221,8 +219,18 @@ class ModelRegistry:
             raise ModelNotFoundError(f"base model {model_id!r} does not exist", param="base")
         return name
 
-    def engine_of(self, base: str) -> Engine:
-        return self._models[base].engine
+    def engine_of(self, base: str) -> Engine | None:
+        """The base's engine while it is loaded, else None."""
+        served = self.residency.loaded().get(base)
+        return served.engine if served is not None else None
+
+    def base_path(self, base: str) -> Path:
+        return Path(self.residency.residents[base].config.path)
+
+    def hold_engine(self, base: str) -> tuple[Engine | None, Callable[[], None]]:
+        """The base's engine, kept loaded until the returned release; None (nothing held) while it is not loaded."""
+        engine = self.engine_of(base)
+        return (engine, self.residency.hold(base)) if engine is not None else (None, lambda: None)
 
     def is_model_id(self, name: str) -> bool:
         return name in self._ids
@@ -233,36 +241,40 @@ class ModelRegistry:
     def default_name(self) -> str:
         return self._file.default.name
 
-    def resolve(self, model_id: str | None, lora: Iterable[tuple[str, float]] | None = None) -> Target:
-        """The engine and adapter set for a request.
+    async def resolve(self, model_id: str | None, lora: Iterable[tuple[str, float]] | None = None,
+                      keep_alive: float | None = None) -> Target:
+        """The engine and adapter set for a request, the base loaded first if it is not.
 
         `model` may name a base model (or alias), an adapter or a stack; `lora`, when given, is the
-        whole adapter set and `model` then only picks the base.
+        whole adapter set and `model` then only picks the base. `keep_alive` is the request's (seconds).
         """
-        if not self.ready:
-            raise ServiceUnavailableError("models are still loading", retry_after=2)
+        self._check_ready()
         requested = model_id or self.default_name
         base, default_set = self._lookup(requested)
         pairs = default_set if lora is None else list(lora)
+        self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
+        served = await self.residency.acquire(base, keep_alive)
+        return Target(model_id=requested, base_id=base, engine=served.engine,
+                      adapters=self._adapters(base, pairs, lora is not None))
+
+    def _adapters(self, base: str, pairs: list[tuple[str, float]], explicit: bool) -> AdapterSet:
         applied = []
         for name, scale in pairs:
             entry = self.catalogue.get(name)
             if entry is None:
-                raise ModelNotFoundError(f"The adapter '{name}' does not exist", param="lora" if lora is not None else "model")
+                raise ModelNotFoundError(f"The adapter '{name}' does not exist", param="lora" if explicit else "model")
             if entry.base != base:
                 raise InvalidRequestError(f"adapter {name!r} belongs to model {entry.base!r}, not {base!r}", param="lora")
             if scale != 0.0:  # llama.cpp drops zero scales: scale 0 is the base alone
                 applied.append(AppliedAdapter(name, float(scale), entry.adapter.content_hash, entry.adapter))
-        return Target(model_id=requested, base_id=base, engine=self._models[base].engine,
-                      adapters=AdapterSet(tuple(applied)))
+        return AdapterSet(tuple(applied))
 
-    def embedder(self, model_id: str | None) -> EmbeddingTarget:
-        """The embedder of a base model (or alias), created on its first use.
+    async def embedder(self, model_id: str | None, keep_alive: float | None = None) -> EmbeddingTarget:
+        """The embedder of a base model (or alias), created on its first use, the model loaded first if need be.
 
         Adapters and stacks are refused: the embedder's context never has adapters applied.
         """
-        if not self.ready:
-            raise ServiceUnavailableError("models are still loading", retry_after=2)
+        self._check_ready()
         requested = model_id or self.default_name
         base, adapters = self._lookup(requested)
         if adapters:
@@ -270,16 +282,20 @@ class ModelRegistry:
                 f"{requested!r} is a LoRA adapter or stack; embeddings come from base models only "
                 f"(ask for {base!r})", param="model", code="model_not_supported",
             )
-        served = self._models[base]
-        if not served.config.embeddings:
+        if not self.residency.residents[base].config.embeddings:
             raise InvalidRequestError(
                 f"model {base!r} does not support embeddings (embeddings = false in models.toml)",
                 param="model", code="model_not_supported",
             )
+        served = await self.residency.acquire(base, keep_alive)
         if served.embedder is None:
             served.embedder = Embedder(served.engine.model, queue_size=self._settings.queue_size,
                                        max_input_tokens=self._settings.max_prompt_tokens or None)
         return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise ServiceUnavailableError("models are still loading", retry_after=2)
 
     def _lookup(self, model_id: str) -> tuple[str, list[tuple[str, float]]]:
         if model_id in self._ids:
@@ -301,48 +317,60 @@ class ModelRegistry:
     def served_ids(self) -> list[ServedId]:
         """Every id served, for /v1/models: each model's ids (name, then aliases), adapters, stacks."""
         out = []
-        for served in self._models.values():
-            config = served.config
-            out += [ServedId(model_id, "model" if model_id == config.name else "alias", served.created, config.name,
-                             max_model_len=served.engine.model.n_ctx) for model_id in config.ids()]
+        for resident in self.residency.residents.values():
+            config, served = resident.config, resident.served
+            n_ctx = served.engine.model.n_ctx if served is not None else config.n_ctx
+            state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
+            out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
+                             max_model_len=n_ctx, state=state, model_adapters=adapters) for model_id in config.ids()]
+        created = {r.name: r.created for r in self.residency.residents.values()}
         out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]
-        out += [ServedId(s.name, "stack", self._models[s.base].created, s.base, s.base, adapters=s.adapters)
+        out += [ServedId(s.name, "stack", created[s.base], s.base, s.base, adapters=s.adapters)
                 for s in self.catalogue.stacks()]
         return out
 
     def served_id(self, model_id: str) -> ServedId:
         """One served id; ModelNotFoundError lists the ids there are."""
-        if not self.ready:
-            raise ServiceUnavailableError("models are still loading", retry_after=2)
+        self._check_ready()
         for served in self.served_ids():
             if served.id == model_id:
                 return served
         raise self._not_found(model_id)
 
+    def model_name(self, model_id: str) -> str:
+        """The model a model id or alias names (ModelNotFoundError otherwise): for the lifecycle API."""
+        self._check_ready()
+        if model_id not in self._ids:
+            raise self._not_found(model_id)
+        return self._ids[model_id]
+
     def abort_all(self, reason: str) -> int:
         """Shutdown past its grace period: end what every model still runs. Returns how many were running."""
-        served = [*self._models.values(), *self._retiring]
+        served = [*self.residency.loaded().values(), *self._retiring]
         running = sum(s.outstanding for s in served)
         for model in served:
             model.abort(reason)
         return running
 
     def engines(self) -> dict[str, Engine]:
-        return {name: served.engine for name, served in self._models.items()}
+        """The loaded models' engines."""
+        return {name: served.engine for name, served in self.residency.loaded().items()}
 
     def close(self) -> None:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""
         retiring, self._retiring = list(self._retiring), set()
-        for served in [*self._models.values(), *retiring]:
+        for served in [*self.residency.loaded().values(), *retiring]:
             served.close()
-        self._models.clear()
+        for resident in self.residency.residents.values():
+            resident.status, resident.served = "unloaded", None
         self.ready = False
 
     async def aclose(self) -> None:
-        """close() from the event loop: stop pending retirements first so no engine closes twice."""
+        """close() from the event loop: stop pending retirements and unloads first so no engine closes twice."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.residency.aclose()
         await self.catalogue.aclose()
         await asyncio.to_thread(self.close)
 
@@ -354,6 +382,7 @@ class ReloadResult:
     loaded: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)  # changed while not loaded: takes effect on its next load
 
 
 def _close_all(models: Iterable[ServedModel]) -> None:
@@ -365,6 +394,9 @@ def _id_map(models_file: ModelsFile) -> dict[str, str]:
     return {model_id: config.name for config in models_file.models for model_id in config.ids()}
 
 
+_ROUTING_ONLY = {"aliases", "load", "keep_alive"}
+
+
 def _needs_reload(old: ModelConfig, new: ModelConfig) -> bool:
-    """Anything but the ids changes how the model is loaded; ids only change the routing."""
-    return old.model_dump(exclude={"aliases"}) != new.model_dump(exclude={"aliases"})
+    """Anything but the ids and residency changes how the model is loaded; those only change routing and unloads."""
+    return old.model_dump(exclude=_ROUTING_ONLY) != new.model_dump(exclude=_ROUTING_ONLY)

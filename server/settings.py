@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .quantities import parse_duration, parse_size, system_memory
 
 
 class Settings(BaseSettings):
@@ -57,6 +58,24 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         64, ge=0, description="Requests that may wait per model beyond the running ones; past it: 429."
     )
+    keep_alive: str | float = Field(
+        "5m",
+        description=(
+            "How long a model stays loaded after its last request when neither the request nor models.toml "
+            "says: seconds or a duration like '5m' or '1h'; 0 unloads it once idle; negative: never."
+        ),
+    )
+    memory_budget: str | int = Field(
+        "75%",
+        description=(
+            "Memory the loaded models may use together (estimated before each load): bytes, '12GiB', or "
+            "'75%' of RAM. Idle models are unloaded, least recently used first, to make room."
+        ),
+    )
+    gpu_memory_budget: str | int | None = Field(
+        None, description="GPU memory offloaded layers may use together, as memory_budget (default: unchecked)."
+    )
+    max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit).")
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; past it: 413."
     )
@@ -164,6 +183,28 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
+
+    @field_validator("memory_budget", "gpu_memory_budget")
+    @classmethod
+    def _size(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_size(value, system_memory())
+        return value
+
+    def keep_alive_seconds(self) -> float:
+        return parse_duration(self.keep_alive)
+
+    def memory_budget_bytes(self) -> int:
+        return parse_size(self.memory_budget, system_memory())
+
+    def gpu_memory_budget_bytes(self) -> int | None:
+        return None if self.gpu_memory_budget is None else parse_size(self.gpu_memory_budget, None, "GPU memory")
 
     @field_validator("adapter_dirs", "lora", mode="before")
     @classmethod

@@ -91,8 +91,9 @@ def test_sighup_with_a_broken_models_toml_keeps_the_old_config(start_server):
         "this is [[ not toml",
         models_toml().replace('path = "embedded:smollm2-135m"', 'path = "missing.gguf"'),
         models_toml() + "unknown_key = 1\n",
-        # Valid file, but llama.cpp cannot load the new model: fails after validation, in apply().
-        models_toml() + '[[models]]\nname = "junk"\npath = "garbage.gguf"\nn_ctx = 256\nparallel = 1\n',
+        # Valid file, but llama.cpp cannot load the new model: fails after validation, in apply() (a model
+        # loaded at startup: an on-demand one would only fail on its first request).
+        models_toml() + '[[models]]\nname = "junk"\npath = "garbage.gguf"\nn_ctx = 256\nparallel = 1\nload = "startup"\n',
     ]):
         srv.config.write_text(broken)
         srv.proc.send_signal(signal.SIGHUP)

@@ -37,8 +37,9 @@ OBJECTS = {"chat": "chat.completion", "completions": "text_completion", "embeddi
            "create_response": "response"}
 TYPES = {"messages": "message"}  # the same, for Anthropic's answers (`type`)
 # Statuses a body that the schema accepts may still get: refused for meaning (400: top_logprobs without
-# logprobs, 404: no such adapter, 403: a path outside the adapter directories...), never a 5xx.
-SERVABLE_STATUSES = {200, 201, 400, 403, 404, 413, 422, 429}
+# logprobs, 404: no such adapter, 403: a path outside the adapter directories, 409: unloading a pinned
+# model...), never a 5xx.
+SERVABLE_STATUSES = {200, 201, 400, 403, 404, 409, 413, 422, 429}
 
 
 # --- strategies ----------------------------------------------------------------------------------

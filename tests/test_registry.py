@@ -17,6 +17,7 @@ from nomoat.adapters import catalogue as catalogue_module
 from nomoat.config import ModelConfig, ModelsFile
 from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
+from nomoat.engine.generation import EngineStats
 from nomoat.errors import ConflictError, ModelNotFoundError
 from nomoat.http.errors import ErrorBoundary
 from nomoat.openai.models import model_object, model_routes
@@ -39,6 +40,7 @@ class FakeEngine:
 
     def __init__(self, config: ModelConfig) -> None:
         self.model = FakeModel(config.n_ctx)
+        self.stats = EngineStats()
         self.outstanding = 0
         self.hold = False
         self.pending: list[tuple[concurrent.futures.Future[LoraAdapter], LoraAdapter]] = []
@@ -79,9 +81,10 @@ def loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def models_file(loras: Path, *, n_ctx: int = 256, scale: float = 1.0, file: str = "a.gguf",
                 second: bool = False) -> ModelsFile:
-    models = [{"name": "base", "aliases": ["default"], "n_ctx": n_ctx}]
+    path = str(model_path())
+    models = [{"name": "base", "aliases": ["default"], "n_ctx": n_ctx, "load": "startup", "path": path}]
     if second:
-        models.append({"name": "second", "n_ctx": 128})
+        models.append({"name": "second", "n_ctx": 128, "load": "startup", "path": path})
     return ModelsFile.model_validate({
         "models": models,
         "adapters": [{"name": "cfg", "path": str(loras / file), "scale": scale}],
@@ -101,8 +104,8 @@ def engine(reg: ModelRegistry, name: str = "base") -> FakeEngine:
     return fake
 
 
-def handle(reg: ModelRegistry, model_id: str) -> LoraAdapter:
-    [applied] = reg.resolve(model_id).adapters.adapters
+async def handle(reg: ModelRegistry, model_id: str) -> LoraAdapter:
+    [applied] = (await reg.resolve(model_id)).adapters.adapters
     return applied.handle
 
 
@@ -119,8 +122,11 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
     reg = registry(loras, tmp_path)
     cards = {s.id: model_object(s) for s in reg.served_ids()}
     assert list(cards) == ["base", "default", "cfg", "mix"]
-    assert cards["base"] == {"id": "base", "object": "model", "created": cards["base"]["created"],
-                             "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256}
+    residency = {"status", "pinned", "busy", "memory_bytes", "loaded_at", "expires_at", "adapters"}
+    assert {k: v for k, v in cards["base"].items() if k not in residency} == {
+        "id": "base", "object": "model", "created": cards["base"]["created"],
+        "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256}
+    assert cards["base"]["status"] == "loaded" and cards["base"]["adapters"] == ["cfg", "mix"]
     assert cards["default"]["root"] == "base" and cards["default"]["max_model_len"] == 256
     assert cards["cfg"]["parent"] == "base" and "max_model_len" not in cards["cfg"]
     assert cards["mix"]["adapters"] == [{"name": "cfg", "scale": 0.5}]
@@ -146,17 +152,17 @@ def test_replace_serves_the_old_adapter_until_the_new_one_is_loaded(loras, tmp_p
 
     async def scenario() -> None:
         await reg.catalogue.load("rt", loras / "a.gguf", None, 1.0)
-        old = handle(reg, "rt")
+        old = await handle(reg, "rt")
         with pytest.raises(ConflictError, match="replace: true"):
             await reg.catalogue.load("rt", loras / "b.gguf", None, 1.0)
         fake.hold = True
         replacing = asyncio.create_task(reg.catalogue.load("rt", loras / "b.gguf", None, 1.0, replace=True))
         await settle(lambda: fake.pending, "the new adapter is loading")
-        assert handle(reg, "rt") is old, "the old adapter serves while the new one loads"
+        assert await handle(reg, "rt") is old, "the old adapter serves while the new one loads"
         fake.outstanding = 1  # a request that resolved the old adapter is still being admitted
         fake.release()
         entry = await replacing
-        assert handle(reg, "rt") is entry.adapter is not old
+        assert await handle(reg, "rt") is entry.adapter is not old
         assert entry.adapter.content_hash != old.content_hash
         await asyncio.sleep(0.2)
         assert old not in fake.unloaded, "unloaded while a request may still be about to use it"
@@ -174,10 +180,10 @@ def test_failed_replace_leaves_the_old_adapter_serving(loras, tmp_path):
 
     async def scenario() -> None:
         await reg.catalogue.load("rt", loras / "a.gguf", None, 1.0)
-        old = handle(reg, "rt")
+        old = await handle(reg, "rt")
         with pytest.raises(Exception, match="GGUF"):
             await reg.catalogue.load("rt", bad, None, 1.0, replace=True)
-        assert handle(reg, "rt") is old and not engine(reg).unloaded
+        assert await handle(reg, "rt") is old and not engine(reg).unloaded
 
     asyncio.run(scenario())
 
@@ -198,7 +204,7 @@ def test_reload_of_the_default_model_brings_its_runtime_adapters_to_the_new_engi
         for name, origin, scale in [("api", "api", 0.5), ("drop", "watch", 1.0), ("cfg", "config", 1.0)]:
             entry = reg.catalogue.get(name)
             assert entry is not None and entry.origin == origin and entry.scale == scale
-            assert handle(reg, name) in new_engine.loaded, name
+            assert await handle(reg, name) in new_engine.loaded, name
         assert not old_engine.unloaded, "adapters of a retired engine go with it"
         assert dropped == []
         await settle(lambda: old_engine.closed, "the old engine closed")
@@ -217,7 +223,7 @@ def test_reload_that_removes_a_model_drops_its_runtime_adapters_and_says_so(lora
         await reg.apply(models_file(loras), drain_timeout=5)
         assert [e.name for e in dropped] == ["on-second"]
         with pytest.raises(ModelNotFoundError):
-            reg.resolve("on-second")
+            await reg.resolve("on-second")
         await reg.aclose()
 
     asyncio.run(scenario())
@@ -229,16 +235,16 @@ def test_reload_swaps_a_changed_config_adapter_in_one_step(loras, tmp_path, monk
     fake = engine(reg)
 
     async def scenario() -> None:
-        old = handle(reg, "cfg")
+        old = await handle(reg, "cfg")
         await reg.apply(models_file(loras, scale=0.25), drain_timeout=5)
-        assert handle(reg, "cfg") is old and reg.resolve("cfg").adapters.adapters[0].scale == 0.25
+        assert await handle(reg, "cfg") is old and (await reg.resolve("cfg")).adapters.adapters[0].scale == 0.25
         fake.hold = True
         reloading = asyncio.create_task(reg.apply(models_file(loras, file="b.gguf"), drain_timeout=5))
         await settle(lambda: fake.pending, "the changed adapter is loading")
-        assert handle(reg, "cfg") is old, "the old file serves while the new one loads"
+        assert await handle(reg, "cfg") is old, "the old file serves while the new one loads"
         fake.release()
         await reloading
-        assert handle(reg, "cfg") is not old and handle(reg, "cfg").source == loras / "b.gguf"
+        assert await handle(reg, "cfg") is not old and (await handle(reg, "cfg")).source == loras / "b.gguf"
         await settle(lambda: old in fake.unloaded, "the old adapter unloaded")
         await reg.aclose()
 

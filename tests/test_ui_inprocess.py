@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
+from support.fake_engine import FakeEngine
 
+from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.http.ui import CONTENT_SECURITY_POLICY, STATIC_DIR, StaticPage
 from nomoat.metrics import TokenRate
 
@@ -133,14 +136,33 @@ def test_status_has_the_panel_figures(fake):
     assert status["object"] == "status" and status["version"] and status["ready"] is True
     assert status["uptime_seconds"] >= 0
     assert status["admin"] is True  # no key configured: the admin routes are open
-    assert status["model_lifecycle"] is False
+    assert status["model_lifecycle"] is True
     assert status["tokens_per_second"] > 0 and status["tokens_window_seconds"] == 30
-    assert status["totals"] == {"models_loaded": 1, "active_sequences": 0, "queue_depth": 0, "memory_bytes": None,
+    [model] = status["models"]
+    memory = model.pop("memory_bytes")
+    assert memory > 50 * 2**20  # the estimate of the embedded model's footprint (weights, KV, buffers)
+    assert status["totals"] == {"models_loaded": 1, "active_sequences": 0, "queue_depth": 0, "memory_bytes": memory,
                                 "completion_tokens": 12}
-    assert status["models"] == [{
-        "id": MODEL, "status": "loaded", "memory_bytes": None, "expires_at": None, "active_sequences": 0,
+    assert model == {
+        "id": MODEL, "status": "loaded", "pinned": True, "expires_at": None, "error": None, "active_sequences": 0,
         "queue_depth": 0, "parallel": 4, "max_model_len": 4096, "adapters": [], "stacks": [],
-    }]
+    }
+
+
+def test_status_lists_models_not_loaded_and_when_a_loaded_one_unloads(fake_factory):
+    path = str(embedded_model_path())
+    models = ModelsFile(models=[ModelConfig(name="a", path=path, load="startup"),
+                                ModelConfig(name="b", path=path, keep_alive="1h")])
+    srv = fake_factory(models=models, load_model=lambda config: FakeEngine(config.name))
+    before = {m["id"]: m for m in srv.client.get("/status").json()["models"]}
+    assert before["b"]["status"] == "unloaded" and before["b"]["expires_at"] is None
+    assert before["b"]["active_sequences"] == 0 and before["b"]["parallel"] is None
+    assert before["a"]["status"] == "loaded" and before["a"]["pinned"] is True
+    assert chat(srv, "hi", model="b").status_code == 200
+    after = {m["id"]: m for m in srv.client.get("/status").json()["models"]}
+    assert after["b"]["status"] == "loaded" and after["b"]["pinned"] is False
+    assert after["b"]["expires_at"] > time.time() + 3000  # keep_alive 1h from its last request
+    assert srv.client.get("/status").json()["totals"]["models_loaded"] == 2
 
 
 def test_status_takes_the_metrics_access_and_tells_an_admin_key(fake_factory):

@@ -1,4 +1,8 @@
-"""The adapter catalogue: LoRA adapters and stacks served by name, loaded, replaced and unloaded at runtime."""
+"""The adapter catalogue: LoRA adapters and stacks served by name, loaded, replaced and unloaded at runtime.
+
+Entries outlive their base's residency: while the base is unloaded an entry holds a detached adapter
+(checked and hashed, not opened: `ptr` is None), opened again on the base's new engine when it loads.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Literal, Protocol
 
 from ..config import ModelsFile
 from ..engine.adapters import LoraAdapter
+from ..engine.base_info import BaseModelInfo
 from ..engine.engine import Engine
 from ..errors import ConflictError, NotFoundError
 from ..metrics import Metrics
@@ -50,11 +55,15 @@ class StackEntry:
 
 
 class Bases(Protocol):
-    """What the catalogue needs from the model registry: base names and their engines."""
+    """What the catalogue needs from the model registry: base names, their files, their engines while loaded."""
 
     def base_name(self, model_id: str | None) -> str: ...
 
-    def engine_of(self, base: str) -> Engine: ...
+    def base_path(self, base: str) -> Path: ...
+
+    def engine_of(self, base: str) -> Engine | None: ...
+
+    def hold_engine(self, base: str) -> tuple[Engine | None, Callable[[], None]]: ...
 
     def is_model_id(self, name: str) -> bool: ...
 
@@ -68,7 +77,8 @@ class _Load:
     scale: float
     origin: Origin
     source: Path
-    engine: Engine
+    engine: Engine | None  # None: the base is not loaded, the adapter is checked and kept detached
+    base_path: Path
     path: str | None = None
 
     def entry(self, adapter: LoraAdapter) -> AdapterEntry:
@@ -112,6 +122,11 @@ class AdapterCatalogue:
     def names(self) -> list[str]:
         return [*self._entries, *self._stacks]
 
+    def names_on(self, base: str) -> list[str]:
+        """The adapters and stacks on one base."""
+        return [e.name for e in self._entries.values() if e.base == base] + [
+            s.name for s in self._stacks.values() if s.base == base]
+
     def on_dropped(self, listener: DropListener) -> Callable[[], None]:
         """Tell `listener` of each adapter a reload takes away; returns the call that stops telling it."""
         self._drop_listeners.append(listener)
@@ -123,7 +138,8 @@ class AdapterCatalogue:
         """Load the adapters and stacks models.toml (and --lora) declares (blocking: off the event loop)."""
         for spec in models_file.adapters:
             base, started = models_file.base_of(spec.base), time.perf_counter()
-            lora = self._open(spec.name, Path(spec.path), self._bases.engine_of(base)).result()
+            lora = self._open(spec.name, Path(spec.path), self._bases.engine_of(base),
+                              self._bases.base_path(base)).result()
             self._register(AdapterEntry(spec.name, base, spec.scale, lora, "config", path=spec.path), started)
         self._stacks = _stacks_of(models_file)
 
@@ -145,9 +161,14 @@ class AdapterCatalogue:
             if old is not None and old.base != base_name and self._stack_users(name):
                 raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(self._stack_users(name))} "
                                     f"on {old.base!r}; it cannot move to {base_name!r}", param="base")
-            engine = self._bases.engine_of(base_name)
-            future = await asyncio.to_thread(self._open, name, source, engine)
-            lora = await asyncio.wrap_future(future)
+            # Held loaded while the adapter opens on it; an unloaded base gets a detached adapter, opened
+            # when it loads (attach() waits for this lock, so it sees the entry).
+            engine, release = self._bases.hold_engine(base_name)
+            try:
+                future = await asyncio.to_thread(self._open, name, source, engine, self._bases.base_path(base_name))
+                lora = await asyncio.wrap_future(future)
+            finally:
+                release()
             entry = self._register(AdapterEntry(name, base_name, scale, lora, origin), started)
             if old is not None:
                 self._unload_when_idle(self._bases.engine_of(old.base), old.adapter)
@@ -165,19 +186,22 @@ class AdapterCatalogue:
             if users:
                 raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(users)}", param="name")
             del self._entries[name]
-            self._bases.engine_of(entry.base).unload_adapter(entry.adapter)
+            engine = self._bases.engine_of(entry.base)
+            if engine is not None:
+                engine.unload_adapter(entry.adapter)
             log.info("unloaded adapter %s from %s", name, entry.base)
             return entry
 
     # --- reload --------------------------------------------------------------------
 
-    async def reconcile(self, models_file: ModelsFile, engines: Mapping[str, Engine], retired: set[str],
+    async def reconcile(self, models_file: ModelsFile, engines: Mapping[str, Engine | None], retired: set[str],
                         commit: Callable[[], None]) -> None:
         """Follow a reload: load what the new model set needs, then swap models and adapters in one step.
 
-        `engines` is the new model set, `retired` the model names whose engine goes (removed or
-        replaced). models.toml's adapters load where new or changed; runtime adapters on a replaced
-        model are loaded again from their files on its new engine, keeping their names. All of it loads
+        `engines` is the new model set (None for a model not loaded), `retired` the model names whose
+        engine changes (removed, replaced or newly loaded). models.toml's adapters load where new or
+        changed; runtime adapters on a replaced model are loaded again from their files on its new
+        engine (detached where it is not loaded), keeping their names. All of it loads
         while the old set serves; `commit()` swaps the models in the same step as the adapters. Old
         adapters on engines that stay are unloaded after the swap; one that fails to load is logged
         and left out, and the drop listeners hear of every runtime adapter that did not come back.
@@ -193,10 +217,13 @@ class AdapterCatalogue:
             for entry in old.values():
                 if id(entry.adapter) in live or entry.base in retired:
                     continue  # still served, or freed with its retiring engine
+                engine = engines.get(entry.base)
+                if engine is None:
+                    continue  # a detached adapter holds nothing
                 if entry.name in entries:
-                    self._unload_when_idle(engines[entry.base], entry.adapter)
+                    self._unload_when_idle(engine, entry.adapter)
                 else:
-                    engines[entry.base].unload_adapter(entry.adapter)
+                    engine.unload_adapter(entry.adapter)
             for entry in old.values():
                 if entry.name not in entries:
                     log.info("reload: adapter %s removed", entry.name)
@@ -204,10 +231,11 @@ class AdapterCatalogue:
                         for listener in list(self._drop_listeners):
                             listener(entry)
 
-    def _plan(self, models_file: ModelsFile, engines: Mapping[str, Engine],
+    def _plan(self, models_file: ModelsFile, engines: Mapping[str, Engine | None],
               retired: set[str]) -> tuple[dict[str, AdapterEntry], list[_Load]]:
         """Which entries stay as they are, and which load anew, for the new model set."""
         wanted = {a.name: a for a in models_file.adapters}
+        paths = {m.name: Path(m.path) for m in models_file.models}
         kept: dict[str, AdapterEntry] = {}
         loads: list[_Load] = []
         for name, entry in self._entries.items():
@@ -217,7 +245,7 @@ class AdapterCatalogue:
                 continue  # gone from models.toml, or its model is
             if entry.base in retired:
                 loads.append(_Load(name, entry.base, entry.scale, entry.origin, entry.adapter.source,
-                                   engines[entry.base]))
+                                   engines[entry.base], paths[entry.base]))
             else:
                 kept[name] = entry
         for spec in models_file.adapters:
@@ -228,7 +256,8 @@ class AdapterCatalogue:
                 kept[spec.name] = (dataclasses.replace(existing, scale=spec.scale) if existing.scale != spec.scale
                                    else existing)
             else:
-                loads.append(_Load(spec.name, base, spec.scale, "config", Path(spec.path), engines[base], spec.path))
+                loads.append(_Load(spec.name, base, spec.scale, "config", Path(spec.path), engines[base], paths[base],
+                                   spec.path))
         return kept, loads
 
     def _load_all(self, loads: list[_Load]) -> list[AdapterEntry]:
@@ -237,7 +266,7 @@ class AdapterCatalogue:
         for load in loads:
             started = time.perf_counter()
             try:
-                lora = self._open(load.name, load.source, load.engine).result()
+                lora = self._open(load.name, load.source, load.engine, load.base_path).result()
             except Exception as exc:  # one bad adapter must not take the reloaded models down
                 log.error("reload: adapter %s not loaded: %s", load.name, exc)
                 continue
@@ -246,10 +275,61 @@ class AdapterCatalogue:
 
     # --- shared --------------------------------------------------------------------
 
-    def _open(self, name: str, source: Path, engine: Engine) -> concurrent.futures.Future[LoraAdapter]:
-        """Check, hash (and convert a PEFT directory) here; load on the base's engine thread."""
-        gguf_path, digest = prepare_adapter(source, engine.model.base_info(), self._cache_dir)
+    def _open(self, name: str, source: Path, engine: Engine | None,
+              base_path: Path) -> concurrent.futures.Future[LoraAdapter]:
+        """Check, hash (and convert a PEFT directory) here; load on the base's engine thread, or, with no
+        engine (the base is not loaded), a detached adapter to open when it loads."""
+        base_info = engine.model.base_info() if engine is not None else BaseModelInfo.from_gguf(base_path)
+        gguf_path, digest = prepare_adapter(source, base_info, self._cache_dir)
+        if engine is None:
+            done: concurrent.futures.Future[LoraAdapter] = concurrent.futures.Future()
+            done.set_result(LoraAdapter(name, source, gguf_path, digest))
+            return done
         return engine.load_adapter(name, source, gguf_path, digest)
+
+    # --- the base's residency (residency.Hooks) --------------------------------------
+
+    async def attach(self, base: str, engine: Engine) -> None:
+        """The base loaded: open its adapters on the new engine, each from its file as checked again now.
+
+        One that no longer opens (its file gone or changed into something the base refuses) is dropped
+        and logged, as a reload drops it; the model serves without it.
+        """
+        async with self._lock:
+            entries = [e for e in self._entries.values() if e.base == base]
+            if not entries:
+                return
+            path = self._bases.base_path(base)
+            opened = await asyncio.to_thread(self._reopen_all, entries, engine, path)
+            for entry, result in opened:
+                if isinstance(result, LoraAdapter):
+                    if result.content_hash != entry.adapter.content_hash:
+                        log.warning("adapter %s changed on disk while %s was unloaded (sha256 %s -> %s)", entry.name,
+                                    base, entry.adapter.content_hash[:12], result.content_hash[:12])
+                    self._entries[entry.name] = dataclasses.replace(entry, adapter=result)
+                    continue
+                log.error("adapter %s dropped: it did not open again on %s: %s", entry.name, base, result)
+                del self._entries[entry.name]
+                if entry.origin != "config":
+                    for listener in list(self._drop_listeners):
+                        listener(entry)
+
+    def _reopen_all(self, entries: list[AdapterEntry], engine: Engine,
+                    base_path: Path) -> list[tuple[AdapterEntry, LoraAdapter | Exception]]:
+        out: list[tuple[AdapterEntry, LoraAdapter | Exception]] = []
+        for entry in entries:
+            try:
+                out.append((entry, self._open(entry.name, entry.adapter.source, engine, base_path).result()))
+            except Exception as exc:  # one adapter must not keep its base from loading
+                out.append((entry, exc))
+        return out
+
+    def detach(self, base: str) -> None:
+        """The base unloaded: its adapters stay listed, detached (their handles went with the model)."""
+        for entry in [e for e in self._entries.values() if e.base == base]:
+            old = entry.adapter
+            self._entries[entry.name] = dataclasses.replace(
+                entry, adapter=LoraAdapter(old.name, old.source, old.gguf_path, old.content_hash))
 
     def _register(self, entry: AdapterEntry, started: float) -> AdapterEntry:
         self._entries[entry.name] = self._observe(entry, started)
@@ -259,20 +339,23 @@ class AdapterCatalogue:
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.adapter_load.labels(entry.base, entry.name).observe(elapsed)
-        log.info("loaded adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", entry.name, entry.base,
+        how = "loaded" if entry.adapter.ptr is not None else "checked (opens when its base loads)"
+        log.info("%s adapter %s on %s from %s in %.1f ms (sha256 %s, origin %s)", how, entry.name, entry.base,
                  entry.adapter.source, elapsed * 1000, entry.adapter.content_hash[:12], entry.origin)
         return entry
 
     def _stack_users(self, name: str) -> list[str]:
         return [s.name for s in self._stacks.values() if any(n == name for n, _ in s.adapters)]
 
-    def _unload_when_idle(self, engine: Engine, adapter: LoraAdapter) -> None:
+    def _unload_when_idle(self, engine: Engine | None, adapter: LoraAdapter) -> None:
         """Unload a replaced adapter once no request could still be about to use it.
 
         A request that resolved the old adapter just before the swap is still being admitted
         (tokenized); the engine refuses an unloading adapter at that point, so the unload waits
         until the engine is idle, or REPLACED_UNLOAD_WAIT_SECONDS under steady traffic.
         """
+        if engine is None:
+            return  # detached: its base is not loaded, there is nothing to free
         async def unload() -> None:
             deadline = time.monotonic() + REPLACED_UNLOAD_WAIT_SECONDS
             while engine.outstanding and time.monotonic() < deadline:

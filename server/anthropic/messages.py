@@ -29,7 +29,7 @@ class Messages:
 
     async def handle(self, request: Request) -> Response:
         req: MessagesRequest = parse(MessagesRequest, await self.core.body(request, "messages"))
-        target, plan, prompt = self._prompt(request, req)
+        target, plan, prompt = await self._prompt(request, req)
         schema = req.output_schema
         # A large schema takes a while to turn into a grammar: never on the event loop.
         constrained = plan.mode == "forced" or schema is not None
@@ -59,12 +59,12 @@ class Messages:
     async def count_tokens(self, request: Request) -> Response:
         """The prompt's tokens as a generation would count them: the same messages through the chat template."""
         req: CountTokensRequest = parse(CountTokensRequest, await self.core.body(request, "messages"))
-        target, _, prompt = self._prompt(request, req)
+        target, _, prompt = await self._prompt(request, req)
         return JSONResponse({"input_tokens": await target.engine.count_tokens(prompt)},
                             headers={"x-nomoat-adapters": target.adapters.label()})
 
-    def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
-        target = self.core.route(request, req.model, req.lora_pairs())
+    async def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         plan = tool_plan(req)
         native = target.engine.model.chat_template.supports_tools
         return target, plan, tool_prompt(req.template_messages(), plan, native)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from ..errors import InvalidRequestError
-from ..openai.protocol import Lenient, LoraRef, SpeculativeOptions, parse
+from ..openai.protocol import KeepAlive, Lenient, LoraRef, SpeculativeOptions, parse
 
 __all__ = ["CountTokensRequest", "MessagesRequest", "parse"]
 
@@ -103,7 +103,7 @@ class OutputConfig(Lenient):
     format: OutputFormat | None = None
 
 
-class CountTokensRequest(Lenient):
+class CountTokensRequest(KeepAlive):
     """POST /v1/messages/count_tokens: what makes the prompt."""
 
     model: str | None = None

@@ -73,9 +73,11 @@ class GenerationCore:
         request.state.prompt_field = prompt_field
         return await read_json(request, self.limits.max_body_bytes, self.limits.body_timeout)
 
-    def route(self, request: Request, model: str | None, lora: list[tuple[str, float]] | None) -> Target:
-        """Resolve the model and adapters, and label the request for its log line and metrics."""
-        target = self.registry.resolve(model, lora)
+    async def route(self, request: Request, model: str | None, lora: list[tuple[str, float]] | None,
+                    keep_alive: float | None = None) -> Target:
+        """Resolve the model and adapters (loading the model if need be: `keep_alive` is how long it then stays
+        loaded once idle), and label the request for its log line and metrics."""
+        target = await self.registry.resolve(model, lora, keep_alive)
         label_request(request, target.model_id, target.base_id, adapter_label(target))
         return target
 

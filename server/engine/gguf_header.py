@@ -122,7 +122,7 @@ def check_gguf_layout(stream: BinaryIO, path: Path) -> None:
     inside the file. TruncatedGGUFError means the file ends too early.
     """
     cursor, tensor_count, _ = _walk_metadata(stream, path, lambda key: False)
-    tensors = [_tensor_info(cursor, index) for index in range(tensor_count)]
+    tensors = [_tensor_info(cursor, index)[:3] for index in range(tensor_count)]
     data_start = -(-cursor.pos // cursor.alignment) * cursor.alignment
     for name, offset, n_bytes in tensors:
         if offset % cursor.alignment:
@@ -141,6 +141,17 @@ def read_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
         # A model's tokenizer arrays run to hundreds of thousands of items: skipping them costs no
         # memory, so only the arrays read are capped here.
         return _walk_metadata(stream, path, wanted, max_skipped_items=_INT64_MAX)[2]
+
+
+def read_tensor_sizes(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, tuple[int, list[int]]]]:
+    """The wanted metadata, and each tensor's data size in bytes and dimensions (a memory estimate's input)."""
+    with path.open("rb") as stream:
+        cursor, tensor_count, values = _walk_metadata(stream, path, wanted, max_skipped_items=_INT64_MAX)
+        tensors = {}
+        for index in range(tensor_count):
+            name, _, n_bytes, dims = _tensor_info(cursor, index)
+            tensors[name] = (n_bytes, dims)
+        return values, tensors
 
 
 def _walk_metadata(stream: BinaryIO, path: Path, wanted: Callable[[str], bool],
@@ -226,8 +237,8 @@ def _skip_value(cursor: _Cursor, key: str, value_type: int) -> None:
         raise cursor.bad(f"{key!r} has unknown value type {value_type}")
 
 
-def _tensor_info(cursor: _Cursor, index: int) -> tuple[str, int, int]:
-    """Name, data offset and data size in bytes of one tensor."""
+def _tensor_info(cursor: _Cursor, index: int) -> tuple[str, int, int, list[int]]:
+    """Name, data offset, data size in bytes and dimensions of one tensor."""
     name = cursor.name(f"the name of tensor {index}")
     n_dims = cursor.u32(f"the dimension count of tensor {name!r}")
     if n_dims > MAX_DIMS:
@@ -244,4 +255,4 @@ def _tensor_info(cursor: _Cursor, index: int) -> tuple[str, int, int]:
         n_elements *= dim
     if n_elements > _INT64_MAX or (dims and dims[0] % block_size):
         raise cursor.bad(f"tensor {name!r} has impossible dimensions {dims} for its type")
-    return name, offset, n_elements // block_size * type_size
+    return name, offset, n_elements // block_size * type_size, dims

@@ -36,6 +36,7 @@ from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
 from .body import ClientDisconnected
 from .errors import ErrorBoundary, answer_for, dialect_body
+from .lifecycle import LeaseMiddleware, lifecycle_handlers
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .requestlog import RequestLogMiddleware
 from .routes import ENDPOINTS, Handler, build_routes, match
@@ -84,7 +85,7 @@ def build_app(
         except ConfigError as exc:
             raise InvalidConfigError(f"the configuration was not applied; the previous one still serves: {exc}") from None
         return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
-                             "unchanged": result.unchanged})
+                             "unchanged": result.unchanged, "reconfigured": result.reconfigured})
 
     handlers: dict[str, Handler] = {
         "health": health,
@@ -103,6 +104,7 @@ def build_app(
         **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
                                      settings.body_timeout_seconds)),
     }
+    handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
     if reload is not None:
         handlers["reload"] = admin_reload
     handlers["status"] = ServerStatus(registry, metrics, auth).handle
@@ -125,6 +127,7 @@ def build_app(
         Middleware(ErrorBoundary),
         Middleware(AuthMiddleware, auth=auth),
         Middleware(ConcurrencyMiddleware, limiter=limiter, limits=limits),
+        Middleware(LeaseMiddleware),
     ]
     return Starlette(
         routes=build_routes(handlers),

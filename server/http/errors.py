@@ -22,6 +22,9 @@ from ..errors import (
     ContextLengthExceededError,
     InvalidConfigError,
     InvalidRequestError,
+    ModelBusyError,
+    ModelLoadError,
+    ModelTooLargeError,
     NomoatError,
     NotFoundError,
     PayloadTooLargeError,
@@ -38,6 +41,7 @@ log = logging.getLogger("nomoat.http")
 # Most specific first: the first class an error is an instance of decides.
 _TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (ContextLengthExceededError, 400, "invalid_request_error", "context_length_exceeded"),
+    (ModelTooLargeError, 400, "invalid_request_error", "model_too_large"),
     (InvalidRequestError, 400, "invalid_request_error", None),
     (AuthenticationError, 401, "authentication_error", None),
     (PermissionDeniedError, 403, "permission_error", None),
@@ -47,6 +51,8 @@ _TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (PayloadTooLargeError, 413, "invalid_request_error", None),
     (InvalidConfigError, 422, "invalid_request_error", None),
     (RateLimitError, 429, "rate_limit_error", None),
+    (ModelLoadError, 503, "server_error", "model_load_failed"),
+    (ModelBusyError, 503, "server_error", "model_busy"),
     (ServiceUnavailableError, 503, "server_error", None),
     (engine.PromptTooLong, 400, "invalid_request_error", "context_length_exceeded"),
     (engine.InvalidInput, 400, "invalid_request_error", None),

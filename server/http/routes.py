@@ -67,6 +67,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
     Endpoint("DELETE", "/v1/adapters/{name:path}", "unload_adapter", Access.ADMIN),
     Endpoint("POST", "/admin/reload", "reload", Access.ADMIN),
+    Endpoint("POST", "/models/load", "load_model", Access.ADMIN),
+    Endpoint("POST", "/models/unload", "unload_model", Access.ADMIN),
     # The web page (issue #17): public, as the API it calls keeps its own auth. Last, so that "/"
     # is never the endpoint an unknown path lies below when another one is (its errors' dialect).
     Endpoint("GET", "/", "ui_index", Access.PUBLIC),

@@ -22,7 +22,7 @@ from .routes import match
 # An admin route whose answer tells whether the caller's key is an admin key (nothing is changed:
 # the check is made, the route is not called).
 _ADMIN_PROBE = ("POST", "/v1/adapters")
-# The model lifecycle routes of issue #14; the page offers load/unload only where they exist.
+# The model lifecycle routes; the page offers load/unload only where they exist.
 _LIFECYCLE_ROUTE = ("POST", "/models/load")
 
 
@@ -62,24 +62,30 @@ class ServerStatus:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        """One entry per loaded model: its load figures and its adapters and stacks by name."""
+        """One entry per model, loaded or not: where it stands (status, memory estimate, when it unloads),
+        its load figures while loaded, and its adapters and stacks by name."""
         catalogue = self.registry.catalogue
+        engines = self.registry.engines()
         out = []
-        for name, engine in sorted(self.registry.engines().items()):
+        for served in self.registry.served_ids():
+            if served.kind != "model" or served.state is None:
+                continue
+            state, engine = served.state, engines.get(served.id)
             out.append({
-                "id": name,
-                "status": "loaded",
-                # Filled by the model lifecycle (#14): its memory estimate and unload time.
-                "memory_bytes": None,
-                "expires_at": None,
-                "active_sequences": engine.active,
-                "queue_depth": engine.waiting,
-                "parallel": engine.model.spec.parallel,
-                "max_model_len": engine.model.n_ctx,
-                "adapters": sorted(e.name for e in catalogue.entries() if e.base == name),
-                "stacks": sorted(s.name for s in catalogue.stacks() if s.base == name),
+                "id": served.id,
+                "status": state.status,
+                "pinned": state.pinned,
+                "memory_bytes": state.memory,
+                "expires_at": None if state.expires_at is None else int(state.expires_at),
+                "error": state.error,
+                "active_sequences": engine.active if engine is not None else 0,
+                "queue_depth": engine.waiting if engine is not None else 0,
+                "parallel": engine.model.spec.parallel if engine is not None else None,
+                "max_model_len": served.max_model_len,
+                "adapters": sorted(e.name for e in catalogue.entries() if e.base == served.id),
+                "stacks": sorted(s.name for s in catalogue.stacks() if s.base == served.id),
             })
-        return out
+        return sorted(out, key=lambda m: m["id"])
 
 
 def is_admin(auth: Authenticator, request: Request) -> bool:

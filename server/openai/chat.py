@@ -28,7 +28,7 @@ class ChatCompletions:
 
     async def handle(self, request: Request) -> Response:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
-        target = self.core.route(request, req.model, req.lora_pairs())
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         plan = read_tools(req)
         # A large schema takes a while to turn into a grammar: never on the event loop (and no thread
         # hop for the plain chats that need none).

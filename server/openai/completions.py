@@ -24,7 +24,7 @@ class Completions:
 
     async def handle(self, request: Request) -> Response:
         req: CompletionRequest = parse(CompletionRequest, await self.core.body(request, "prompt"))
-        target = self.core.route(request, req.model, req.lora_pairs())
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         prompts = req.prompts()
         logprobs = req.logprobs is not None
         max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens")

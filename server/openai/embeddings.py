@@ -14,13 +14,13 @@ from ..core.generate import GenerationCore, Totals, count_tokens, label_request,
 from ..engine.embedder import EmbeddingInput
 from ..engine.types import TextPrompt, TokenPrompt
 from ..errors import InvalidRequestError
-from .protocol import Lenient, parse
+from .protocol import KeepAlive, parse
 
 # OpenAI's limit on the number of inputs in one request.
 MAX_INPUTS = 2048
 
 
-class EmbeddingRequest(Lenient):
+class EmbeddingRequest(KeepAlive):
     """POST /v1/embeddings, as OpenAI defines it; `user` and unknown fields are ignored."""
 
     model: str | None = None
@@ -69,7 +69,7 @@ class Embeddings:
         req: EmbeddingRequest = parse(EmbeddingRequest, await self.core.body(request, "input"))
         if req.lora:
             raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")
-        target = self.core.registry.embedder(req.model)
+        target = await self.core.registry.embedder(req.model, req.keep_alive)
         label_request(request, target.model_id, target.base_id, "")
         n_embd = target.embedder.n_embd
         if req.dimensions is not None and req.dimensions > n_embd:

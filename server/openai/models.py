@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: the registry's served ids rendered as OpenAI model objects."""
+"""GET /v1/models and /v1/models/{id}: the registry's served ids rendered as OpenAI model objects, each model
+with where it stands (loaded or not, memory, when it unloads) as llama.cpp's router lists them at GET /models."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ from ..registry import ModelRegistry, ServedId
 
 
 def model_object(served: ServedId) -> dict[str, Any]:
-    """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks."""
+    """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks,
+    and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
+    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `busy`, `adapters` (names on it), `error` when failed."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
         "root": served.root, "parent": served.parent,
     }
     if served.kind in ("model", "alias"):
         card["max_model_len"] = served.max_model_len
+    if served.state is not None:
+        state = served.state
+        card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,
+                    loaded_at=_seconds(state.loaded_at), expires_at=_seconds(state.expires_at),
+                    adapters=list(served.model_adapters))
+        if state.error is not None:
+            card["error"] = state.error
     if served.kind == "stack":
         card["adapters"] = [{"name": name, "scale": scale} for name, scale in served.adapters]
     return card
@@ -28,6 +38,7 @@ def model_routes(registry: ModelRegistry) -> list[Route]:
     """The model list and lookup (the route table also mounts them without /v1)."""
 
     async def list_models(request: Request) -> Response:
+        await registry.residency.estimate_all()
         return JSONResponse({"object": "list", "data": [model_object(s) for s in registry.served_ids()]})
 
     async def get_model(request: Request) -> Response:
@@ -37,3 +48,7 @@ def model_routes(registry: ModelRegistry) -> list[Route]:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
     ]
+
+
+def _seconds(timestamp: float | None) -> int | None:
+    return None if timestamp is None else int(timestamp)

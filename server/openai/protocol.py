@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..engine.chat_template import RESERVED_VARIABLES
 from ..engine.types import Speculation
 from ..errors import InvalidRequestError
+from ..quantities import parse_duration
 
 # Non-OpenAI fields accepted as in llama.cpp's server and vLLM: top_k, min_p, repeat_penalty.
 _TOKEN_ID = re.compile(r"-?[0-9]{1,10}")
@@ -28,6 +29,20 @@ class Lenient(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+
+class KeepAlive(Lenient):
+    """Ollama's `keep_alive`, on every request that loads a model: how long the model stays loaded once idle
+    ("5m", seconds, 0 to unload at once, negative for ever). Read as seconds (math.inf: for ever)."""
+
+    keep_alive: float | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return parse_duration(value)
+        raise ValueError("keep_alive must be a duration: seconds, or a string like '5m'")
 
 
 class StreamOptions(Lenient):
@@ -85,7 +100,7 @@ class ChatMessage(Lenient):
         return "".join(texts)
 
 
-class _SamplingFields(Lenient):
+class _SamplingFields(KeepAlive):
     model: str | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)

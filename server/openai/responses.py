@@ -100,7 +100,7 @@ class Responses:
 
     async def create(self, request: Request) -> Response:
         req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
-        target = self.core.route(request, req.model, req.lora_pairs())
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         choice, named = req.choice()
         plan = make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
                          tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..anthropic.protocol import CountTokensRequest, MessagesRequest
+from ..http.lifecycle import ModelRef
 from ..http.routes import ENDPOINTS, Access, Endpoint
 from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
@@ -36,13 +37,15 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "tokenize": TokenizeRequest,
     "detokenize": DetokenizeRequest,
     "apply_template": ChatCompletionRequest,
+    "load_model": ModelRef,
+    "unload_model": ModelRef,
 }
 
 SUMMARIES: dict[str, str] = {
-    "health": "Readiness: 200 once every model is loaded, 503 while loading",
+    "health": "Readiness: 200 once every load = \"startup\" model is loaded, 503 while loading",
     "metrics": "Prometheus metrics",
     "openapi": "This document",
-    "list_models": "List the served models (and loaded adapters, as model ids)",
+    "list_models": "List every available model with its state (loaded or not, memory, when it unloads), and adapters",
     "get_model": "One model by id (ids may hold '/')",
     "chat": "Create a chat completion (stream: true answers server-sent events)",
     "completions": "Create a text completion (stream: true answers server-sent events)",
@@ -62,6 +65,9 @@ SUMMARIES: dict[str, str] = {
     "status": "The server panel's figures as JSON: loaded models, queue depth, active sequences, recent tokens/s",
     "ui_index": "The web page: chat, adapter mixer, side by side, server panel (404 with --no-ui)",
     "ui_file": "The web page's scripts, styles and icons; any other path: 404",
+    "load_model": "Load a model now (llama.cpp router's route; admin key); keep_alive as on requests",
+    "unload_model": "Unload a model: 200 at once when idle, 202 when busy (it unloads once its requests end), "
+                    "409 when pinned",
 }
 
 ERROR_SCHEMA: dict[str, Any] = {

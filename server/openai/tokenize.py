@@ -42,18 +42,18 @@ class TokenizerRoutes:
 
     async def tokenize(self, request: Request) -> Response:
         req: TokenizeRequest = parse(TokenizeRequest, await self.core.body(request, "content"))
-        engine = self.core.route(request, req.model, None).engine
+        engine = (await self.core.route(request, req.model, None)).engine
         return await _answer(engine, lambda: {"tokens": _tokens(engine.model, req)})
 
     async def detokenize(self, request: Request) -> Response:
         req: DetokenizeRequest = parse(DetokenizeRequest, await self.core.body(request, "tokens"))
-        engine = self.core.route(request, req.model, None).engine
+        engine = (await self.core.route(request, req.model, None)).engine
         return await _answer(engine, lambda: {"content": engine.model.detokenize(req.tokens)})
 
     async def apply_template(self, request: Request) -> Response:
         """The text a chat request's template renders, generation prompt included: what chat evaluates."""
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
-        engine = self.core.route(request, req.model, None).engine
+        engine = (await self.core.route(request, req.model, None)).engine
         prompt = chat_prompt(req, read_tools(req), engine.model.chat_template.supports_tools)
         return await _answer(engine, lambda: {"prompt": engine.model.chat_text(prompt)})
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from nomoat import config
+from nomoat.config import ModelConfig, ModelsFile
 from nomoat.http.app import build_app
 from nomoat.metrics import Metrics
 from nomoat.registry import ModelRegistry
@@ -31,19 +32,23 @@ class FakeServer:
         return self.registry.engines()[MODEL]  # type: ignore[return-value]
 
 
-def fake_registry(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+def fake_registry(settings: Settings, monkeypatch: pytest.MonkeyPatch, models: ModelsFile | None = None,
+                  load_model: Callable[[ModelConfig], Any] | None = None, metrics: Metrics | None = None) -> ModelRegistry:
+    """A registry of fake engines over `models` (default: the embedded model, loaded at startup)."""
     # The registry makes an embedder on a model's first embeddings request: a fake one here.
     monkeypatch.setattr("nomoat.registry.Embedder", lambda *args, **kwargs: FakeEmbedder())
-    registry = ModelRegistry(config.embedded_default(), settings, Metrics(),
-                             load_model=lambda model: FakeEngine(model.name))  # type: ignore[arg-type,return-value]
+    registry = ModelRegistry(models or config.embedded_default(), settings, metrics or Metrics(),
+                             load_model=load_model or (lambda model: FakeEngine(model.name)))
     registry.load()
     return registry
 
 
-def start_fake(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[FakeServer]:
+def start_fake(monkeypatch: pytest.MonkeyPatch, models: ModelsFile | None = None,
+               load_model: Callable[[ModelConfig], Any] | None = None, **settings: Any) -> Iterator[FakeServer]:
     built = Settings(**settings)
-    registry = fake_registry(built, monkeypatch)
-    with TestClient(build_app(built, registry), raise_server_exceptions=False) as client:
+    metrics = Metrics()
+    registry = fake_registry(built, monkeypatch, models, load_model, metrics)
+    with TestClient(build_app(built, registry, metrics), raise_server_exceptions=False) as client:
         yield FakeServer(client, registry, built)
     registry.close()
 
@@ -56,7 +61,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
 
 @pytest.fixture()
 def fake_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Build apps with other settings: `fake_factory(api_key="k", max_body_bytes=2048)`."""
+    """Build apps with other settings: `fake_factory(api_key="k", max_body_bytes=2048)`; `models=` (a ModelsFile)
+    and `load_model=` (config -> engine) serve other models than the embedded one."""
     started: list[Iterator[FakeServer]] = []
 
     def start(**settings: Any) -> FakeServer:

@@ -1,0 +1,93 @@
+"""A model's memory footprint estimated before it loads: weights, KV cache and compute buffers, from the GGUF header.
+
+The terms are llama.cpp's own buffers, as its load log reports them: the weights (the tensor data),
+a KV cache of n_ctx × parallel cells per context, each cell holding K and V for every layer's
+KV heads, an output buffer of one logits row per sequence, and a compute buffer that the worst
+case graph (n_batch tokens) reserves, dominated by n_batch rows of logits. Checked against the
+measured RSS in tests/test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .engine.errors import ModelFileError
+from .engine.gguf_header import GGUFLayoutError, read_tensor_sizes
+
+# Bytes per element of each KV cache type llama.cpp offers (block types: block bytes / 32 elements).
+_KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                  "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Estimated bytes of one loaded model; `per_context` is paid again by each llama.cpp context it opens."""
+
+    weights: int
+    kv_per_context: int
+    compute_per_context: int
+    gpu_share: float = 0.0  # of weights and KV, on the GPU (n_gpu_layers / layers)
+
+    @property
+    def per_context(self) -> int:
+        return self.kv_per_context + self.compute_per_context
+
+    def total(self, contexts: int = 1) -> int:
+        return self.weights + max(1, contexts) * self.per_context
+
+    def gpu(self, contexts: int = 1) -> int:
+        return int(self.gpu_share * (self.weights + max(1, contexts) * self.kv_per_context))
+
+    def cpu(self, contexts: int = 1) -> int:
+        return self.total(contexts) - self.gpu(contexts)
+
+
+def estimate(config: ModelConfig) -> Footprint:
+    """The footprint of `config` loaded with one context (ModelFileError when the header cannot be read)."""
+    path = Path(config.path)
+    try:
+        values, tensors = read_tensor_sizes(path, lambda key: not key.startswith("tokenizer."))
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except GGUFLayoutError as exc:
+        raise ModelFileError(str(exc)) from None
+    arch = values.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{path}: not a GGUF model (no general.architecture)")
+
+    def number(key: str, default: Any = None) -> Any:
+        return values.get(f"{arch}.{key}", default)
+
+    n_layer = int(number("block_count", 0))
+    n_embd = int(number("embedding_length", 0))
+    n_head = _per_layer(number("attention.head_count", 1), n_layer)
+    n_head_kv = _per_layer(number("attention.head_count_kv", n_head), n_layer)
+    head_dim = n_embd // max(1, max(n_head, default=1))
+    k_len, v_len = int(number("attention.key_length", head_dim)), int(number("attention.value_length", head_dim))
+    n_ctx_train = int(number("context_length", 0))
+    n_ctx = min(config.n_ctx, n_ctx_train) if n_ctx_train > 0 else config.n_ctx
+    embd = tensors.get("token_embd.weight") or tensors.get("output.weight")
+    n_vocab = embd[1][1] if embd is not None and len(embd[1]) > 1 else 0
+
+    k_bytes = _KV_TYPE_BYTES.get(str(getattr(config, "cache_type_k", "f16")).lower(), 2.0)
+    v_bytes = _KV_TYPE_BYTES.get(str(getattr(config, "cache_type_v", "f16")).lower(), 2.0)
+    per_cell = sum(h * (k_len * k_bytes + v_len * v_bytes) for h in n_head_kv)
+    kv = int(n_ctx * config.parallel * per_cell)
+    n_batch = max(config.n_batch, config.parallel)
+    # Worst-case graph: n_batch rows of logits, the attention mask over n_ctx, activations; plus the
+    # output buffer (one row of logits per sequence).
+    compute = 4 * (n_batch * (n_vocab + n_ctx + n_embd) + config.parallel * n_vocab)
+    offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
+    share = offloaded / n_layer if n_layer else 0.0
+    return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,
+                     compute_per_context=compute, gpu_share=share)
+
+
+def _per_layer(value: Any, n_layer: int) -> list[int]:
+    """A per-layer count: GGUF stores one number, or one per layer (hybrid and pruned models)."""
+    if isinstance(value, list):
+        return [int(v) for v in value]
+    return [int(value)] * n_layer
