@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Nomoat, stream_chat  # noqa: E402
 from nomoat.config import ModelConfig, embedded_model_path  # noqa: E402
-from nomoat.footprint import estimate  # noqa: E402
+from nomoat.residency.footprint import estimate  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 4, "temperature": 0}
 

@@ -171,7 +171,7 @@ def serve(cli: dict[str, Any]) -> int:
 
 def show_loaded(cli: dict[str, Any]) -> int:
     """`nomoat ps`: settings as `serve` reads them (flags, NOMOAT_*, models.toml [server])."""
-    from .ps import ps
+    from .residency.ps import ps
 
     configured = _configured(cli)
     if configured is None:

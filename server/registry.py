@@ -18,10 +18,10 @@ from .engine.errors import ModelFileError
 from .engine.model import LoadedModel, ModelSpec
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from .footprint import Footprint
 from .metrics import Metrics
-from .residency import Residency
-from .resident import ModelState, Resident, ServedModel
+from .residency.footprint import Footprint
+from .residency.manager import Residency
+from .residency.resident import ModelState, Resident, ServedModel
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")

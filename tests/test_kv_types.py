@@ -15,6 +15,7 @@ from nomoat.engine.embedder import Embedder
 from nomoat.engine.kv import KVCacheTypes, kv_bytes_per_token
 from nomoat.engine.types import TextPrompt
 from nomoat.errors import ConfigError
+from nomoat.residency.footprint import estimate
 
 PROMPTS = ["Name three colors.", "Write a haiku about rain.", "What is the capital of France?",
            "How do I boil an egg?"]
@@ -79,3 +80,14 @@ def test_q4_0_cache_loads_and_answers_in_generation_and_embeddings():
             embedder.close()
         assert result.vectors.shape[0] == 1
         assert abs(float((result.vectors[0] ** 2).sum()) - 1.0) < 1e-3
+
+
+def test_the_memory_budget_counts_the_kv_cache_type(meta):
+    """residency/footprint.py's estimate (what memory_budget checks before a load) uses the same block sizes."""
+    path = str(embedded_model_path())
+    f16 = estimate(config.ModelConfig(name="m", path=path, n_ctx=1024, parallel=2))
+    q8 = estimate(config.ModelConfig(name="m", path=path, n_ctx=1024, parallel=2, cache_type_k="q8_0",
+                                     cache_type_v="q8_0"))
+    assert f16.kv_per_context == 1024 * 2 * kv_bytes_per_token(meta)
+    assert q8.kv_per_context == 1024 * 2 * kv_bytes_per_token(meta, "q8_0", "q8_0")
+    assert q8.total() < f16.total()

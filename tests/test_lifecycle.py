@@ -17,8 +17,8 @@ from streams import long_completion, start_streams, wait_for
 from support.process import ServerProcess, free_port
 
 from nomoat.config import ModelConfig
-from nomoat.footprint import estimate
-from nomoat.ps import ps
+from nomoat.residency.footprint import estimate
+from nomoat.residency.ps import ps
 from nomoat.settings import Settings
 
 N_CTX, PARALLEL = 512, 2

@@ -18,9 +18,9 @@ from support.inprocess import FakeServer, fake_registry
 from nomoat import residency as residency_module
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import ConfigError
-from nomoat.footprint import estimate
-from nomoat.ps import render
 from nomoat.quantities import parse_duration, parse_size
+from nomoat.residency.footprint import estimate
+from nomoat.residency.ps import render
 from nomoat.settings import Settings
 
 PATH = str(embedded_model_path())

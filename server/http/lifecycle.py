@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..openai.models import model_object
 from ..openai.protocol import KeepAlive, parse
 from ..registry import ModelRegistry
-from ..resident import lease_scope
+from ..residency.resident import lease_scope
 from .body import read_json
 from .routes import Handler
 

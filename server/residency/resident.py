@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .config import ModelConfig
-from .engine.embedder import Embedder
-from .engine.engine import Engine
+from ..config import ModelConfig
+from ..engine.embedder import Embedder
+from ..engine.engine import Engine
 from .footprint import Footprint
 
 log = logging.getLogger("nomoat.residency")

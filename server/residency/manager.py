@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ModelConfig
-from .engine.engine import Engine
-from .engine.errors import ModelFileError
-from .errors import (
+from ..config import ModelConfig
+from ..engine.engine import Engine
+from ..engine.errors import ModelFileError
+from ..errors import (
     ConfigError,
     ConflictError,
     ModelBusyError,
@@ -27,12 +27,12 @@ from .errors import (
     ModelTooLargeError,
     ServiceUnavailableError,
 )
+from ..metrics import Metrics
+from ..quantities import format_size, parse_duration
+from ..settings import Settings
 from .footprint import Footprint
 from .footprint import estimate as estimate_footprint
-from .metrics import Metrics
-from .quantities import format_size, parse_duration
 from .resident import Hooks, ModelState, Resident, ServedModel, current_scope, file_key
-from .settings import Settings
 
 log = logging.getLogger("nomoat.residency")
 

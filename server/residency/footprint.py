@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .engine.errors import ModelFileError
-from .engine.gguf_header import GGUFLayoutError, read_tensor_sizes
-
-# Bytes per element of each KV cache type llama.cpp offers (block types: block bytes / 32 elements).
-_KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
-                  "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+from ..config import ModelConfig
+from ..engine.errors import ModelFileError
+from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
+from ..engine.kv import row_bytes
 
 
 @dataclass(frozen=True)
@@ -72,9 +69,9 @@ def estimate(config: ModelConfig) -> Footprint:
     embd = tensors.get("token_embd.weight") or tensors.get("output.weight")
     n_vocab = embd[1][1] if embd is not None and len(embd[1]) > 1 else 0
 
-    k_bytes = _KV_TYPE_BYTES.get(str(getattr(config, "cache_type_k", "f16")).lower(), 2.0)
-    v_bytes = _KV_TYPE_BYTES.get(str(getattr(config, "cache_type_v", "f16")).lower(), 2.0)
-    per_cell = sum(h * (k_len * k_bytes + v_len * v_bytes) for h in n_head_kv)
+    # Per layer, as GGUF may give each layer its own KV head count (engine/kv.py: a quantised row is whole blocks).
+    per_cell = sum(row_bytes(config.cache_type_k, h * k_len) + row_bytes(config.cache_type_v, h * v_len)
+                   for h in n_head_kv)
     kv = int(n_ctx * config.parallel * per_cell)
     n_batch = max(config.n_batch, config.parallel)
     # Worst-case graph: n_batch rows of logits, the attention mask over n_ctx, activations; plus the

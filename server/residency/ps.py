@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .quantities import format_size
-from .settings import Settings
+from ..quantities import format_size
+from ..settings import Settings
 
 _HEADER = ("MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS")
 
