@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.fake_engine import FakeEngine
 from support.inprocess import FakeServer, fake_registry
 
-from nomoat import residency as residency_module
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import ConfigError
 from nomoat.quantities import parse_duration, parse_size
+from nomoat.residency import manager as residency_module
 from nomoat.residency.footprint import estimate
 from nomoat.residency.ps import render
 from nomoat.settings import Settings
