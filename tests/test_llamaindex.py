@@ -32,8 +32,7 @@ DEFAULT, CHAT = "default", "chat"
 MODES = {
     # Its defaults (is_chat_model=False). A raw prompt has no end-of-turn to stop at: keep it short.
     DEFAULT: Mode({}, 24, "/v1/completions", {"prompt": "user: Name three colors.\nassistant: "}),
-    # Text answers need only be non-empty; the structured and tool tests (chat_llm) get MAX_TOKENS.
-    CHAT: Mode({"is_chat_model": True, "is_function_calling_model": True}, 24, "/v1/chat/completions",
+    CHAT: Mode({"is_chat_model": True, "is_function_calling_model": True}, MAX_TOKENS, "/v1/chat/completions",
                {"messages": [{"role": "user", "content": "Name three colors."}]}),
 }
 
@@ -57,7 +56,7 @@ def llm(clients_server, client_model: str, recorder: Recorder, mode: str) -> Ite
 
 @pytest.fixture()
 def chat_llm(clients_server, client_model: str, recorder: Recorder) -> Iterator[OpenAILike]:
-    yield from openai_like(clients_server.base_url, client_model, recorder, MODES[CHAT]._replace(max_tokens=MAX_TOKENS))
+    yield from openai_like(clients_server.base_url, client_model, recorder, MODES[CHAT])
 
 
 def assert_sent(recorder: Recorder, path: str, fields: dict[str, Any]) -> dict[str, Any]:
