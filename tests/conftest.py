@@ -48,6 +48,16 @@ def client(base_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(scope="session")
+def uncached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded model with the prefix cache off and one slot: every request is a cold prompt computed
+    alone, the reference that prefix-cache tests compare with, and a server that runs one request at a time.
+    Stateless between requests, so test modules share it."""
+    proc = ServerProcess(models_toml(parallel=1, extra="prefix_cache = false"), tmp_path_factory.mktemp("uncached"))
+    yield proc.wait_ready()
+    proc.stop()
+
+
 @pytest.fixture()
 def start_server(tmp_path: Path) -> Iterator:
     """Start extra servers with their own config; each is stopped at the end of the test."""

@@ -40,8 +40,9 @@ def lora_server(tmp_path_factory: pytest.TempPathFactory, adapter_dir: Path):
         f'[[adapters]]\nname = "b"\npath = "{adapter_dir / "b.gguf"}"\n'
         '[[stacks]]\nname = "ab"\nadapters = { a = 0.5, b = 0.5 }\n'
     )
+    # --lora adds "cli" (a.gguf again) from the command line: test_cli_lora_flag_attaches_to_default_model.
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("lora"),
-                         "--adapter-dir", str(adapter_dir)).wait_ready()
+                         "--adapter-dir", str(adapter_dir), "--lora", f"cli={adapter_dir / 'a.gguf'}").wait_ready()
     yield proc
     proc.stop()
 
@@ -291,8 +292,8 @@ def test_mismatched_adapter_in_config_stops_startup_with_clear_error(start_serve
     assert str(bad) in log and "architecture" in log and "Traceback" not in log
 
 
-def test_cli_lora_flag_attaches_to_default_model(start_server, adapter_dir, oracles):
-    proc = start_server(models_toml(), "--lora", f"cli={adapter_dir / 'a.gguf'}")
+def test_cli_lora_flag_attaches_to_default_model(lora_server, oracles):
+    proc = lora_server
     cards = {m["id"]: m for m in httpx.get(proc.base_url + "/v1/models").json()["data"]}
     assert cards["cli"]["parent"] == "smollm2-135m"
     assert text(chat(proc.base_url, "cli")) == oracles["a"]["poem"]

@@ -1,9 +1,15 @@
-"""API keys: missing, wrong and right keys against a real server, admin routes, and the rules one by one."""
+"""API keys: missing, wrong and right keys, admin routes, CORS, and the rules one by one.
+
+The checks of the auth middleware run in process over the fake engine (`keyed_app`); the real
+server (`keyed`) keeps what needs the process: keys from NOMOAT_* variables, admin reload, SIGHUP
+re-reading the key file, and refusing to start.
+"""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -33,6 +39,14 @@ def keyed(tmp_path_factory: pytest.TempPathFactory):
     proc.stop()
 
 
+@pytest.fixture()
+def keyed_app(fake_factory: Any, tmp_path: Path) -> Any:
+    """The same keys as `keyed`, in process."""
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(f"# one key per line\n\n{FILE_KEY}\n")
+    return fake_factory(api_key=",".join(USER_KEYS), admin_key=ADMIN, api_key_file=key_file)
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -42,37 +56,36 @@ def _error(r: httpx.Response) -> dict:
     return r.json()["error"]
 
 
-def test_health_and_metrics_are_open(keyed):
-    srv, _ = keyed
-    assert httpx.get(srv.base_url + "/health").status_code == 200
-    assert httpx.get(srv.base_url + "/metrics").status_code == 200
+def test_health_and_metrics_are_open(keyed_app):
+    assert keyed_app.client.get("/health").status_code == 200
+    assert keyed_app.client.get("/metrics").status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, _bearer("wrong"), {"Authorization": f"Basic {USER_KEYS[0]}"},
                                      {"Authorization": "Bearer"}, _bearer(USER_KEYS[0] + "x")])
-def test_missing_or_wrong_key_is_401_invalid_api_key(keyed, headers):
-    srv, _ = keyed
+def test_missing_or_wrong_key_is_401_invalid_api_key(keyed_app, headers):
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/admin/reload")):
-        r = httpx.request(method, srv.base_url + path, headers=headers, json={})
+        r = keyed_app.client.request(method, path, headers=headers, json={})
         assert r.status_code == 401, (path, r.text)
         err = _error(r)
         assert err["code"] == "invalid_api_key" and err["type"] == "authentication_error"
 
 
 @pytest.mark.parametrize("key", [*USER_KEYS, FILE_KEY, ADMIN])
-def test_every_configured_key_is_accepted(keyed, key):
-    srv, _ = keyed
-    r = httpx.post(srv.base_url + "/v1/chat/completions", headers=_bearer(key),
-                   json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}, timeout=60)
+def test_every_configured_key_is_accepted(keyed_app, key):
+    r = keyed_app.client.post("/v1/chat/completions", headers=_bearer(key),
+                              json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
     assert r.status_code == 200, r.text
 
 
-def test_openai_sdk_sees_authentication_error(keyed):
-    srv, _ = keyed
+def test_openai_sdk_sees_authentication_error(keyed_app):
+    def sdk(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url="http://testserver/v1", api_key=key, max_retries=0, http_client=keyed_app.client)
+
     with pytest.raises(openai.AuthenticationError) as info:
-        openai.OpenAI(base_url=srv.base_url + "/v1", api_key="wrong", max_retries=0).models.list()
+        sdk("wrong").models.list()
     assert info.value.code == "invalid_api_key"
-    models = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=USER_KEYS[1], max_retries=0).models.list()
+    models = sdk(USER_KEYS[1]).models.list()
     assert models.data[0].id == "smollm2-135m"
 
 
@@ -111,11 +124,11 @@ def test_a_key_added_to_the_key_file_works_after_sighup(keyed):
              what="rotated key accepted")
 
 
-def test_metrics_can_require_a_key(start_server):
-    srv = start_server(models_toml(), "--metrics-require-key", env={"NOMOAT_API_KEY": "k"})
-    assert httpx.get(srv.base_url + "/metrics").status_code == 401
-    assert httpx.get(srv.base_url + "/metrics", headers=_bearer("k")).status_code == 200
-    assert httpx.get(srv.base_url + "/health").status_code == 200
+def test_metrics_can_require_a_key(fake_factory):
+    client = fake_factory(metrics_require_key=True, api_key="k").client
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=_bearer("k")).status_code == 200
+    assert client.get("/health").status_code == 200
 
 
 def test_require_api_key_without_a_key_refuses_to_start(start_server):
@@ -191,28 +204,26 @@ def test_require_api_key_is_checked_when_keys_are_built(tmp_path: Path):
 # --- CORS ----------------------------------------------------------------------------------
 
 
-def test_cors_is_off_by_default(keyed):
-    srv, _ = keyed
-    r = httpx.get(srv.base_url + "/v1/models", headers={**_bearer(ADMIN), "Origin": "http://example.test"})
+def test_cors_is_off_by_default(keyed_app):
+    r = keyed_app.client.get("/v1/models", headers={**_bearer(ADMIN), "Origin": "http://example.test"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
-    preflight = httpx.options(srv.base_url + "/v1/chat/completions", headers={
+    preflight = keyed_app.client.options("/v1/chat/completions", headers={
         "Origin": "http://example.test", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in preflight.headers
 
 
-def test_cors_origins_allow_preflight_without_a_key_and_label_errors(start_server):
+def test_cors_origins_allow_preflight_without_a_key_and_label_errors(fake_factory):
     origin = "http://app.test"
-    srv = start_server(models_toml(), "--cors-origins", f"{origin}, http://other.test",
-                       env={"NOMOAT_API_KEY": "k"})
-    preflight = httpx.options(srv.base_url + "/v1/chat/completions", headers={
+    client = fake_factory(cors_origins=f"{origin}, http://other.test", api_key="k").client
+    preflight = client.options("/v1/chat/completions", headers={
         "Origin": origin, "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
     assert preflight.status_code == 200, preflight.text
     assert preflight.headers["access-control-allow-origin"] == origin
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
-    denied = httpx.get(srv.base_url + "/v1/models", headers={"Origin": origin})
+    denied = client.get("/v1/models", headers={"Origin": origin})
     assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == origin
-    ok = httpx.get(srv.base_url + "/v1/models", headers={"Origin": origin, **_bearer("k")})
+    ok = client.get("/v1/models", headers={"Origin": origin, **_bearer("k")})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
-    stranger = httpx.get(srv.base_url + "/v1/models", headers={"Origin": "http://evil.test", **_bearer("k")})
+    stranger = client.get("/v1/models", headers={"Origin": "http://evil.test", **_bearer("k")})
     assert "access-control-allow-origin" not in stranger.headers

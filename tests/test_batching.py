@@ -91,8 +91,8 @@ def test_concurrent_mixed_requests_each_follow_their_own_solo_output(mixed_serve
         assert not stop or not any(s in out for s in stop)
 
 
-def test_parallel_one_is_exactly_reproducible_under_concurrency(start_server_module):
-    server = start_server_module(models_toml(parallel=1, extra="prefix_cache = false"))
+def test_parallel_one_is_exactly_reproducible_under_concurrency(uncached_server):
+    server = uncached_server
     prompts = ["Name three colors.", "What is the capital of Italy?", "Describe a dog."]
     solo = [content(chat(server.base_url, p)) for p in prompts]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -128,15 +128,14 @@ def test_cancelled_stream_does_not_disturb_others_and_frees_its_kv(mixed_server)
     assert r.json()["usage"]["prompt_tokens"] > N_CTX - 100
 
 
-def test_prefix_cache_reports_cached_tokens_and_keeps_output(mixed_server, start_server_module):
+def test_prefix_cache_reports_cached_tokens_and_keeps_output(mixed_server, uncached_server):
     url = mixed_server.base_url
     first = chat(url, "Do you sell hammers?", system=SYSTEM)
     second = chat(url, "Do you sell paint brushes?", system=SYSTEM)
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached >= 30, second["usage"]
     assert cached < second["usage"]["prompt_tokens"]
-    uncached = start_server_module(models_toml(extra="prefix_cache = false"))
-    cold = chat(uncached.base_url, "Do you sell paint brushes?", system=SYSTEM)
+    cold = chat(uncached_server.base_url, "Do you sell paint brushes?", system=SYSTEM)
     assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert content(cold) == content(second)
     metrics = httpx.get(url + "/metrics").text

@@ -202,8 +202,11 @@ def test_full_queue_is_429_with_retry_after(start_server):
         assert_serves(client)
 
 
-def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
-    srv = start_server(models_toml(parallel=1), "--shutdown-grace-seconds", "1")
+def test_shutdown_cuts_a_stream_with_an_error_event_and_a_whole_answer_with_a_json_503(start_server):
+    """Past the grace period a stream ends with an error event (or [DONE]) and a non-streaming request
+    gets the OpenAI-shaped error, not a text 500. Both run at once on one server (parallel = 2)."""
+    srv = start_server(models_toml(parallel=2), "--shutdown-grace-seconds", "1")
+    answer: list[httpx.Response] = []
     payloads: list[str] = []
     with httpx.Client(base_url=srv.base_url, timeout=60) as client, \
             client.stream("POST", CHAT, json=ENDLESS | {"stream": True}) as r:
@@ -213,26 +216,19 @@ def test_shutdown_ends_an_open_stream_with_an_error_event(start_server):
                 payloads.append(line[6:])
             if len(payloads) == 4:
                 break
+        waiting = threading.Thread(target=lambda: answer.append(httpx.post(srv.base_url + CHAT, json=ENDLESS,
+                                                                          timeout=60)))
+        waiting.start()
+        running = 'nomoat_active_sequences{model="smollm2-135m"} 2.0'
+        assert wait_until(lambda: running in httpx.get(srv.base_url + "/metrics").text), "never ran"
         srv.proc.send_signal(signal.SIGTERM)
         # A cut is what this test is about: it is judged below by what came before it.
         with contextlib.suppress(httpx.RemoteProtocolError):
             payloads += [line[6:] for line in lines if line.startswith("data: ")]
+    waiting.join(60)
     assert srv.proc.wait(30) == 0
     last = payloads[-1]
     assert last == "[DONE]" or "error" in json.loads(last), payloads[-2:]
-
-
-def test_shutdown_answers_a_waiting_request_with_a_json_503(start_server):
-    """Past the grace period a non-streaming request gets the OpenAI-shaped error, not a text 500."""
-    srv = start_server(models_toml(parallel=1), "--shutdown-grace-seconds", "1")
-    answer: list[httpx.Response] = []
-    waiting = threading.Thread(target=lambda: answer.append(httpx.post(srv.base_url + CHAT, json=ENDLESS, timeout=60)))
-    waiting.start()
-    running = 'nomoat_active_sequences{model="smollm2-135m"} 1.0'
-    assert wait_until(lambda: running in httpx.get(srv.base_url + "/metrics").text), "never ran"
-    srv.proc.send_signal(signal.SIGTERM)
-    waiting.join(60)
-    assert srv.proc.wait(30) == 0
     (r,) = answer
     assert r.status_code == 503, r.text
     assert r.headers["content-type"].startswith("application/json")

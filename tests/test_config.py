@@ -6,12 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import free_port, model_path, models_toml
-from wire import NO_EOS, assert_error, assert_serves, chat_body, metric, tokenize, wait_until
+from wire import NO_EOS, assert_error, chat_body, metric, tokenize, wait_until
 
 from nomoat import config
 from nomoat.cli import build_parser
@@ -217,31 +218,43 @@ def test_model_file_mode_serves_one_gguf(start_server):
         assert answer["usage"]["completion_tokens"] == 6 and answer["usage"]["total_tokens"] == 256
 
 
-def test_environment_variables_configure_a_server(tmp_path):
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def env_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server configured by NOMOAT_* variables alone (port, host, config, body limit, log level),
+    its file setting a chat template and parallel = 4, which `--parallel 1 --queue-size 0` override."""
+    tmp_path = tmp_path_factory.mktemp("env-server")
     port = free_port()
     cfg = tmp_path / "elsewhere.toml"
-    cfg.write_text(models_toml("env-model", parallel=1))
+    # Only the contents, no ChatML: "Hi" is then a one-token prompt.
+    cfg.write_text(models_toml("env-model", parallel=4, extra=f"chat_template = {TEMPLATE!r}"))
     env = {"NOMOAT_PORT": str(port), "NOMOAT_HOST": "127.0.0.1", "NOMOAT_CONFIG": str(cfg),
            "NOMOAT_MAX_BODY_BYTES": "2048", "NOMOAT_LOG_LEVEL": "warning"}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMOAT_")}
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nomoat", "serve"], cwd=tmp_path, env={**clean, **env},
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "nomoat", "serve", "--parallel", "1", "--queue-size", "0"],
+                                cwd=tmp_path, env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
             assert wait_until(lambda: proc.poll() is not None or _healthy(base_url))
             assert proc.poll() is None, log_path.read_text()
-            with httpx.Client(base_url=base_url, timeout=120) as client:
-                assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["env-model", "default"]
-                r = client.post("/v1/chat/completions", json=chat_body("x" * 3000, model="env-model", max_tokens=2))
-                assert_error(r, 413, code="request_too_large")
-                assert_serves_model(client, "env-model")
+            yield base_url
         finally:
             proc.terminate()
             proc.wait(30)
     # NOMOAT_LOG_LEVEL=warning: no per-request info lines.
     assert "POST /v1/chat/completions" not in log_path.read_text()
+
+
+def test_environment_variables_configure_a_server(env_server):
+    with httpx.Client(base_url=env_server, timeout=120) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["env-model", "default"]
+        r = client.post("/v1/chat/completions", json=chat_body("x" * 3000, model="env-model", max_tokens=2))
+        assert_error(r, 413, code="request_too_large")
+        assert_serves_model(client, "env-model")
 
 
 def _healthy(base_url: str) -> bool:
@@ -252,16 +265,16 @@ def _healthy(base_url: str) -> bool:
 
 
 def assert_serves_model(client: httpx.Client, model: str) -> None:
-    r = client.post("/v1/chat/completions", json=chat_body("Hi", model=model, max_tokens=3))
-    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    r = client.post("/v1/chat/completions", json=chat_body("Hi", model=model, max_tokens=3, logit_bias=NO_EOS))
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] and choice["finish_reason"] == "length"
+    assert r.json()["usage"]["completion_tokens"] == 3
 
 
-def test_chat_template_override(start_server, tmp_path):
-    # Only the contents, no ChatML: "Hi" is then a one-token prompt.
-    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    srv = start_server(models_toml(parallel=1, extra=f"chat_template = {template!r}"))
-    with httpx.Client(base_url=srv.base_url, timeout=120) as client:
-        r = client.post("/v1/chat/completions", json=chat_body("Hi", max_tokens=2))
+def test_chat_template_override(env_server, tmp_path):
+    with httpx.Client(base_url=env_server, timeout=120) as client:
+        r = client.post("/v1/chat/completions", json=chat_body("Hi", model="env-model", max_tokens=2))
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["prompt_tokens"] == len(tokenize("Hi")) == 1
     broken = tmp_path / "broken.toml"
@@ -272,19 +285,18 @@ def test_chat_template_override(start_server, tmp_path):
     assert "Uvicorn running" not in result.stderr
 
 
-def test_parallel_flag_overrides_the_file(start_server):
-    srv = start_server(models_toml(parallel=4), "--parallel", "1", "--queue-size", "0")
-    with httpx.Client(base_url=srv.base_url, timeout=120) as client, \
+def test_parallel_flag_overrides_the_file(env_server):
+    with httpx.Client(base_url=env_server, timeout=120) as client, \
             client.stream("POST", "/v1/chat/completions",
-                          json=chat_body(max_tokens=1000, logit_bias=NO_EOS, stream=True)) as holder:
+                          json=chat_body(model="env-model", max_tokens=1000, logit_bias=NO_EOS, stream=True)) as holder:
         held = holder.iter_lines()  # keep it: a dropped line iterator closes the response
         next(held)
         # One slot and no queue: a second request is turned away (with parallel = 4 it would run).
-        assert_error(client.post("/v1/chat/completions", json=chat_body("Hi", max_tokens=2)), 429,
+        assert_error(client.post("/v1/chat/completions", json=chat_body("Hi", model="env-model", max_tokens=2)), 429,
                      type_="rate_limit_error")
-    with httpx.Client(base_url=srv.base_url, timeout=120) as client:
-        assert wait_until(lambda: metric(client.get("/metrics").text, "nomoat_active_sequences", model="smollm2-135m") == 0)
-        assert_serves(client)
+    with httpx.Client(base_url=env_server, timeout=120) as client:
+        assert wait_until(lambda: metric(client.get("/metrics").text, "nomoat_active_sequences", model="env-model") == 0)
+        assert_serves_model(client, "env-model")
 
 
 # --- the command line itself ------------------------------------------------------------------------

@@ -1,18 +1,22 @@
-"""Every client error gets its exact status and an OpenAI error body, and the server keeps serving."""
+"""Every client error gets its exact status and an OpenAI error body, and the server keeps serving.
+
+The checks run in process over the fake engine (`fake`): they are the protocol's and the HTTP layer's.
+What needs the real model (its tokenizer's count against n_ctx, its sampler) keeps a test on the
+session server at the end.
+"""
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from conftest import models_toml
+from support.fake_engine import N_CTX
 from wire import MODEL, assert_error, assert_serves, chat_body, completion_body
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 HI = [{"role": "user", "content": "Hi"}]
-TOO_LONG = "hello " * 3000  # about 3000 tokens; the test server's context is 2048
+TOO_LONG = "hello " * 3000  # about 3000 tokens for the real model (n_ctx 2048), 18000 for the fake (4096)
 
 
 INVALID = [
@@ -52,7 +56,8 @@ INVALID = [
     "path, body, param, code", INVALID,
     ids=[f"{'chat' if path == CHAT else 'completions'}-{param}-{i}" for i, (path, _, param, _) in enumerate(INVALID)],
 )
-def test_invalid_field_is_400_naming_the_param(client, path, body, param, code):
+def test_invalid_field_is_400_naming_the_param(fake, path, body, param, code):
+    client = fake.client
     assert_error(client.post(path, json=body), 400, param=param, code=code)
     assert_serves(client)
 
@@ -64,21 +69,24 @@ def test_invalid_field_is_400_naming_the_param(client, path, body, param, code):
      b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}'],
     ids=["syntax", "empty", "binary", "truncated", "lone-surrogate"],
 )
-def test_malformed_json_is_400(client, raw):
+def test_malformed_json_is_400(fake, raw):
+    client = fake.client
     r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     error = assert_error(r, 400, param=None)
     assert "JSON" in error["message"]
     assert_serves(client)
 
 
-def test_escaped_surrogate_pairs_are_text(client):
+def test_escaped_surrogate_pairs_are_text(fake):
+    client = fake.client
     raw = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \\u00e9"}], "max_tokens": 2}'
     r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("body", [[1, 2], "text", 3, None], ids=["array", "string", "number", "null"])
-def test_body_that_is_not_an_object_is_400(client, body):
+def test_body_that_is_not_an_object_is_400(fake, body):
+    client = fake.client
     assert_error(client.post(CHAT, json=body), 400, param=None)
     assert_serves(client)
 
@@ -86,7 +94,8 @@ def test_body_that_is_not_an_object_is_400(client, body):
 @pytest.mark.parametrize("path, body", [(CHAT, chat_body("Hi")), (COMPLETIONS, completion_body("Hi"))],
                          ids=["chat", "completions"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
-def test_unknown_model_is_404_model_not_found(client, path, body, streamed):
+def test_unknown_model_is_404_model_not_found(fake, path, body, streamed):
+    client = fake.client
     r = client.post(path, json=body | {"model": "gpt-4o", "stream": streamed})
     error = assert_error(r, 404, code="model_not_found", param="model")
     assert "gpt-4o" in error["message"] and MODEL in error["message"]
@@ -99,15 +108,18 @@ def test_unknown_model_is_404_model_not_found(client, path, body, streamed):
     ids=["chat", "completions"],
 )
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
-def test_prompt_longer_than_the_context_is_400(client, path, body, param, streamed):
-    r = client.post(path, json=body | {"stream": streamed, "max_tokens": 4})
+def test_prompt_longer_than_the_context_is_400(fake, path, body, param, streamed):
+    """The engine's PromptTooLong, mapped before any SSE starts; the real model's count is checked below."""
+    r = fake.client.post(path, json=body | {"stream": streamed, "max_tokens": 4})
     error = assert_error(r, 400, code="context_length_exceeded", param=param)
-    assert "2048" in error["message"]
-    assert_serves(client)
+    assert str(N_CTX) in error["message"]
+    assert_serves(fake.client)
 
 
-def test_unknown_route_is_json_404(client):
-    for method, path in [("GET", "/v1/nothing"), ("POST", "/v1/audio/speech"), ("GET", "/")]:
+def test_unknown_route_is_json_404(fake):
+    client = fake.client
+    # (GET / is the web page now: tests/test_ui_inprocess.py.)
+    for method, path in [("GET", "/v1/nothing"), ("POST", "/v1/audio/speech"), ("GET", "/nothing/here")]:
         error = assert_error(client.request(method, path), 404, code="not_found")
         assert path in error["message"]
     assert_serves(client)
@@ -117,7 +129,8 @@ def test_unknown_route_is_json_404(client):
     "method, path, allowed",
     [("GET", CHAT, "POST"), ("PUT", COMPLETIONS, "POST"), ("DELETE", "/health", "GET"), ("POST", "/v1/models", "GET")],
 )
-def test_wrong_method_is_json_405(client, method, path, allowed):
+def test_wrong_method_is_json_405(fake, method, path, allowed):
+    client = fake.client
     r = client.request(method, path)
     assert_error(r, 405, code="method_not_allowed")
     assert allowed in r.headers["allow"]
@@ -138,27 +151,50 @@ def test_wrong_method_is_json_405(client, method, path, allowed):
     ],
     ids=["no-content", "null-content", "n16", "empty-stops", "extra-samplers", "tools", "response-format", "unicode"],
 )
-def test_odd_but_valid_requests_are_answered(client, body):
+def test_odd_but_valid_requests_are_answered(fake, body):
+    client = fake.client
     r = client.post(CHAT, json=body)
     assert r.status_code == 200, r.text
     assert all(c["message"]["role"] == "assistant" for c in r.json()["choices"])
 
 
-def test_oversized_body_is_413(start_server):
-    srv = start_server(models_toml(parallel=1), "--max-body-bytes", "2048")
-    with httpx.Client(base_url=srv.base_url, timeout=60) as client:
-        big = json.dumps(chat_body("x" * 5000, max_tokens=2)).encode()
-        error = assert_error(client.post(CHAT, content=big, headers={"content-type": "application/json"}), 413,
-                             code="request_too_large")
-        assert "2048" in error["message"]
-        assert_serves(client)
-        # Without a Content-Length the limit holds too (a chunked upload is cut while it streams in).
-        chunked = (big[i : i + 512] for i in range(0, len(big), 512))
-        r = client.post(COMPLETIONS, content=chunked, headers={"content-type": "application/json"})
-        assert "content-length" not in r.request.headers
-        assert_error(r, 413, code="request_too_large")
-        assert_serves(client)
-        # Just under the limit is served.
-        small = chat_body("x" * 1500, max_tokens=2)
-        assert len(json.dumps(small)) < 2048
-        assert client.post(CHAT, json=small).status_code == 200
+def test_oversized_body_is_413(fake_factory):
+    client = fake_factory(max_body_bytes=2048).client
+    big = json.dumps(chat_body("x" * 5000, max_tokens=2)).encode()
+    error = assert_error(client.post(CHAT, content=big, headers={"content-type": "application/json"}), 413,
+                         code="request_too_large")
+    assert "2048" in error["message"]
+    assert_serves(client)
+    # Without a Content-Length the limit holds too (a chunked upload is cut while it streams in).
+    chunked = (big[i : i + 512] for i in range(0, len(big), 512))
+    r = client.post(COMPLETIONS, content=chunked, headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413, code="request_too_large")
+    assert_serves(client)
+    # Just under the limit is served.
+    small = chat_body("x" * 1500, max_tokens=2)
+    assert len(json.dumps(small)) < 2048
+    assert client.post(CHAT, json=small).status_code == 200
+
+
+# --- the real model: what the fake engine cannot stand in for ------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_real_prompt_longer_than_the_context_is_400(client, streamed):
+    """The real tokenizer's count against the real n_ctx (2048); the fake twin above covers both routes."""
+    r = client.post(CHAT, json=chat_body(TOO_LONG) | {"stream": streamed, "max_tokens": 4})
+    error = assert_error(r, 400, code="context_length_exceeded", param="messages")
+    assert "2048" in error["message"]
+    assert_serves(client)
+
+
+def test_real_engine_answers_odd_but_valid_requests(client):
+    """More choices than slots (4), every extra sampler, text outside ASCII: one real request.
+    The fake twin (test_odd_but_valid_requests_are_answered) covers each shape on its own."""
+    body = {"messages": [{"role": "user", "content": "\u00e9\u4e2d\U0001f600"}], "max_tokens": 2, "n": 5,
+            "temperature": 0, "top_k": 1, "min_p": 0.5, "repeat_penalty": 1.3, "stop": ["", ""]}
+    r = client.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert len(choices) == 5 and all(c["message"]["role"] == "assistant" for c in choices)

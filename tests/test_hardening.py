@@ -64,15 +64,26 @@ def _available(deny: Callable[[], None]) -> bool:
 WX_MMAP = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
 
 
-@pytest.mark.parametrize("deny", [_seccomp_mdwe, _kernel_mdwe], ids=["seccomp", "prctl"])
-def test_server_generates_with_write_execute_memory_denied(deny, tmp_path: Path):
+def _usable(deny: Callable[[], None]) -> bool:
     try:
-        if not _available(deny):
-            pytest.skip("this kernel or libseccomp cannot apply the restriction")
-    except OSError as exc:  # libseccomp missing
-        pytest.skip(str(exc))
-    # The restriction is real: a W+X mapping fails in a child that carries it.
-    assert subprocess.run([sys.executable, "-c", WX_MMAP], preexec_fn=deny, capture_output=True).returncode != 0
+        return _available(deny)
+    except OSError:  # libseccomp missing
+        return False
+
+
+def test_server_generates_with_write_execute_memory_denied(tmp_path: Path):
+    """Both of systemd's mechanisms at once on one server (each alone would pass where both pass)."""
+    denials = [deny for deny in (_seccomp_mdwe, _kernel_mdwe) if _usable(deny)]
+    if not denials:
+        pytest.skip("this kernel or libseccomp cannot apply the restriction")
+
+    def deny() -> None:
+        for one in denials:
+            one()
+
+    # Each restriction is real: a W+X mapping fails in a child that carries it.
+    for one in denials:
+        assert subprocess.run([sys.executable, "-c", WX_MMAP], preexec_fn=one, capture_output=True).returncode != 0
     assert subprocess.run([sys.executable, "-c", WX_MMAP], capture_output=True).returncode == 0
 
     port = free_port()

@@ -1,17 +1,25 @@
-"""Every limit, hit against a real server: its OpenAI-shaped error first, then a normal request succeeds."""
+"""Every limit, hit: its OpenAI-shaped error first, then a normal request succeeds.
+
+The limits live in the HTTP layer and the generation core, so most run in process over the fake engine
+(`fake_factory`). A real server keeps what needs uvicorn's sockets (a body over the limit, senders
+that trickle their bodies) and the engine's own count of prompt tokens.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from conftest import ServerProcess, models_toml
-from streams import NO_EOS, StreamReader, long_completion, wait_for
+from streams import long_completion, wait_for
+from wire import finish_reasons, metric, read_stream
 
 KEYS = ["limit-key-1", "limit-key-2"]
 CHAT = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+LIMITS = {"max_tokens_limit": 8, "api_key": ",".join(KEYS)}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +34,15 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     proc.stop()
 
 
-def _post(srv: ServerProcess, path: str, body: dict, key: str = KEYS[0]) -> httpx.Response:
-    return httpx.post(srv.base_url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _post(srv: Any, path: str, body: dict, key: str = KEYS[0]) -> httpx.Response:
+    """POST to a real server, or to an in-process one (anything with a `.client`)."""
+    if isinstance(srv, ServerProcess):
+        return httpx.post(srv.base_url + path, json=body, headers=_bearer(key), timeout=60)
+    return srv.client.post(path, json=body, headers=_bearer(key))
 
 
 def _error(r: httpx.Response, status: int) -> dict:
@@ -36,7 +51,7 @@ def _error(r: httpx.Response, status: int) -> dict:
     return r.json()["error"]
 
 
-def _normal_request_succeeds(srv: ServerProcess, key: str = KEYS[0]) -> None:
+def _normal_request_succeeds(srv: Any, key: str = KEYS[0]) -> None:
     r = _post(srv, "/v1/chat/completions", CHAT, key)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["role"] == "assistant"
@@ -52,7 +67,8 @@ def test_body_size(limited):
 @pytest.mark.parametrize("path,field", [("/v1/chat/completions", "max_tokens"),
                                         ("/v1/chat/completions", "max_completion_tokens"),
                                         ("/v1/completions", "max_tokens")])
-def test_max_tokens_over_the_limit_is_400_naming_the_parameter(limited, path, field):
+def test_max_tokens_over_the_limit_is_400_naming_the_parameter(fake_factory, path, field):
+    limited = fake_factory(**LIMITS)
     body = dict(long_completion()) if path == "/v1/completions" else {**CHAT}
     body.pop("max_tokens", None)
     body[field] = 9
@@ -61,7 +77,8 @@ def test_max_tokens_over_the_limit_is_400_naming_the_parameter(limited, path, fi
     _normal_request_succeeds(limited)
 
 
-def test_without_max_tokens_the_limit_is_the_default(limited):
+def test_without_max_tokens_the_limit_is_the_default(fake_factory):
+    limited = fake_factory(**LIMITS)
     body = long_completion()
     del body["max_tokens"]
     r = _post(limited, "/v1/completions", body)
@@ -72,6 +89,7 @@ def test_without_max_tokens_the_limit_is_the_default(limited):
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_prompt_over_max_prompt_tokens_is_context_length_exceeded(limited, path):
+    """The engine counts the prompt against max_prompt_tokens: a real server's."""
     words = " ".join(["word"] * 60)
     if path == "/v1/completions":
         body, param = {"prompt": words, "max_tokens": 2}, "prompt"
@@ -84,51 +102,30 @@ def test_prompt_over_max_prompt_tokens_is_context_length_exceeded(limited, path)
 
 
 class HeldRequest(threading.Thread):
-    """A long streamed completion that occupies a generation slot until release() closes it.
+    """A streamed completion in process that occupies a generation slot: the fake engine holds every
+    generation after its first token until the test sets `hold`. (A body held back no longer holds a
+    slot: the limiter admits a request once its body is in; tested on a real server below.)"""
 
-    (A body held back no longer holds a slot: the limiter admits a request once its body is in.)
-    """
-
-    def __init__(self, srv: ServerProcess, key: str) -> None:
+    def __init__(self, srv: Any, key: str) -> None:
         super().__init__(daemon=True)
         self.srv, self.key = srv, key
-        self.gate = threading.Event()
         self.status: int | None = None
 
     def run(self) -> None:
-        body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 4000, "stream": True,
-                "logit_bias": NO_EOS}
-        with httpx.stream("POST", self.srv.base_url + "/v1/completions", json=body, timeout=120,
-                          headers={"Authorization": f"Bearer {self.key}"}) as r:
+        body = {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 8, "stream": True}
+        with self.srv.client.stream("POST", "/v1/completions", json=body, headers=_bearer(self.key)) as r:
             self.status = r.status_code
-            for _ in r.iter_lines():
-                if self.gate.is_set():
-                    break
-
-    def release(self) -> int | None:
-        self.gate.set()
-        self.join(60)
-        return self.status
+            r.read()
 
 
-def _in_flight(srv: ServerProcess) -> float:
-    text = httpx.get(srv.base_url + "/metrics", timeout=10).text
-    line = next(ln for ln in text.splitlines() if ln.startswith("nomoat_requests_in_flight "))
-    return float(line.split()[1]) - 1  # this scrape is in flight too
+def _in_flight(srv: Any) -> float:
+    return (metric(srv.client.get("/metrics").text, "nomoat_requests_in_flight") or 0) - 1  # this scrape too
 
 
-@pytest.fixture(scope="module")
-def slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        models_toml(), tmp_path_factory.mktemp("slots"), "--max-concurrent-streams", "3",
-        "--max-streams-per-key", "2", env={"NOMOAT_API_KEY": ",".join(KEYS)},
-    ).wait_ready()
-    yield proc
-    proc.stop()
-
-
-def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(slots):
-    limited = slots
+def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(fake_factory):
+    """The limiter is ASGI middleware: in process it is the same code as behind uvicorn."""
+    limited = fake_factory(max_concurrent_streams=3, max_streams_per_key=2, api_key=",".join(KEYS))
+    limited.engine.hold = threading.Event()
     held = [HeldRequest(limited, KEYS[0]), HeldRequest(limited, KEYS[0]), HeldRequest(limited, KEYS[1])]
     try:
         for n, h in enumerate(held, 1):
@@ -143,35 +140,44 @@ def test_concurrent_requests_per_key_and_globally_are_429_with_retry_after(slots
         assert err["code"] == "server_busy" and "max_concurrent_streams" in err["message"]
         assert int(overall.headers["retry-after"]) >= 1
         # A stream is refused the same way, before any SSE starts.
-        reader = StreamReader(limited.base_url + "/v1/completions", long_completion(max_tokens=2),
-                              {"Authorization": f"Bearer {KEYS[1]}"})
-        reader.run()
-        assert reader.status == 429, reader.describe()
+        with limited.client.stream("POST", "/v1/completions", json=long_completion(max_tokens=2, stream=True),
+                                   headers=_bearer(KEYS[1])) as refused:
+            assert refused.status_code == 429
+            assert refused.headers["content-type"].startswith("application/json")
         # Other routes are not generation requests and are not counted.
-        assert httpx.get(limited.base_url + "/v1/models", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
+        assert limited.client.get("/v1/models", headers=_bearer(KEYS[0])).status_code == 200
     finally:
-        statuses = [h.release() for h in held]
-    assert statuses == [200, 200, 200]
+        limited.engine.hold.set()
+        for h in held:
+            h.join(60)
+    assert [h.status for h in held] == [200, 200, 200]
     _normal_request_succeeds(limited, KEYS[0])
     _normal_request_succeeds(limited, KEYS[1])
 
 
-def test_request_timeout_stops_generation_with_finish_reason_length(start_server):
-    srv = start_server(models_toml(), "--request-timeout-seconds", "1")
-    body = {"prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0, "logit_bias": NO_EOS}
-    r = httpx.post(srv.base_url + "/v1/completions", json=body, timeout=600)
+def test_request_timeout_stops_generation_with_finish_reason_length(fake_factory):
+    """The timeout is the generation core's: the fake engine, held after its first token, stands in
+    for a long generation. (Cancelling the real engine is tests/test_engine_abort.py's.)"""
+    srv = fake_factory(request_timeout_seconds=1)
+    srv.engine.hold = threading.Event()
+    # Should the timeout not act, the generations go on after this guard and the checks below fail.
+    guard = threading.Timer(120, srv.engine.hold.set)
+    guard.start()
+    r = srv.client.post("/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 2000})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["choices"][0]["finish_reason"] == "length"
-    assert answer["usage"]["completion_tokens"] < 2000
-    reader = StreamReader(srv.base_url + "/v1/chat/completions",
-                          {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 2000,
-                           "logit_bias": NO_EOS, "stream_options": {"include_usage": True}})
-    reader.run()
-    assert reader.done and reader.finish_reasons() == ["length"], reader.describe()
-    assert reader.chunks()[-1]["usage"]["completion_tokens"] < 2000
-    assert "request_timeout_seconds" in srv.log()
-    r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=60)
+    assert answer["usage"]["completion_tokens"] == 1
+    with srv.client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 2000, "stream": True,
+            "stream_options": {"include_usage": True}}) as streamed:
+        chunks = read_stream(streamed)
+    assert finish_reasons(chunks) == ["length"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 1
+    wait_for(lambda: srv.engine.outstanding == 0, what="both generations cancelled, not left running")
+    guard.cancel()
+    srv.engine.hold.set()
+    r = srv.client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
     assert r.status_code == 200, r.text
 
 

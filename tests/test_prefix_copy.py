@@ -25,15 +25,13 @@ def body(question: str, *, max_tokens: int, model: str = "smollm2-135m", stream:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, uncached_server):
     from conftest import ServerProcess
     adapter = write_lora(tmp_path_factory.mktemp("copy-adapter") / "a.gguf", seed=21, std=0.12)
     extra = f'[[adapters]]\nname = "a"\npath = "{adapter}"\n'
     warm = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("copy")).wait_ready()
-    cold = ServerProcess(models_toml(extra="prefix_cache = false"), tmp_path_factory.mktemp("nocache")).wait_ready()
-    yield warm, cold
+    yield warm, uncached_server
     warm.stop()
-    cold.stop()
 
 
 def while_streaming(url: str, first: dict, then) -> object:

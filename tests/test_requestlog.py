@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
 from conftest import ServerProcess, models_toml
-from streams import StreamReader, long_completion, wait_for
+from streams import long_completion, wait_for
+from support.inprocess import MODEL
+from wire import read_stream
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+FAKE_CHAT = {**CHAT, "model": MODEL}  # the in-process registry has no alias "default"
 
 
 @pytest.fixture(scope="module")
@@ -28,60 +32,81 @@ def _access(srv: ServerProcess, request_id: str) -> dict:
                     timeout=10, what=f"access line for {request_id}")
 
 
-def test_request_id_is_generated_and_echoed_on_every_response(json_server):
-    base = json_server.base_url
+# --- in process: the middleware's ids and fields (the fake engine; records through caplog) -------------
+
+
+def _record(caplog: pytest.LogCaptureFixture, request_id: str) -> dict:
+    [record] = [r for r in caplog.records if r.name == "nomoat.access" and r.fields["request_id"] == request_id]
+    return record.fields
+
+
+def test_request_id_is_generated_and_echoed_on_every_response(fake):
+    client = fake.client
     responses = [
-        httpx.get(base + "/health"),
-        httpx.get(base + "/v1/models"),
-        httpx.get(base + "/no/such/route"),
-        httpx.post(base + "/v1/chat/completions", content=b"{not json"),
-        httpx.post(base + "/v1/chat/completions", json=CHAT, timeout=60),
+        client.get("/health"),
+        client.get("/v1/models"),
+        client.get("/no/such/route"),
+        client.post("/v1/chat/completions", content=b"{not json"),
+        client.post("/v1/chat/completions", json=FAKE_CHAT),
     ]
     ids = [r.headers.get("x-request-id") for r in responses]
     assert all(ids) and len(set(ids)) == len(ids), ids
     assert [r.status_code for r in responses] == [200, 200, 404, 400, 200]
 
 
-def test_client_request_id_is_kept_and_unsafe_ones_replaced(json_server):
-    base = json_server.base_url
-    r = httpx.post(base + "/v1/chat/completions", json=CHAT, headers={"x-request-id": "trace-42.a/b"}, timeout=60)
+def test_client_request_id_is_kept_and_unsafe_ones_replaced(fake):
+    client = fake.client
+    r = client.post("/v1/chat/completions", json=FAKE_CHAT, headers={"x-request-id": "trace-42.a/b"})
     assert r.headers["x-request-id"] == "trace-42.a/b"
     for unsafe in ("has space", "x" * 200, "quote\"d"):
-        r = httpx.get(base + "/v1/models", headers={"x-request-id": unsafe})
+        r = client.get("/v1/models", headers={"x-request-id": unsafe})
         assert r.headers["x-request-id"].startswith("req_"), unsafe
-    reader = StreamReader(base + "/v1/completions", long_completion(max_tokens=3), {"x-request-id": "stream-1"})
-    reader.run()
-    assert reader.done and reader.response_headers["x-request-id"] == "stream-1"
+    with client.stream("POST", "/v1/completions", json=long_completion(max_tokens=3, stream=True),
+                       headers={"x-request-id": "stream-1"}) as streamed:
+        assert read_stream(streamed) and streamed.headers["x-request-id"] == "stream-1"
+
+
+def test_a_request_has_one_access_record_with_its_fields(fake, caplog):
+    caplog.set_level(logging.INFO, logger="nomoat.access")
+    fake.client.post("/v1/chat/completions", json=FAKE_CHAT, headers={"x-request-id": "line-1"})
+    entry = _record(caplog, "line-1")
+    assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions" and entry["status"] == 200
+    assert entry["model"] == MODEL and entry["adapter"] is None
+    assert entry["prompt_tokens"] > 0 and entry["completion_tokens"] == 3
+    assert 0 < entry["ttft_s"] <= entry["duration_s"]
+
+
+def test_streamed_request_logs_its_tokens_after_the_last_byte(fake, caplog):
+    caplog.set_level(logging.INFO, logger="nomoat.access")
+    with fake.client.stream("POST", "/v1/completions", json=long_completion(max_tokens=5, stream=True),
+                            headers={"x-request-id": "stream-2"}) as streamed:
+        read_stream(streamed)
+    entry = _record(caplog, "stream-2")
+    assert entry["status"] == 200 and entry["completion_tokens"] == 5 and entry["ttft_s"] is not None
+
+
+def test_errors_are_logged_with_their_status(fake, caplog):
+    caplog.set_level(logging.INFO, logger="nomoat.access")
+    fake.client.post("/v1/chat/completions", json={**FAKE_CHAT, "model": "nope"}, headers={"x-request-id": "err-1"})
+    entry = _record(caplog, "err-1")
+    assert entry["status"] == 404 and entry["prompt_tokens"] is None
+
+
+# --- real servers: the log formats the process sets up ---------------------------------------------
 
 
 def test_every_log_line_is_json_and_requests_have_one_line_each(json_server):
+    """`--log-format json` as the process configures it, uvicorn's lines included; the fields
+    themselves are checked in process above."""
     base = json_server.base_url
     httpx.post(base + "/v1/chat/completions", json=CHAT, headers={"x-request-id": "json-line-1"}, timeout=60)
     entry = _access(json_server, "json-line-1")
     assert entry["logger"] == "nomoat.access" and entry["level"] == "info"
     assert entry["method"] == "POST" and entry["path"] == "/v1/chat/completions" and entry["status"] == 200
-    assert entry["model"] == "default" and entry["adapter"] is None
-    assert entry["prompt_tokens"] > 0 and 0 < entry["completion_tokens"] <= 3
-    assert 0 < entry["ttft_s"] <= entry["duration_s"]
+    assert entry["model"] == "default" and 0 < entry["completion_tokens"] <= 3
     lines = _json_lines(json_server)  # raises if any line is not JSON
     assert sum(e.get("request_id") == "json-line-1" for e in lines) == 1
     assert any(e["logger"].startswith("uvicorn") for e in lines), "uvicorn's own lines are JSON too"
-
-
-def test_streamed_request_logs_its_tokens_after_the_last_byte(json_server):
-    reader = StreamReader(json_server.base_url + "/v1/completions", long_completion(max_tokens=5),
-                          {"x-request-id": "json-stream-1"})
-    reader.run()
-    assert reader.done
-    entry = _access(json_server, "json-stream-1")
-    assert entry["status"] == 200 and entry["completion_tokens"] == 5 and entry["ttft_s"] is not None
-
-
-def test_errors_are_logged_with_their_status(json_server):
-    httpx.post(json_server.base_url + "/v1/chat/completions", json={**CHAT, "model": "nope"},
-               headers={"x-request-id": "json-err-1"})
-    entry = _access(json_server, "json-err-1")
-    assert entry["status"] == 404 and entry["prompt_tokens"] is None
 
 
 def test_text_format_has_one_readable_line_per_request(server, client):

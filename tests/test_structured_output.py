@@ -132,14 +132,16 @@ def test_without_response_format_the_same_prompt_is_not_json(sdk):
     ({"type": "string", "maxLength": 10**6}, "at most"),
     (json.loads('{"type": "object", "properties": {"a": ' * 100 + '{"type": "string"}' + "}}" * 100), "nests deeper"),
 ])
-def test_unsupported_schema_is_a_clear_400_and_the_server_keeps_serving(clients_server, schema, names):
-    with httpx.Client(base_url=clients_server.base_url, timeout=60) as c:
-        r = c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, "response_format": fmt(schema)})
-        assert r.status_code == 400
-        err = r.json()["error"]
-        assert names in err["message"]
-        assert err["param"] == "response_format.json_schema.schema" and err["code"] == "unsupported_schema"
-        assert c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3}).status_code == 200
+def test_unsupported_schema_is_a_clear_400_and_the_server_keeps_serving(fake, schema, names):
+    """Refused while the request is read (in process, the fake engine): before any grammar reaches llama.cpp."""
+    c = fake.client
+    r = c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, "response_format": fmt(schema)})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert names in err["message"]
+    assert err["param"] == "response_format.json_schema.schema" and err["code"] == "unsupported_schema"
+    assert not fake.engine.submitted
+    assert c.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3}).status_code == 200
 
 
 def test_schemas_llama_cpp_refuses_and_absurd_nesting_are_400_too(clients_server):
@@ -158,9 +160,9 @@ def test_schemas_llama_cpp_refuses_and_absurd_nesting_are_400_too(clients_server
     ({"type": "xml"}, "response_format.type"),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": "not a schema"}}, "response_format.json_schema.schema"),
 ])
-def test_malformed_response_format_is_400(clients_server, body, param):
-    r = httpx.post(clients_server.base_url + "/v1/chat/completions", timeout=60,
-                   json={"messages": ASK, "max_tokens": 5, "response_format": body})
+def test_malformed_response_format_is_400(fake, body, param):
+    r = fake.client.post("/v1/chat/completions",
+                         json={"messages": ASK, "max_tokens": 5, "response_format": body})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
 
 

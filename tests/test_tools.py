@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import jsonschema
 import openai
 import pytest
 from clients_fixtures import CLIENT_MODELS
-from conftest import models_toml
 
 from nomoat.core.tool_calls import ToolStream, parse_output
 from nomoat.core.tools import Tool, ToolPlan, prompt_messages
@@ -162,24 +160,23 @@ def test_tool_choice_none_answers_in_text(sdk):
     ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]},
      "messages[1].tool_calls[0].function"),
 ])
-def test_bad_tool_requests_are_400_naming_the_field(clients_server, body, param):
-    r = httpx.post(clients_server.base_url + "/v1/chat/completions", timeout=60,
-                   json={"messages": ASK, "max_tokens": 5, **body})
+def test_bad_tool_requests_are_400_naming_the_field(fake, body, param):
+    r = fake.client.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
 
 
-def test_native_tool_template_gets_the_tools(start_server):
-    # A model whose template renders `tools` gets them there, not in nomoat's system message.
+def test_native_tool_template_gets_the_tools(fake):
+    """A model whose template renders `tools` gets them there, not in nomoat's system message.
+    In process: the fake model's tokens are characters, so the prompts' lengths are compared."""
     template = ("{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}<|im_end|>\n"
                 "{% endif %}" + CHATML)
-    proc = start_server(models_toml(extra=f"chat_template = {json.dumps(template)}"))
+    fake.engine.model.chat_template = ChatTemplate(template, bos_token="", eos_token="<|im_end|>")
     body = {"messages": ASK, "max_tokens": 1, "temperature": 0}
-    with httpx.Client(base_url=proc.base_url, timeout=60) as c:
-        plain = c.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
-        with_tools = c.post("/v1/chat/completions", json={**body, "tools": [WEATHER]}).json()["usage"]["prompt_tokens"]
-    # Only the short TOOLS line was added (nomoat's own description is over a hundred tokens).
-    assert 3 < with_tools - plain < 20
+    plain = fake.client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+    with_tools = fake.client.post("/v1/chat/completions", json={**body, "tools": [WEATHER]}).json()["usage"]["prompt_tokens"]
+    added = "<|im_start|>system\nTOOLS: get_weather<|im_end|>\n"
+    assert with_tools - plain == len(added)  # nomoat's own description is hundreds of characters
 
 
 # --- the parser, without the model --------------------------------------------------------
