@@ -48,7 +48,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | N
         elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         default = field.default
-        kwargs["help"] = f"{field.description} [env NOMOAT_{name.upper()}; default: {default}]"
+        # argparse %-formats help strings: a literal % (as in "75%") must be doubled.
+        kwargs["help"] = f"{field.description} [env NOMOAT_{name.upper()}; default: {default}]".replace("%", "%%")
         parser.add_argument(flag, *_FLAG_ALIASES.get(name, []), **kwargs)
 
 
