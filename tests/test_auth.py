@@ -98,7 +98,7 @@ def test_admin_routes_need_the_admin_key(keyed):
             assert _error(r)["code"] == "permission_denied"
     r = httpx.post(srv.base_url + "/admin/reload", headers=_bearer(ADMIN), timeout=60)
     assert r.status_code == 200, r.text
-    assert r.json() == {"object": "reload", "loaded": [], "removed": [], "unchanged": ["smollm2-135m"]}
+    assert r.json() == {"object": "reload", "loaded": [], "removed": [], "unchanged": ["smollm2-135m"], "reconfigured": []}
 
 
 def test_admin_reload_with_a_broken_file_is_422_and_keeps_serving(keyed):
