@@ -21,11 +21,14 @@ def model_path() -> Path:
 
 
 def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_ctx: int = TEST_N_CTX,
-                extra: str = "", server: str = "") -> str:
+                extra: str = "", server: str = "", load: str = "startup") -> str:
+    """The embedded model, loaded before the server reports ready (`load="startup"`, as the shipped
+    models.toml does), so a test's first request and its metrics find it loaded; tests/test_lifecycle.py
+    covers models loaded on demand."""
     return (
         f'default_model = "{name}"\n[server]\n{server}\n'
         f'[[models]]\nname = "{name}"\naliases = ["default"]\npath = "embedded:smollm2-135m"\n'
-        f"n_ctx = {n_ctx}\nparallel = {parallel}\nn_threads = 2\n{extra}\n"
+        f'n_ctx = {n_ctx}\nparallel = {parallel}\nn_threads = 2\nload = "{load}"\n{extra}\n'
     )
 
 

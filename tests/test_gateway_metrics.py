@@ -65,8 +65,7 @@ def test_no_model_loaded_still_exports_the_adapter_info():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     adapters = tmp_path_factory.mktemp("gateway-adapters")
-    # Loaded at startup: an on-demand model has no engine, so no series, until its first request.
-    extra = 'load = "startup"\n' + f'[[adapters]]\nname = "tone"\npath = "{write_lora(Path(adapters) / "tone.gguf", seed=7)}"\n'
+    extra = f'[[adapters]]\nname = "tone"\npath = "{write_lora(Path(adapters) / "tone.gguf", seed=7)}"\n'
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("gateway")).wait_ready()
     yield proc
     proc.stop()
