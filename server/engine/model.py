@@ -13,6 +13,7 @@ import llama_cpp
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .errors import InvalidInput, ModelFileError, PromptTooLong
+from .heap import return_free_memory
 from .kv import KVCacheTypes
 from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, TokenPrompt
 
@@ -276,3 +277,4 @@ class LoadedModel:
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None
+            return_free_memory()
