@@ -281,6 +281,22 @@ def test_unloading_a_busy_model_waits_until_it_is_idle(serve):
     wait_until(lambda: cards(srv)["a"]["status"] == "unloaded", "a unloaded once idle")
 
 
+def test_unloading_a_loading_model_lets_the_load_finish_then_unloads_it(serve, loader):
+    srv = serve(models("a", "b"))
+    loader.gate = threading.Event()
+    answers: list[Any] = []
+    load = threading.Thread(target=lambda: answers.append(srv.client.post("/models/load", json={"model": "a"})))
+    load.start()
+    wait_until(lambda: loader.loads == ["a"], "a's load started")
+    r = srv.client.post("/models/unload", json={"model": "a"})
+    assert r.status_code == 202 and r.json()["status"] == "loading", r.text
+    loader.gate.set()
+    load.join(30)
+    assert answers[0].status_code == 200, answers[0].text
+    wait_until(lambda: cards(srv)["a"]["status"] == "unloaded", "a unloaded once its load was answered")
+    assert loader.loads == ["a"]
+
+
 def test_reload_changes_unloaded_models_without_loading_them(fake_factory, loader, monkeypatch):
     registry = fake_registry(Settings(), monkeypatch, models("a", "b", "c"), loader)
 

@@ -241,12 +241,19 @@ class Residency:
             self.on_change()
 
     async def unload(self, name: str) -> bool:
-        """Unload `name` now if idle (True); a busy model unloads once idle (False). A pinned one stays (409)."""
+        """Unload `name` now if idle (True); a busy or loading model unloads once idle (False). A pinned one
+        stays (409)."""
+        resident = self.residents[name]
+        if resident.config.pinned:
+            raise ConflictError(f"model {name!r} is pinned (load = \"startup\" in models.toml): it stays loaded",
+                                param="model")
+        if resident.status == "loading":
+            # The load goes on for the requests waiting on it (the lock is the load's until it ends);
+            # keep_alive 0 unloads the model as soon as they are answered.
+            resident.keep_alive = 0.0
+            return False
         async with self.lock:
             resident = self.residents[name]
-            if resident.config.pinned:
-                raise ConflictError(f"model {name!r} is pinned (load = \"startup\" in models.toml): it stays loaded",
-                                    param="model")
             if resident.status != "loaded":
                 return True
             if not resident.busy:
