@@ -200,7 +200,7 @@ def test_a_one_model_limit_alternates_without_failing_a_request(serve, loader):
 
 def test_a_running_stream_is_never_cut_by_a_load_that_needs_its_memory(serve, monkeypatch):
     monkeypatch.setattr(residency_module, "EVICT_WAIT_SECONDS", 0.5)
-    srv = serve(models("a", "b"), memory_budget=int(FOOTPRINT * 1.5))
+    srv = serve(models("a", "b", "c"), memory_budget=int(FOOTPRINT * 1.5))
     engine, stream, answers = held_stream(srv, "a")
     refused = chat(srv, "b")
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_busy", refused.text
@@ -211,13 +211,16 @@ def test_a_running_stream_is_never_cut_by_a_load_that_needs_its_memory(serve, mo
     second = threading.Thread(target=lambda: waiting.append(chat(srv, "b")))
     second.start()
     wait_until(lambda: cards(srv)["b"]["status"] == "loading", "b waits for memory")
+    # ... without holding the residency lock: other loads and unloads go on meanwhile.
+    assert srv.client.post("/models/unload", json={"model": "c"}).status_code == 200
+    assert cards(srv)["b"]["status"] == "loading"
     assert engine.hold is not None
     engine.hold.set()
     stream.join(30)
     second.join(30)
     assert answers[0].status_code == 200 and answers[0].text.rstrip().endswith("data: [DONE]")
     assert waiting[0].status_code == 200 and engine.aborted is None
-    assert {m: c["status"] for m, c in cards(srv).items()} == {"a": "unloaded", "b": "loaded"}
+    assert {m: c["status"] for m, c in cards(srv).items()} == {"a": "unloaded", "b": "loaded", "c": "unloaded"}
 
 
 def test_a_model_larger_than_the_budget_is_a_400_naming_both(serve):

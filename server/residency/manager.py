@@ -134,31 +134,45 @@ class Residency:
     async def _load(self, resident: Resident) -> None:
         previous, resident.status = resident.status, "loading"
         try:
-            async with self.lock:
-                if self.residents.get(resident.name) is not resident or resident.status == "loaded":
-                    return
-                footprint = await asyncio.to_thread(self.estimate, resident.config)
-                await self._make_room(resident, footprint)
-                started = time.perf_counter()
-                try:
-                    engine = await asyncio.to_thread(self._open_engine, resident.config)
-                except ConfigError as exc:
-                    self._failed(resident, str(exc))
-                    raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
-                served = ServedModel(resident.config, engine)
-                try:
-                    await self._hooks.attach(resident.name, engine)
-                except BaseException:
-                    await asyncio.to_thread(served.close)
-                    raise
-                self.mark_loaded(resident, served, footprint)
-                log.info("loaded %s on demand in %.2fs (estimated %s; %s of %s budget in use)", resident.name,
-                         time.perf_counter() - started, format_size(footprint.total()), format_size(self.used()),
-                         format_size(self.budget))
+            deadline = time.monotonic() + EVICT_WAIT_SECONDS
+            while True:
+                async with self.lock:
+                    if self.residents.get(resident.name) is not resident or resident.status == "loaded":
+                        return
+                    footprint = await asyncio.to_thread(self.estimate, resident.config)
+                    busy = await self._make_room(resident, footprint)
+                    if not busy:
+                        await self._open(resident, footprint)
+                        return
+                # Busy models hold the memory: wait for them without the lock, so loads that fit and
+                # unloads go on meanwhile.
+                if time.monotonic() >= deadline:
+                    raise ModelBusyError(f"model {resident.name!r} needs {format_size(footprint.cpu())}, held by "
+                                         f"busy models ({', '.join(busy)}); retry once they finish", retry_after=5)
+                await asyncio.sleep(_POLL_SECONDS)
         finally:
             resident.loading = None
             if resident.status == "loading":
                 resident.status = "failed" if previous == "failed" and resident.error else "unloaded"
+
+    async def _open(self, resident: Resident, footprint: Footprint) -> None:
+        """Open the model's engine and its adapters (lock held, room made)."""
+        started = time.perf_counter()
+        try:
+            engine = await asyncio.to_thread(self._open_engine, resident.config)
+        except ConfigError as exc:
+            self._failed(resident, str(exc))
+            raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
+        served = ServedModel(resident.config, engine)
+        try:
+            await self._hooks.attach(resident.name, engine)
+        except BaseException:
+            await asyncio.to_thread(served.close)
+            raise
+        self.mark_loaded(resident, served, footprint)
+        log.info("loaded %s on demand in %.2fs (estimated %s; %s of %s budget in use)", resident.name,
+                 time.perf_counter() - started, format_size(footprint.total()), format_size(self.used()),
+                 format_size(self.budget))
 
     def estimate(self, config: ModelConfig) -> Footprint:
         """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
@@ -182,8 +196,9 @@ class Residency:
         log.error("model %s failed to load: %s", resident.name, reason)
         resident.status, resident.error, resident.failed_key = "failed", reason, file_key(resident.config)
 
-    async def _make_room(self, resident: Resident, footprint: Footprint) -> None:
-        """Unload idle models, least recently used first, until `footprint` fits (lock held)."""
+    async def _make_room(self, resident: Resident, footprint: Footprint) -> list[str]:
+        """Unload idle models, least recently used first, until `footprint` fits (lock held): [] once it
+        fits, else the busy models that hold the memory."""
         need, gpu_need = footprint.cpu(), footprint.gpu()
         limit = self._settings.max_loaded_models
         if need > self.budget or (self.gpu_budget is not None and gpu_need > self.gpu_budget):
@@ -193,28 +208,23 @@ class Residency:
                 + f"; memory_budget is {format_size(self.budget)}"
                 + (f", gpu_memory_budget {format_size(self.gpu_budget)}" if self.gpu_budget is not None else ""),
                 param="model")
-        deadline = time.monotonic() + EVICT_WAIT_SECONDS
         while True:
             loaded = [r for r in self.residents.values() if r.status == "loaded" and r is not resident]
             if self._fits(loaded, need, gpu_need, limit):
-                return
+                return []
             idle = sorted((r for r in loaded if not r.config.pinned and not r.busy), key=lambda r: r.last_used)
-            if idle:
-                await self._unload(idle[0], "evicted to make room for " + resident.name)
-                if self._metrics is not None:
-                    self._metrics.evictions.labels(idle[0].name).inc()
-                continue
-            pinned = [r for r in loaded if r.config.pinned]
-            if not self._fits(pinned, need, gpu_need, limit):
-                raise ModelTooLargeError(
-                    f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
-                    f"{format_size(self.budget)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
-                    f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model")
-            if time.monotonic() >= deadline:
-                busy = ", ".join(r.name for r in loaded if not r.config.pinned)
-                raise ModelBusyError(f"model {resident.name!r} needs {format_size(need)}, held by busy models "
-                                     f"({busy}); retry once they finish", retry_after=5)
-            await asyncio.sleep(_POLL_SECONDS)
+            if not idle:
+                break
+            await self._unload(idle[0], "evicted to make room for " + resident.name)
+            if self._metrics is not None:
+                self._metrics.evictions.labels(idle[0].name).inc()
+        pinned = [r for r in loaded if r.config.pinned]
+        if not self._fits(pinned, need, gpu_need, limit):
+            raise ModelTooLargeError(
+                f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
+                f"{format_size(self.budget)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
+                f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model")
+        return [r.name for r in loaded if not r.config.pinned]
 
     def _fits(self, loaded: list[Resident], need: int, gpu_need: int, limit: int) -> bool:
         if limit and len(loaded) >= limit:
