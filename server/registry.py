@@ -19,6 +19,7 @@ from .engine.model import LoadedModel, ModelSpec
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .metrics import Metrics
+from .quantities import format_size
 from .residency.footprint import Footprint
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
@@ -148,7 +149,8 @@ class ModelRegistry:
             to_load = [c for c in models_file.models
                        if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
                        or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
-            loaded = await asyncio.to_thread(self._open_all, to_load)
+            in_use = sum(r.memory("cpu") for r in kept.values() if r.status == "loaded")
+            loaded = await asyncio.to_thread(self._open_all, to_load, in_use)
             residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
             retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
             engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
@@ -185,13 +187,20 @@ class ModelRegistry:
                  result.reconfigured or "none")
         return result
 
-    def _open_all(self, configs: list[ModelConfig]) -> dict[str, tuple[ServedModel, Footprint]]:
-        """Load each model or none: on a failure the ones loaded so far are closed again."""
+    def _open_all(self, configs: list[ModelConfig], in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
+        """Load each model or none: on a failure the ones loaded so far are closed again. They must fit in
+        the memory budget beside `in_use` bytes of models that stay loaded (ConfigError otherwise)."""
+        footprints = {config.name: self.residency.estimate(config) for config in configs}
+        need = sum(f.cpu() for f in footprints.values())
+        if configs and in_use + need > self.residency.budget:
+            raise ConfigError(f"loading {', '.join(c.name for c in configs)} needs an estimated {format_size(need)}; "
+                              f"memory_budget {format_size(self.residency.budget)} has "
+                              f"{format_size(max(0, self.residency.budget - in_use))} left beside the models that "
+                              "stay loaded")
         loaded: dict[str, tuple[ServedModel, Footprint]] = {}
         try:
             for config in configs:
-                footprint = self.residency.estimate(config)
-                loaded[config.name] = (ServedModel(config, self._load_model(config)), footprint)
+                loaded[config.name] = (ServedModel(config, self._load_model(config)), footprints[config.name])
         except BaseException:
             _close_all(served for served, _ in loaded.values())
             raise

@@ -318,6 +318,20 @@ def test_reload_changes_unloaded_models_without_loading_them(fake_factory, loade
     assert loader.loads == ["a", "a", "d"]
 
 
+def test_a_reload_whose_new_models_do_not_fit_the_budget_changes_nothing(fake_factory, loader, monkeypatch):
+    registry = fake_registry(Settings(memory_budget=int(FOOTPRINT * 1.5)), monkeypatch, models("a", "b"), loader)
+
+    async def scenario() -> None:
+        await registry.resolve("a")
+        with pytest.raises(ConfigError, match=r"loading d needs an estimated .* memory_budget .* left"):
+            await registry.apply(models("a", "b", "d", pinned=("d",)), drain_timeout=1)
+        assert {n: r.status for n, r in registry.residency.residents.items()} == {"a": "loaded", "b": "unloaded"}
+        await registry.aclose()
+
+    asyncio.run(scenario())
+    assert loader.loads == ["a"]
+
+
 def test_ps_renders_the_loaded_models_and_when_each_unloads(serve):
     srv = serve(models("a", "b", "c", pinned=("c",)))
     assert chat(srv, "a").status_code == 200
