@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .residency.footprint import Footprint
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
+from .rpc.host import ChildModel
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -62,6 +63,7 @@ class ServedId:
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
+ChildLoader = Callable[[ModelConfig], ChildModel]
 
 
 class ModelRegistry:
@@ -72,14 +74,15 @@ class ModelRegistry:
     """
 
     def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None, *,
-                 load_model: ModelLoader | None = None) -> None:
+                 load_model: ModelLoader | None = None, start_child: ChildLoader | None = None) -> None:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
         self._load_model = load_model or self._load_engine
+        self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
-        self.residency = Residency(settings, self._load_model, metrics, self.catalogue)
+        self.residency = Residency(settings, self._open, metrics, self.catalogue)
         self._retiring: set[ServedModel] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
@@ -100,6 +103,32 @@ class ModelRegistry:
             raise
         self.ready = True
 
+    def _open(self, config: ModelConfig) -> Engine | ChildModel:
+        """A model with `rpc` runs in a child process of its own (server/rpc/host.py says why), but in the child."""
+        if config.rpc and not self._settings.rpc_in_process:
+            return self._start_child(config)
+        return self._load_model(config)
+
+    def _child(self, config: ModelConfig) -> ChildModel:
+        adapters = [a for a in self._file.adapters if self._file.base_of(a.base) == config.name]
+        stacks = [s for s in self._file.stacks if self._file.base_of(s.base) == config.name]
+        child = ChildModel(config, adapters, stacks, self._settings,
+                           on_exit=lambda reason: self.residency.child_exited(child, reason))
+        child.start()
+        return child
+
+    def hosted(self, model_id: str | None) -> str | None:
+        """The base model a request's `model` runs on when a child process serves it (its requests are forwarded
+        there, server/rpc/forward.py), else None."""
+        if not self.ready or not any(r.config.rpc for r in self.residency.residents.values()) \
+                or self._settings.rpc_in_process:
+            return None
+        try:
+            base, _ = self._lookup(model_id or self.default_name)
+        except ModelNotFoundError:
+            return None
+        return base if self.residency.residents[base].config.rpc else None
+
     def _load_engine(self, config: ModelConfig) -> Engine:
         spec = ModelSpec(
             name=config.name,
@@ -113,6 +142,8 @@ class ModelRegistry:
             chat_template=config.chat_template,
             reasoning_format=config.reasoning_format,
             adapter_contexts=config.adapter_contexts,
+            rpc=tuple(config.rpc),
+            tensor_split=tuple(config.tensor_split),
             **config.engine_options(),
         )
         try:
@@ -191,7 +222,7 @@ class ModelRegistry:
         try:
             for config in configs:
                 footprint = self.residency.estimate(config)
-                loaded[config.name] = (ServedModel(config, self._load_model(config)), footprint)
+                loaded[config.name] = (ServedModel.of(config, self._open(config)), footprint)
         except BaseException:
             _close_all(served for served, _ in loaded.values())
             raise
@@ -254,7 +285,7 @@ class ModelRegistry:
         pairs = default_set if lora is None else list(lora)
         self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
         served = await self.residency.acquire(base, keep_alive)
-        return Target(model_id=requested, base_id=base, engine=served.engine,
+        return Target(model_id=requested, base_id=base, engine=_local(served),
                       adapters=self._adapters(base, pairs, lora is not None))
 
     def _adapters(self, base: str, pairs: list[tuple[str, float]], explicit: bool) -> AdapterSet:
@@ -289,7 +320,7 @@ class ModelRegistry:
             )
         served = await self.residency.acquire(base, keep_alive)
         if served.embedder is None:
-            served.embedder = Embedder(served.engine.model, queue_size=self._settings.queue_size,
+            served.embedder = Embedder(_local(served).model, queue_size=self._settings.queue_size,
                                        max_input_tokens=self._settings.max_prompt_tokens or None)
         return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
 
@@ -319,7 +350,7 @@ class ModelRegistry:
         out = []
         for resident in self.residency.residents.values():
             config, served = resident.config, resident.served
-            n_ctx = served.engine.model.n_ctx if served is not None else config.n_ctx
+            n_ctx = served.engine.model.n_ctx if served is not None and served.engine is not None else config.n_ctx
             state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
                              max_model_len=n_ctx, state=state, model_adapters=adapters) for model_id in config.ids()]
@@ -354,7 +385,7 @@ class ModelRegistry:
 
     def engines(self) -> dict[str, Engine]:
         """The loaded models' engines."""
-        return {name: served.engine for name, served in self.residency.loaded().items()}
+        return {name: served.engine for name, served in self.residency.loaded().items() if served.engine is not None}
 
     def close(self) -> None:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""
@@ -383,6 +414,13 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     reconfigured: list[str] = field(default_factory=list)  # changed while not loaded: takes effect on its next load
+
+
+def _local(served: ServedModel) -> Engine:
+    if served.engine is None:  # the forwarder sends every request that names such a model to its process
+        raise ServiceUnavailableError(f"model {served.config.name!r} runs in a process of its own (rpc), which "
+                                      "this endpoint does not reach", code="model_not_supported")
+    return served.engine
 
 
 def _close_all(models: Iterable[ServedModel]) -> None:
