@@ -117,11 +117,15 @@ class ModelRegistry:
         child.start()
         return child
 
+    def hosts_children(self) -> bool:
+        """Some model runs in a child process (cheap: asked for every request that may name one)."""
+        return self.ready and not self._settings.rpc_in_process and any(
+            r.config.rpc for r in self.residency.residents.values())
+
     def hosted(self, model_id: str | None) -> str | None:
         """The base model a request's `model` runs on when a child process serves it (its requests are forwarded
         there, server/rpc/forward.py), else None."""
-        if not self.ready or not any(r.config.rpc for r in self.residency.residents.values()) \
-                or self._settings.rpc_in_process:
+        if not self.hosts_children():
             return None
         try:
             base, _ = self._lookup(model_id or self.default_name)

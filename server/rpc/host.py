@@ -116,7 +116,7 @@ class ChildModel:
                 time.sleep(0.1)
 
     def _models_toml(self) -> str:
-        server = {name: getattr(self._settings, name) for name in _INHERITED}
+        server = {name: getattr(self._settings, name) for name in _INHERITED if getattr(self._settings, name) is not None}
         server["max_streams_per_key"] = self._settings.max_concurrent_streams  # one key: the parent's
         model = self.config.model_dump(exclude_none=True) | {"load": "startup"}
         model.pop("keep_alive", None)  # the parent decides when it unloads
@@ -150,6 +150,18 @@ class ChildModel:
         if "unreachable" in tail or "configuration error" in tail:  # its own clean refusal says it all
             return tail.split("configuration error:", 1)[-1].strip(" |")
         return f"its process ended ({how}), workers {', '.join(self.config.rpc)}" + (f": {tail}" if tail else "")
+
+    def wait_exit(self, timeout: float) -> str | None:
+        """Why the child ended, once it has within `timeout` seconds (with its last words); None while it runs."""
+        if self._proc is None:
+            return None
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._reader is not None:
+            self._reader.join(timeout=timeout)
+        return self.exit_reason()
 
     @property
     def alive(self) -> bool:
