@@ -57,6 +57,7 @@ class Offload:
 def offload(endpoints: list[str], weights: list[float]) -> Offload:
     """The RPC devices of `endpoints` (checked reachable first: llama.cpp aborts on one that is not) and the split
     over them; ValueError when `weights` name more devices than the workers have."""
+    require_rpc()
     parsed = [parse_endpoint(e) for e in endpoints]
     check_reachable(parsed)
     found = rpc_devices(parsed)

@@ -70,9 +70,12 @@ class ChildModel:
 
     def start(self) -> None:
         """Spawn the child and wait until it serves; ConfigError with the reason when it cannot."""
+        from .ggml import RpcUnavailable, require_rpc  # llama_cpp: only once an rpc model loads
+
         try:
+            require_rpc()
             check_reachable([parse_endpoint(e) for e in self.config.rpc])
-        except WorkerUnreachable as exc:
+        except (RpcUnavailable, WorkerUnreachable) as exc:
             self._cleanup()
             raise ConfigError(str(exc)) from None
         port = _free_port()
