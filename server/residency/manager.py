@@ -209,8 +209,9 @@ class Residency:
         if resident is None:
             return  # unloaded or replaced meanwhile
         self._cancel_timer(resident)
+        log.error("model %s stopped: %s", resident.name, reason)
         resident.served, resident.loaded_at, resident.idle_since, resident.keep_alive = None, None, None, None
-        self._failed(resident, reason)
+        resident.status, resident.error, resident.failed_key = "failed", reason, None
         self._hooks.detach(resident.name)
         self._changed()
         self._spawn(asyncio.to_thread(child.close))  # its files; the process has ended

@@ -10,6 +10,7 @@ model failed with the child's last words, and loads it again once its workers an
 from __future__ import annotations
 
 import collections
+import ctypes
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .endpoints import WorkerUnreachable, check_reachable, parse_endpoint
 log = logging.getLogger("nomoat.rpc")
 
 _STOP_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 20
 
 # The parent's settings a child serves with; the rest (address, keys, state, UI, systemd) are its own.
@@ -89,7 +91,7 @@ class ChildModel:
                    "--port", str(port), "--state-dir", str(self._dir / "state"), "--rpc-in-process", "--no-ui",
                    "--no-watch-adapters", "--log-level", "warning"]
         self._proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+                                      stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._watch, name=f"nomoat-child-{self.config.name}", daemon=True)
         self._reader.start()
         try:
@@ -196,6 +198,14 @@ class ChildModel:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the parent dies, even by SIGKILL, so no orphan keeps
+    holding the workers (a worker serves one client at a time). Strictly, the signal follows the thread that
+    started the child: here the event loop's executor threads, which live as long as the server."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
