@@ -24,7 +24,8 @@ def is_loopback(host: str) -> bool:
 
 
 def run_worker(host: str, port: int, threads: int, cache_dir: Path | None) -> int:
-    """Serve until killed; 2 (with the way to rebuild) where this llama-cpp-python has no RPC backend."""
+    """Serve until killed; 2 (with the way to rebuild) where this llama-cpp-python has no RPC backend, 1 where
+    llama.cpp's server could not start."""
     endpoint = Endpoint(host, port)
     if not is_loopback(host):
         print(NO_AUTH_WARNING.format(endpoint=endpoint), file=sys.stderr)
@@ -37,4 +38,6 @@ def run_worker(host: str, port: int, threads: int, cache_dir: Path | None) -> in
     except RpcUnavailable as exc:
         print(f"nomoat worker: {exc}", file=sys.stderr)
         return 2
-    return 0
+    # It serves for ever; returning means it could not start (its reason is printed above: a port in use...).
+    print(f"nomoat worker: llama.cpp's RPC server on {endpoint} stopped", file=sys.stderr)
+    return 1
