@@ -14,6 +14,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -87,6 +88,7 @@ class ChildModel:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("NOMOAT_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["NOMOAT_API_KEY"] = self.api_key
+        env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort's reason, not a gdb backtrace, ends its stderr
         command = [sys.executable, "-m", "nomoat", "serve", "--config", str(config_file), "--host", "127.0.0.1",
                    "--port", str(port), "--state-dir", str(self._dir / "state"), "--rpc-in-process", "--no-ui",
                    "--no-watch-adapters", "--log-level", "warning"]
@@ -151,7 +153,7 @@ class ChildModel:
         """Why the child ended, in its own last words (a worker that went away: llama.cpp's RPC error)."""
         code = self._proc.returncode if self._proc is not None else None
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
-        tail = " | ".join(list(self._tail)[-4:])[-600:]
+        tail = " | ".join(_bare(line) for line in list(self._tail)[-3:])[-600:]
         if "unreachable" in tail or "configuration error" in tail:  # its own clean refusal says it all
             return tail.split("configuration error:", 1)[-1].strip(" |")
         return f"its process ended ({how}), workers {', '.join(self.config.rpc)}" + (f": {tail}" if tail else "")
@@ -198,6 +200,14 @@ class ChildModel:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# A log line's "2026-01-01 10:00:00,000 ERROR nomoat.llama_cpp: " and a C source's ".../ggml-rpc.cpp:569: ".
+_PREFIX = re.compile(r"^(\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ [\w.]+: )?(\S*/[\w.-]+\.(c|cpp|h):\d+: )?")
+
+
+def _bare(line: str) -> str:
+    return _PREFIX.sub("", line, count=1)
 
 
 def _die_with_parent() -> None:
