@@ -135,9 +135,14 @@ class StandInChild(ChildModel):
     def __init__(self, config: ModelConfig, base_url: str) -> None:
         super().__init__(config, [], [], Settings(), on_exit=lambda reason: None)
         self.base_url = base_url
+        self.closed = 0
 
     def start(self) -> None:
         pass
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
 
     def wait_exit(self, timeout: float) -> str | None:
         return "worker 127.0.0.1:9 went away"
@@ -173,25 +178,57 @@ def breaking_child_url() -> Iterator[str]:
     thread.join(10)
 
 
-@pytest.fixture()
-def forwarding(tmp_path: Path, breaking_child_url: str) -> Iterator[TestClient]:
+def serve_stand_ins(tmp_path: Path, url: str, started: list[StandInChild], split_load: str = "on_demand",
+                    ) -> Iterator[tuple[TestClient, ModelRegistry]]:
     from support.fake_engine import FakeEngine
 
     path = str(config.embedded_model_path())
     models = ModelsFile(models=[ModelConfig(name="local", path=path, load="startup"),
-                                ModelConfig(name="split", path=path, rpc=["127.0.0.1:9"]),
+                                ModelConfig(name="split", path=path, rpc=["127.0.0.1:9"], load=split_load),
                                 ModelConfig(name="gone", path=path, rpc=["127.0.0.1:9"])])
     settings = Settings(state_dir=tmp_path)
 
     def start_child(model: ModelConfig) -> ChildModel:  # "gone" answers nowhere: its process never served
-        return StandInChild(model, breaking_child_url if model.name == "split" else f"http://127.0.0.1:{free_port()}")
+        started.append(StandInChild(model, url if model.name == "split" else f"http://127.0.0.1:{free_port()}"))
+        return started[-1]
 
     registry = ModelRegistry(models, settings, Metrics(), load_model=lambda m: FakeEngine(m.name),
                              start_child=start_child)
     registry.load()
     with TestClient(build_app(settings, registry), raise_server_exceptions=False) as client:
-        yield client
+        yield client, registry
     registry.close()
+
+
+@pytest.fixture()
+def forwarding(tmp_path: Path, breaking_child_url: str) -> Iterator[TestClient]:
+    for client, _ in serve_stand_ins(tmp_path, breaking_child_url, []):
+        yield client
+
+
+def status(client: TestClient, model: str) -> str:
+    return str(client.get(f"/v1/models/{model}").json()["status"])
+
+
+def test_unloading_a_child_hosted_model_stops_its_process(tmp_path: Path, breaking_child_url: str) -> None:
+    started: list[StandInChild] = []
+    for client, _ in serve_stand_ins(tmp_path, breaking_child_url, started):
+        assert client.post("/models/load", json={"model": "split"}).status_code == 200
+        assert status(client, "split") == "loaded" and len(started) == 1 and started[0].closed == 0
+        assert client.post("/models/unload", json={"model": "split"}).status_code == 200
+        assert status(client, "split") == "unloaded" and started[0].closed == 1
+
+
+def test_a_pinned_model_whose_child_died_is_loaded_again(tmp_path: Path, breaking_child_url: str) -> None:
+    started: list[StandInChild] = []
+    for client, registry in serve_stand_ins(tmp_path, breaking_child_url, started, split_load="startup"):
+        assert client.post("/models/load", json={"model": "split"}).status_code == 200  # on the loop now
+        registry.residency.child_exited(started[0], "worker 127.0.0.1:9 went away")
+        deadline = time.monotonic() + 60
+        while len(started) < 2 or status(client, "split") != "loaded":
+            assert time.monotonic() < deadline, client.get("/v1/models/split").json()
+            time.sleep(0.05)
+        assert started[0].closed == 1
 
 
 def test_a_stream_cut_by_the_child_ends_with_an_openai_error_event(forwarding: TestClient) -> None:
