@@ -162,7 +162,8 @@ def _breaking_app() -> Starlette:
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route(p, answer, methods=["POST"]) for p in ("/v1/chat/completions", "/v1/messages")])
+    return Starlette(routes=[Route(p, answer, methods=["POST"]) for p in ("/v1/chat/completions", "/v1/messages",
+                                                                      "/v1/responses")])
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +248,14 @@ def test_a_stream_cut_by_the_child_ends_with_an_anthropic_error_event(forwarding
     assert events[-2] == "event: error"
     error = json.loads(events[-1].removeprefix("data: "))["error"]
     assert error["type"] == "overloaded_error" and "went away" in error["message"]  # 503, as nomoat maps it
+
+
+def test_a_stream_cut_by_the_child_ends_with_a_responses_error_event(forwarding: TestClient) -> None:
+    with forwarding.stream("POST", "/v1/responses", json={"model": "split", "stream": True, "input": "hi"}) as r:
+        events = [line for line in r.iter_lines() if line]
+    assert events[-2] == "event: error"
+    error = json.loads(events[-1].removeprefix("data: "))
+    assert error["type"] == "error" and error["code"] == "model_process_exited"
 
 
 def test_a_child_that_does_not_answer_is_a_503_and_local_models_still_serve(forwarding: TestClient) -> None:

@@ -135,8 +135,9 @@ def _error_event(endpoint: Endpoint, exc: ServiceUnavailableError) -> bytes:
         return b"event: error\ndata: " + _json(answer_for(exc, "messages", "anthropic").body) + b"\n\n"
     error = answer_for(exc).body
     if endpoint.name == "create_response":
-        inner = error["error"]
-        return b"event: error\ndata: " + _json({"type": "error", **inner}) + b"\n\n"
+        inner = error["error"]  # as the Responses stream's own `error` event (openai/responses.py failure())
+        return b"event: error\ndata: " + _json({"type": "error", "code": inner["code"], "message": inner["message"],
+                                                "param": inner["param"]}) + b"\n\n"
     return b"data: " + _json(error) + b"\n\n"
 
 
