@@ -9,9 +9,11 @@ import logging
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ServiceUnavailableError
+from ..openai.protocol import KeepAlive
 from ..registry import ModelRegistry
 from ..rpc.host import ChildModel
 from .body import receive_body, replaying
@@ -48,11 +50,13 @@ class ForwardMiddleware:
             return
         messages = await receive_body(receive, self.limits.max_body_bytes, self.limits.body_timeout)
         body = b"".join(m.get("body", b"") for m in messages)
-        base = self.registry.hosted(_model_field(body))
+        data = _json_object(body)
+        model = data.get("model")
+        base = self.registry.hosted(model if isinstance(model, str) else None)
         if base is None:
             await self.app(scope, replaying(messages, receive), send)
             return
-        served = await self.registry.residency.acquire(base)
+        served = await self.registry.residency.acquire(base, _keep_alive(data))
         assert served.child is not None
         child = served.child
         child.outstanding += 1
@@ -145,11 +149,21 @@ def _json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _model_field(body: bytes) -> str | None:
-    """The body's `model`, or None (the default model; a body that is not JSON is the handler's to refuse)."""
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, else {} (no model named: the default; a body that is not JSON is the handler's to
+    refuse, or the child's)."""
     try:
         data = json.loads(body)
     except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _keep_alive(data: dict[str, Any]) -> float | None:
+    """The request's `keep_alive` for the parent's residency (the child refuses an invalid one with a 400)."""
+    if "keep_alive" not in data:
         return None
-    model = data.get("model") if isinstance(data, dict) else None
-    return model if isinstance(model, str) else None
+    try:
+        return KeepAlive.model_validate({"keep_alive": data["keep_alive"]}).keep_alive
+    except ValidationError:
+        return None
