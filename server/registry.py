@@ -22,7 +22,7 @@ from .metrics import Metrics
 from .residency.footprint import Footprint
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
-from .rpc.host import ChildModel
+from .rpc.host import ChildModel, start_child
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -63,7 +63,7 @@ class ServedId:
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
-ChildLoader = Callable[[ModelConfig], ChildModel]
+ChildLoader = Callable[[ModelConfig, ModelsFile], ChildModel]  # a model and the file its adapters come from
 
 
 class ModelRegistry:
@@ -103,19 +103,15 @@ class ModelRegistry:
             raise
         self.ready = True
 
-    def _open(self, config: ModelConfig) -> Engine | ChildModel:
-        """A model with `rpc` runs in a child process of its own (server/rpc/host.py says why), but in the child."""
+    def _open(self, config: ModelConfig, models_file: ModelsFile | None = None) -> Engine | ChildModel:
+        """A model with `rpc` runs in a child process of its own (server/rpc/host.py says why), but in the child.
+        `models_file`: the one being applied, whose adapters the child serves (default: the current one)."""
         if config.rpc and not self._settings.rpc_in_process:
-            return self._start_child(config)
+            return self._start_child(config, models_file or self._file)
         return self._load_model(config)
 
-    def _child(self, config: ModelConfig) -> ChildModel:
-        adapters = [a for a in self._file.adapters if self._file.base_of(a.base) == config.name]
-        stacks = [s for s in self._file.stacks if self._file.base_of(s.base) == config.name]
-        child = ChildModel(config, adapters, stacks, self._settings,
-                           on_exit=lambda reason: self.residency.child_exited(child, reason))
-        child.start()
-        return child
+    def _child(self, config: ModelConfig, models_file: ModelsFile) -> ChildModel:
+        return start_child(config, models_file, self._settings, self.residency.child_exited)
 
     def hosts_children(self) -> bool:
         """Some model runs in a child process (cheap: asked for every request that may name one)."""
@@ -183,7 +179,7 @@ class ModelRegistry:
             to_load = [c for c in models_file.models
                        if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
                        or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
-            loaded = await asyncio.to_thread(self._open_all, to_load)
+            loaded = await asyncio.to_thread(self._open_all, to_load, models_file)
             residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
             retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
             engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
@@ -220,13 +216,13 @@ class ModelRegistry:
                  result.reconfigured or "none")
         return result
 
-    def _open_all(self, configs: list[ModelConfig]) -> dict[str, tuple[ServedModel, Footprint]]:
+    def _open_all(self, configs: list[ModelConfig], models_file: ModelsFile) -> dict[str, tuple[ServedModel, Footprint]]:
         """Load each model or none: on a failure the ones loaded so far are closed again."""
         loaded: dict[str, tuple[ServedModel, Footprint]] = {}
         try:
             for config in configs:
                 footprint = self.residency.estimate(config)
-                loaded[config.name] = (ServedModel.of(config, self._open(config)), footprint)
+                loaded[config.name] = (ServedModel.of(config, self._open(config, models_file)), footprint)
         except BaseException:
             _close_all(served for served, _ in loaded.values())
             raise
@@ -289,7 +285,7 @@ class ModelRegistry:
         pairs = default_set if lora is None else list(lora)
         self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
         served = await self.residency.acquire(base, keep_alive)
-        return Target(model_id=requested, base_id=base, engine=_local(served),
+        return Target(model_id=requested, base_id=base, engine=served.local_engine(),
                       adapters=self._adapters(base, pairs, lora is not None))
 
     def _adapters(self, base: str, pairs: list[tuple[str, float]], explicit: bool) -> AdapterSet:
@@ -324,7 +320,7 @@ class ModelRegistry:
             )
         served = await self.residency.acquire(base, keep_alive)
         if served.embedder is None:
-            served.embedder = Embedder(_local(served).model, queue_size=self._settings.queue_size,
+            served.embedder = Embedder(served.local_engine().model, queue_size=self._settings.queue_size,
                                        max_input_tokens=self._settings.max_prompt_tokens or None)
         return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
 
@@ -418,13 +414,6 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     reconfigured: list[str] = field(default_factory=list)  # changed while not loaded: takes effect on its next load
-
-
-def _local(served: ServedModel) -> Engine:
-    if served.engine is None:  # the forwarder sends every request that names such a model to its process
-        raise ServiceUnavailableError(f"model {served.config.name!r} runs in a process of its own (rpc), which "
-                                      "this endpoint does not reach", code="model_not_supported")
-    return served.engine
 
 
 def _close_all(models: Iterable[ServedModel]) -> None:

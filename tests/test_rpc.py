@@ -92,7 +92,7 @@ def test_child_models_toml_holds_the_model_its_adapters_and_no_secrets(tmp_path:
     adapters = [AdapterConfig(name="a", path="/a.gguf", base="split", scale=0.5)]
     stacks = [StackConfig(name="st", base="split", adapters={"a": 0.25})]
     settings = Settings(api_key="secret-key", threads=3, state_dir=tmp_path)
-    child = ChildModel(model, adapters, stacks, settings, on_exit=lambda reason: None)
+    child = ChildModel(model, adapters, stacks, settings, on_exit=lambda child, reason: None)
     try:
         text = child._models_toml()
     finally:
@@ -121,7 +121,7 @@ def test_worker_without_an_rpc_build_says_how_to_rebuild() -> None:
 @pytest.mark.skipif(supports_rpc(), reason="this llama-cpp-python has RPC: the rebuild message is not shown")
 def test_an_rpc_model_without_an_rpc_build_fails_to_load_saying_how_to_rebuild(tmp_path: Path) -> None:
     model = ModelConfig(name="m", path=str(config.embedded_model_path()), rpc=["127.0.0.1:9"])
-    child = ChildModel(model, [], [], Settings(state_dir=tmp_path), on_exit=lambda reason: None)
+    child = ChildModel(model, [], [], Settings(state_dir=tmp_path), on_exit=lambda child, reason: None)
     with pytest.raises(ConfigError, match="-DGGML_RPC=on"):
         child.start()
 
@@ -133,7 +133,7 @@ class StandInChild(ChildModel):
     """A 'child' served by a small app in a thread: streams one chunk, then its connection breaks."""
 
     def __init__(self, config: ModelConfig, base_url: str) -> None:
-        super().__init__(config, [], [], Settings(), on_exit=lambda reason: None)
+        super().__init__(config, [], [], Settings(), on_exit=lambda child, reason: None)
         self.base_url = base_url
         self.closed = 0
 
@@ -189,7 +189,7 @@ def serve_stand_ins(tmp_path: Path, url: str, started: list[StandInChild], split
                                 ModelConfig(name="gone", path=path, rpc=["127.0.0.1:9"])])
     settings = Settings(state_dir=tmp_path)
 
-    def start_child(model: ModelConfig) -> ChildModel:  # "gone" answers nowhere: its process never served
+    def start_child(model: ModelConfig, _: ModelsFile) -> ChildModel:  # "gone" answers nowhere: its process never served
         started.append(StandInChild(model, url if model.name == "split" else f"http://127.0.0.1:{free_port()}"))
         return started[-1]
 

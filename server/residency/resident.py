@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from ..config import ModelConfig
 from ..engine.embedder import Embedder
 from ..engine.engine import Engine
+from ..errors import ServiceUnavailableError
 from ..rpc.host import ChildModel
 from .footprint import Footprint
 
@@ -51,6 +52,12 @@ class ServedModel:
     @classmethod
     def of(cls, config: ModelConfig, opened: Engine | ChildModel) -> ServedModel:
         return cls(config, None, child=opened) if isinstance(opened, ChildModel) else cls(config, opened)
+
+    def local_engine(self) -> Engine:
+        if self.engine is None:  # the forwarder sends every request that names such a model to its process
+            raise ServiceUnavailableError(f"model {self.config.name!r} runs in a process of its own (rpc), which "
+                                          "this endpoint does not reach", code="model_not_supported")
+        return self.engine
 
     @property
     def outstanding(self) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from ..config import AdapterConfig, ModelConfig, StackConfig
+from ..config import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from ..errors import ConfigError
 from ..settings import Settings
 from .endpoints import WorkerUnreachable, check_reachable, parse_endpoint
@@ -47,15 +47,26 @@ _INHERITED = ("threads", "queue_size", "max_body_bytes", "body_timeout_seconds",
               "log_format", "memory_budget", "shutdown_grace_seconds", "responses_max_age", "responses_max_count")
 
 
+def start_child(config: ModelConfig, models_file: ModelsFile, settings: Settings,
+                on_exit: Callable[[ChildModel, str], None]) -> ChildModel:
+    """`config`'s child process, serving its adapters and stacks of `models_file` too, started (blocking)."""
+    adapters = [a for a in models_file.adapters if models_file.base_of(a.base) == config.name]
+    stacks = [s for s in models_file.stacks if models_file.base_of(s.base) == config.name]
+    child = ChildModel(config, adapters, stacks, settings, on_exit)
+    child.start()
+    return child
+
+
 class ChildModel:
     """One child process serving one model (its adapters and stacks too) on 127.0.0.1, behind a random key.
 
-    `start()` blocks until the child answers /health (run it off the event loop); `on_exit(reason)` is
+    `start()` blocks until the child answers /health (run it off the event loop); `on_exit(child, reason)` is
     called from a thread when the child ends without being asked to.
     """
 
     def __init__(self, config: ModelConfig, adapters: list[AdapterConfig], stacks: list[StackConfig],
-                 settings: Settings, on_exit: Callable[[str], None], *, load_timeout: float = 600.0) -> None:
+                 settings: Settings, on_exit: Callable[[ChildModel, str], None], *,
+                 load_timeout: float = 600.0) -> None:
         self.config = config
         self._adapters, self._stacks, self._settings = adapters, stacks, settings
         self._on_exit = on_exit
@@ -147,7 +158,7 @@ class ChildModel:
         if not self._stopping:
             reason = self.exit_reason()
             log.error("model %s: %s", self.config.name, reason)
-            self._on_exit(reason)
+            self._on_exit(self, reason)
 
     def exit_reason(self) -> str:
         """Why the child ended, in its own last words (a worker that went away: llama.cpp's RPC error)."""
