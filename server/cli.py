@@ -110,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("config", "host", "api_key", "admin_key"):
         ps.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     ps.add_argument("--port", type=int, default=None)
+    worker = sub.add_parser(
+        "worker",
+        help="lend this machine's CPU to another nomoat's `rpc` models (llama.cpp's RPC server)",
+        description=(
+            "Run llama.cpp's RPC server in the foreground, as its rpc-server does: a model with "
+            "rpc = [\"HOST:PORT\"] in another nomoat's models.toml puts layers here. The protocol has no "
+            "authentication: listen on a trusted network only."
+        ),
+    )
+    worker.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
+    worker.add_argument("--port", type=int, default=50052, help="port to listen on [default: 50052]")
+    worker.add_argument("--threads", type=int, default=None, help="CPU threads [default: all cores]")
+    worker.add_argument("--cache-dir", default=None,
+                        help="keep tensors sent here in this folder, so a reload sends only their hashes")
     return parser
 
 
@@ -135,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return models_cli.rm(settings_cli, args.name)
     if args.command == "ps":
         return show_loaded(cli)
+    if args.command == "worker":
+        return worker(args, parser)
     parser.error(f"unknown command {args.command}")  # exits
 
 
@@ -168,6 +184,18 @@ def serve(cli: dict[str, Any]) -> int:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
     return daemon.run()
+
+
+def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .rpc.worker import run_worker
+    from .settings import default_threads
+
+    if not 0 < args.port < 65536:
+        parser.error("--port must be 1 to 65535")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return run_worker(args.host, args.port, args.threads or default_threads(),
+                      Path(args.cache_dir) if args.cache_dir else None)
 
 
 def show_loaded(cli: dict[str, Any]) -> int:

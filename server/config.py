@@ -114,6 +114,35 @@ class ModelConfig(BaseModel):
     )
     speculative_n_max: int = Field(8, ge=1, le=64, description="Most drafted tokens verified per step.")
 
+    rpc: list[str] = Field(
+        default_factory=list, max_length=16,
+        description=(
+            "`nomoat worker`s (host:port) that hold this model's layers through llama.cpp's RPC backend; the model "
+            "then runs in a child process of its own, and n_gpu_layers defaults to -1 (every layer on the workers)."
+        ),
+    )
+    tensor_split: list[float] = Field(
+        default_factory=list, max_length=16,
+        description="How much of the model each RPC device takes, in `rpc` order (weights, e.g. [2, 1]; default even).",
+    )
+
+    @field_validator("rpc")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        from .rpc.endpoints import parse_endpoint
+
+        return [str(parse_endpoint(v)) for v in value]
+
+    @model_validator(mode="after")
+    def _rpc_split(self) -> ModelConfig:
+        if self.tensor_split and not self.rpc:
+            raise ValueError("tensor_split weights the rpc workers: set rpc too")
+        if any(w < 0 for w in self.tensor_split) or (self.tensor_split and not sum(self.tensor_split)):
+            raise ValueError("tensor_split: weights must be >= 0 and not all 0")
+        if self.rpc and "n_gpu_layers" not in self.model_fields_set:
+            self.n_gpu_layers = -1
+        return self
+
     @model_validator(mode="after")
     def _kv_needs_flash_attention(self) -> ModelConfig:
         if self.cache_type_v != "f16" and self.flash_attn == "off":
@@ -341,7 +370,12 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
         fields["n_ctx"] = settings.n_ctx
     if settings.n_gpu_layers is not None:
         fields["n_gpu_layers"] = settings.n_gpu_layers
-    return ModelsFile(models=[ModelConfig(**fields)])
+    if settings.rpc:
+        fields["rpc"] = [e for e in settings.rpc.split(",") if e.strip()]
+    try:
+        return ModelsFile(models=[ModelConfig(**fields)])
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "--model")) from None
 
 
 def single_model_name(given: str) -> str:

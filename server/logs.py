@@ -38,3 +38,5 @@ def configure_logging(level: str, fmt: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: the access log already has each forwarded one (server/http/forward.py).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

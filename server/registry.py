@@ -23,6 +23,7 @@ from .quantities import format_size
 from .residency.footprint import Footprint
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
+from .rpc.host import ChildModel, start_child
 from .settings import Settings, default_threads
 
 log = logging.getLogger("nomoat.registry")
@@ -63,6 +64,7 @@ class ServedId:
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
+ChildLoader = Callable[[ModelConfig, ModelsFile], ChildModel]  # a model and the file its adapters come from
 
 
 class ModelRegistry:
@@ -73,14 +75,15 @@ class ModelRegistry:
     """
 
     def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None, *,
-                 load_model: ModelLoader | None = None) -> None:
+                 load_model: ModelLoader | None = None, start_child: ChildLoader | None = None) -> None:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
         self._load_model = load_model or self._load_engine
+        self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
-        self.residency = Residency(settings, self._load_model, metrics, self.catalogue)
+        self.residency = Residency(settings, self._open, metrics, self.catalogue)
         self._retiring: set[ServedModel] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
@@ -101,6 +104,32 @@ class ModelRegistry:
             raise
         self.ready = True
 
+    def _open(self, config: ModelConfig, models_file: ModelsFile | None = None) -> Engine | ChildModel:
+        """A model with `rpc` runs in a child process of its own (server/rpc/host.py says why), but in the child.
+        `models_file`: the one being applied, whose adapters the child serves (default: the current one)."""
+        if config.rpc and not self._settings.rpc_in_process:
+            return self._start_child(config, models_file or self._file)
+        return self._load_model(config)
+
+    def _child(self, config: ModelConfig, models_file: ModelsFile) -> ChildModel:
+        return start_child(config, models_file, self._settings, self.residency.child_exited)
+
+    def hosts_children(self) -> bool:
+        """Some model runs in a child process (cheap: asked for every request that may name one)."""
+        return self.ready and not self._settings.rpc_in_process and any(
+            r.config.rpc for r in self.residency.residents.values())
+
+    def hosted(self, model_id: str | None) -> str | None:
+        """The base model a request's `model` runs on when a child process serves it (its requests are forwarded
+        there, server/rpc/forward.py), else None."""
+        if not self.hosts_children():
+            return None
+        try:
+            base, _ = self._lookup(model_id or self.default_name)
+        except ModelNotFoundError:
+            return None
+        return base if self.residency.residents[base].config.rpc else None
+
     def _load_engine(self, config: ModelConfig) -> Engine:
         spec = ModelSpec(
             name=config.name,
@@ -114,6 +143,8 @@ class ModelRegistry:
             chat_template=config.chat_template,
             reasoning_format=config.reasoning_format,
             adapter_contexts=config.adapter_contexts,
+            rpc=tuple(config.rpc),
+            tensor_split=tuple(config.tensor_split),
             **config.engine_options(),
         )
         try:
@@ -150,7 +181,7 @@ class ModelRegistry:
                        if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
                        or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
             in_use = sum(r.memory("cpu") for r in kept.values() if r.status == "loaded")
-            loaded = await asyncio.to_thread(self._open_all, to_load, in_use)
+            loaded = await asyncio.to_thread(self._open_all, to_load, models_file, in_use)
             residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
             retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
             engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
@@ -187,7 +218,8 @@ class ModelRegistry:
                  result.reconfigured or "none")
         return result
 
-    def _open_all(self, configs: list[ModelConfig], in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
+    def _open_all(self, configs: list[ModelConfig], models_file: ModelsFile,
+                  in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
         """Load each model or none: on a failure the ones loaded so far are closed again. They must fit in
         the memory budget beside `in_use` bytes of models that stay loaded (ConfigError otherwise)."""
         footprints = {config.name: self.residency.estimate(config) for config in configs}
@@ -200,7 +232,7 @@ class ModelRegistry:
         loaded: dict[str, tuple[ServedModel, Footprint]] = {}
         try:
             for config in configs:
-                loaded[config.name] = (ServedModel(config, self._load_model(config)), footprints[config.name])
+                loaded[config.name] = (ServedModel.of(config, self._open(config, models_file)), footprints[config.name])
         except BaseException:
             _close_all(served for served, _ in loaded.values())
             raise
@@ -263,7 +295,7 @@ class ModelRegistry:
         pairs = default_set if lora is None else list(lora)
         self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
         served = await self.residency.acquire(base, keep_alive)
-        return Target(model_id=requested, base_id=base, engine=served.engine,
+        return Target(model_id=requested, base_id=base, engine=served.local_engine(),
                       adapters=self._adapters(base, pairs, lora is not None))
 
     def _adapters(self, base: str, pairs: list[tuple[str, float]], explicit: bool) -> AdapterSet:
@@ -298,7 +330,7 @@ class ModelRegistry:
             )
         served = await self.residency.acquire(base, keep_alive)
         if served.embedder is None:
-            served.embedder = Embedder(served.engine.model, queue_size=self._settings.queue_size,
+            served.embedder = Embedder(served.local_engine().model, queue_size=self._settings.queue_size,
                                        max_input_tokens=self._settings.max_prompt_tokens or None)
         return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
 
@@ -328,7 +360,7 @@ class ModelRegistry:
         out = []
         for resident in self.residency.residents.values():
             config, served = resident.config, resident.served
-            n_ctx = served.engine.model.n_ctx if served is not None else config.n_ctx
+            n_ctx = served.engine.model.n_ctx if served is not None and served.engine is not None else config.n_ctx
             state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
                              max_model_len=n_ctx, state=state, model_adapters=adapters) for model_id in config.ids()]
@@ -363,7 +395,7 @@ class ModelRegistry:
 
     def engines(self) -> dict[str, Engine]:
         """The loaded models' engines."""
-        return {name: served.engine for name, served in self.residency.loaded().items()}
+        return {name: served.engine for name, served in self.residency.loaded().items() if served.engine is not None}
 
     def close(self) -> None:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     n_gpu_layers: int | None = Field(
         None, description="Layers to offload to the GPU for --model (-1: all; needs a CUDA/Metal build)."
     )
+    rpc: str | None = Field(
+        None, description="For --model: `nomoat worker`s that hold its layers, HOST:PORT,HOST:PORT (llama.cpp's --rpc)."
+    )
+    rpc_in_process: bool = Field(
+        False,
+        description=(
+            "Load models with `rpc` in this process, not in a child process of their own. llama.cpp aborts the "
+            "process whose worker goes away: only the child process nomoat starts for such a model sets this."
+        ),
+    )
     threads: int | None = Field(
         None, ge=1, description="Threads per model when models.toml sets none (default: all cores)."
     )

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 
@@ -16,6 +17,9 @@ from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .heap import return_free_memory
 from .kv import KVCacheTypes
 from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, TokenPrompt
+
+if TYPE_CHECKING:
+    from ..rpc.ggml import Offload
 
 log = logging.getLogger("nomoat.engine")
 _llama_log = logging.getLogger("nomoat.llama_cpp")
@@ -63,6 +67,9 @@ class ModelSpec:
     # Speculative decoding for requests that do not choose: "ngram" (prompt lookup) or "none".
     speculative: str = "none"
     speculative_n_max: int = 8
+    # `nomoat worker`s holding the layers (llama.cpp RPC devices), and how the layers are weighted across them.
+    rpc: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @property
     def speculation(self) -> Speculation:
@@ -92,6 +99,11 @@ class LoadedModel:
         mparams.n_gpu_layers = spec.n_gpu_layers
         # Repacked weights crash llama.cpp's AMX path on multi-token batches (docs/architecture.md, "AMX and repacking").
         mparams.use_extra_bufts = spec.repack
+        if spec.rpc:
+            self._offload = _rpc_offload(spec)
+            mparams.devices = ctypes.addressof(self._offload.devices)
+            if self._offload.tensor_split is not None:
+                mparams.tensor_split = self._offload.tensor_split
         self.model = llama_cpp.llama_model_load_from_file(str(spec.path).encode(), mparams)
         if not self.model:
             raise ModelFileError(f"{spec.path}: llama.cpp could not load this file as a GGUF model")
@@ -278,3 +290,14 @@ class LoadedModel:
             llama_cpp.llama_model_free(self.model)
             self.model = None
             return_free_memory()
+
+
+def _rpc_offload(spec: ModelSpec) -> Offload:
+    """Only this model's params list the workers' devices (never registered globally: other models stay local)."""
+    from ..rpc.endpoints import WorkerUnreachable
+    from ..rpc.ggml import RpcUnavailable, offload
+
+    try:
+        return offload(list(spec.rpc), list(spec.tensor_split))
+    except (RpcUnavailable, WorkerUnreachable, ValueError) as exc:
+        raise ModelFileError(f"{spec.name}: {exc}") from None

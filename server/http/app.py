@@ -36,6 +36,7 @@ from ..settings import Settings
 from .auth import Authenticator, AuthMiddleware, KeyRing
 from .body import ClientDisconnected
 from .errors import ErrorBoundary, answer_for, dialect_body
+from .forward import ForwardMiddleware
 from .lifecycle import LeaseMiddleware, lifecycle_handlers
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
 from .requestlog import RequestLogMiddleware
@@ -128,6 +129,7 @@ def build_app(
         Middleware(AuthMiddleware, auth=auth),
         Middleware(ConcurrencyMiddleware, limiter=limiter, limits=limits),
         Middleware(LeaseMiddleware),
+        Middleware(ForwardMiddleware, registry=registry, limits=limits),  # rpc models' requests, to their process
     ]
     return Starlette(
         routes=build_routes(handlers),

@@ -77,6 +77,12 @@ def estimate(config: ModelConfig) -> Footprint:
     # Worst-case graph: n_batch rows of logits, the attention mask over n_ctx, activations; plus the
     # output buffer (one row of logits per sequence).
     compute = 4 * (n_batch * (n_vocab + n_ctx + n_embd) + config.parallel * n_vocab)
+    if config.rpc and config.n_gpu_layers < 0:
+        # Every layer and its KV cache live on the RPC workers; this host keeps only the input embeddings (llama.cpp
+        # never offloads the input layer) and its compute buffer, so only those count against memory_budget.
+        input_layer = tensors.get("token_embd.weight")
+        return Footprint(weights=input_layer[0] if input_layer is not None else 0, kv_per_context=0,
+                         compute_per_context=compute)
     offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
     share = offloaded / n_layer if n_layer else 0.0
     return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelConfig
 from ..engine.engine import Engine
@@ -29,6 +30,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..quantities import format_size, parse_duration
+from ..rpc.host import ChildModel
 from ..settings import Settings
 from .footprint import Footprint
 from .footprint import estimate as estimate_footprint
@@ -45,8 +47,8 @@ _POLL_SECONDS = 0.05
 class Residency:
     """Every available model's state; `acquire()` hands out a loaded model, loading it first if need be."""
 
-    def __init__(self, settings: Settings, open_engine: Callable[[ModelConfig], Engine], metrics: Metrics | None,
-                 hooks: Hooks) -> None:
+    def __init__(self, settings: Settings, open_engine: Callable[[ModelConfig], Engine | ChildModel],
+                 metrics: Metrics | None, hooks: Hooks) -> None:
         self._settings = settings
         self._open_engine = open_engine
         self._metrics = metrics
@@ -55,8 +57,9 @@ class Residency:
         self.lock = asyncio.Lock()
         self.budget = settings.memory_budget_bytes()
         self.gpu_budget = settings.gpu_memory_budget_bytes()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.on_change: Callable[[], None] | None = None  # a model loaded or unloaded (sd_notify's STATUS)
+        self._loop: asyncio.AbstractEventLoop | None = None  # where a child process's exit is handled
         if metrics is not None:
             metrics.memory_budget.set(self.budget)
 
@@ -76,7 +79,8 @@ class Residency:
                     raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
                                       f"{format_size(footprint.total())}; memory_budget {format_size(self.budget)} "
                                       f"has {format_size(self.budget - used)} left")
-                self.mark_loaded(resident, ServedModel(resident.config, self._open_engine(resident.config)), footprint)
+                self.mark_loaded(resident, ServedModel.of(resident.config, self._open_engine(resident.config)),
+                                 footprint)
 
     # --- requests ----------------------------------------------------------------------
 
@@ -87,8 +91,12 @@ class Residency:
         math.inf for never) sets how long it stays loaded once idle, as Ollama's request field does.
         """
         resident = self.residents[name]
+        self._loop = asyncio.get_running_loop()
         if keep_alive is not None:
             resident.keep_alive = keep_alive
+        child = resident.served.child if resident.served is not None else None
+        if child is not None and not child.alive:  # it ended while nobody could be told (no loop yet)
+            self._child_lost(child, child.exit_reason())
         while resident.status != "loaded" or resident.served is None:
             await self._wait_loaded(resident)
             if self.residents.get(name) is not resident:  # a reload replaced it meanwhile
@@ -156,16 +164,18 @@ class Residency:
                 resident.status = "failed" if previous == "failed" and resident.error else "unloaded"
 
     async def _open(self, resident: Resident, footprint: Footprint) -> None:
-        """Open the model's engine and its adapters (lock held, room made)."""
+        """Open the model's engine (or child process) and its adapters (lock held, room made)."""
         started = time.perf_counter()
+        self._loop = asyncio.get_running_loop()
         try:
-            engine = await asyncio.to_thread(self._open_engine, resident.config)
+            opened = await asyncio.to_thread(self._open_engine, resident.config)
         except ConfigError as exc:
             self._failed(resident, str(exc))
             raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
-        served = ServedModel(resident.config, engine)
+        served = ServedModel.of(resident.config, opened)
         try:
-            await self._hooks.attach(resident.name, engine)
+            if served.engine is not None:  # a child process opens its adapters itself
+                await self._hooks.attach(resident.name, served.engine)
         except BaseException:
             await asyncio.to_thread(served.close)
             raise
@@ -194,7 +204,48 @@ class Residency:
 
     def _failed(self, resident: Resident, reason: str) -> None:
         log.error("model %s failed to load: %s", resident.name, reason)
-        resident.status, resident.error, resident.failed_key = "failed", reason, file_key(resident.config)
+        # An `rpc` model fails on its workers, not its file: the next request tries again (a cheap connect first).
+        resident.status, resident.error = "failed", reason
+        resident.failed_key = None if resident.config.rpc else file_key(resident.config)
+
+    # --- a model's child process (server/rpc/host.py) -------------------------------------
+
+    def child_exited(self, child: ChildModel, reason: str) -> None:
+        """From the child's watcher thread: its process ended unasked (a worker went away, or it crashed)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._child_lost, child, reason)
+
+    def _child_lost(self, child: ChildModel, reason: str) -> None:
+        """The model is failed with the child's reason and loads again on its next request; a pinned one at once,
+        retrying with backoff until its workers answer."""
+        resident = next((r for r in self.residents.values() if r.served is not None and r.served.child is child), None)
+        if resident is None:
+            return  # unloaded or replaced meanwhile
+        self._cancel_timer(resident)
+        log.error("model %s stopped: %s", resident.name, reason)
+        resident.served, resident.loaded_at, resident.idle_since, resident.keep_alive = None, None, None, None
+        resident.status, resident.error, resident.failed_key = "failed", reason, None
+        self._hooks.detach(resident.name)
+        self._changed()
+        self._spawn(asyncio.to_thread(child.close))  # its files; the process has ended
+        if resident.config.pinned:
+            self._spawn(self._reload_pinned(resident))
+
+    async def _reload_pinned(self, resident: Resident) -> None:
+        delay = 1.0
+        while self.residents.get(resident.name) is resident and resident.status == "failed":
+            await asyncio.sleep(delay)
+            try:
+                await self._wait_loaded(resident)
+            except ServiceUnavailableError as exc:
+                log.warning("model %s: loading again in %.0fs: %s", resident.name, min(delay * 2, 60), exc)
+                delay = min(delay * 2, 60.0)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _make_room(self, resident: Resident, footprint: Footprint) -> list[str]:
         """Unload idle models, least recently used first, until `footprint` fits (lock held): [] once it
@@ -311,9 +362,7 @@ class Residency:
 
     def _expire(self, resident: Resident) -> None:
         resident.timer = None
-        task = asyncio.ensure_future(self._unload_expired(resident))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._unload_expired(resident))
 
     async def _unload_expired(self, resident: Resident) -> None:
         async with self.lock:

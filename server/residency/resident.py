@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol
 from ..config import ModelConfig
 from ..engine.embedder import Embedder
 from ..engine.engine import Engine
+from ..errors import ServiceUnavailableError
+from ..rpc.host import ChildModel
 from .footprint import Footprint
 
 log = logging.getLogger("nomoat.residency")
@@ -39,28 +41,42 @@ def lease_scope() -> Iterator[None]:
 
 @dataclass(eq=False)
 class ServedModel:
-    """A loaded model: its engine, and its embedder once an embeddings request asked for one."""
+    """A loaded model: its engine, and its embedder once an embeddings request asked for one; or, for a model
+    with `rpc`, the child process that serves it (requests are forwarded there: server/rpc/forward.py)."""
 
     config: ModelConfig
-    engine: Engine
+    engine: Engine | None  # None: `child` serves it
     embedder: Embedder | None = None
+    child: ChildModel | None = None
+
+    @classmethod
+    def of(cls, config: ModelConfig, opened: Engine | ChildModel) -> ServedModel:
+        return cls(config, None, child=opened) if isinstance(opened, ChildModel) else cls(config, opened)
+
+    def local_engine(self) -> Engine:
+        if self.engine is None:  # the forwarder sends every request that names such a model to its process
+            raise ServiceUnavailableError(f"model {self.config.name!r} runs in a process of its own (rpc), which "
+                                          "this endpoint does not reach", code="model_not_supported")
+        return self.engine
 
     @property
     def outstanding(self) -> int:
-        return self.engine.outstanding + (self.embedder.outstanding if self.embedder is not None else 0)
+        return sum(part.outstanding for part in (self.engine, self.embedder, self.child) if part is not None)
 
     def abort(self, reason: str) -> None:
         """End every generation and embeddings request still running, each with ShuttingDown(reason)."""
-        self.engine.abort(reason)
-        if self.embedder is not None:
-            self.embedder.abort(reason)
+        for part in (self.engine, self.embedder, self.child):
+            if part is not None:
+                part.abort(reason)
 
     def close(self) -> None:
         """Close the embedder, then the engine, which frees the model the embedder's context points into."""
         if self.embedder is not None and not self.embedder.close():
             log.error("model %s left allocated: its embeddings worker is still running", self.config.name)
             return
-        self.engine.close()
+        for part in (self.engine, self.child):
+            if part is not None:
+                part.close()
 
 
 class Hooks(Protocol):
@@ -122,7 +138,7 @@ class Resident:
         if self.footprint is None:
             return 0
         contexts = 1
-        if self.served is not None:
+        if self.served is not None and self.served.engine is not None:
             contexts = max(1, self.served.engine.stats.contexts)
             contexts += self.served.embedder is not None
         return int(getattr(self.footprint, part)(contexts))
