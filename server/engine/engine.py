@@ -19,7 +19,7 @@ import llama_cpp
 from .adapters import LoraAdapter, free_lora, load_lora, split_unused
 from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
-from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
+from .errors import AdapterUnloaded, Busy, EngineError, InvalidInput, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, token_event
@@ -101,6 +101,7 @@ class Engine:
         if self._stopping:
             raise ShuttingDown()
         self._check_capacity()
+        self._check_speculation(request)
         for applied in request.adapters.adapters:
             if applied.handle.unloading:
                 raise AdapterUnloaded(applied.name)
@@ -127,6 +128,7 @@ class Engine:
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired, prompt_text=rendered.text)
+        speculation = self.model.spec.speculation_for(request.speculative)
         seq = Sequence(
             gen=gen,
             prompt=prompt,
@@ -134,7 +136,7 @@ class Engine:
             sampler=sampler,
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
-            drafter=drafter_for(self.model.spec.speculation_for(request.speculative)),
+            drafter=drafter_for(speculation, self.model.draft),
         )
         with self._cv:
             del self._admitting[id(request)]
@@ -200,6 +202,11 @@ class Engine:
                 f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
                 "prompt tokens per request (max_prompt_tokens).",
                 )
+
+    def _check_speculation(self, request: GenerationRequest) -> None:
+        if self.model.draft is None and self.model.spec.speculation_for(request.speculative).type == "draft":
+            raise InvalidInput(f"model {self.model.spec.name!r} has no draft model (draft_model in models.toml), so "
+                               "it cannot speculate with type 'draft'; use 'ngram' or 'none'", subject="speculative")
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:
@@ -309,13 +316,15 @@ class Engine:
         events: list[tuple[Generation, TokenEvent]] = []
         for seq in [s for s in self._active if s.gen.cancelled]:
             self._finish(seq, "cancelled", "", events)
-        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx)
-        calls = plan_step(self._active, self.model.n_batch, self._contexts, self._pacer.chunk())
+        # The draft model's decodes count in the step's time, so prefill pacing leaves room for them.
+        started = time.perf_counter()
+        chunk = self._pacer.chunk()
+        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, self.model.draft, chunk)
+        calls = plan_step(self._active, self.model.n_batch, self._contexts, chunk)
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
         prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if len(seq.todo) > 1)
-        started = time.perf_counter()
         for context, work in calls:
             self._decode_group(context, work, events)
         self._pacer.record(prompt_tokens, time.perf_counter() - started)
