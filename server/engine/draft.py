@@ -99,8 +99,8 @@ class DraftModel:
     # --- drafting (the engine's worker thread) ------------------------------------
 
     def propose(self, generating: list[tuple[Sequence, int]], prefilling: list[Sequence], budget: int) -> None:
-        """Set `seq.draft` for each generating sequence (with the drafts it may take); feed the prompts of
-        prefilling ones as far as the target has evaluated them.
+        """Set `seq.draft` for each generating sequence (with the drafts it may take: `limit`); feed the prompts
+        of prefilling ones, whose tokens are known before the target evaluates them.
 
         At most `budget` tokens catch up in this step (generating sequences first): a sequence whose
         history does not fit drafts nothing now and catches up over the next steps, so a long prompt
@@ -108,8 +108,7 @@ class DraftModel:
         """
         plan: list[_Drafting] = []
         for seq, limit in [*generating, *((s, 0) for s in prefilling)]:
-            history = seq.evaluated + seq.todo if limit else seq.evaluated
-            feed = self._sync(seq, history, keep_last=limit > 0)
+            feed = self._sync(seq, seq.evaluated + seq.todo, keep_last=limit > 0)
             take = min(len(feed), budget)
             if take:
                 budget -= take

@@ -19,7 +19,7 @@ import llama_cpp
 from .adapters import LoraAdapter, free_lora, load_lora, split_unused
 from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
-from .errors import AdapterUnloaded, Busy, EngineError, InvalidInput, PromptTooLong, ShuttingDown
+from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, token_event
@@ -101,7 +101,7 @@ class Engine:
         if self._stopping:
             raise ShuttingDown()
         self._check_capacity()
-        self._check_speculation(request)
+        speculation = self.model.spec.speculation_for(request.speculative)
         for applied in request.adapters.adapters:
             if applied.handle.unloading:
                 raise AdapterUnloaded(applied.name)
@@ -128,7 +128,6 @@ class Engine:
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired, prompt_text=rendered.text)
-        speculation = self.model.spec.speculation_for(request.speculative)
         seq = Sequence(
             gen=gen,
             prompt=prompt,
@@ -202,11 +201,6 @@ class Engine:
                 f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
                 "prompt tokens per request (max_prompt_tokens).",
                 )
-
-    def _check_speculation(self, request: GenerationRequest) -> None:
-        if self.model.draft is None and self.model.spec.speculation_for(request.speculative).type == "draft":
-            raise InvalidInput(f"model {self.model.spec.name!r} has no draft model (draft_model in models.toml), so "
-                               "it cannot speculate with type 'draft'; use 'ngram' or 'none'", subject="speculative")
 
     def _check_capacity(self) -> None:
         if self._outstanding >= self.capacity:

@@ -73,6 +73,9 @@ class ModelSpec:
     def speculation_for(self, asked: Speculation | None) -> Speculation:
         """What a request gets: its own choice, else the model's; its n_max, else the model's."""
         chosen = asked or self.speculation
+        if chosen.type == "draft" and self.draft_model is None:
+            raise InvalidInput(f"model {self.name!r} has no draft model (draft_model in models.toml), so it cannot "
+                               "speculate with type 'draft'; use 'ngram' or 'none'", subject="speculative")
         return chosen if chosen.n_max is not None else Speculation(chosen.type, self.speculative_n_max)
 
     @property
