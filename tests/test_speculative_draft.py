@@ -185,3 +185,25 @@ def test_a_streamed_chat_drafts_by_the_models_default_over_http(draft_server):
         assert len(os.path.commonprefix([text_whole, text_plain])) >= 30, (text_whole, text_plain)
         assert (metric(client.get("/metrics").text, "nomoat_speculative_accepted_tokens_total",
                        model="smollm2-135m") or 0) > 0
+
+
+def test_the_request_field_takes_draft(fake):
+    body = {**chat_body("hi", max_tokens=4), "speculative": {"type": "draft", "n_max": 3}}
+    assert fake.client.post("/v1/chat/completions", json=body).status_code == 200
+    assert fake.engine.submitted[-1].speculative == Speculation("draft", 3)
+
+
+def test_models_toml_names_a_draft_model(tmp_path):
+    from nomoat import config
+
+    path = tmp_path / "models.toml"
+    (tmp_path / "small.gguf").write_bytes(b"")  # resolved here, read at load
+    path.write_text('[[models]]\nname = "m"\ndraft_model = "small.gguf"\nspeculative = "draft"\n')
+    (model,) = config.parse_models(config.read_config_file(path), str(path), tmp_path).models
+    assert model.engine_options()["draft_model"] == tmp_path / "small.gguf"
+    path.write_text('[[models]]\nname = "m"\nspeculative = "draft"\n')
+    with pytest.raises(config.ConfigError, match="needs a draft_model"):
+        config.parse_models(config.read_config_file(path), str(path), tmp_path)
+    path.write_text('[[models]]\nname = "m"\ndraft_model = "missing.gguf"\n')
+    with pytest.raises(config.ConfigError, match=r"models\.0\.draft_model.*missing\.gguf"):
+        config.parse_models(config.read_config_file(path), str(path), tmp_path)
