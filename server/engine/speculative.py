@@ -96,6 +96,7 @@ class NgramDrafter(Drafter):
                 return history[start:start + limit]
         return []
 
+
 @dataclass(kw_only=True)
 class ModelDrafter(Drafter):
     """A sequence's place in its draft model (engine/draft.py): the draft context's slot it holds, -1 for none yet.
