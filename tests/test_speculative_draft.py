@@ -12,7 +12,6 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
-from gguf import GGUFReader
 from lora_factory import write_lora
 from support.process import ServerProcess
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, spec, text, tokens
@@ -119,16 +118,16 @@ def test_sampled_output_follows_the_same_seeded_draws(eng):
 
 
 def _with_two_tokens_swapped(tmp_path: Path) -> Path:
-    """A copy of the embedded model whose tokens 100 and 101 trade texts: same sizes, another vocabulary."""
+    """A copy of the embedded model whose tokens "t" and "u" (ids 100 and 101) trade texts: another vocabulary,
+    the same layout. GGUF strings are a little-endian u64 length and the bytes; the token list follows its key."""
     path = tmp_path / "swapped.gguf"
     shutil.copyfile(embedded_model_path(), path)
-    reader = GGUFReader(path, "r+")
-    field = reader.fields["tokenizer.ggml.tokens"]
-    a, b = field.parts[field.data[100]], field.parts[field.data[101]]
-    assert len(a) == len(b)
-    a[:], b[:] = b.copy(), a.copy()
-    a.flush()
-    del reader
+    one = (1).to_bytes(8, "little")
+    with path.open("r+b") as fh:
+        header = fh.read(8 << 20)  # the tokenizer arrays sit in the first megabytes, before any tensor
+        at = header.index(one + b"t" + one + b"u", header.index(b"tokenizer.ggml.tokens"))
+        fh.seek(at)
+        fh.write(one + b"u" + one + b"t")
     return path
 
 
