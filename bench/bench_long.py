@@ -10,7 +10,8 @@ Sections (each prints a markdown table; ratios are nomoat / the other):
 - quant:  the model requantised with llama-quantize (Q4_0, Q8_0, Q4_K_M; the source is Q4_1, so
           quality suffers, speed does not) and llama-bench's pp512/tg64 for each.
 - spec:   c=1 answers that copy their input (a paragraph with one word changed, a code edit) and free
-          chat: nomoat with and without n-gram speculation, llama-server with and without its own.
+          chat: nomoat without speculation, with n-gram and with a draft model (the model requantised:
+          --spec-draft), llama-server likewise (its ngram-simple and draft-simple with -md).
 - kv:     decode tokens/s with an f16 and a q8_0 KV cache, c=1 and c=4, and the KV bytes per token.
 - smooth: a running stream's inter-token gaps while a 4k-token prompt is prefilled, on both servers.
 --smoke runs each section tiny (for checking the script on a busy machine; its numbers mean nothing).
@@ -219,22 +220,28 @@ def section_bench(args: argparse.Namespace, binary: str, pp_c1: dict[int, float]
                 print(f"| {repack} | {fa} | {test} | {tps:.1f} | {ours or '— | —'} |", flush=True)
 
 
+def requantize(binary: str, kind: str, folder: Path, threads: int) -> Path | None:
+    """The embedded model requantised to `kind` by llama-quantize, in `folder`; None (reported) when it fails."""
+    out = folder / f"model-{kind}.gguf"
+    done = subprocess.run([str(Path(binary).parent / "llama-quantize"), "--allow-requantize", str(embedded_model_path()),
+                           str(out), kind, str(threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"llama-quantize {kind} failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return out
+
+
 def section_quant(args: argparse.Namespace, binary: str) -> None:
     print("\n## Quantisations (llama-quantize --allow-requantize from the Q4_1 file), llama-bench\n")
     print("| type | size MiB | pp512 tok/s | tg tok/s |")
     print("|---|---|---|---|")
-    quantize = str(Path(binary).parent / "llama-quantize")
     source = embedded_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         files = {"Q4_1 (source)": source}
         for kind in args.quants:
-            out = Path(tmp) / f"model-{kind}.gguf"
-            done = subprocess.run([quantize, "--allow-requantize", str(source), str(out), kind, str(args.threads)],
-                                  capture_output=True, text=True)
-            if done.returncode == 0:
+            out = requantize(binary, kind, Path(tmp), args.threads)
+            if out is not None:
                 files[kind] = out
-            else:
-                print(f"llama-quantize {kind} failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
         for kind, path in files.items():
             rows = llama_bench(binary, path, args, "-p", "512", "-n", str(args.bench_gen), "--repack", "0")
             pp = next((r["avg_ts"] for r in rows if r["n_prompt"]), float("nan"))
@@ -244,34 +251,46 @@ def section_quant(args: argparse.Namespace, binary: str) -> None:
 
 def section_spec(args: argparse.Namespace, binary: str) -> None:
     print("\n## Speculative decoding, c=1 (answer tok/s: completion tokens over the whole request, TTFT included)\n")
-    print("| task | nomoat off | nomoat ngram | ×off | llama-server off | llama-server ngram | nomoat ngram ÷ llama ngram |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"Draft model: the same model requantised to {args.spec_draft} (the only draft with this vocabulary here).\n")
+    kinds = ("off", "ngram", "draft")
+    print("| task | " + " | ".join(f"nomoat {k}" for k in kinds) + " | ngram ×off | draft ×off | "
+          + " | ".join(f"llama-server {k}" for k in kinds) + " | ngram ÷ llama | draft ÷ llama |")
+    print("|---|" + "---|" * (2 * len(kinds) + 4))
     n = args.spec_n_max
-    llama_spec = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m",
-                  str(n), "--spec-draft-n-max", str(n)]
-    nomoat = Nomoat(models_toml(parallel=args.slots, n_ctx=4096, threads=args.threads))
-    plain = LlamaServer(binary, args.slots, 4096, args.threads, [])
-    spec = LlamaServer(binary, args.slots, 4096, args.threads, [], extra=llama_spec)
-    with nomoat, plain, spec:
-        for task, prompt in {**COPY_TASKS, **CHAT_TASKS}.items():
-            def body(kind: str | None, prompt: str = prompt) -> dict:
-                extra = {"speculative": {"type": kind, "n_max": n}} if kind else {}
-                return chat(prompt, args.spec_tokens, **extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = requantize(binary, args.spec_draft, Path(tmp), args.threads)
+        if draft is None:
+            return
+        llama_spec = {
+            "ngram": ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m",
+                      str(n), "--spec-draft-n-max", str(n)],
+            "draft": ["--spec-type", "draft-simple", "-md", str(draft), "--spec-draft-n-max", str(n)],
+        }
+        nomoat = Nomoat(models_toml(parallel=args.slots, n_ctx=4096, threads=args.threads,
+                                    extra=f'draft_model = "{draft}"\n'))
+        llama = {k: LlamaServer(binary, args.slots, 4096, args.threads, [], extra=llama_spec.get(k)) for k in kinds}
+        with nomoat, llama["off"], llama["ngram"], llama["draft"]:
+            for task, prompt in {**COPY_TASKS, **CHAT_TASKS}.items():
+                def body(kind: str | None, prompt: str = prompt) -> dict:
+                    extra = {"speculative": {"type": kind, "n_max": n}} if kind else {}
+                    return chat(prompt, args.spec_tokens, **extra)
 
-            runs = {"nomoat off": (nomoat.url, body("none")), "nomoat ngram": (nomoat.url, body("ngram")),
-                    "llama off": (plain.url, body(None)), "llama ngram": (spec.url, body(None))}
-            tps: dict[str, list[float]] = {k: [] for k in runs}
-            for _ in range(args.repeat):
-                for name, (url, b) in runs.items():
-                    timing = timed_chat(url, b)
-                    tps[name].append(timing.tokens / timing.total)  # whole answer: bursts of accepted drafts count
-            m = {k: statistics.median(v) for k, v in tps.items()}
-            print(f"| {task} | {m['nomoat off']:.1f} | {m['nomoat ngram']:.1f} | {m['nomoat ngram'] / m['nomoat off']:.2f} | "
-                  f"{m['llama off']:.1f} | {m['llama ngram']:.1f} | {m['nomoat ngram'] / m['llama ngram']:.2f} |", flush=True)
-        metrics = httpx.get(nomoat.url + "/metrics").text
-        counts = {name: sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(name))
-                  for name in ("nomoat_speculative_drafted_tokens_total", "nomoat_speculative_accepted_tokens_total")}
-        print(f"\nnomoat drafts: {counts}")
+                runs = {**{f"nomoat {k}": (nomoat.url, body("none" if k == "off" else k)) for k in kinds},
+                        **{f"llama {k}": (llama[k].url, body(None)) for k in kinds}}
+                tps: dict[str, list[float]] = {k: [] for k in runs}
+                for _ in range(args.repeat):
+                    for name, (url, b) in runs.items():
+                        timing = timed_chat(url, b)
+                        tps[name].append(timing.tokens / timing.total)  # whole answer: bursts of accepted drafts count
+                m = {k: statistics.median(v) for k, v in tps.items()}
+                print(f"| {task} | " + " | ".join(f"{m[f'nomoat {k}']:.1f}" for k in kinds) + " | "
+                      + " | ".join(f"{m[f'nomoat {k}'] / m['nomoat off']:.2f}" for k in kinds[1:]) + " | "
+                      + " | ".join(f"{m[f'llama {k}']:.1f}" for k in kinds) + " | "
+                      + " | ".join(f"{m[f'nomoat {k}'] / m[f'llama {k}']:.2f}" for k in kinds[1:]) + " |", flush=True)
+            metrics = httpx.get(nomoat.url + "/metrics").text
+            counts = {name: sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(name))
+                      for name in ("nomoat_speculative_drafted_tokens_total", "nomoat_speculative_accepted_tokens_total")}
+            print(f"\nnomoat drafts (n-gram and draft model together): {counts}")
 
 
 def section_kv(args: argparse.Namespace, binary: str) -> None:
@@ -335,6 +354,7 @@ def main() -> None:
     ap.add_argument("--quants", nargs="+", default=["Q4_0", "Q8_0", "Q4_K_M"])
     ap.add_argument("--spec-tokens", type=int, default=160)
     ap.add_argument("--spec-n-max", type=int, default=8)
+    ap.add_argument("--spec-draft", default="Q8_0", help="the draft: the model requantised to this type")
     ap.add_argument("--smooth-tokens", type=int, default=200)
     ap.add_argument("--llama-server", help="a llama-server binary (llama-bench and llama-quantize beside it); "
                     "default: bench/build_llama_server.sh's build")

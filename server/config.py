@@ -104,15 +104,29 @@ class ModelConfig(BaseModel):
         "auto", description="Flash attention (llama.cpp's -fa); `auto` lets llama.cpp decide per backend.",
     )
 
-    speculative: Literal["ngram", "none"] = Field(
+    speculative: Literal["ngram", "draft", "none"] = Field(
         "none",
         description=(
             "Speculative decoding for requests that do not set `speculative`: `ngram` drafts tokens by finding "
             "the sequence's last few tokens earlier in its prompt and output (fast when answers copy their input; "
-            "greedy output unchanged), `none` decodes one token per step."
+            "greedy output unchanged), `draft` has `draft_model` propose them, `none` decodes one token per step."
         ),
     )
     speculative_n_max: int = Field(8, ge=1, le=64, description="Most drafted tokens verified per step.")
+    draft_model: str | None = Field(
+        None,
+        description=(
+            "A small GGUF model with this model's vocabulary that drafts tokens for speculative decoding "
+            f"(requests with speculative type `draft`): a file (relative to models.toml), {EMBEDDED!r} or "
+            f"{HF_PREFIX}OWNER/REPO[:QUANT]. Loaded beside the model, with its own KV cache of the same size."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _draft_needs_a_model(self) -> ModelConfig:
+        if self.speculative == "draft" and self.draft_model is None:
+            raise ValueError("speculative = 'draft' needs a draft_model (a GGUF with this model's vocabulary)")
+        return self
 
     rpc: list[str] = Field(
         default_factory=list, max_length=16,
@@ -153,7 +167,8 @@ class ModelConfig(BaseModel):
     def engine_options(self) -> dict[str, Any]:
         """The ModelSpec fields that are plain copies of this config's (the registry passes them on)."""
         return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
-                "speculative": self.speculative, "speculative_n_max": self.speculative_n_max}
+                "speculative": self.speculative, "speculative_n_max": self.speculative_n_max,
+                "draft_model": Path(self.draft_model) if self.draft_model else None}
     load: Literal["on_demand", "startup"] = Field(
         "on_demand",
         description=(
@@ -305,6 +320,8 @@ def parse_models(data: dict[str, Any], source: str, base_dir: Path) -> ModelsFil
         raise ConfigError(format_validation_error(exc, source)) from None
     for i, model in enumerate(models_file.models):
         model.path = str(resolve_model_path(model.path, base_dir, f"{source}: models.{i}.path"))
+        if model.draft_model is not None:
+            model.draft_model = str(resolve_model_path(model.draft_model, base_dir, f"{source}: models.{i}.draft_model"))
     for i, adapter in enumerate(models_file.adapters):
         adapter.path = str(resolve_adapter_path(adapter.path, base_dir, f"{source}: adapters.{i}.path"))
     return models_file

@@ -101,6 +101,7 @@ class Engine:
         if self._stopping:
             raise ShuttingDown()
         self._check_capacity()
+        speculation = self.model.spec.speculation_for(request.speculative)
         for applied in request.adapters.adapters:
             if applied.handle.unloading:
                 raise AdapterUnloaded(applied.name)
@@ -134,7 +135,7 @@ class Engine:
             sampler=sampler,
             assembler=TextAssembler(request.stop),
             todo=list(prompt),
-            drafter=drafter_for(self.model.spec.speculation_for(request.speculative)),
+            drafter=drafter_for(speculation, self.model.draft),
         )
         with self._cv:
             del self._admitting[id(request)]
@@ -309,13 +310,15 @@ class Engine:
         events: list[tuple[Generation, TokenEvent]] = []
         for seq in [s for s in self._active if s.gen.cancelled]:
             self._finish(seq, "cancelled", "", events)
-        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx)
-        calls = plan_step(self._active, self.model.n_batch, self._contexts, self._pacer.chunk())
+        # The draft model's decodes count in the step's time, so prefill pacing leaves room for them.
+        started = time.perf_counter()
+        chunk = self._pacer.chunk()
+        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, self.model.draft, chunk)
+        calls = plan_step(self._active, self.model.n_batch, self._contexts, chunk)
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
         prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if len(seq.todo) > 1)
-        started = time.perf_counter()
         for context, work in calls:
             self._decode_group(context, work, events)
         self._pacer.record(prompt_tokens, time.perf_counter() - started)

@@ -13,6 +13,7 @@ import llama_cpp
 
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
+from .draft import DraftModel
 from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .heap import return_free_memory
 from .kv import KVCacheTypes
@@ -64,12 +65,14 @@ class ModelSpec:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     flash_attn: str = "auto"
-    # Speculative decoding for requests that do not choose: "ngram" (prompt lookup) or "none".
+    # Speculative decoding for requests that do not choose: "ngram" (prompt lookup), "draft" (the draft
+    # model) or "none"; a draft model (same vocabulary) loaded beside this one, for requests that ask for it.
     speculative: str = "none"
     speculative_n_max: int = 8
     # `nomoat worker`s holding the layers (llama.cpp RPC devices), and how the layers are weighted across them.
     rpc: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    draft_model: Path | None = None
 
     @property
     def speculation(self) -> Speculation:
@@ -78,6 +81,9 @@ class ModelSpec:
     def speculation_for(self, asked: Speculation | None) -> Speculation:
         """What a request gets: its own choice, else the model's; its n_max, else the model's."""
         chosen = asked or self.speculation
+        if chosen.type == "draft" and self.draft_model is None:
+            raise InvalidInput(f"model {self.name!r} has no draft model (draft_model in models.toml), so it cannot "
+                               "speculate with type 'draft'; use 'ngram' or 'none'", subject="speculative")
         return chosen if chosen.n_max is not None else Speculation(chosen.type, self.speculative_n_max)
 
     @property
@@ -138,6 +144,7 @@ class LoadedModel:
         spec.kv_types.apply(cparams)
         self._cparams = cparams
         self.contexts: list[llama_cpp.llama_context_p] = []
+        self.draft: DraftModel | None = None
         self.ctx = self.new_context()
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -146,6 +153,7 @@ class LoadedModel:
                                  "see the log)")
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.n_batch = cparams.n_batch
+        self.draft = self._load_draft(mparams)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
         self._pieces: dict[int, bytes] = {}
@@ -274,6 +282,22 @@ class LoadedModel:
 
     # --- lifecycle ---------------------------------------------------------------
 
+    def _load_draft(self, mparams: llama_cpp.llama_model_params) -> DraftModel | None:
+        """The spec's draft model, on the same devices, with contexts like the target's (the same slots,
+        n_ctx per slot and KV types), so each running sequence has its slot in the draft too."""
+        spec = self.spec
+        if spec.draft_model is None:
+            if spec.speculative == "draft":
+                self.close()
+                raise ModelFileError(f"{spec.path}: speculative = 'draft' needs a draft_model")
+            return None
+        try:
+            return DraftModel(spec.draft_model, target_path=spec.path, target_vocab=self.vocab, mparams=mparams,
+                              cparams=self._cparams)
+        except ModelFileError:
+            self.close()
+            raise
+
     def new_context(self) -> llama_cpp.llama_context_p | None:
         """Another context on the same weights with the same settings (its own KV and compute buffer)."""
         ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
@@ -282,6 +306,9 @@ class LoadedModel:
         return ctx
 
     def close(self) -> None:
+        if self.draft is not None:
+            self.draft.close()
+            self.draft = None
         for ctx in self.contexts:
             llama_cpp.llama_free(ctx)
         self.contexts.clear()

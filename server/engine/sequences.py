@@ -9,7 +9,7 @@ import llama_cpp
 from .contexts import Context, common_prefix
 from .generation import EngineStats, Generation
 from .sampling import SamplerChain
-from .speculative import NgramDrafter
+from .speculative import Drafter
 from .stops import TextAssembler
 from .types import GenerationRequest
 
@@ -34,7 +34,7 @@ class Sequence:
     todo: list[int] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)  # every token now in this sequence's KV
     n_generated: int = 0
-    drafter: NgramDrafter | None = None  # speculation on: proposes `draft` before each decode
+    drafter: Drafter | None = None  # speculation on: proposes `draft` before each decode
     draft: list[int] = field(default_factory=list)  # evaluated after `todo` this step, verified when sampled
 
     @property
@@ -106,7 +106,8 @@ def _copy_prefix(seq: Sequence, keep: int, running: list[Sequence], copy_min_tok
 
 
 def release(seq: Sequence, keep_cache: bool) -> None:
-    """Give back the slot (if `place` got that far) and the sampler; the slot's KV stays as a cache when `keep_cache`."""
+    """Give back the slot (if `place` got that far), the draft model's slot and the sampler; the slots' KV stays as a
+    cache when `keep_cache`."""
     context = seq.context
     if context is not None and seq.seq_id >= 0:
         if keep_cache and seq.evaluated:
@@ -116,4 +117,6 @@ def release(seq: Sequence, keep_cache: bool) -> None:
             context.slot_cache.pop(seq.seq_id, None)
         context.leave(seq.request.adapters.key)
         context.free_ids.append(seq.seq_id)
+    if seq.drafter is not None:
+        seq.drafter.release(keep_cache)
     seq.sampler.close()

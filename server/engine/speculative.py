@@ -1,4 +1,5 @@
-"""Prompt-lookup (n-gram) speculative decoding: drafts from a sequence's own tokens, and how many to try next.
+"""Speculative decoding: who drafts (prompt lookup from a sequence's own tokens, or a draft model), how many
+drafts to try next, and verifying them.
 
 Drafts ride in the sequence's place of the shared batch, with logits at every position; the engine
 then samples row by row with the sequence's own sampler and stops at the first sampled token that
@@ -21,6 +22,7 @@ from .generation import EngineStats
 from .types import Speculation
 
 if TYPE_CHECKING:
+    from .draft import DraftModel
     from .sequences import Sequence
 
 # The n-grams looked up, longest first. A single token repeats too often by chance to predict the
@@ -28,20 +30,43 @@ if TYPE_CHECKING:
 NGRAM_SIZES = (4, 3, 2)
 
 
-@dataclass
-class NgramDrafter:
+@dataclass(kw_only=True)
+class Drafter:
+    """What every drafter shares: how many drafts the next step tries.
+
+    Doubled after a draft accepted whole, cut back to what was accepted (plus one) after a miss,
+    so text the drafter stops predicting costs little; never over `n_max`.
+    """
+
+    n_max: int
+    budget: int = 2
+
+    def limit(self, room: int) -> int:
+        """The drafts to propose this step, when the sequence has room for `room`."""
+        return min(room, self.budget, self.n_max)
+
+    def record(self, drafted: int, accepted: int) -> None:
+        if not drafted:
+            return
+        if accepted == drafted:
+            self.budget = min(self.n_max, 2 * self.budget)
+        else:
+            self.budget = max(1, accepted + 1)
+
+    def release(self, keep_cache: bool) -> None:
+        """The sequence ended: give back what the drafter holds (nothing, unless it overrides this)."""
+
+
+@dataclass(kw_only=True)
+class NgramDrafter(Drafter):
     """Finds the latest earlier occurrence of a sequence's last n tokens and proposes what followed it.
 
     `index` maps each n-gram of the history to where the token after its latest occurrence sits,
     so a lookup is a dict probe whatever the prompt's length; `extend` keeps it current.
     """
 
-    n_max: int
     tokens: list[int] = field(default_factory=list)
     index: dict[tuple[int, ...], int] = field(default_factory=dict)
-    # How many drafts the next step tries: doubled after a draft accepted whole, cut back to what
-    # was accepted (plus one) after a miss, so text that stops repeating costs little.
-    budget: int = 2
 
     def extend(self, tokens: list[int]) -> None:
         history = self.tokens
@@ -59,7 +84,7 @@ class NgramDrafter:
 
     def draft(self, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the history's last n-gram."""
-        limit = min(limit, self.budget, self.n_max)
+        limit = self.limit(limit)
         if limit <= 0:
             return []
         history = self.tokens
@@ -71,19 +96,29 @@ class NgramDrafter:
                 return history[start:start + limit]
         return []
 
-    def record(self, drafted: int, accepted: int) -> None:
-        if not drafted:
-            return
-        if accepted == drafted:
-            self.budget = min(self.n_max, 2 * self.budget)
-        else:
-            self.budget = max(1, accepted + 1)
+
+@dataclass(kw_only=True)
+class ModelDrafter(Drafter):
+    """A sequence's place in its draft model (engine/draft.py): the draft context's slot it holds, -1 for none yet.
+
+    The draft model proposes for every drafting sequence at once, so this holds no drafting logic.
+    """
+
+    source: DraftModel
+    slot: int = -1
+
+    def release(self, keep_cache: bool) -> None:
+        self.source.release(self, keep_cache)
 
 
-def drafter_for(speculation: Speculation) -> NgramDrafter | None:
-    """A drafter when the request (or its model's default) asks for n-gram speculation."""
-    if speculation.type == "ngram" and speculation.n_max:
+def drafter_for(speculation: Speculation, draft_model: DraftModel | None) -> Drafter | None:
+    """The drafter a request (or its model's default) asks for: n-gram lookup, the model's draft model, or none."""
+    if not speculation.n_max:
+        return None
+    if speculation.type == "ngram":
         return NgramDrafter(n_max=speculation.n_max)
+    if speculation.type == "draft" and draft_model is not None:
+        return ModelDrafter(n_max=speculation.n_max, source=draft_model)
     return None
 
 

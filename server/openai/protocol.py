@@ -58,9 +58,10 @@ class LoraRef(Lenient):
 
 class SpeculativeOptions(Lenient):
     """nomoat: the non-OpenAI `speculative` field, e.g. {"type": "ngram", "n_max": 8}; left out, the model's
-    `speculative` setting applies. Drafts are verified by the model itself, so the output is the same."""
+    `speculative` setting applies. Drafts are verified by the model itself, so the output is the same.
+    `draft` needs a model with a `draft_model` (otherwise the engine answers 400)."""
 
-    type: Literal["ngram", "none"]
+    type: Literal["ngram", "draft", "none"]
     n_max: int | None = Field(None, ge=1, le=64)
 
 

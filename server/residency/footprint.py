@@ -3,8 +3,8 @@
 The terms are llama.cpp's own buffers, as its load log reports them: the weights (the tensor data),
 a KV cache of n_ctx × parallel cells per context, each cell holding K and V for every layer's
 KV heads, an output buffer of one logits row per sequence, and a compute buffer that the worst
-case graph (n_batch tokens) reserves, dominated by n_batch rows of logits. Checked against the
-measured RSS in tests/test_lifecycle.py.
+case graph (n_batch tokens) reserves, dominated by n_batch rows of logits. A draft model adds its own
+footprint with one context of the same geometry. Checked against the measured RSS in tests/test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -27,16 +27,19 @@ class Footprint:
     kv_per_context: int
     compute_per_context: int
     gpu_share: float = 0.0  # of weights and KV, on the GPU (n_gpu_layers / layers)
+    draft: Footprint | None = None  # the draft model's, with its one context (however many the model opens)
 
     @property
     def per_context(self) -> int:
         return self.kv_per_context + self.compute_per_context
 
     def total(self, contexts: int = 1) -> int:
-        return self.weights + max(1, contexts) * self.per_context
+        draft = self.draft.total() if self.draft else 0
+        return self.weights + max(1, contexts) * self.per_context + draft
 
     def gpu(self, contexts: int = 1) -> int:
-        return int(self.gpu_share * (self.weights + max(1, contexts) * self.kv_per_context))
+        draft = self.draft.gpu() if self.draft else 0
+        return int(self.gpu_share * (self.weights + max(1, contexts) * self.kv_per_context)) + draft
 
     def cpu(self, contexts: int = 1) -> int:
         return self.total(contexts) - self.gpu(contexts)
@@ -44,6 +47,9 @@ class Footprint:
 
 def estimate(config: ModelConfig) -> Footprint:
     """The footprint of `config` loaded with one context (ModelFileError when the header cannot be read)."""
+    draft = None
+    if config.draft_model is not None:  # loaded with the model's settings (engine/model.py)
+        draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None}))
     path = Path(config.path)
     try:
         values, tensors = read_tensor_sizes(path, lambda key: not key.startswith("tokenizer."))
@@ -86,7 +92,7 @@ def estimate(config: ModelConfig) -> Footprint:
     offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
     share = offloaded / n_layer if n_layer else 0.0
     return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,
-                     compute_per_context=compute, gpu_share=share)
+                     compute_per_context=compute, gpu_share=share, draft=draft)
 
 
 def _per_layer(value: Any, n_layer: int) -> list[int]:
