@@ -43,5 +43,7 @@ def test_anthropic_snippet_runs_verbatim(clients_server, tmp_path):
 
 def test_the_two_commands_are_unchanged():
     text = README.read_text()
-    assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/nomoat serve\n" in text
+    # The install builds llama.cpp with its RPC backend (issue #18); --no-cache-dir: README, "Two commands".
+    assert ('python3 -m venv .venv && CMAKE_ARGS="-DGGML_RPC=on" .venv/bin/pip install --no-cache-dir . '
+            "&& .venv/bin/nomoat serve\n") in text
     assert ".venv/bin/pip install '.[test]' && .venv/bin/python -m pytest\n" in text
