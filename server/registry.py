@@ -114,6 +114,10 @@ class ModelRegistry:
     def _child(self, config: ModelConfig, models_file: ModelsFile) -> ChildModel:
         return start_child(config, models_file, self._settings, self.residency.child_exited)
 
+    def in_child(self, base: str) -> bool:
+        """`base` runs in a child process of its own (an `rpc` model), which this process forwards to."""
+        return not self._settings.rpc_in_process and bool(self.residency.residents[base].config.rpc)
+
     def hosts_children(self) -> bool:
         """Some model runs in a child process (cheap: asked for every request that may name one)."""
         return self.ready and not self._settings.rpc_in_process and any(

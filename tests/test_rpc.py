@@ -180,14 +180,14 @@ def breaking_child_url() -> Iterator[str]:
 
 
 def serve_stand_ins(tmp_path: Path, url: str, started: list[StandInChild], split_load: str = "on_demand",
-                    ) -> Iterator[tuple[TestClient, ModelRegistry]]:
+                    **settings_fields: Any) -> Iterator[tuple[TestClient, ModelRegistry]]:
     from support.fake_engine import FakeEngine
 
     path = str(config.embedded_model_path())
     models = ModelsFile(models=[ModelConfig(name="local", path=path, load="startup"),
                                 ModelConfig(name="split", path=path, rpc=["127.0.0.1:9"], load=split_load),
                                 ModelConfig(name="gone", path=path, rpc=["127.0.0.1:9"])])
-    settings = Settings(state_dir=tmp_path)
+    settings = Settings(state_dir=tmp_path, **settings_fields)
 
     def start_child(model: ModelConfig, _: ModelsFile) -> ChildModel:  # "gone" answers nowhere: its process never served
         started.append(StandInChild(model, url if model.name == "split" else f"http://127.0.0.1:{free_port()}"))
@@ -266,6 +266,17 @@ def test_a_child_that_does_not_answer_is_a_503_and_local_models_still_serve(forw
     r = forwarding.post("/v1/chat/completions", json={"model": "local", "max_tokens": 2,
                                                       "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200
+
+
+def test_a_runtime_adapter_for_a_child_hosted_model_is_refused_naming_models_toml(tmp_path: Path,
+                                                                                   breaking_child_url: str) -> None:
+    adapter = tmp_path / "tone.gguf"
+    adapter.write_bytes(b"GGUF")  # refused before it is read: the child serves only models.toml's adapters
+    for client, _ in serve_stand_ins(tmp_path, breaking_child_url, [], adapter_dirs=[tmp_path]):
+        r = client.post("/v1/adapters", json={"name": "tone", "path": str(adapter), "base": "split"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "base", r.text
+        assert "models.toml" in r.json()["error"]["message"]
+        assert client.get("/v1/adapters").json()["data"] == []
 
 
 # --- real workers ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..config import ModelsFile
 from ..engine.adapters import LoraAdapter
 from ..engine.base_info import BaseModelInfo
 from ..engine.engine import Engine
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..metrics import Metrics
 from .files import prepare_adapter
 
@@ -66,6 +66,8 @@ class Bases(Protocol):
     def hold_engine(self, base: str) -> tuple[Engine | None, Callable[[], None]]: ...
 
     def is_model_id(self, name: str) -> bool: ...
+
+    def in_child(self, base: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,11 @@ class AdapterCatalogue:
                 hint = "; DELETE it first or load with replace: true" if old is not None else ""
                 raise ConflictError(f"the id {name!r} is already in use{hint}", param="name")
             base_name, started = self._bases.base_name(base), time.perf_counter()
+            if self._bases.in_child(base_name):
+                # Its own process serves it from the models.toml it was started with (server/rpc/host.py).
+                raise InvalidRequestError(f"{base_name!r} is split across RPC workers and runs in its own process: "
+                                          "its adapters come from models.toml (add it there and reload)",
+                                          param="base")
             if old is not None and old.base != base_name and self._stack_users(name):
                 raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(self._stack_users(name))} "
                                     f"on {old.base!r}; it cannot move to {base_name!r}", param="base")
