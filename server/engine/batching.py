@@ -15,8 +15,11 @@ from .speculative import ModelDrafter, NgramDrafter
 # about PREFILL_STEP_SECONDS: a long prompt then delays each running stream by one short step
 # instead of its whole prefill. A fixed 128 tokens was 0.75 s a step on a 2-core CPU evaluating
 # ~170 prompt tokens/s (bench/README.md); the first chunks, before any step was timed, take 128.
+# The target trades the streams' worst gap against the long prompt's first token: with a stream
+# running beside a 4k-token prompt, 0.25 s gave gaps of at most 1.1 s and a 74 s first token,
+# 1.0 s gaps of 1.7-1.8 s and 48-53 s (llama-server, unpaced: 20 s gaps, 35 s; bench/README.md).
 PREFILL_CHUNK_WHILE_DECODING = 128
-PREFILL_STEP_SECONDS = 0.25
+PREFILL_STEP_SECONDS = 1.0
 MIN_PREFILL_CHUNK = 32
 
 Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluates
