@@ -9,6 +9,7 @@ footprint with one context of the same geometry. Checked against the measured RS
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ class Footprint:
         return self.total(contexts) - self.gpu(contexts)
 
 
+@functools.lru_cache(maxsize=64)
+def _header(path: str, stamp: tuple[int, int, int]) -> tuple[dict[str, Any], dict[str, tuple[int, list[int]]]]:
+    """The header's metadata (tokenizer arrays left out) and tensor sizes, once per file version (`stamp`):
+    walking past the vocabulary takes ~190 ms for the default model, paid on every on-demand load
+    (the cold first token, bench/bench_lifecycle.py) and every listing of an unloaded model. Callers
+    must not change what it returns."""
+    return read_tensor_sizes(Path(path), lambda key: not key.startswith("tokenizer."))
+
+
 def estimate(config: ModelConfig) -> Footprint:
     """The footprint of `config` loaded with one context (ModelFileError when the header cannot be read)."""
     draft = None
@@ -52,7 +62,8 @@ def estimate(config: ModelConfig) -> Footprint:
         draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None}))
     path = Path(config.path)
     try:
-        values, tensors = read_tensor_sizes(path, lambda key: not key.startswith("tokenizer."))
+        stat = path.stat()
+        values, tensors = _header(str(path), (stat.st_mtime_ns, stat.st_size, stat.st_ino))
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except GGUFLayoutError as exc:
