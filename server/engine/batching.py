@@ -18,9 +18,12 @@ from .speculative import ModelDrafter, NgramDrafter
 # The target trades the streams' worst gap against the long prompt's first token: with a stream
 # running beside a 4k-token prompt, 0.25 s gave gaps of at most 1.1 s and a 74 s first token,
 # 1.0 s gaps of 1.7-1.8 s and 48-53 s (llama-server, unpaced: 20 s gaps, 35 s; bench/README.md).
+# Small chunks deep in a prompt cost far more per token (llama-bench: pp32 at depth 4000 runs at
+# 27 tok/s, pp128 at depth 3072 at 90): a time-sized chunk shrank as the prompt grew and slowed
+# it further, so a chunk is never under 128 tokens (38 s, gaps of at most 1.8 s; 256: 37.5 s, 4 s).
 PREFILL_CHUNK_WHILE_DECODING = 128
 PREFILL_STEP_SECONDS = 1.0
-MIN_PREFILL_CHUNK = 32
+MIN_PREFILL_CHUNK = 128
 
 Work = list[tuple[Sequence, list[int]]]  # sequences and the tokens each evaluates
 
