@@ -7,12 +7,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from lora_factory import write_lora
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, text, tokens
+from support.speculation import OFF, agreement, both, check_adapter_answer
 from wire import NO_EOS, chat_body, chat_text, finish_reasons, metric, post_ok, stream
 
 from nomoat.engine.engine import Engine
-from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, Speculation
+from nomoat.engine.types import SamplingParams, Speculation
 
 PARAGRAPH = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a can of oil and a "
              "rag for the lens. He had done this for thirty years, through storms and calm nights alike, and he "
@@ -21,7 +21,6 @@ CODE = "def total(items):\n    x = 0\n    for i in items:\n        x += i\n    r
 COPY = f"Repeat this paragraph exactly, word for word:\n\n{PARAGRAPH}"
 EDIT = f"Rename the variable x to s in this code and show the whole function:\n\n```python\n{CODE}```"
 NGRAM = Speculation("ngram", 8)
-OFF = Speculation("none")
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +30,10 @@ def eng() -> Iterator[Engine]:
         yield e
 
 
-def both(eng: Engine, *requests: GenerationRequest) -> tuple[list, list, int, int]:
-    """Run each request alone without, then with n-gram speculation: both event lists, drafted, accepted.
-
-    Alone, so a prompt is always prefilled in one piece: run together, which step a request joins
-    decides how llama.cpp splits its prefill, and that alone can flip a near-tie (docs/architecture.md).
-    """
-    plain = [run(eng, dataclasses.replace(r, speculative=OFF))[0] for r in requests]
-    drafted, accepted = eng.stats.drafted_tokens, eng.stats.accepted_tokens
-    spec = [run(eng, dataclasses.replace(r, speculative=NGRAM))[0] for r in requests]
-    return plain, spec, eng.stats.drafted_tokens - drafted, eng.stats.accepted_tokens - accepted
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    return len(os.path.commonprefix([a, b]))
 
 
 def test_greedy_copy_output_is_unchanged_and_drafts_are_accepted(eng):
-    plain, spec, drafted, accepted = both(eng, request(COPY, 32, sampling=GREEDY_NO_EOS),
+    plain, spec, drafted, accepted = both(eng, NGRAM, request(COPY, 32, sampling=GREEDY_NO_EOS),
                                           request(EDIT, 32, sampling=GREEDY_NO_EOS))
     for p, s in zip(plain, spec, strict=True):
         print("greedy agreement:", agreement(tokens(p), tokens(s)), "of", len(tokens(p)))
@@ -78,7 +63,7 @@ def test_grammar_stop_and_logprobs_keep_working(eng):
     grammar = request(COPY, 24, sampling=dataclasses.replace(GREEDY_NO_EOS, grammar=SENTENCE), logprobs=True,
                       top_logprobs=2)
     stopped = request(COPY, 40, sampling=GREEDY_NO_EOS, stop=["thirty"])
-    plain, spec, _, accepted = both(eng, grammar, stopped)
+    plain, spec, _, accepted = both(eng, NGRAM, grammar, stopped)
     assert accepted > 0
     assert text(spec[0]) == text(plain[0])
     assert text(spec[0]).endswith(".") and text(spec[0]).count(".") == 1
@@ -91,27 +76,20 @@ def test_grammar_stop_and_logprobs_keep_working(eng):
 
 
 def test_an_adapter_is_applied_to_the_drafts_it_verifies(eng, tmp_path):
-    path = write_lora(tmp_path / "a.gguf", seed=11, std=0.12)
-    lora = eng.load_adapter("a", path, path, "hash-a").result(60)
-    adapters = AdapterSet((AppliedAdapter("a", 1.0, "hash-a", handle=lora),))
-    base = run(eng, request(EDIT, 24, sampling=GREEDY_NO_EOS, speculative=OFF))[0]
-    plain, spec, _, accepted = both(eng, request(EDIT, 24, sampling=GREEDY_NO_EOS, adapters=adapters))
-    assert agreement(tokens(plain[0]), tokens(base)) < 16  # the adapter changes the answer...
-    assert agreement(tokens(spec[0]), tokens(plain[0])) >= 16, (text(plain[0]), text(spec[0]))  # ...drafts or not
-    assert accepted > 0
+    check_adapter_answer(eng, NGRAM, EDIT, tmp_path)
 
 
 def test_sampled_output_follows_the_same_seeded_draws(eng):
     """Each emitted token is drawn once from the model's distribution given the tokens before it, so a
     seeded stream is the same with drafts (up to batch variance moving a draw across a boundary)."""
     sampling = SamplingParams(temperature=0.8, seed=7, logit_bias=GREEDY_NO_EOS.logit_bias)
-    plain, spec, _, accepted = both(eng, request(COPY, 24, sampling=sampling))
+    plain, spec, _, accepted = both(eng, NGRAM, request(COPY, 24, sampling=sampling))
     assert agreement(tokens(spec[0]), tokens(plain[0])) >= 16, (text(plain[0]), text(spec[0]))
     assert accepted > 0
 
 
 def test_max_tokens_is_exact_when_drafts_run_past_it(eng):
-    plain, spec, _, _ = both(eng, request(COPY, 13, sampling=GREEDY_NO_EOS))
+    plain, spec, _, _ = both(eng, NGRAM, request(COPY, 13, sampling=GREEDY_NO_EOS))
     assert spec[0][-1].usage.completion_tokens == 13 == len(tokens(spec[0]))
     assert tokens(spec[0]) == tokens(plain[0])
 

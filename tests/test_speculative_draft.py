@@ -12,16 +12,16 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
-from lora_factory import write_lora
 from support.process import ServerProcess
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, spec, text, tokens
+from support.speculation import agreement, both, check_adapter_answer
 from wire import NO_EOS, assert_error, chat_body, chat_text, finish_reasons, metric, post_ok, stream
 
 from nomoat.config import ModelConfig, embedded_model_path
 from nomoat.engine.engine import Engine
 from nomoat.engine.errors import ModelFileError
 from nomoat.engine.model import LoadedModel
-from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, Speculation
+from nomoat.engine.types import SamplingParams, Speculation
 from nomoat.residency.footprint import estimate
 
 PARAGRAPH = ("The old bridge crossed the river at its narrowest point, where the water ran fast and cold over "
@@ -31,7 +31,6 @@ CODE = "def mean(values):\n    n = 0\n    t = 0\n    for v in values:\n        t
 COPY = f"Repeat this paragraph exactly, word for word:\n\n{PARAGRAPH}"
 EDIT = f"Rename the variable t to total in this code and show the whole function:\n\n```python\n{CODE}```"
 DRAFT = Speculation("draft", 8)
-OFF = Speculation("none")
 SENTENCE = r'root ::= [A-Za-z ,]+ "."'  # letters and commas up to the first period
 
 
@@ -55,17 +54,6 @@ def eng(draft_path: Path) -> Iterator[Engine]:
         yield e
 
 
-def both(eng: Engine, *requests: GenerationRequest) -> tuple[list, list, int, int]:
-    """Each request alone without, then with the draft model: both event lists, drafted, accepted (as
-    tests/test_speculative.py compares n-gram speculation: alone, so each prompt is prefilled in one piece)."""
-    plain = [run(eng, dataclasses.replace(r, speculative=OFF))[0] for r in requests]
-    drafted, accepted = eng.stats.drafted_tokens, eng.stats.accepted_tokens
-    spec = [run(eng, dataclasses.replace(r, speculative=DRAFT))[0] for r in requests]
-    return plain, spec, eng.stats.drafted_tokens - drafted, eng.stats.accepted_tokens - accepted
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    return len(os.path.commonprefix([a, b]))
 
 
 def test_greedy_output_is_the_models_own_alone_and_drafting_together(eng):
@@ -74,7 +62,7 @@ def test_greedy_output_is_the_models_own_alone_and_drafting_together(eng):
     near-ties). A requantised copy agrees with the model on nearly every token, free text included."""
     jobs = [request(COPY, 24, sampling=GREEDY_NO_EOS), request("Write a short story about a fox.", 24,
                                                                sampling=GREEDY_NO_EOS)]
-    plain, solo, drafted, accepted = both(eng, *jobs)
+    plain, solo, drafted, accepted = both(eng, DRAFT, *jobs)
     for p, s in zip(plain, solo, strict=True):
         print("greedy agreement:", agreement(tokens(p), tokens(s)), "of", len(tokens(p)))
         assert len(tokens(s)) == 24 and s[-1].finish_reason == "length"
@@ -91,7 +79,7 @@ def test_greedy_output_is_the_models_own_alone_and_drafting_together(eng):
 def test_a_grammar_and_a_stop_string_keep_working(eng):
     grammar = request(COPY, 24, sampling=dataclasses.replace(GREEDY_NO_EOS, grammar=SENTENCE))
     stopped = request(COPY, 40, sampling=GREEDY_NO_EOS, stop=["river"])
-    plain, spec, _, accepted = both(eng, grammar, stopped)
+    plain, spec, _, accepted = both(eng, DRAFT, grammar, stopped)
     assert accepted > 0
     assert text(spec[0]) == text(plain[0]) and text(spec[0]).endswith(".") and text(spec[0]).count(".") == 1
     assert text(spec[1]) == text(plain[1]) and "river" not in text(spec[1])
@@ -100,19 +88,12 @@ def test_a_grammar_and_a_stop_string_keep_working(eng):
 
 def test_drafts_are_verified_under_the_sequences_adapter(eng, tmp_path):
     """The draft runs without adapters; the target verifies under the adapter, so its answer is the adapter's."""
-    path = write_lora(tmp_path / "a.gguf", seed=11, std=0.12)
-    lora = eng.load_adapter("a", path, path, "hash-a").result(60)
-    adapters = AdapterSet((AppliedAdapter("a", 1.0, "hash-a", handle=lora),))
-    base = run(eng, request(EDIT, 24, sampling=GREEDY_NO_EOS, speculative=OFF))[0]
-    plain, spec, _, accepted = both(eng, request(EDIT, 24, sampling=GREEDY_NO_EOS, adapters=adapters))
-    assert agreement(tokens(plain[0]), tokens(base)) < 16  # the adapter changes the answer...
-    assert agreement(tokens(spec[0]), tokens(plain[0])) >= 16, (text(plain[0]), text(spec[0]))  # ...drafts or not
-    assert accepted > 0
+    check_adapter_answer(eng, DRAFT, EDIT, tmp_path)
 
 
 def test_sampled_output_follows_the_same_seeded_draws(eng):
     sampling = SamplingParams(temperature=0.8, seed=7, logit_bias=GREEDY_NO_EOS.logit_bias)
-    plain, spec, _, accepted = both(eng, request(COPY, 24, sampling=sampling))
+    plain, spec, _, accepted = both(eng, DRAFT, request(COPY, 24, sampling=sampling))
     assert agreement(tokens(spec[0]), tokens(plain[0])) >= 16, (text(plain[0]), text(spec[0]))
     assert accepted > 0
 
