@@ -251,7 +251,8 @@ def section_quant(args: argparse.Namespace, binary: str) -> None:
 
 def section_spec(args: argparse.Namespace, binary: str) -> None:
     print("\n## Speculative decoding, c=1 (answer tok/s: completion tokens over the whole request, TTFT included)\n")
-    print(f"Draft model: the same model requantised to {args.spec_draft} (the only draft with this vocabulary here).\n")
+    print(f"Draft model: the same model requantised to {args.spec_draft} (the only draft with this vocabulary here). "
+          f"llama-server ngram-simple: size-n {args.llama_ngram_n}, size-m {args.llama_ngram_m or args.spec_n_max}.\n")
     kinds = ("off", "ngram", "draft")
     print("| task | " + " | ".join(f"nomoat {k}" for k in kinds) + " | ngram ×off | draft ×off | "
           + " | ".join(f"llama-server {k}" for k in kinds) + " | ngram ÷ llama | draft ÷ llama |")
@@ -262,8 +263,8 @@ def section_spec(args: argparse.Namespace, binary: str) -> None:
         if draft is None:
             return
         llama_spec = {
-            "ngram": ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m",
-                      str(n), "--spec-draft-n-max", str(n)],
+            "ngram": ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", str(args.llama_ngram_n),
+                      "--spec-ngram-simple-size-m", str(args.llama_ngram_m or n), "--spec-draft-n-max", str(n)],
             "draft": ["--spec-type", "draft-simple", "-md", str(draft), "--spec-draft-n-max", str(n)],
         }
         nomoat = Nomoat(models_toml(parallel=args.slots, n_ctx=4096, threads=args.threads,
@@ -353,8 +354,10 @@ def main() -> None:
     ap.add_argument("--bench-reps", type=int, default=3)
     ap.add_argument("--quants", nargs="+", default=["Q4_0", "Q8_0", "Q4_K_M"])
     ap.add_argument("--spec-tokens", type=int, default=160)
-    ap.add_argument("--spec-n-max", type=int, default=8)
+    ap.add_argument("--spec-n-max", type=int, default=16)
     ap.add_argument("--spec-draft", default="Q8_0", help="the draft: the model requantised to this type")
+    ap.add_argument("--llama-ngram-n", type=int, default=3, help="llama-server's ngram-simple lookup size (its default: 12)")
+    ap.add_argument("--llama-ngram-m", type=int, default=0, help="llama-server's ngram-simple draft size (0: --spec-n-max)")
     ap.add_argument("--smooth-tokens", type=int, default=200)
     ap.add_argument("--llama-server", help="a llama-server binary (llama-bench and llama-quantize beside it); "
                     "default: bench/build_llama_server.sh's build")

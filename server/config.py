@@ -112,7 +112,7 @@ class ModelConfig(BaseModel):
             "greedy output unchanged), `draft` has `draft_model` propose them, `none` decodes one token per step."
         ),
     )
-    speculative_n_max: int = Field(8, ge=1, le=64, description="Most drafted tokens verified per step.")
+    speculative_n_max: int = Field(16, ge=1, le=64, description="Most drafted tokens verified per step.")
     draft_model: str | None = Field(
         None,
         description=(

@@ -76,7 +76,9 @@ def test_grammar_stop_and_logprobs_keep_working(eng):
 
 
 def test_an_adapter_is_applied_to_the_drafts_it_verifies(eng, tmp_path):
-    check_adapter_answer(eng, NGRAM, EDIT, tmp_path)
+    # The adapter's answer to the copy prompt starts as the paragraph does, then leaves it ("The lighthouse
+    # keeper was a man who knew every creak of the old iron steps."): 6-token matches, drafted under it.
+    check_adapter_answer(eng, NGRAM, COPY, tmp_path, max_tokens=32)
 
 
 def test_sampled_output_follows_the_same_seeded_draws(eng):

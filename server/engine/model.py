@@ -68,7 +68,7 @@ class ModelSpec:
     # Speculative decoding for requests that do not choose: "ngram" (prompt lookup), "draft" (the draft
     # model) or "none"; a draft model (same vocabulary) loaded beside this one, for requests that ask for it.
     speculative: str = "none"
-    speculative_n_max: int = 8
+    speculative_n_max: int = 16
     # `nomoat worker`s holding the layers (llama.cpp RPC devices), and how the layers are weighted across them.
     rpc: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()

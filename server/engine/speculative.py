@@ -25,9 +25,13 @@ if TYPE_CHECKING:
     from .draft import DraftModel
     from .sequences import Sequence
 
-# The n-grams looked up, longest first. A single token repeats too often by chance to predict the
-# next ones (", the"), and on a CPU every wrong draft costs nearly a decoded token.
-NGRAM_SIZES = (4, 3, 2)
+# The n-gram looked up: a draft is proposed only where the sequence's last NGRAM tokens occurred
+# before. On a CPU a wrong draft costs nearly a decoded token (verifying 2 tokens takes 1.8 single
+# decodes, 9 tokens 5.5: docs/architecture.md), so drafts must come from long matches. In one
+# free-chat answer, n-grams of 4, 3 and 2 drafted 98 tokens and 51 were accepted (0.88-0.96x no
+# speculation, in process); 6-grams drafted 48, 32 accepted (0.99-1.03x), and a copied paragraph
+# kept its 1.7-1.8x (bench/README.md). llama-server's `ngram-simple` looks up 12 by default.
+NGRAM = 6
 
 
 @dataclass(kw_only=True)
@@ -59,7 +63,7 @@ class Drafter:
 
 @dataclass(kw_only=True)
 class NgramDrafter(Drafter):
-    """Finds the latest earlier occurrence of a sequence's last n tokens and proposes what followed it.
+    """Finds the latest earlier occurrence of a sequence's last NGRAM tokens and proposes what followed it.
 
     `index` maps each n-gram of the history to where the token after its latest occurrence sits,
     so a lookup is a dict probe whatever the prompt's length; `extend` keeps it current.
@@ -68,13 +72,17 @@ class NgramDrafter(Drafter):
     tokens: list[int] = field(default_factory=list)
     index: dict[tuple[int, ...], int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A 6-token match is strong evidence that the text is being copied, so the first draft is a
+        # whole n_max rather than 2 doubled per step; a miss cuts it back as for any drafter.
+        self.budget = self.n_max
+
     def extend(self, tokens: list[int]) -> None:
         history = self.tokens
         for token in tokens:
             end = len(history)
-            for n in NGRAM_SIZES:
-                if end >= n:
-                    self.index[tuple(history[end - n:end])] = end  # the n-gram ending here is followed by `token`
+            if end >= NGRAM:
+                self.index[tuple(history[end - NGRAM:end])] = end  # the n-gram ending here is followed by `token`
             history.append(token)
 
     def sync(self, history: list[int]) -> None:
@@ -83,18 +91,15 @@ class NgramDrafter(Drafter):
             self.extend(history[len(self.tokens):])
 
     def draft(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the history's last n-gram."""
+        """Up to `limit` tokens that followed the latest earlier occurrence of the history's last NGRAM tokens."""
         limit = self.limit(limit)
         if limit <= 0:
             return []
         history = self.tokens
-        for n in NGRAM_SIZES:
-            if len(history) <= n:
-                continue
-            start = self.index.get(tuple(history[-n:]))
-            if start is not None:
-                return history[start:start + limit]
-        return []
+        if len(history) <= NGRAM:
+            return []
+        start = self.index.get(tuple(history[-NGRAM:]))
+        return [] if start is None else history[start:start + limit]
 
 
 @dataclass(kw_only=True)

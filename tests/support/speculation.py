@@ -33,13 +33,13 @@ def agreement(a: list[int], b: list[int]) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
-def check_adapter_answer(eng: Engine, speculation: Speculation, prompt: str, tmp_path: Path) -> None:
+def check_adapter_answer(eng: Engine, speculation: Speculation, prompt: str, tmp_path: Path, max_tokens: int = 24) -> None:
     """Under an adapter, the answer with drafts is the adapter's answer without them."""
     path = write_lora(tmp_path / "a.gguf", seed=11, std=0.12)
     lora = eng.load_adapter("a", path, path, "hash-a").result(60)
     adapters = AdapterSet((AppliedAdapter("a", 1.0, "hash-a", handle=lora),))
-    base = run(eng, request(prompt, 24, sampling=GREEDY_NO_EOS, speculative=OFF))[0]
-    plain, spec, _, accepted = both(eng, speculation, request(prompt, 24, sampling=GREEDY_NO_EOS, adapters=adapters))
+    base = run(eng, request(prompt, max_tokens, sampling=GREEDY_NO_EOS, speculative=OFF))[0]
+    plain, spec, _, accepted = both(eng, speculation, request(prompt, max_tokens, sampling=GREEDY_NO_EOS, adapters=adapters))
     assert agreement(tokens(plain[0]), tokens(base)) < 16  # the adapter changes the answer...
     assert agreement(tokens(spec[0]), tokens(plain[0])) >= 16, (text(plain[0]), text(spec[0]))  # ...drafts or not
     assert accepted > 0
