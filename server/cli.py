@@ -16,7 +16,7 @@ from .errors import ConfigError, NomoatError
 from .settings import Settings, format_validation_error
 
 if TYPE_CHECKING:
-    from .config import ModelsFile
+    from .models_toml import ModelsFile
 
 # Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
 _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
@@ -238,6 +238,7 @@ def _base_model_path(base: str | None, config_file: Path | None) -> Path:
     from pydantic import ValidationError
 
     from . import config
+    from .models_toml import ModelsFile
 
     if base is None:
         return config.embedded_model_path()
@@ -252,7 +253,7 @@ def _base_model_path(base: str | None, config_file: Path | None) -> Path:
         raise ConfigError(f"--base {base!r}: no such GGUF file, and no model ids to look it up in: {exc}") from None
     data.pop("server", None)
     try:
-        models = config.ModelsFile.model_validate(data)
+        models = ModelsFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(found))) from None
     for model in models.models:

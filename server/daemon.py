@@ -14,12 +14,12 @@ from typing import Any
 import uvicorn
 
 from .adapters.watch import AdapterWatcher
-from .config import ModelsFile
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
 from .http.app import build_app
 from .http.auth import Authenticator, KeyRing, exposure_warning
 from .metrics import EventLoopMonitor, Metrics
+from .models_toml import ModelsFile
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings

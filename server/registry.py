@@ -11,20 +11,17 @@ from pathlib import Path
 from typing import Literal
 
 from .adapters.catalogue import AdapterCatalogue
-from .config import ModelConfig, ModelsFile
 from .engine.embedder import Embedder
 from .engine.engine import Engine
-from .engine.errors import ModelFileError
-from .engine.model import LoadedModel, ModelSpec
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .loading import close_all, load_engine, open_all
 from .metrics import Metrics
-from .quantities import format_size
-from .residency.footprint import Footprint
+from .models_toml import ModelConfig, ModelsFile
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
 from .rpc.host import ChildModel, start_child
-from .settings import Settings, default_threads
+from .settings import Settings
 
 log = logging.getLogger("nomoat.registry")
 
@@ -79,7 +76,7 @@ class ModelRegistry:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
-        self._load_model = load_model or self._load_engine
+        self._load_model = load_model or (lambda config: load_engine(config, settings, metrics))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
@@ -134,38 +131,6 @@ class ModelRegistry:
             return None
         return base if self.residency.residents[base].config.rpc else None
 
-    def _load_engine(self, config: ModelConfig) -> Engine:
-        spec = ModelSpec(
-            name=config.name,
-            path=Path(config.path),
-            n_ctx=config.n_ctx,
-            n_batch=config.n_batch,
-            parallel=config.parallel,
-            n_threads=config.n_threads or self._settings.threads or default_threads(),
-            n_gpu_layers=config.n_gpu_layers,
-            repack=config.repack,
-            chat_template=config.chat_template,
-            reasoning_format=config.reasoning_format,
-            adapter_contexts=config.adapter_contexts,
-            rpc=tuple(config.rpc),
-            tensor_split=tuple(config.tensor_split),
-            **config.engine_options(),
-        )
-        try:
-            model = LoadedModel(spec)
-        except ModelFileError as exc:  # the configuration names a file llama.cpp cannot serve
-            raise ConfigError(str(exc)) from None
-        engine = Engine(model, queue_size=self._settings.queue_size, prefix_cache=config.prefix_cache,
-                        max_prompt_tokens=self._settings.max_prompt_tokens or None)
-        if self._metrics is not None:
-            self._metrics.model_load.labels(config.name).observe(model.load_seconds)
-        log.info(
-            "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
-            config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,
-            spec.n_gpu_layers,
-        )
-        return engine
-
     async def apply(self, models_file: ModelsFile, *, drain_timeout: float) -> ReloadResult:
         """Serve `models_file` from now on, reloading only loaded models that changed (call on the event loop).
 
@@ -185,7 +150,8 @@ class ModelRegistry:
                        if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
                        or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
             in_use = sum(r.memory("cpu") for r in kept.values() if r.status == "loaded")
-            loaded = await asyncio.to_thread(self._open_all, to_load, models_file, in_use)
+            loaded = await asyncio.to_thread(open_all, to_load, lambda c: self._open(c, models_file), self.residency,
+                                             in_use)
             residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
             retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
             engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
@@ -203,7 +169,7 @@ class ModelRegistry:
                 await self.catalogue.reconcile(models_file, engines, retired | set(loaded), commit)
             except BaseException:
                 if self.residency.residents is not residents:  # not swapped in: the new engines serve nobody
-                    await asyncio.to_thread(_close_all, [served for served, _ in loaded.values()])
+                    await asyncio.to_thread(close_all, [served for served, _ in loaded.values()])
                 raise
         for name in retired:
             served = old[name].served
@@ -221,26 +187,6 @@ class ModelRegistry:
                  result.loaded or "none", result.removed or "none", result.unchanged or "none",
                  result.reconfigured or "none")
         return result
-
-    def _open_all(self, configs: list[ModelConfig], models_file: ModelsFile,
-                  in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
-        """Load each model or none: on a failure the ones loaded so far are closed again. They must fit in
-        the memory budget beside `in_use` bytes of models that stay loaded (ConfigError otherwise)."""
-        footprints = {config.name: self.residency.estimate(config) for config in configs}
-        need = sum(f.cpu() for f in footprints.values())
-        if configs and in_use + need > self.residency.budget:
-            raise ConfigError(f"loading {', '.join(c.name for c in configs)} needs an estimated {format_size(need)}; "
-                              f"memory_budget {format_size(self.residency.budget)} has "
-                              f"{format_size(max(0, self.residency.budget - in_use))} left beside the models that "
-                              "stay loaded")
-        loaded: dict[str, tuple[ServedModel, Footprint]] = {}
-        try:
-            for config in configs:
-                loaded[config.name] = (ServedModel.of(config, self._open(config, models_file)), footprints[config.name])
-        except BaseException:
-            _close_all(served for served, _ in loaded.values())
-            raise
-        return loaded
 
     async def _retire(self, served: ServedModel, timeout: float) -> None:
         """Close an engine nobody can reach any more, after its admitted requests end."""
@@ -428,11 +374,6 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     reconfigured: list[str] = field(default_factory=list)  # changed while not loaded: takes effect on its next load
-
-
-def _close_all(models: Iterable[ServedModel]) -> None:
-    for served in models:
-        served.close()
 
 
 def _id_map(models_file: ModelsFile) -> dict[str, str]:

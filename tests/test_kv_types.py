@@ -15,6 +15,7 @@ from nomoat.engine.embedder import Embedder
 from nomoat.engine.kv import KVCacheTypes, kv_bytes_per_token
 from nomoat.engine.types import TextPrompt
 from nomoat.errors import ConfigError
+from nomoat.models_toml import ModelConfig
 from nomoat.residency.footprint import estimate
 
 PROMPTS = ["Name three colors.", "Write a haiku about rain.", "What is the capital of France?",
@@ -85,8 +86,8 @@ def test_q4_0_cache_loads_and_answers_in_generation_and_embeddings():
 def test_the_memory_budget_counts_the_kv_cache_type(meta):
     """residency/footprint.py's estimate (what memory_budget checks before a load) uses the same block sizes."""
     path = str(embedded_model_path())
-    f16 = estimate(config.ModelConfig(name="m", path=path, n_ctx=1024, parallel=2))
-    q8 = estimate(config.ModelConfig(name="m", path=path, n_ctx=1024, parallel=2, cache_type_k="q8_0",
+    f16 = estimate(ModelConfig(name="m", path=path, n_ctx=1024, parallel=2))
+    q8 = estimate(ModelConfig(name="m", path=path, n_ctx=1024, parallel=2, cache_type_k="q8_0",
                                      cache_type_v="q8_0"))
     assert f16.kv_per_context == 1024 * 2 * kv_bytes_per_token(meta)
     assert q8.kv_per_context == 1024 * 2 * kv_bytes_per_token(meta, "q8_0", "q8_0")

@@ -16,7 +16,7 @@ from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
 from support.process import ServerProcess, free_port
 
-from nomoat.config import ModelConfig
+from nomoat.models_toml import ModelConfig
 from nomoat.residency.footprint import estimate
 from nomoat.residency.ps import ps
 from nomoat.settings import Settings

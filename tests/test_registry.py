@@ -14,12 +14,12 @@ from starlette.middleware import Middleware
 from starlette.testclient import TestClient
 
 from nomoat.adapters import catalogue as catalogue_module
-from nomoat.config import ModelConfig, ModelsFile
 from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.generation import EngineStats
 from nomoat.errors import ConflictError, ModelNotFoundError
 from nomoat.http.errors import ErrorBoundary
+from nomoat.models_toml import ModelConfig, ModelsFile
 from nomoat.openai.models import model_object, model_routes
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings

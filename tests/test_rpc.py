@@ -33,10 +33,10 @@ from starlette.testclient import TestClient
 from support.process import NO_EOS, ServerProcess, free_port
 
 from nomoat import config
-from nomoat.config import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from nomoat.errors import ConfigError
 from nomoat.http.app import build_app
 from nomoat.metrics import Metrics
+from nomoat.models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from nomoat.registry import ModelRegistry
 from nomoat.residency.footprint import estimate
 from nomoat.rpc.endpoints import parse_endpoint

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..config import ModelsFile
 from ..engine.adapters import LoraAdapter
 from ..engine.base_info import BaseModelInfo
 from ..engine.engine import Engine
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..metrics import Metrics
+from ..models_toml import ModelsFile
 from .files import prepare_adapter
 
 log = logging.getLogger("nomoat.registry")

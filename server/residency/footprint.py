@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
 from ..engine.errors import ModelFileError
 from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
 from ..engine.kv import row_bytes
+from ..models_toml import ModelConfig
 
 
 @dataclass(frozen=True)

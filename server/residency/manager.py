@@ -17,7 +17,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
 from ..engine.engine import Engine
 from ..engine.errors import ModelFileError
 from ..errors import (
@@ -29,6 +28,7 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..metrics import Metrics
+from ..models_toml import ModelConfig
 from ..quantities import format_size, parse_duration
 from ..rpc.host import ChildModel
 from ..settings import Settings

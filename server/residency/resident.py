@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..config import ModelConfig
 from ..engine.embedder import Embedder
 from ..engine.engine import Engine
 from ..errors import ServiceUnavailableError
+from ..models_toml import ModelConfig
 from ..rpc.host import ChildModel
 from .footprint import Footprint
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from ..config import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from ..errors import ConfigError
+from ..models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from ..settings import Settings
 from .endpoints import WorkerUnreachable, check_reachable, parse_endpoint
 

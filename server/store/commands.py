@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import config
 from ..errors import ConfigError
+from ..models_toml import EMBEDDED, HF_PREFIX, ModelsFile
 from ..settings import Settings, format_validation_error
 from .available import AvailableModel, discovered_models
 from .models_dir import files_size
@@ -88,13 +89,13 @@ def _configured(settings: Settings, config_path: Path | None, data: dict[str, An
     from pydantic import ValidationError
 
     if config_path is None:
-        given = str(settings.model) if settings.model is not None else config.EMBEDDED
+        given = str(settings.model) if settings.model is not None else EMBEDDED
         name = settings.model_name or (config.EMBEDDED_NAME if settings.model is None else config.single_model_name(given))
         entries = [(name, given)]
         base = Path.cwd()
     else:
         try:
-            models = config.ModelsFile.model_validate(data)
+            models = ModelsFile.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, str(config_path))) from None
         entries = [(m.name, m.path) for m in models.models]
@@ -103,7 +104,7 @@ def _configured(settings: Settings, config_path: Path | None, data: dict[str, An
 
 
 def _locate(name: str, path: str, base: Path) -> AvailableModel | tuple[str, str, str, str]:
-    if path.startswith(config.HF_PREFIX):
+    if path.startswith(HF_PREFIX):
         from .hub import Hub, HubError, parse_ref
 
         try:

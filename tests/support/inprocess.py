@@ -10,9 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from nomoat import config
-from nomoat.config import ModelConfig, ModelsFile
 from nomoat.http.app import build_app
 from nomoat.metrics import Metrics
+from nomoat.models_toml import ModelConfig, ModelsFile
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
 

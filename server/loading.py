@@ -1,0 +1,88 @@
+"""Opening one models.toml entry: its ModelSpec, the GGUF loaded into llama.cpp and the Engine over it;
+and opening several at once, all or none, inside the memory budget (a reload's new models)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .engine.engine import Engine
+from .engine.errors import ModelFileError
+from .engine.model import LoadedModel, ModelSpec
+from .errors import ConfigError
+from .metrics import Metrics
+from .models_toml import ModelConfig
+from .quantities import format_size
+from .residency.footprint import Footprint
+from .residency.manager import Residency
+from .residency.resident import ServedModel
+from .rpc.host import ChildModel
+from .settings import Settings, default_threads
+
+log = logging.getLogger("nomoat.registry")
+
+
+def model_spec(config: ModelConfig, settings: Settings) -> ModelSpec:
+    """What the engine needs to know of a model: its models.toml entry, threads defaulting to the server's."""
+    return ModelSpec(
+        name=config.name,
+        path=Path(config.path),
+        n_ctx=config.n_ctx,
+        n_batch=config.n_batch,
+        parallel=config.parallel,
+        n_threads=config.n_threads or settings.threads or default_threads(),
+        n_gpu_layers=config.n_gpu_layers,
+        repack=config.repack,
+        chat_template=config.chat_template,
+        reasoning_format=config.reasoning_format,
+        adapter_contexts=config.adapter_contexts,
+        rpc=tuple(config.rpc),
+        tensor_split=tuple(config.tensor_split),
+        **config.engine_options(),
+    )
+
+
+def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None) -> Engine:
+    """Load the model's GGUF and start its engine (blocking); a file llama.cpp cannot serve is a ConfigError."""
+    spec = model_spec(config, settings)
+    try:
+        model = LoadedModel(spec)
+    except ModelFileError as exc:
+        raise ConfigError(str(exc)) from None
+    engine = Engine(model, queue_size=settings.queue_size, prefix_cache=config.prefix_cache,
+                    max_prompt_tokens=settings.max_prompt_tokens or None)
+    if metrics is not None:
+        metrics.model_load.labels(config.name).observe(model.load_seconds)
+    log.info(
+        "loaded model %s from %s in %.2fs (n_ctx=%d per sequence, parallel=%d, threads=%d, gpu_layers=%d)",
+        config.name, spec.path, model.load_seconds, model.n_ctx, spec.parallel, spec.n_threads,
+        spec.n_gpu_layers,
+    )
+    return engine
+
+
+def open_all(configs: list[ModelConfig], open_model: Callable[[ModelConfig], Engine | ChildModel],
+             residency: Residency, in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
+    """Open each model or none: on a failure the ones opened so far are closed again. They must fit in the
+    memory budget beside `in_use` bytes of models that stay loaded (ConfigError otherwise)."""
+    footprints = {config.name: residency.estimate(config) for config in configs}
+    need = sum(f.cpu() for f in footprints.values())
+    if configs and in_use + need > residency.budget:
+        raise ConfigError(f"loading {', '.join(c.name for c in configs)} needs an estimated {format_size(need)}; "
+                          f"memory_budget {format_size(residency.budget)} has "
+                          f"{format_size(max(0, residency.budget - in_use))} left beside the models that "
+                          "stay loaded")
+    opened: dict[str, tuple[ServedModel, Footprint]] = {}
+    try:
+        for config in configs:
+            opened[config.name] = (ServedModel.of(config, open_model(config)), footprints[config.name])
+    except BaseException:
+        close_all(served for served, _ in opened.values())
+        raise
+    return opened
+
+
+def close_all(models: Iterable[ServedModel]) -> None:
+    for served in models:
+        served.close()
