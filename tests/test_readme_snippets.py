@@ -1,17 +1,16 @@
 """README's LangChain and llama-index snippets run verbatim against a test server.
 
 Each snippet is the ```python block right after an HTML comment `<!-- snippet: NAME -->` in
-README.md. It runs in a fresh interpreter exactly as written, except that its server address,
+README.md. It runs as written (in this interpreter: clients_fixtures.run_python), except that its server address,
 `http://localhost:8000`, is replaced by the test server's (the only substitution), so the README
 cannot drift from what works."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
-from clients_fixtures import run_against
+from clients_fixtures import run_python
 from conftest import ROOT
 
 README = ROOT / "README.md"
@@ -26,18 +25,19 @@ def snippet(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["langchain", "llama-index", "responses"])
-def test_snippet_runs_verbatim(clients_server, tmp_path, name):
+def test_snippet_runs_verbatim(clients_server, monkeypatch, capsys, name):
     code = snippet(name)
     assert code.count(f"{README_ADDRESS}/v1") == 1 and '"smollm2-135m"' in code
-    run_against([sys.executable, "-c", code.replace(README_ADDRESS, clients_server.base_url)], clients_server, tmp_path)
+    run_python(code.replace(README_ADDRESS, clients_server.base_url), f"README.md:{name}", clients_server, monkeypatch,
+               capsys)
 
 
-def test_anthropic_snippet_runs_verbatim(clients_server, tmp_path):
+def test_anthropic_snippet_runs_verbatim(clients_server, monkeypatch, capsys):
     # The anthropic SDK adds /v1 itself: its base_url is the bare address.
     code = snippet("anthropic")
     assert code.count(f'"{README_ADDRESS}"') == 1 and '"smollm2-135m"' in code
-    out = run_against([sys.executable, "-c", code.replace(README_ADDRESS, clients_server.base_url)], clients_server,
-                      tmp_path)
+    out = run_python(code.replace(README_ADDRESS, clients_server.base_url), "README.md:anthropic", clients_server,
+                     monkeypatch, capsys)
     assert "ToolUseBlock" in out and "get_weather" in out, out
 
 
