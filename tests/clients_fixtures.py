@@ -45,7 +45,7 @@ def clients_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     extra = f'[[adapters]]\nname = "{ADAPTER}"\npath = "{adapter}"\n'
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("clients")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(params=CLIENT_MODELS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.process import ServerProcess, free_port  # noqa: F401  (tests import them from here)
+from support.process import ServerProcess, free_port, reap  # noqa: F401  (tests import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_N_CTX = 2048
@@ -32,12 +32,19 @@ def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reap_servers() -> Iterator[None]:
+    """Set up first, torn down last: collect the servers that fixtures closed without waiting (ServerProcess.close)."""
+    yield
+    reap()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server: the embedded model as `smollm2-135m` (alias `default`)."""
     proc = ServerProcess(models_toml(), tmp_path_factory.mktemp("server")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +65,7 @@ def uncached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     Stateless between requests, so test modules share it."""
     proc = ServerProcess(models_toml(parallel=1, extra="prefix_cache = false"), tmp_path_factory.mktemp("uncached"))
     yield proc.wait_ready()
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture()
@@ -75,7 +82,7 @@ def start_server(tmp_path: Path) -> Iterator:
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.close()
 
 
 # The real-client tests' fixtures live with their helpers; imported here so that every test module

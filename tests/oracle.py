@@ -12,7 +12,7 @@ from conftest import TEST_N_CTX, model_path
 
 @contextlib.contextmanager
 def _no_repack() -> Iterator[None]:
-    # Repacked weights crash llama.cpp's AMX path (DESIGN.md); nomoat loads with them off too.
+    # Repacked weights crash llama.cpp's AMX path (docs/architecture.md); nomoat loads with them off too.
     original = llama_lib.llama_model_default_params
 
     def params() -> llama_lib.llama_model_params:

@@ -108,7 +108,7 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, adapter_dir: Path) 
     proc = ServerProcess(models_toml(), tmp_path_factory.mktemp("hostile-server"),
                          "--adapter-dir", str(adapter_dir)).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture()

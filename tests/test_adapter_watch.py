@@ -53,7 +53,7 @@ def watch_server(tmp_path_factory, staging, watched):
     proc = ServerProcess(models_toml(extra=extra), tmp, "--adapter-dir", str(watched), "--watch-adapters",
                          "--state-dir", str(tmp / "state")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def lora_server(tmp_path_factory: pytest.TempPathFactory, adapter_dir: Path):
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("lora"),
                          "--adapter-dir", str(adapter_dir), "--lora", f"cli={adapter_dir / 'a.gguf'}").wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory):
         "NOMOAT_API_KEY": ",".join(USER_KEYS), "NOMOAT_ADMIN_KEY": ADMIN, "NOMOAT_API_KEY_FILE": str(key_file),
     }).wait_ready()
     yield proc, key_file
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture()

@@ -54,7 +54,7 @@ def start_server_module(tmp_path_factory):
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.close()
 
 
 JOBS = [  # (prompt, model, max_tokens, stop)

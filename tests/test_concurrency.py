@@ -54,7 +54,7 @@ def single_slot(tmp_path_factory) -> Iterator[ServerProcess]:
     """One sequence at a time, the default queue: whatever holds the slot blocks everyone else."""
     proc = ServerProcess(models_toml(parallel=1), tmp_path_factory.mktemp("single")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def test_eight_concurrent_streams_are_complete_and_separate(client, base_url):

@@ -61,7 +61,7 @@ def reloading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
     """One server for the SIGHUP tests: each first brings the models it expects with a reload of its own."""
     proc = ServerProcess(models_toml(), tmp_path_factory.mktemp("reloading")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def _reload_to(srv: ServerProcess, config: str, ids: list[str]) -> None:

@@ -68,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     extra = f'[[adapters]]\nname = "tone"\npath = "{write_lora(Path(adapters) / "tone.gguf", seed=7)}"\n'
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("gateway")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def test_a_running_stream_shows_in_the_gateway_metrics_with_its_adapter(server):

@@ -43,7 +43,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
               + f'[[adapters]]\nname = "lo"\nbase = "a"\npath = "{lora}"\n')
     proc = ServerProcess(config, root).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def statuses(srv: ServerProcess) -> dict[str, str]:

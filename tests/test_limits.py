@@ -31,7 +31,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         env={"NOMOAT_API_KEY": ",".join(KEYS)},
     ).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -134,7 +134,7 @@ def peft_server(tmp_path_factory, root, adapters, references, state_dir):
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("peft-server"),
                          "--adapter-dir", str(root), "--state-dir", str(state_dir)).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def chat(url: str, model: str, max_tokens: int = 32) -> str:

@@ -31,7 +31,7 @@ def servers(tmp_path_factory, uncached_server):
     extra = f'[[adapters]]\nname = "a"\npath = "{adapter}"\n'
     warm = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("copy")).wait_ready()
     yield warm, uncached_server
-    warm.stop()
+    warm.close()
 
 
 def while_streaming(url: str, first: dict, then) -> object:

@@ -20,7 +20,7 @@ FAKE_CHAT = {**CHAT, "model": MODEL}  # the in-process registry has no alias "de
 def json_server(tmp_path_factory: pytest.TempPathFactory):
     proc = ServerProcess(models_toml(), tmp_path_factory.mktemp("jsonlog"), "--log-format", "json").wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def _json_lines(srv: ServerProcess) -> list[dict]:

@@ -55,7 +55,7 @@ class Server:
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("responses"))
     yield server
-    server.proc.stop()
+    server.proc.close()
 
 
 @pytest.mark.parametrize("model", CLIENT_MODELS)

@@ -147,7 +147,7 @@ def draft_server(tmp_path_factory: pytest.TempPathFactory, draft_path: Path) -> 
               'speculative = "draft"\n')
     proc = ServerProcess(config, workdir).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 def test_a_streamed_chat_drafts_by_the_models_default_over_http(draft_server):

@@ -65,7 +65,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
              '[[stacks]]\nname = "half-sea"\nadapters = { sea = 0.5 }\n')
     proc = ServerProcess(models_toml(extra=extra), tmp_path_factory.mktemp("ui-real")).wait_ready()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 class ThreadServer:
