@@ -12,7 +12,7 @@ from lora_factory import write_lora
 from wire import NO_EOS
 
 # The mixed server's context per sequence: small, so filling it (the KV test) costs little.
-N_CTX = 1024
+N_CTX = 512
 SYSTEM = ("You are a meticulous assistant for a hardware store. Answer briefly, politely and with exact "
           "product names. Never invent prices; when unsure, say so and suggest asking a clerk.")
 
@@ -160,7 +160,7 @@ def test_prefix_cache_never_crosses_adapter_sets(mixed_server):
 def test_over_limit_load_gets_429_and_every_accepted_request_completes(start_server_module):
     server = start_server_module(models_toml(parallel=2), "--queue-size", "1")
     body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Count to twenty."}],
-            "max_tokens": 48, "logit_bias": {"2": -100}}
+            "max_tokens": 24, "logit_bias": {"2": -100}}
 
     def send(_: int) -> httpx.Response:
         return httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=120)
@@ -174,5 +174,5 @@ def test_over_limit_load_gets_429_and_every_accepted_request_completes(start_ser
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["type"] == "rate_limit_error"
         else:
-            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 48
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 24
     assert send(0).status_code == 200
