@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_server import LlamaServer  # noqa: E402
-from bench.common import NO_EOG, Nomoat, models_toml  # noqa: E402
+from bench.common import NO_EOG, Nomoat, StreamTiming, models_toml, stream_chat  # noqa: E402
 from nomoat.config import embedded_model_path  # noqa: E402
 from nomoat.engine.base_info import BaseModelInfo  # noqa: E402
 from nomoat.engine.kv import kv_bytes_per_token  # noqa: E402
@@ -67,56 +66,14 @@ COPY_TASKS = {
 CHAT_TASKS = {"free chat": "Tell me a story about a clockmaker who builds a clock that runs backwards."}
 
 
-@dataclass
-class Timing:
-    ttft: float
-    total: float
-    tokens: int
-    evaluated: int  # prompt tokens computed (not served from a cache)
-    gaps: list[float]
-    times: list[float]  # each content chunk, from `started`
-    started: float  # time.perf_counter() at the request
-
-    @property
-    def decode_tps(self) -> float:
-        return (self.tokens - 1) / (self.total - self.ttft) if self.tokens > 1 and self.total > self.ttft else 0.0
-
-
-def timed_chat(url: str, body: dict) -> Timing:
-    """Stream one chat; time each content chunk; read the usage (and llama-server's timings)."""
-    start = time.perf_counter()
-    times: list[float] = []
-    tokens = evaluated = 0
-    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.Client(timeout=900) as client, client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-                tokens = usage["completion_tokens"]
-                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-                evaluated = usage["prompt_tokens"] - cached
-            if chunk.get("timings"):  # llama-server: what it actually evaluated
-                evaluated = chunk["timings"].get("prompt_n", evaluated)
-            for choice in chunk.get("choices", []):
-                if choice["delta"].get("content"):
-                    times.append(time.perf_counter() - start)
-    times = times or [time.perf_counter() - start]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    return Timing(times[0], times[-1], tokens, evaluated, gaps, times, start)
-
-
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def load(url: str, bodies: list[dict], concurrency: int) -> list[Timing]:
+def load(url: str, bodies: list[dict], concurrency: int) -> list[StreamTiming]:
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda b: timed_chat(url, b), bodies))
+        return list(pool.map(lambda b: stream_chat(url, b), bodies))
 
 
 def chat(content: str, tokens: int, system: str | None = None, **extra: object) -> dict:
@@ -155,8 +112,9 @@ class Servers:
         return {"nomoat": self.nomoat.url, "llama-server": self.llama.url}
 
 
-def interleaved(repeat: int, servers: dict[str, str], measure: Callable[[str, int], list[Timing]]) -> dict[str, list[Timing]]:
-    out: dict[str, list[Timing]] = {name: [] for name in servers}
+def interleaved(repeat: int, servers: dict[str, str],
+                measure: Callable[[str, int], list[StreamTiming]]) -> dict[str, list[StreamTiming]]:
+    out: dict[str, list[StreamTiming]] = {name: [] for name in servers}
     for i in range(repeat):
         for name, url in servers.items():
             out[name] += measure(url, i)
@@ -171,7 +129,7 @@ def section_long(args: argparse.Namespace, binary: str) -> dict[int, float]:
     with Servers(args, binary, n_ctx=max(args.sizes) + 1024) as servers:
         for size in args.sizes:
             for c in args.concurrency:
-                def measure(url: str, run: int, size: int = size, c: int = c) -> list[Timing]:
+                def measure(url: str, run: int, size: int = size, c: int = c) -> list[StreamTiming]:
                     seeds = [hash((size, c, run, k, url)) & 0xFFFF for k in range(c * args.rounds)]
                     bodies = [chat(f"Document:\n{document(size, s)}\n\nQuestion: which places does the document "
                                    "mention most? Answer in one sentence.", args.tokens, SYSTEM, logit_bias=NO_EOG)
@@ -281,7 +239,7 @@ def section_spec(args: argparse.Namespace, binary: str) -> None:
                 tps: dict[str, list[float]] = {k: [] for k in runs}
                 for _ in range(args.repeat):
                     for name, (url, b) in runs.items():
-                        timing = timed_chat(url, b)
+                        timing = stream_chat(url, b)
                         tps[name].append(timing.tokens / timing.total)  # whole answer: bursts of accepted drafts count
                 m = {k: statistics.median(v) for k, v in tps.items()}
                 print(f"| {task} | " + " | ".join(f"{m[f'nomoat {k}']:.1f}" for k in kinds) + " | "
@@ -323,11 +281,11 @@ def section_smooth(args: argparse.Namespace, binary: str) -> None:
     with Servers(args, binary, n_ctx=size + 1024) as servers:
         for name, url in servers.urls().items():
             pool = concurrent.futures.ThreadPoolExecutor(1)
-            stream = pool.submit(timed_chat, url, chat("Tell me a long story about a lighthouse.", args.smooth_tokens,
+            stream = pool.submit(stream_chat, url, chat("Tell me a long story about a lighthouse.", args.smooth_tokens,
                                                        logit_bias=NO_EOG))
             time.sleep(1.0)  # the bench may sleep: the stream is well into decoding by then
             sent = time.perf_counter()
-            long = timed_chat(url, chat(f"Document:\n{document(size, 1)}\n\nSummarize it.", 4, SYSTEM))
+            long = stream_chat(url, chat(f"Document:\n{document(size, 1)}\n\nSummarize it.", 4, SYSTEM))
             s = stream.result()
             pool.shutdown()
             ends = [s.started + t for t in s.times[1:]]  # when each gap ended

@@ -6,7 +6,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -41,20 +41,24 @@ class StreamTiming:
     total: float
     tokens: int
     gaps: list[float]
+    times: list[float] = field(default_factory=list)  # each content chunk, from `started`
+    started: float = 0.0  # time.perf_counter() at the request
+    evaluated: int = 0  # prompt tokens computed (not served from a cache)
 
     @property
     def decode_tps(self) -> float:
         """Tokens after the first over the time after the first: the decode rate."""
-        return (self.tokens - 1) / (self.total - self.ttft) if self.tokens > 1 else 0.0
+        return (self.tokens - 1) / (self.total - self.ttft) if self.tokens > 1 and self.total > self.ttft else 0.0
 
 
 def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> StreamTiming:
-    """POST a streaming chat and time every content chunk (one per token for this model)."""
-    client = client or httpx.Client(timeout=300)
+    """POST a streaming chat and time every content chunk (one per token for this model); read the usage
+    (and llama-server's `timings`: what it actually evaluated)."""
+    client = client or httpx.Client(timeout=900)
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     times: list[float] = []
-    tokens = 0
+    tokens = evaluated = 0
     with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -62,12 +66,18 @@ def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> Str
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for choice in chunk["choices"]:
+                usage = chunk["usage"]
+                tokens = usage["completion_tokens"]
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                evaluated = usage["prompt_tokens"] - cached
+            if chunk.get("timings"):
+                evaluated = chunk["timings"].get("prompt_n", evaluated)
+            for choice in chunk.get("choices", []):
                 if choice["delta"].get("content"):
                     times.append(time.perf_counter() - start)
+    times = times or [time.perf_counter() - start]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    return StreamTiming(ttft=times[0], total=times[-1], tokens=tokens, gaps=gaps)
+    return StreamTiming(times[0], times[-1], tokens, gaps, times, start, evaluated)
 
 
 def models_toml(parallel: int = 4, n_ctx: int = 4096, threads: int = 2, extra: str = "") -> str:
