@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.process import ServerProcess, free_port, reap  # noqa: F401  (tests import them from here)
+from support.process import ServerProcess, free_port, reap, stop_fork_server, use_fork_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_N_CTX = 2048
@@ -33,10 +33,13 @@ def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _reap_servers() -> Iterator[None]:
-    """Set up first, torn down last: collect the servers that fixtures closed without waiting (ServerProcess.close)."""
+def _server_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set up first, torn down last: the fork server that test servers start from, and at the end the servers
+    that fixtures closed without waiting (ServerProcess.close)."""
+    use_fork_server(tmp_path_factory.mktemp("forkserver"))
     yield
     reap()
+    stop_fork_server()
 
 
 @pytest.fixture(scope="session")

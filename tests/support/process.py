@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from .forkserver import ForkedProcess, ForkServer
+
 # SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>, <reponame>): banned, a generation runs
 # to max_tokens, so lengths, counts, long streams and timings do not depend on what the model says.
 NO_EOS = {"0": -100, "2": -100, "4": -100}
@@ -53,11 +55,13 @@ class ServerProcess:
         # State (converted adapters, stored responses) stays in the workdir unless a test says otherwise:
         # a test never writes into the user's own state dir.
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOMOAT_STATE_DIR": str(workdir / "state"), **(env or {})}
-        self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "nomoat"]), "serve", "--config", str(self.config),
-             "--port", str(self.port), *args],
-            cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-        )
+        argv = ["serve", "--config", str(self.config), "--port", str(self.port), *args]
+        self.proc: subprocess.Popen[bytes] | ForkedProcess
+        if command is None and _fork_server is not None:
+            self.proc = _fork_server.start(argv, full_env, workdir, self.log_path)
+        else:
+            self.proc = subprocess.Popen([*(command or [sys.executable, "-m", "nomoat"]), *argv],
+                                         cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         try:
@@ -90,7 +94,23 @@ class ServerProcess:
         return self.proc.returncode
 
 
-_closing: list[subprocess.Popen[bytes]] = []
+_closing: list[subprocess.Popen[bytes] | ForkedProcess] = []
+_fork_server: ForkServer | None = None
+
+
+def use_fork_server(folder: Path) -> None:
+    """From now on, servers started without a `command` are forked from one process that has imported
+    nomoat (support/forkserver.py): ~1.5 s less per start on 2 cores. NOMOAT_TEST_FORK=0 turns it off."""
+    global _fork_server
+    if os.environ.get("NOMOAT_TEST_FORK", "1") != "0":
+        _fork_server = ForkServer(folder)
+
+
+def stop_fork_server() -> None:
+    global _fork_server
+    if _fork_server is not None:
+        _fork_server.close()
+        _fork_server = None
 
 
 def reap(timeout: float = 30.0) -> None:
