@@ -10,7 +10,7 @@ the environment at import time (huggingface_hub), so each child reads its own.
 Protocol: one JSON request per connection on a Unix socket ({"argv", "env", "cwd", "log", "status"}),
 answered with the child's pid. When a child exits, its exit code (negative: the signal, as
 subprocess.Popen reports it) is written to the request's `status` file. The server ends when its
-stdin closes (the test session ended), after its children have.
+stdin closes (the test session ended), after its children have: those still running then get SIGTERM.
 """
 
 from __future__ import annotations
@@ -94,7 +94,11 @@ class ForkServer:
         """End the fork server once its children have exited."""
         assert self._proc.stdin is not None
         self._proc.stdin.close()
-        self._proc.wait(60)
+        try:
+            self._proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -119,12 +123,16 @@ def _serve(socket_path: str) -> None:
     listener.listen(16)
     children: dict[int, str] = {}
     stdin_open = True
+    ending = 0.0  # when stdin closed: servers a test left running get SIGTERM, then SIGKILL 30 s on
     while stdin_open or children:
         watched = [listener, sys.stdin] if stdin_open else [listener]
         ready, _, _ = select.select(watched, [], [], 0.05)
         _reap(children)
         if sys.stdin in ready and not os.read(sys.stdin.fileno(), 1):
-            stdin_open = False
+            stdin_open, ending = False, time.monotonic()
+            _signal_all(children, signal.SIGTERM)
+        if ending and time.monotonic() - ending > 30:
+            _signal_all(children, signal.SIGKILL)
         if listener in ready:
             conn, _ = listener.accept()
             with conn:
@@ -136,6 +144,12 @@ def _serve(socket_path: str) -> None:
                     _child(request, nomoat.cli.main)
                 children[pid] = request["status"]
                 conn.sendall(str(pid).encode())
+
+
+def _signal_all(children: dict[int, str], sig: int) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _reap(children: dict[int, str]) -> None:
