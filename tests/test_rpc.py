@@ -353,6 +353,13 @@ def test_the_split_model_answers_as_the_local_one_adapters_too(split_server: tup
         assert len(os.path.commonprefix([want, got])) >= 24, (local, want, got)
     models = {m["id"]: m for m in httpx.get(server.base_url + "/v1/models").json()["data"]}
     assert models["split"]["status"] == "loaded"
+    # A response the child stored is the parent's to read and delete: they share the state dir.
+    made = httpx.post(server.base_url + "/v1/responses", timeout=120,
+                      json={"model": "split", "input": "Name a colour.", "max_output_tokens": 4})
+    assert made.status_code == 200, made.text
+    stored = httpx.get(f"{server.base_url}/v1/responses/{made.json()['id']}")
+    assert stored.status_code == 200 and stored.json()["output"] == made.json()["output"], stored.text
+    assert httpx.delete(f"{server.base_url}/v1/responses/{made.json()['id']}").status_code == 200
 
 
 @needs_rpc

@@ -41,7 +41,10 @@ _STOP_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 _TAIL_LINES = 20
 
-# The parent's settings a child serves with; the rest (address, keys, state, UI, systemd) are its own.
+# The parent's settings a child serves with; the rest (address, keys, UI, systemd) are its own. The state
+# dir is shared, so the parent reads and deletes the responses its children stored and a child's
+# converted adapters outlive it: the response store is SQLite in WAL mode, and conversions are
+# written under a temporary name and renamed.
 _INHERITED = ("threads", "queue_size", "max_body_bytes", "body_timeout_seconds", "send_timeout_seconds",
               "max_tokens_limit", "max_prompt_tokens", "max_concurrent_streams", "request_timeout_seconds",
               "log_format", "memory_budget", "shutdown_grace_seconds", "responses_max_age", "responses_max_count")
@@ -101,7 +104,7 @@ class ChildModel:
         env["NOMOAT_API_KEY"] = self.api_key
         env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort's reason, not a gdb backtrace, ends its stderr
         command = [sys.executable, "-m", "nomoat", "serve", "--config", str(config_file), "--host", "127.0.0.1",
-                   "--port", str(port), "--state-dir", str(self._dir / "state"), "--rpc-in-process", "--no-ui",
+                   "--port", str(port), "--state-dir", str(self._settings.resolved_state_dir()), "--rpc-in-process", "--no-ui",
                    "--no-watch-adapters", "--log-level", "warning"]
         self._proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
