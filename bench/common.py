@@ -54,7 +54,9 @@ class StreamTiming:
 def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> StreamTiming:
     """POST a streaming chat and time every content chunk (one per token for this model); read the usage
     (and llama-server's `timings`: what it actually evaluated)."""
-    client = client or httpx.Client(timeout=900)
+    if client is None:
+        with httpx.Client(timeout=900) as own:
+            return stream_chat(url, body, own)
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     times: list[float] = []

@@ -71,8 +71,9 @@ class ForkServer:
     def __init__(self, folder: Path) -> None:
         self._socket = folder / "forkserver.sock"
         self._count = 0
-        self._proc = subprocess.Popen([sys.executable, __file__, str(self._socket)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.DEVNULL, stderr=(folder / "forkserver.log").open("wb"))
+        with (folder / "forkserver.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen([sys.executable, __file__, str(self._socket)], stdin=subprocess.PIPE,
+                                          stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 120
         while not self._socket.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
