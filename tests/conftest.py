@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from support.process import ServerProcess, free_port, reap, stop_fork_server, use_fork_server  # noqa: F401
+from support.process import THREADS, ServerProcess, free_port, reap, stop_fork_server, use_fork_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_N_CTX = 2048
 TEST_PARALLEL = 4
+TEST_THREADS = THREADS
 
 
 def model_path() -> Path:
@@ -28,8 +30,14 @@ def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_
     return (
         f'default_model = "{name}"\n[server]\n{server}\n'
         f'[[models]]\nname = "{name}"\naliases = ["default"]\npath = "embedded:smollm2-135m"\n'
-        f'n_ctx = {n_ctx}\nparallel = {parallel}\nn_threads = 2\nload = "{load}"\n{extra}\n'
+        f'n_ctx = {n_ctx}\nparallel = {parallel}\nn_threads = {TEST_THREADS}\nload = "{load}"\n{extra}\n'
     )
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core this process may run on, at most four (each worker starts its own
+    shared servers, ~1 GiB of memory apiece)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_lib
-from conftest import TEST_N_CTX, model_path
+from conftest import TEST_N_CTX, TEST_THREADS, model_path
 
 
 @contextlib.contextmanager
@@ -31,7 +31,7 @@ def greedy_chat(messages: list[dict], *, lora_path: str | None = None, max_token
     """What `Llama(lora_path=...)` answers greedily, with nomoat's n_ctx and flash attention (auto = on)."""
     with _no_repack():
         llm = llama_cpp.Llama(
-            str(model_path()), n_ctx=TEST_N_CTX, n_threads=2, n_batch=512, flash_attn=True,
+            str(model_path()), n_ctx=TEST_N_CTX, n_threads=TEST_THREADS, n_batch=512, flash_attn=True,
             lora_path=lora_path, verbose=False,
         )
     try:

@@ -13,7 +13,7 @@ import llama_cpp
 import numpy as np
 import openai
 import pytest
-from conftest import TEST_N_CTX, model_path, models_toml
+from conftest import TEST_N_CTX, TEST_THREADS, model_path, models_toml
 from lora_factory import write_lora
 from oracle import _no_repack
 from streams import wait_for
@@ -43,7 +43,7 @@ def oracle_vectors() -> dict[str, np.ndarray]:
     with _no_repack():
         llm = llama_cpp.Llama(
             str(model_path()), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=TEST_N_CTX,
-            n_batch=TEST_N_CTX, n_ubatch=TEST_N_CTX, n_threads=2, flash_attn=True, verbose=False,
+            n_batch=TEST_N_CTX, n_ubatch=TEST_N_CTX, n_threads=TEST_THREADS, flash_attn=True, verbose=False,
         )
     try:
         return {text: np.array(llm.embed(text, normalize=True)) for text in (CAT, LONG)}
@@ -216,7 +216,7 @@ def test_adapters_and_models_with_embeddings_off_are_refused_and_a_reload_frees_
         error = assert_error(c.post(PATH, json={"model": "a", "input": "a"}), 400, param="model",
                              code="model_not_supported")
         assert "adapter" in error["message"]
-        srv.config.write_text(config.replace("n_threads = 2\n", "n_threads = 2\nembeddings = false\n"))
+        srv.config.write_text(config.replace('load = "startup"\n', 'load = "startup"\nembeddings = false\n'))
         srv.proc.send_signal(signal.SIGHUP)
         # The replaced model closes its embeddings context before its weights go.
         wait_for(lambda: "freed the embeddings context of smollm2-135m" in srv.log(), what="context freed")

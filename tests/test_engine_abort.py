@@ -6,12 +6,12 @@ import asyncio
 import threading
 
 import pytest
+from support.real_engine import spec
 
-from nomoat.config import embedded_model_path
 from nomoat.engine.embedder import Embedder
 from nomoat.engine.engine import Engine
 from nomoat.engine.errors import ShuttingDown
-from nomoat.engine.model import LoadedModel, ModelSpec
+from nomoat.engine.model import LoadedModel
 from nomoat.engine.types import GenerationRequest, SamplingParams, TextPrompt
 
 # The blocked worker gives up waiting for the test after this long: a fail-safe, never reached when abort works.
@@ -20,7 +20,7 @@ FAIL_SAFE_SECONDS = 300  # a guard against a hang; CI runs on a loaded machine
 
 @pytest.fixture()
 def model():
-    loaded = LoadedModel(ModelSpec(name="m", path=embedded_model_path(), n_ctx=512, n_batch=256, parallel=2, n_threads=2))
+    loaded = LoadedModel(spec(name="m", n_ctx=512, n_batch=256))
     yield loaded
     loaded.close()
 

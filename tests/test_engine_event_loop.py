@@ -8,10 +8,10 @@ import threading
 
 import pytest
 from lora_factory import write_lora
+from support.real_engine import spec
 
-from nomoat.config import embedded_model_path
 from nomoat.engine.engine import Engine
-from nomoat.engine.model import LoadedModel, ModelSpec
+from nomoat.engine.model import LoadedModel
 from nomoat.engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
 
 # How long the blocked context creation waits for the test before it gives up on its own. Only a
@@ -21,8 +21,7 @@ FAIL_SAFE_SECONDS = 300  # a guard against a hang; CI runs on a loaded machine
 
 @pytest.fixture()
 def model():
-    loaded = LoadedModel(ModelSpec(name="m", path=embedded_model_path(), n_ctx=256, n_batch=256, parallel=2,
-                                   n_threads=2, adapter_contexts=2))
+    loaded = LoadedModel(spec(name="m", n_ctx=256, n_batch=256, adapter_contexts=2))
     yield loaded
     loaded.close()
 

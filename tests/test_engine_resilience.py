@@ -6,17 +6,17 @@ import asyncio
 
 import pytest
 from lora_factory import DIMS, write_lora
+from support.real_engine import spec
 
-from nomoat.config import embedded_model_path
 from nomoat.engine.engine import Engine
 from nomoat.engine.errors import AdapterRejected
-from nomoat.engine.model import LoadedModel, ModelSpec
+from nomoat.engine.model import LoadedModel
 from nomoat.engine.types import GenerationRequest, SamplingParams, TextPrompt
 
 
 @pytest.fixture(scope="module")
 def engine():
-    model = LoadedModel(ModelSpec(name="m", path=embedded_model_path(), n_ctx=512, n_batch=512, parallel=2, n_threads=2))
+    model = LoadedModel(spec(name="m", n_ctx=512))
     eng = Engine(model, queue_size=4)
     yield eng
     eng.close()

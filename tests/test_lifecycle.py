@@ -14,7 +14,7 @@ import pytest
 from conftest import model_path
 from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
-from support.process import ServerProcess, free_port
+from support.process import THREADS, ServerProcess, free_port
 
 from nomoat.models_toml import ModelConfig
 from nomoat.residency.footprint import estimate
@@ -28,7 +28,7 @@ BUDGET = int(ESTIMATE.total() * 1.5)  # one model fits, two do not
 
 def _model(name: str, path: Path) -> str:
     return (f'[[models]]\nname = "{name}"\npath = "{path}"\nn_ctx = {N_CTX}\nparallel = {PARALLEL}\n'
-            "n_threads = 2\n")
+            f"n_threads = {THREADS}\n")
 
 
 @pytest.fixture(scope="module")

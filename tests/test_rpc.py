@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from support.process import NO_EOS, ServerProcess, free_port
+from support.process import NO_EOS, THREADS, ServerProcess, free_port
 
 from nomoat import config
 from nomoat.errors import ConfigError
@@ -321,7 +321,7 @@ def split_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     split = ", ".join(f'"127.0.0.1:{w.port}"' for w in workers)
     text = models_toml(parallel=1, extra=(
         f'[[models]]\nname = "split"\npath = "embedded:smollm2-135m"\nn_ctx = 2048\nparallel = 1\n'
-        f'n_threads = 2\nrpc = [{split}]\n'
+        f'n_threads = {THREADS}\nrpc = [{split}]\n'
         f'[[adapters]]\nname = "a"\npath = "{adapter}"\nbase = "smollm2-135m"\n'
         f'[[adapters]]\nname = "split-a"\npath = "{adapter}"\nbase = "split"\n'))
     server = ServerProcess(text, workdir)

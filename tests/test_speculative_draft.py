@@ -12,7 +12,7 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
-from support.process import ServerProcess
+from support.process import THREADS, ServerProcess
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, spec, text, tokens
 from support.speculation import agreement, both, check_adapter_answer
 from wire import NO_EOS, assert_error, chat_body, chat_text, finish_reasons, metric, post_ok, stream
@@ -143,7 +143,7 @@ def draft_server(tmp_path_factory: pytest.TempPathFactory, draft_path: Path) -> 
     workdir = tmp_path_factory.mktemp("draft-server")
     shutil.copyfile(draft_path, workdir / "draft.gguf")
     config = ('[[models]]\nname = "smollm2-135m"\npath = "embedded:smollm2-135m"\nn_ctx = 1024\nparallel = 2\n'
-              'n_threads = 2\nload = "startup"\nprefix_cache = false\ndraft_model = "draft.gguf"\n'
+              f'n_threads = {THREADS}\nload = "startup"\nprefix_cache = false\ndraft_model = "draft.gguf"\n'
               'speculative = "draft"\n')
     proc = ServerProcess(config, workdir).wait_ready()
     yield proc

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,12 +21,42 @@ from .forkserver import ForkedProcess, ForkServer
 # SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>, <reponame>): banned, a generation runs
 # to max_tokens, so lengths, counts, long streams and timings do not depend on what the model says.
 NO_EOS = {"0": -100, "2": -100, "4": -100}
+# llama.cpp threads per test server and in-process model: this worker's share of the cores. The suite runs
+# on pytest-xdist workers (pyproject.toml); two workers that each ran two threads on a 2-core machine would
+# stall each other at every barrier of every decode (docs/architecture.md, Tests).
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def _port_slice() -> Iterator[int]:
+    """This process's own ports, below the kernel's ephemeral range: bind(0) would hand out ports that
+    another pytest-xdist worker may also be handed before either server has bound its own, and that the
+    kernel also gives outgoing connections. Worker N cycles through the Nth slice from a random start."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = max(1, (low - 10000) // max(workers, 1))
+    first = 10000 + worker * size
+    start = random.randrange(size)
+    for i in itertools.count():
+        yield first + (start + i) % size
+
+
+_ports = _port_slice()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no listener holds now, and that no other worker of this test run will choose."""
+    for port in itertools.islice(_ports, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's slice")
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, describe: str = "server") -> None:

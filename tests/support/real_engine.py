@@ -13,15 +13,15 @@ from nomoat.engine.engine import Engine
 from nomoat.engine.model import LoadedModel, ModelSpec, install_llama_logging
 from nomoat.engine.types import ChatPrompt, GenerationRequest, SamplingParams, TokenEvent
 
-from .process import NO_EOS
+from .process import NO_EOS, THREADS
 
 GREEDY_NO_EOS = SamplingParams(temperature=0.0, logit_bias={int(t): b for t, b in NO_EOS.items()})
 
 
 def spec(**fields: Any) -> ModelSpec:
-    """The embedded model's spec: small contexts, two threads, the rest as given."""
+    """The embedded model's spec: small contexts, this worker's threads, the rest as given."""
     base: dict[str, Any] = {"name": "smollm2-135m", "path": embedded_model_path(), "n_ctx": 1024, "n_batch": 512,
-                            "parallel": 2, "n_threads": 2}
+                            "parallel": 2, "n_threads": THREADS}
     return ModelSpec(**{**base, **fields})
 
 
