@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.model import q8_model_path
 from support.process import THREADS, ServerProcess, free_port, reap, stop_fork_server, use_fork_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,19 +18,18 @@ TEST_THREADS = THREADS
 
 
 def model_path() -> Path:
-    from nomoat.config import embedded_model_path
-
-    return embedded_model_path()
+    """The model test servers and oracles run: the embedded one requantised to Q8_0 (support/model.py)."""
+    return q8_model_path()
 
 
 def models_toml(name: str = "smollm2-135m", *, parallel: int = TEST_PARALLEL, n_ctx: int = TEST_N_CTX,
                 extra: str = "", server: str = "", load: str = "startup") -> str:
-    """The embedded model, loaded before the server reports ready (`load="startup"`, as the shipped
+    """The test model (model_path()), loaded before the server reports ready (`load="startup"`, as the shipped
     models.toml does), so a test's first request and its metrics find it loaded; tests/test_lifecycle.py
     covers models loaded on demand."""
     return (
         f'default_model = "{name}"\n[server]\n{server}\n'
-        f'[[models]]\nname = "{name}"\naliases = ["default"]\npath = "embedded:smollm2-135m"\n'
+        f'[[models]]\nname = "{name}"\naliases = ["default"]\npath = "{model_path()}"\n'
         f'n_ctx = {n_ctx}\nparallel = {parallel}\nn_threads = {TEST_THREADS}\nload = "{load}"\n{extra}\n'
     )
 

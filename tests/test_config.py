@@ -175,7 +175,7 @@ def test_config_lookup_order(tmp_path, monkeypatch):
     # Nothing anywhere: the embedded model alone.
     _, models = config.load({})
     assert [m.name for m in models.models] == ["smollm2-135m"]
-    assert Path(models.models[0].path) == model_path()
+    assert Path(models.models[0].path) == config.embedded_model_path()
     # $XDG_CONFIG_HOME/nomoat/models.toml, then ./models.toml ahead of it.
     (xdg / "nomoat").mkdir(parents=True)
     (xdg / "nomoat" / "models.toml").write_text(MODEL.replace('"m"', '"from-xdg"'))
@@ -189,11 +189,11 @@ def test_config_lookup_order(tmp_path, monkeypatch):
 def test_model_file_mode_ignores_the_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models.toml").write_text(MODEL)
-    _, models = config.load({"model": model_path(), "n_ctx": 512})
+    _, models = config.load({"model": config.embedded_model_path(), "n_ctx": 512})
     [only] = models.models
     assert only.name == "SmolLM2-135M-Instruct.Q4_1" and only.n_ctx == 512
-    assert Path(only.path) == model_path()
-    _, models = config.load({"model": model_path(), "model_name": "tiny"})
+    assert Path(only.path) == config.embedded_model_path()
+    _, models = config.load({"model": config.embedded_model_path(), "model_name": "tiny"})
     assert [m.name for m in models.models] == ["tiny"]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import ServerProcess, models_toml
+from conftest import ServerProcess, model_path, models_toml
 from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
 
@@ -114,7 +114,7 @@ def test_sighup_with_a_broken_models_toml_keeps_the_old_config(reloading):
     (srv.config.parent / "garbage.gguf").write_bytes(b"GGUF but not really" * 100)
     for n, broken in enumerate([
         "this is [[ not toml",
-        models_toml().replace('path = "embedded:smollm2-135m"', 'path = "missing.gguf"'),
+        models_toml().replace(f'path = "{model_path()}"', 'path = "missing.gguf"'),
         models_toml() + "unknown_key = 1\n",
         # Valid file, but llama.cpp cannot load the new model: fails after validation, in apply() (a model
         # loaded at startup: an on-demand one would only fail on its first request).

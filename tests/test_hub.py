@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import model_path
 from support.fake_hub import FakeHub
 from support.process import ServerProcess
 from wire import NO_EOS
@@ -115,7 +114,7 @@ def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
                         "Q3_K_S/tiny-Q3_K_S-00002-of-00002.gguf": blobs["p2"], "tiny-Q4_0.gguf": blobs["big"]})
     hub.add_repo("nomoat-test/no-gguf", {"README.md": blobs["readme"]})
     # The embedded model under two quant names: a pull by name and a models.toml hf: path, both served.
-    hub.add_repo(SMOL, {"smol-Q4_K_M.gguf": model_path(), "smol-Q8_0.gguf": model_path()})
+    hub.add_repo(SMOL, {"smol-Q4_K_M.gguf": config.embedded_model_path(), "smol-Q8_0.gguf": config.embedded_model_path()})
     yield hub
     hub.close()
 
@@ -214,7 +213,7 @@ def test_pull_serve_ls_rm(hub_env: dict[str, str], tmp_path: Path):
     workdir = tmp_path / "server"
     workdir.mkdir()
     (workdir / "models").mkdir()
-    (workdir / "models" / "copy.gguf").symlink_to(model_path())
+    (workdir / "models" / "copy.gguf").symlink_to(config.embedded_model_path())
     toml = f'[[models]]\nname = "smol-q8"\npath = "hf:{SMOL}:Q8_0"\nn_ctx = 512\nparallel = 1\n'
     server = ServerProcess(toml, workdir, "--models-dir", str(workdir / "models"), "--parallel", "1",
                            env={**hub_env, "NOMOAT_STATE_DIR": str(tmp_path / "state")})
@@ -248,7 +247,7 @@ def test_pull_serve_ls_rm(hub_env: dict[str, str], tmp_path: Path):
     snapshot = Path(rows[2][4]).parent
     # Both names hold the same bytes: one blob, kept while models.toml's Q8_0 still links to it.
     assert not (snapshot / "smol-Q4_K_M.gguf").exists()
-    assert (snapshot / "smol-Q8_0.gguf").stat().st_size == model_path().stat().st_size
+    assert (snapshot / "smol-Q8_0.gguf").stat().st_size == config.embedded_model_path().stat().st_size
 
 
 def test_pull_offline_from_the_cache_and_errors(hub_env: dict[str, str], fake_hub: FakeHub):

@@ -65,7 +65,7 @@ def test_models_join_after_models_toml_and_reload_sees_new_files(tmp_path: Path,
         settings, loaded = config.load({"config": toml})
     assert settings.models_dir == models
     assert [(m.name, Path(m.path).name) for m in loaded.models] == [
-        ("smollm2-135m", model_path().name), ("extra", "extra.gguf")]
+        ("smollm2-135m", config.embedded_model_path().name), ("extra", "extra.gguf")]
     assert loaded.default.name == "smollm2-135m"  # models.toml's first model stays the default
     assert "models-dir model smollm2-135m" in caplog.text and "already taken" in caplog.text
     assert "has space.gguf not added" in caplog.text and "whitespace" in caplog.text

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import models_toml
+from conftest import model_path, models_toml
 from lora_factory import write_lora
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -320,7 +320,7 @@ def split_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     adapter = write_lora(workdir / "a.gguf", seed=3)
     split = ", ".join(f'"127.0.0.1:{w.port}"' for w in workers)
     text = models_toml(parallel=1, extra=(
-        f'[[models]]\nname = "split"\npath = "embedded:smollm2-135m"\nn_ctx = 2048\nparallel = 1\n'
+        f'[[models]]\nname = "split"\npath = "{model_path()}"\nn_ctx = 2048\nparallel = 1\n'
         f'n_threads = {THREADS}\nrpc = [{split}]\n'
         f'[[adapters]]\nname = "a"\npath = "{adapter}"\nbase = "smollm2-135m"\n'
         f'[[adapters]]\nname = "split-a"\npath = "{adapter}"\nbase = "split"\n'))

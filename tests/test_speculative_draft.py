@@ -3,15 +3,14 @@ the draft's vocabulary differs, counted in the metrics and the memory estimate."
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp
 import pytest
+from support.model import q8_model_path
 from support.process import THREADS, ServerProcess
 from support.real_engine import GREEDY_NO_EOS, engine, request, run, spec, text, tokens
 from support.speculation import agreement, both, check_adapter_answer
@@ -35,16 +34,10 @@ SENTENCE = r'root ::= [A-Za-z ,]+ "."'  # letters and commas up to the first per
 
 
 @pytest.fixture(scope="module")
-def draft_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model requantised to Q8_0: the same vocabulary, slightly different weights."""
-    path = tmp_path_factory.mktemp("draft") / "draft-q8_0.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.allow_requantize = True  # the embedded model is Q4_1 already
-    params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(embedded_model_path()).encode(), str(path).encode(),
-                                          ctypes.byref(params)) == 0
-    return path
+def draft_path() -> Path:
+    """The shipped Q4_1 file: the test model's vocabulary (that is its Q8_0 requantisation, support/model.py),
+    slightly different weights."""
+    return embedded_model_path()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +111,7 @@ def test_a_draft_with_another_vocabulary_is_refused_at_load(tmp_path):
         LoadedModel(spec(parallel=1, n_ctx=256, draft_model=swapped))
     message = str(refused.value)
     print(message)
-    assert str(swapped) in message and str(embedded_model_path()) in message
+    assert str(swapped) in message and str(q8_model_path()) in message
     assert "vocabulary" in message and "token 100" in message
 
 
@@ -139,10 +132,10 @@ def test_a_draft_request_on_a_model_without_one_is_a_400(client):
 
 @pytest.fixture(scope="module")
 def draft_server(tmp_path_factory: pytest.TempPathFactory, draft_path: Path) -> Iterator[ServerProcess]:
-    """The embedded model with the draft as its default speculation; the draft named relative to models.toml."""
+    """The test model with the draft as its default speculation; the draft named relative to models.toml."""
     workdir = tmp_path_factory.mktemp("draft-server")
     shutil.copyfile(draft_path, workdir / "draft.gguf")
-    config = ('[[models]]\nname = "smollm2-135m"\npath = "embedded:smollm2-135m"\nn_ctx = 1024\nparallel = 2\n'
+    config = (f'[[models]]\nname = "smollm2-135m"\npath = "{q8_model_path()}"\nn_ctx = 1024\nparallel = 2\n'
               f'n_threads = {THREADS}\nload = "startup"\nprefix_cache = false\ndraft_model = "draft.gguf"\n'
               'speculative = "draft"\n')
     proc = ServerProcess(config, workdir).wait_ready()

@@ -1,4 +1,4 @@
-"""The real engine in process, without HTTP: load the embedded model with given settings, generate greedily."""
+"""The real engine in process, without HTTP: load the test model (support/model.py) with given settings, generate greedily."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from nomoat.config import embedded_model_path
 from nomoat.engine.engine import Engine
 from nomoat.engine.model import LoadedModel, ModelSpec, install_llama_logging
 from nomoat.engine.types import ChatPrompt, GenerationRequest, SamplingParams, TokenEvent
 
+from .model import q8_model_path
 from .process import NO_EOS, THREADS
 
 GREEDY_NO_EOS = SamplingParams(temperature=0.0, logit_bias={int(t): b for t, b in NO_EOS.items()})
 
 
 def spec(**fields: Any) -> ModelSpec:
-    """The embedded model's spec: small contexts, this worker's threads, the rest as given."""
-    base: dict[str, Any] = {"name": "smollm2-135m", "path": embedded_model_path(), "n_ctx": 1024, "n_batch": 512,
+    """The test model's spec: small contexts, this worker's threads, the rest as given."""
+    base: dict[str, Any] = {"name": "smollm2-135m", "path": q8_model_path(), "n_ctx": 1024, "n_batch": 512,
                             "parallel": 2, "n_threads": THREADS}
     return ModelSpec(**{**base, **fields})
 

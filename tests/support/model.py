@@ -1,0 +1,44 @@
+"""The model most tests run: the embedded SmolLM2-135M-Instruct, requantised from its shipped Q4_1 to Q8_0.
+
+The same model and vocabulary; on CPUs without a repacked Q4_1 kernel (AVX2 here) Q8_0 computes prompts
+about twice as fast (llama-bench pp64, one thread, no repacking: 209 t/s against 94), and prompts are
+half of what the suite computes. Tests of the shipped file itself (`embedded:smollm2-135m`, the default
+models.toml, `nomoat serve` with no configuration) keep using it. docs/architecture.md, Tests.
+
+Made once per machine and llama.cpp build into the temp dir (~1 s), written under a temporary name and
+renamed, so pytest-xdist workers that make it at the same time each see a whole file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import getpass
+import hashlib
+import os
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import llama_cpp
+
+from nomoat.config import embedded_model_path
+
+
+@cache
+def q8_model_path() -> Path:
+    source = embedded_model_path()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{llama_cpp.__version__}".encode()).hexdigest()
+    folder = Path(tempfile.gettempdir()) / f"nomoat-tests-{getpass.getuser()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"smollm2-135m-instruct-q8_0-{key[:12]}.gguf"
+    if not path.exists():
+        partial = folder / f".{path.name}.{os.getpid()}"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+        params.allow_requantize = True  # the embedded model is Q4_1 already
+        params.nthread = 1
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+            raise RuntimeError(f"could not requantise {source} to Q8_0")
+        os.replace(partial, path)
+    return path
