@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import free_port, model_path, models_toml
+from support.process import run_nomoat
 from wire import NO_EOS, assert_error, chat_body, metric, tokenize, wait_until
 
 from nomoat import config
@@ -24,10 +25,9 @@ NOMOAT = shutil.which("nomoat", path=str(Path(sys.executable).parent)) or "nomoa
 
 def nomoat(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess:
-    """`python -m server ARGS` to completion (for commands that must exit)."""
+    """`python -m nomoat ARGS` to completion (for commands that must exit)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMOAT_")}
-    return subprocess.run([sys.executable, "-m", "nomoat", *args], cwd=cwd, env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return run_nomoat(*args, cwd=cwd, env={**clean, **(env or {})}, timeout=timeout)
 
 
 def load_args(*argv: str):

@@ -9,14 +9,13 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from support.fake_hub import FakeHub
-from support.process import ServerProcess
+from support.process import ServerProcess, run_nomoat
 from wire import NO_EOS
 
 from nomoat import config
@@ -192,8 +191,7 @@ def test_hf_path_in_models_toml_resolves_through_the_cache(hub: Hub, fake_hub: F
 
 
 def nomoat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nomoat", *args], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=env["HOME"])
+    return run_nomoat(*args, env=env, cwd=Path(env["HOME"]))
 
 
 @pytest.fixture()

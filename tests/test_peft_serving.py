@@ -7,7 +7,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -17,6 +16,7 @@ import pytest
 from conftest import ServerProcess, model_path, models_toml
 from oracle import greedy_chat
 from peft_factory import ALL_MODULES, WrittenAdapter, layer_module_name, write_peft_adapter
+from support.process import run_nomoat
 
 from nomoat.engine.base_info import BaseModelInfo
 
@@ -266,8 +266,7 @@ def test_conversion_is_cached_and_redone_when_the_adapter_changes(peft_server, r
 
 
 def convert_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nomoat", "convert-lora", *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_nomoat("convert-lora", *args, timeout=120)
 
 
 def test_convert_lora_cli_output_loads_in_llama_cpp_with_the_same_output(root, tmp_path, main_output):

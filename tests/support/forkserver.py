@@ -7,7 +7,7 @@ servers. This process imports those modules once, then forks a child per request
 `python -m nomoat` would. It stays single-threaded, so forking is safe, and never imports what reads
 the environment at import time (huggingface_hub), so each child reads its own.
 
-Protocol: one JSON request per connection on a Unix socket ({"argv", "env", "cwd", "log", "status"}),
+Protocol: one JSON request per connection on a Unix socket ({"argv", "env", "cwd", "log", "stderr", "status"}),
 answered with the child's pid. When a child exits, its exit code (negative: the signal, as
 subprocess.Popen reports it) is written to the request's `status` file. The server ends when its
 stdin closes (the test session ended), after its children have: those still running then get SIGTERM.
@@ -80,10 +80,13 @@ class ForkServer:
                 raise RuntimeError(f"the test fork server did not start: {(folder / 'forkserver.log').read_text()}")
             time.sleep(0.02)
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess:
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path,
+              stderr: Path | None = None) -> ForkedProcess:
+        """`nomoat ARGV` with its stdout in `log`, and its stderr there too unless `stderr` names a file."""
         self._count += 1
         status = Path(f"{log}.exit-{self._count}")
-        request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log), "status": str(status)}
+        request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log), "stderr": str(stderr or log),
+                   "status": str(status)}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(str(self._socket))
             conn.sendall(json.dumps(request).encode())
@@ -173,10 +176,10 @@ def _child(request: dict[str, Any], main: Any) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
+        for fd, path in ((1, request["log"]), (2, request["stderr"])):
+            log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(log, fd)
+            os.close(log)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)

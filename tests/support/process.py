@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -126,6 +127,26 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def run_nomoat(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m nomoat ARGS` to its exit, stdout and stderr captured; forked from the fork server when
+    there is one, so a command pays none of the ~1.5 s of imports. `env` is the whole environment."""
+    env = dict(os.environ) if env is None else env
+    if _fork_server is None:
+        return subprocess.run([sys.executable, "-m", "nomoat", *args], env=env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="nomoat-cli-") as tmp:
+        stdout, stderr = Path(tmp, "stdout"), Path(tmp, "stderr")
+        proc = _fork_server.start(list(args), env, cwd or Path.cwd(), stdout, stderr=stderr)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(["nomoat", *args], code, stdout.read_text(), stderr.read_text())
 
 
 _closing: list[subprocess.Popen[bytes] | ForkedProcess] = []
