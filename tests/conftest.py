@@ -40,6 +40,17 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with few tests first, each file's tests in their own order. xdist hands out whole files
+    (--dist loadfile) in this order (--no-loadscope-reorder): the files with few tests are mostly the ones
+    that start their own servers and take longest, the files with many are mostly quick in-process
+    checks, and a long file handed out last would leave the other workers idle while it runs."""
+    per_file: dict[str, int] = {}
+    for item in items:
+        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0) + 1
+    items.sort(key=lambda item: (per_file[item.nodeid.split("::")[0]], item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _server_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Set up first, torn down last: the fork server that test servers start from, and at the end the servers
