@@ -12,7 +12,6 @@ renamed, so pytest-xdist workers that make it at the same time each see a whole 
 from __future__ import annotations
 
 import ctypes
-import getpass
 import hashlib
 import os
 import tempfile
@@ -29,7 +28,7 @@ def q8_model_path() -> Path:
     source = embedded_model_path()
     stat = source.stat()
     key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{llama_cpp.__version__}".encode()).hexdigest()
-    folder = Path(tempfile.gettempdir()) / f"nomoat-tests-{getpass.getuser()}"
+    folder = Path(tempfile.gettempdir()) / f"nomoat-tests-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / f"smollm2-135m-instruct-q8_0-{key[:12]}.gguf"
     if not path.exists():
