@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +46,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (--dist loadfile) in this order (--no-loadscope-reorder): the files with few tests are mostly the ones
     that start their own servers and take longest, the files with many are mostly quick in-process
     checks, and a long file handed out last would leave the other workers idle while it runs."""
-    per_file: dict[str, int] = {}
-    for item in items:
-        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0) + 1
-    items.sort(key=lambda item: (per_file[item.nodeid.split("::")[0]], item.nodeid.split("::")[0]))
+    per_file = collections.Counter(item.path for item in items)
+    items.sort(key=lambda item: (per_file[item.path], str(item.path)))
 
 
 @pytest.fixture(scope="session", autouse=True)
