@@ -113,7 +113,8 @@ def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
                         "Q3_K_S/tiny-Q3_K_S-00002-of-00002.gguf": blobs["p2"], "tiny-Q4_0.gguf": blobs["big"]})
     hub.add_repo("nomoat-test/no-gguf", {"README.md": blobs["readme"]})
     # The embedded model under two quant names: a pull by name and a models.toml hf: path, both served.
-    hub.add_repo(SMOL, {"smol-Q4_K_M.gguf": config.embedded_model_path(), "smol-Q8_0.gguf": config.embedded_model_path()})
+    shipped = config.embedded_model_path()
+    hub.add_repo(SMOL, {"smol-Q4_K_M.gguf": shipped, "smol-Q8_0.gguf": shipped})
     yield hub
     hub.close()
 
