@@ -86,6 +86,12 @@ class ServiceUnavailableError(NomoatError):
         super().__init__(message, retry_after=retry_after, **kwargs)  # type: ignore[arg-type]
 
 
+class StoreUnavailableError(ServiceUnavailableError):
+    """The Responses store cannot be used (locked by another process, corrupt, not a file, not writable)."""
+
+    code = "store_unavailable"
+
+
 class ModelLoadError(ServiceUnavailableError):
     """A model failed to load (its file or configuration); it stays failed until one of them changes."""
 

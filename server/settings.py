@@ -129,6 +129,29 @@ class Settings(BaseSettings):
     responses_max_count: int = Field(
         10000, ge=1, description="Most Responses API responses kept; the oldest are dropped past it.",
     )
+    responses_max_total_bytes: int = Field(
+        1024**3, ge=1024,
+        description="Most bytes of stored responses (their JSON) kept together; the oldest are dropped past it.",
+    )
+    responses_max_stored_bytes: int = Field(
+        4 * 1024**2, ge=1024,
+        description=(
+            "Most bytes one stored response may hold (its own input items and the response); past it: 400. "
+            "4 MiB of text is about a million tokens, more than any context this server runs."
+        ),
+    )
+    responses_max_chain_length: int = Field(
+        1000, ge=1,
+        description="Most responses in one previous_response_id chain; continuing past it: 400.",
+    )
+    responses_max_chain_bytes: int = Field(
+        32 * 1024**2, ge=1024,
+        description="Most bytes one previous_response_id chain may hold together (read back each turn); past it: 400.",
+    )
+    responses_store_timeout_seconds: float = Field(
+        5.0, gt=0,
+        description="Longest a request waits for the response store (another process's lock included); past it: 503.",
+    )
     max_tokens_limit: int = Field(
         4096, ge=1,
         description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",

@@ -66,8 +66,7 @@ def build_app(
     metrics.watch_engines(registry.engines)
     limits = RequestLimits.from_settings(settings)
     core = GenerationCore(registry, metrics, limits)
-    responses = Responses(core, ResponseStore(settings.resolved_state_dir(), settings.responses_max_age,
-                                              settings.responses_max_count))
+    responses = Responses(core, ResponseStore.from_settings(settings), auth)
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
     tokenizer = TokenizerRoutes(core)
 

@@ -32,6 +32,7 @@ from ..errors import (
     RateLimitError,
     RequestTimeoutError,
     ServiceUnavailableError,
+    StoreUnavailableError,
 )
 from .body import ClientDisconnected
 from .routes import Dialect, match
@@ -53,6 +54,7 @@ _TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (RateLimitError, 429, "rate_limit_error", None),
     (ModelLoadError, 503, "server_error", "model_load_failed"),
     (ModelBusyError, 503, "server_error", "model_busy"),
+    (StoreUnavailableError, 503, "server_error", "store_unavailable"),
     (ServiceUnavailableError, 503, "server_error", None),
     (engine.PromptTooLong, 400, "invalid_request_error", "context_length_exceeded"),
     (engine.InvalidInput, 400, "invalid_request_error", None),

@@ -56,6 +56,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/completions", "completions", generates=True),
     Endpoint("POST", "/v1/embeddings", "embeddings", generates=True),
     Endpoint("POST", "/v1/responses", "create_response", generates=True),
+    # Before /v1/responses/{response_id}, whose pattern would take "input_tokens" for an id.
+    Endpoint("POST", "/v1/responses/input_tokens", "count_response_tokens"),
+    Endpoint("GET", "/v1/responses/{response_id}/input_items", "list_response_input_items"),
     Endpoint("GET", "/v1/responses/{response_id}", "get_response"),
     Endpoint("DELETE", "/v1/responses/{response_id}", "delete_response"),
     Endpoint("POST", "/v1/messages", "messages", generates=True, dialect="anthropic"),

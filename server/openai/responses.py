@@ -1,8 +1,10 @@
-"""POST /v1/responses, GET and DELETE /v1/responses/{id}: the Responses API over the generation core.
+"""POST /v1/responses, GET and DELETE /v1/responses/{id}, its input_items, and POST
+/v1/responses/input_tokens: the Responses API over the generation core.
 
 A request's input items (after those of the response it continues, `previous_response_id`) become
 chat messages for the chat template; the output goes through one OutputWriter into `reasoning`,
-`message` and `function_call` items, streamed as semantic events or answered whole.
+`message` and `function_call` items, streamed as semantic events or answered whole. A stored
+response belongs to the key that made it: any other (but an admin key) gets the 404 of a missing id.
 """
 
 from __future__ import annotations
@@ -19,28 +21,33 @@ from starlette.responses import JSONResponse, Response
 from ..core.generate import GenerationCore, Run, Totals, event_stream
 from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
-from ..engine.types import GenerationRequest
-from ..errors import InvalidRequestError, NotFoundError
+from ..engine.types import ChatPrompt, GenerationRequest
+from ..errors import InvalidRequestError, NomoatError, NotFoundError
+from ..http.auth import Authenticator
 from ..http.errors import answer_for
 from ..http.limits import RequestLimits
 from ..http.routes import Handler
+from ..http.status import is_admin
 from ..registry import Target
 from .protocol import parse, speculation
-from .response_store import ResponseStore
+from .response_items import PageQuery, page, stored_items
+from .response_store import Conversation, ResponseStore, Viewer
 from .responses_events import Event, OutputWriter, Sequencer, item_id
-from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, item_dicts
+from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages
 from .sampling import grammar_refusal, request_grammar, sampling_params
 
 
 @dataclass
 class Turn:
-    """One response being made: its id, the request it answers, and the input items it ran on."""
+    """One response being made: its id, the request it answers, its own input items (earlier turns' are
+    stored with the responses they belong to) and the key that asked for it."""
 
     id: str
     created_at: int
     model: str
     req: ResponsesRequest
     input: list[dict[str, Any]]
+    owner: str | None
 
     def body(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
              error: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,24 +97,29 @@ def usage_body(totals: Totals, reasoning_tokens: int) -> dict[str, Any]:
 class Responses:
     """The handlers; one per app."""
 
-    def __init__(self, core: GenerationCore, store: ResponseStore) -> None:
+    def __init__(self, core: GenerationCore, store: ResponseStore, auth: Authenticator | None = None) -> None:
         self.core = core
         self.store = store
+        self.auth = auth
 
     def handlers(self) -> dict[str, Handler]:
-        """The three routes, by their names in the route table."""
-        return {"create_response": self.create, "get_response": self.get, "delete_response": self.delete}
+        """The routes, by their names in the route table."""
+        return {"create_response": self.create, "get_response": self.get, "delete_response": self.delete,
+                "list_response_input_items": self.input_items, "count_response_tokens": self.input_tokens}
 
     async def create(self, request: Request) -> Response:
         req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
+        viewer = self._viewer(request)
         target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
-        choice, named = req.choice()
-        plan = make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
-                         tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")
-        items = await self._earlier(req.previous_response_id) + item_dicts(req.items())
+        plan = tool_plan(req)
+        earlier = await self._earlier(req.previous_response_id, viewer)
+        own = stored_items(req.items())
+        turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, own, viewer.key_id)
+        # Refused before any token is spent: what could not be answered as JSON or stored in the limits.
+        self.store.admit(turn.body("in_progress", []), own, earlier.head if earlier else None, req.store)
+        items = (earlier.items() if earlier else []) + own
         with grammar_refusal(req):
             run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
-        turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, items)
         fmt = req.format
         writer = OutputWriter(plan, run.thinking(None, plan.mode == "forced" or (fmt is not None and fmt.type != "text")))
         if req.stream:
@@ -127,7 +139,12 @@ class Responses:
                 return
             for payload in writer.feed(event):
                 yield send(payload)
-        body = await self._finished(run, turn, writer)
+        try:
+            body = await self._finished(run, turn, writer)
+        except NomoatError as exc:  # the store refused it (unavailable, too large): the stream still ends whole
+            for payload in failure(exc, turn, writer):
+                yield send(payload)
+            return
         yield send({"type": f"response.{body['status']}", "response": body})
 
     async def _finished(self, run: Run, turn: Turn, writer: OutputWriter) -> dict[str, Any]:
@@ -136,31 +153,60 @@ class Responses:
         body = turn.body("incomplete" if cut else "completed", writer.items,
                          usage_body(run.record_usage(copies=1), writer.reasoning_tokens))
         if turn.req.store:
-            await self.store.put(body, turn.input)
+            await self.store.put(body, turn.input, turn.req.previous_response_id, turn.owner)
         return body
 
-    async def _earlier(self, previous_id: str | None) -> list[dict[str, Any]]:
-        """The input and output items of the response this one continues ([] for a new conversation)."""
+    async def _earlier(self, previous_id: str | None, viewer: Viewer) -> Conversation | None:
+        """The conversation this request continues (None for a new one)."""
         if previous_id is None:
-            return []
-        stored = await self.store.get(previous_id)
-        if stored is None:
+            return None
+        conversation = await self.store.conversation(previous_id, viewer)
+        if conversation is None:
             raise NotFoundError(f"Previous response with id '{previous_id}' not found.",
                                 param="previous_response_id", code="previous_response_not_found")
-        return stored.input + stored.response["output"]
+        _check_whole(conversation, "previous_response_id")
+        return conversation
 
     async def get(self, request: Request) -> Response:
         response_id = request.path_params["response_id"]
-        stored = await self.store.get(response_id)
+        stored = await self.store.get(response_id, self._viewer(request))
         if stored is None:
             raise _not_found(response_id)
-        return JSONResponse(stored.response)
+        return JSONResponse(stored)
 
     async def delete(self, request: Request) -> Response:
         response_id = request.path_params["response_id"]
-        if not await self.store.delete(response_id):
+        if not await self.store.delete(response_id, self._viewer(request)):
             raise _not_found(response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request) -> Response:
+        """The items a stored response ran on (earlier turns' included), a cursor page at a time."""
+        response_id = request.path_params["response_id"]
+        query = PageQuery.parse(request.query_params)
+        conversation = await self.store.conversation(response_id, self._viewer(request))
+        if conversation is None:
+            raise _not_found(response_id)
+        _check_whole(conversation, "response_id")
+        return JSONResponse(page(conversation.input_items(), query))
+
+    async def input_tokens(self, request: Request) -> Response:
+        """The prompt tokens a request would have: the same conversation through the same template."""
+        req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
+        viewer = self._viewer(request)
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
+        plan = tool_plan(req)
+        earlier = await self._earlier(req.previous_response_id, viewer)
+        items = (earlier.items() if earlier else []) + stored_items(req.items())
+        count = await target.engine.count_tokens(conversation_prompt(req, target, plan, items))
+        return JSONResponse({"object": "response.input_tokens", "input_tokens": count},
+                            headers={"x-nomoat-adapters": target.adapters.label()})
+
+    def _viewer(self, request: Request) -> Viewer:
+        """Who asks: the auth middleware's key id, and whether that key is an admin's."""
+        key_id = request.scope.get("state", {}).get("key_id")
+        admin = key_id is not None and self.auth is not None and is_admin(self.auth, request)
+        return Viewer(key_id, admin)
 
 
 async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],
@@ -177,14 +223,34 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         raise InvalidRequestError("'grammar' and a JSON 'text.format' or a forced tool call both constrain the "
                                   "output: send one of them", param="grammar")
     grammar = grammar or await request_grammar(req)
-    native = target.engine.model.chat_template.supports_tools
-    prompt = tool_prompt(chat_messages(req.instructions, items), plan, native)
+    prompt = conversation_prompt(req, target, plan, items)
     asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
     return GenerationRequest(
         prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
         max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
         speculative=speculation(req.speculative),
     )
+
+
+def conversation_prompt(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]]) -> ChatPrompt:
+    """The conversation as the chat template reads it, tools included."""
+    native = target.engine.model.chat_template.supports_tools
+    return tool_prompt(chat_messages(req.instructions, items), plan, native)
+
+
+def tool_plan(req: ResponsesRequest) -> ToolPlan:
+    """What `tools` and `tool_choice` ask, checked by the core."""
+    choice, named = req.choice()
+    return make_plan(req.function_tools(), choice, named, req.parallel_tool_calls,
+                     tool_param=lambda i, k: f"tools[{i}].{k}", named_param="tool_choice.name")
+
+
+def _check_whole(conversation: Conversation, param: str) -> None:
+    if conversation.missing is not None:
+        raise NotFoundError(
+            f"an earlier response of this conversation ('{conversation.missing}') is no longer stored (the store's "
+            "retention limits removed it): start the conversation again with its items as input",
+            param=param, code="previous_response_not_found")
 
 
 def _not_found(response_id: str) -> NotFoundError:

@@ -29,6 +29,7 @@ class InputItem(Lenient):
     """One item of `input`: a message (with or without `type`), a function call or its output, or a
     reasoning item (kept in the conversation's record, left out of the prompt as chat templates do)."""
 
+    id: str | None = Field(None, max_length=256)  # kept for input_items (outputs sent back carry theirs)
     type: str | None = None
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: str | list[ContentPart] | None = None
@@ -173,11 +174,6 @@ class ResponsesRequest(_SamplingFields):
         if isinstance(self.tool_choice, FunctionChoice):
             return "function", self.tool_choice.name
         return self.tool_choice, None
-
-
-def item_dicts(items: list[InputItem]) -> list[dict[str, Any]]:
-    """Items as JSON to keep with a stored response (what `previous_response_id` continues)."""
-    return [item.model_dump(mode="json", exclude_none=True) for item in items]
 
 
 def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
     "create_response": ResponsesRequest,
+    "count_response_tokens": ResponsesRequest,
     "messages": MessagesRequest,
     "count_tokens": CountTokensRequest,
     "load_adapter": LoadAdapterRequest,
@@ -53,6 +54,10 @@ SUMMARIES: dict[str, str] = {
     "create_response": "Create a response (Responses API; stream: true answers semantic server-sent events)",
     "get_response": "A stored response by id",
     "delete_response": "Delete a stored response",
+    "list_response_input_items": "The input items a stored response ran on, earlier turns' included "
+                                 "(cursor pages: after, before, limit 1-100, order asc|desc, default desc)",
+    "count_response_tokens": "Count a Responses request's prompt tokens: {\"object\": \"response.input_tokens\", "
+                             "\"input_tokens\": N}",
     "messages": "Create a message, as Anthropic's Messages API (stream: true answers its server-sent events)",
     "count_tokens": "Count a message request's prompt tokens, as Anthropic's Messages API",
     "tokenize": "Tokenize text with a model's vocabulary (llama.cpp's server route): {\"tokens\": [...]}",
