@@ -110,6 +110,12 @@ class ModelTooLargeError(InvalidRequestError):
     code = "model_too_large"
 
 
+class MaxLoadedModelsError(ModelTooLargeError):
+    """max_loaded_models is reached by pinned models alone: no other model can ever load beside them."""
+
+    code = "max_loaded_models_reached"
+
+
 class InvalidConfigError(NomoatError):
     """An admin asked for a reload and the configuration on disk is invalid; the old one still serves."""
 

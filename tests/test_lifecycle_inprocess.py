@@ -4,6 +4,7 @@ busy models never unloaded, failed loads, the lifecycle API and reloads. The rea
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.fake_engine import FakeEngine
+from support.gguf_files import Array, V, tiny_model
 from support.inprocess import FakeServer, fake_registry
 
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
@@ -241,8 +243,7 @@ def test_pinned_models_are_loaded_at_startup_and_never_evicted(serve, loader):
 
 
 def test_a_failed_load_is_503_and_stays_failed_until_its_file_changes(serve, loader, tmp_path):
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF but not really" * 10)
+    broken = tiny_model().write(tmp_path / "broken.gguf")  # a header that passes: llama.cpp (the loader) refuses it
     srv = serve(ModelsFile(models=[ModelConfig(name="bad", path=str(broken)), ModelConfig(name="good", path=PATH)]))
     loader.fail.add("bad")
     first = chat(srv, "bad")
@@ -255,6 +256,41 @@ def test_a_failed_load_is_503_and_stays_failed_until_its_file_changes(serve, loa
     loader.fail.clear()
     os.utime(broken, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert chat(srv, "bad").status_code == 200 and loader.loads == ["bad", "good", "bad"]
+
+
+@pytest.mark.parametrize("first", ["list", "chat"])
+@pytest.mark.parametrize("override, reason", [
+    ({"block_count": (V.STRING, "abc")}, "llama.block_count is 'abc', not an integer"),
+    ({"attention__head_count": (V.FLOAT32, math.nan)}, "llama.attention.head_count is nan, not an integer"),
+    # 2**28 layers: the estimate built a list per claimed layer (164 s, +4 GB). Refused before any is built.
+    ({"block_count": (V.UINT32, 2**28)}, "llama.block_count is 268435456, outside 0..3"),
+    ({"attention__head_count_kv": (V.ARRAY, Array(V.UINT32, [1] * 5))}, "holds 5 values, one per layer"),
+])
+def test_a_malformed_header_fails_its_model_and_nothing_else(serve, loader, tmp_path, first, override, reason):
+    bad = tiny_model(**override).write(tmp_path / "bad.gguf")
+    srv = serve(ModelsFile(models=[ModelConfig(name="good", path=PATH), ModelConfig(name="bad", path=str(bad))]))
+    answers = [chat(srv, "bad")] if first == "chat" else []
+    listed = cards(srv)  # a 500 for every listing, before
+    assert listed["bad"]["status"] == "failed" and reason in listed["bad"]["error"], listed["bad"]
+    assert listed["good"]["status"] == "unloaded" and listed["good"]["memory_bytes"] == FOOTPRINT
+    answers.append(chat(srv, "bad"))
+    for r in answers:
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed", r.text
+        assert reason in r.json()["error"]["message"] and "'bad' failed to load" in r.json()["error"]["message"]
+    assert loader.loads == [], "a refused header never reaches llama.cpp"
+    assert chat(srv, "good").status_code == 200, "the others serve"
+    assert cards(srv)["good"]["status"] == "loaded"
+
+
+def test_max_loaded_models_reached_by_pinned_models_says_so(serve, loader):
+    srv = serve(models("pinned", "b", pinned=("pinned",)), max_loaded_models=1)
+    r = chat(srv, "b")
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "max_loaded_models_reached", r.text
+    assert error["type"] == "invalid_request_error" and error["param"] == "model"
+    assert "max_loaded_models (1) is reached by pinned models (pinned)" in error["message"]
+    assert "memory_budget" not in error["message"], "the budget has room: it is not the reason"
+    assert loader.loads == ["pinned"] and cards(srv)["b"]["status"] == "unloaded"
 
 
 def test_lifecycle_api_loads_and_unloads_with_the_admin_key(serve, loader):

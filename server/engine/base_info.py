@@ -10,6 +10,7 @@ import gguf
 
 from .errors import ModelFileError
 from .gguf_header import GGUFLayoutError, read_metadata
+from .model_dims import model_dims
 
 _T = gguf.MODEL_TENSOR
 
@@ -46,42 +47,38 @@ class BaseModelInfo:
             _unreadable(path, f"base model cannot be read ({exc.strerror or exc})")
         except GGUFLayoutError as exc:
             _unreadable(path, f"base model is not a readable GGUF file ({exc})")
-        arch = fields.get(gguf.Keys.General.ARCHITECTURE)
-        if not isinstance(arch, str):
-            _unreadable(path, "base GGUF has no general.architecture")
-        uniform = True
+        dims = model_dims(path, fields)  # every value checked for type and range (ModelFileError)
 
-        def number(key: str, default: int | None = None) -> int:
-            nonlocal uniform
-            value = fields.get(key.format(arch=arch))
+        def required(value: int | None, key: str) -> int:
             if value is None:
-                if default is None:
-                    _unreadable(path, f"base GGUF lacks {key.format(arch=arch)}")
-                return default
-            if isinstance(value, list):
-                # Hybrid models store 0 for layers without attention; those have no q/k/v to adapt.
-                sizes = {int(v) for v in value if v}
-                uniform = uniform and len(sizes) <= 1
-                return max(sizes, default=0)
-            if isinstance(value, str):
-                _unreadable(path, f"base GGUF's {key.format(arch=arch)} is not a number")
-            return int(value)
+                _unreadable(path, f"base GGUF lacks {key.format(arch=dims.architecture)}")
+            return value
 
-        n_embd = number(gguf.Keys.LLM.EMBEDDING_LENGTH)
-        n_head = number(gguf.Keys.Attention.HEAD_COUNT)
+        def widest(per_layer: tuple[int, ...], key: str) -> int:
+            # Hybrid models store 0 for layers without attention; those have no q/k/v to adapt.
+            return max((v for v in per_layer if v), default=0) if per_layer else required(None, key)
+
+        def uniform(per_layer: tuple[int, ...]) -> bool:
+            return len({v for v in per_layer if v}) <= 1
+
+        n_layer = required(dims.n_layer, gguf.Keys.LLM.BLOCK_COUNT)
+        n_embd = required(dims.n_embd, gguf.Keys.LLM.EMBEDDING_LENGTH)
+        n_head = widest(dims.n_head, gguf.Keys.Attention.HEAD_COUNT)
         if n_head <= 0:
             _unreadable(path, "base GGUF has no attention heads")
+        n_head_kv = widest(dims.n_head_kv, gguf.Keys.Attention.HEAD_COUNT_KV) if dims.n_head_kv else n_head
+        n_ff = max((v for v in dims.n_ff if v), default=0)
         return cls(
             path=path,
-            architecture=arch,
-            n_layer=number(gguf.Keys.LLM.BLOCK_COUNT),
+            architecture=dims.architecture,
+            n_layer=n_layer,
             n_embd=n_embd,
-            n_ff=number(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0),
+            n_ff=n_ff,
             n_head=n_head,
-            n_head_kv=number(gguf.Keys.Attention.HEAD_COUNT_KV, n_head),
-            head_dim_k=number(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head),
-            head_dim_v=number(gguf.Keys.Attention.VALUE_LENGTH, n_embd // n_head),
-            uniform_layers=uniform,
+            n_head_kv=n_head_kv,
+            head_dim_k=n_embd // n_head if dims.key_length is None else dims.key_length,
+            head_dim_v=n_embd // n_head if dims.value_length is None else dims.value_length,
+            uniform_layers=all(uniform(v) for v in (dims.n_ff, dims.n_head, dims.n_head_kv)),
         )
 
     def module_dims(self, tensor: gguf.MODEL_TENSOR) -> tuple[int, int]:

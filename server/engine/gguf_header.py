@@ -22,6 +22,9 @@ import gguf
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 16
 MAX_ARRAY_ITEMS = 1 << 20  # all arrays of a file together
+# A model's arrays skipped unread (its vocabulary: tokens, scores, types, merges) run to about a million items
+# for a 262k vocabulary; each skipped string costs about a microsecond, so this caps a hostile walk at ~20 s.
+MAX_MODEL_ARRAY_ITEMS = 1 << 24
 MAX_NAME_BYTES = 1 << 16  # keys and tensor names
 MAX_STRING_BYTES = 1 << 26
 MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
@@ -37,6 +40,13 @@ _SCALAR_FORMATS = {
     _V.FLOAT32: "f", _V.UINT64: "Q", _V.INT64: "q", _V.FLOAT64: "d",
 }
 
+
+# The fewest bytes each record can take, so that a count can be checked against the bytes left before
+# anything is read or built per item: a key/value (key length, type, a one-byte value), a tensor info
+# (name length, dimension count, type, offset), a string (its length).
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+_MIN_STRING_BYTES = 8
 
 _SKIPPED = object()
 
@@ -81,6 +91,12 @@ class _Cursor:
         self.pos += n
         return data
 
+    def fits(self, count: int, item_bytes: int, what: str) -> None:
+        """Refuse `count` items of at least `item_bytes` each that cannot fit in what is left of the file."""
+        if count * item_bytes > self.size - self.pos:  # a lie, or a copy still being written: as `need` says
+            raise self.truncated(f"{what} claims {count} items of at least {item_bytes} bytes each, more than the "
+                           f"{self.size - self.pos} bytes left in the file")
+
     def skip(self, n: int, what: str) -> None:
         self.need(n, what)
         self.pos += n
@@ -122,14 +138,7 @@ def check_gguf_layout(stream: BinaryIO, path: Path) -> None:
     inside the file. TruncatedGGUFError means the file ends too early.
     """
     cursor, tensor_count, _ = _walk_metadata(stream, path, lambda key: False)
-    tensors = [_tensor_info(cursor, index)[:3] for index in range(tensor_count)]
-    data_start = -(-cursor.pos // cursor.alignment) * cursor.alignment
-    for name, offset, n_bytes in tensors:
-        if offset % cursor.alignment:
-            raise cursor.bad(f"tensor {name!r} starts at {offset}, not a multiple of the alignment {cursor.alignment}")
-        end = data_start + offset + n_bytes
-        if end > cursor.size:
-            raise cursor.truncated(f"the data of tensor {name!r} ends at byte {end}, the file has {cursor.size}")
+    _tensor_infos(cursor, tensor_count)
 
 
 def read_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
@@ -139,19 +148,18 @@ def read_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
     """
     with path.open("rb") as stream:
         # A model's tokenizer arrays run to hundreds of thousands of items: skipping them costs no
-        # memory, so only the arrays read are capped here.
-        return _walk_metadata(stream, path, wanted, max_skipped_items=_INT64_MAX)[2]
+        # memory, so they have a cap of their own, far above the arrays read.
+        return _walk_metadata(stream, path, wanted, max_skipped_items=MAX_MODEL_ARRAY_ITEMS)[2]
 
 
 def read_tensor_sizes(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, tuple[int, list[int]]]]:
-    """The wanted metadata, and each tensor's data size in bytes and dimensions (a memory estimate's input)."""
+    """The wanted metadata, and each tensor's data size in bytes and dimensions (a memory estimate's input).
+
+    Every tensor's data must lie inside the file, so no size comes from a header that claims more than it holds.
+    """
     with path.open("rb") as stream:
-        cursor, tensor_count, values = _walk_metadata(stream, path, wanted, max_skipped_items=_INT64_MAX)
-        tensors = {}
-        for index in range(tensor_count):
-            name, _, n_bytes, dims = _tensor_info(cursor, index)
-            tensors[name] = (n_bytes, dims)
-        return values, tensors
+        cursor, tensor_count, values = _walk_metadata(stream, path, wanted, max_skipped_items=MAX_MODEL_ARRAY_ITEMS)
+        return values, {name: (n_bytes, dims) for name, _, n_bytes, dims in _tensor_infos(cursor, tensor_count)}
 
 
 def _walk_metadata(stream: BinaryIO, path: Path, wanted: Callable[[str], bool],
@@ -177,6 +185,10 @@ def _walk_metadata(stream: BinaryIO, path: Path, wanted: Callable[[str], bool],
         raise cursor.bad(f"it claims {kv_count} metadata keys (at most {MAX_KV})")
     if tensor_count > MAX_TENSORS:
         raise cursor.bad(f"it claims {tensor_count} tensors (at most {MAX_TENSORS})")
+    left = cursor.size - cursor.pos
+    if kv_count * _MIN_KV_BYTES + tensor_count * _MIN_TENSOR_INFO_BYTES > left:
+        raise cursor.truncated(f"it claims {kv_count} metadata keys and {tensor_count} tensors, which take at least "
+                         f"{_MIN_KV_BYTES} and {_MIN_TENSOR_INFO_BYTES} bytes each; the file has {left} bytes left")
     values: dict[str, Any] = {}
     for index in range(kv_count):
         key = cursor.name(f"metadata key {index}")
@@ -207,11 +219,15 @@ def _read_value(cursor: _Cursor, key: str, value_type: int) -> Any:
     if item_type not in _SCALAR_SIZES:  # strings (a vocabulary), or nested: skipped as the layout walk does
         cursor.read_items -= count
         cursor.array_items += count
+        if cursor.array_items > cursor.max_skipped_items:
+            raise cursor.bad(f"{key!r} is an array of {count} items (at most {cursor.max_skipped_items} in all arrays)")
         if item_type != _V.STRING:
             raise cursor.bad(f"{key!r} is an array of value type {item_type}, which GGUF metadata cannot hold")
+        cursor.fits(count, _MIN_STRING_BYTES, repr(key))
         for index in range(count):
             cursor.skip_string(f"{key}[{index}]")
         return _SKIPPED
+    cursor.fits(count, _SCALAR_SIZES[_V(item_type)], repr(key))
     return [cursor.scalar(_V(item_type), f"{key}[{i}]") for i in range(count)]
 
 
@@ -225,8 +241,9 @@ def _skip_value(cursor: _Cursor, key: str, value_type: int) -> None:
         count = cursor.u64(f"the length of {key!r}")
         cursor.array_items += count
         if cursor.array_items > cursor.max_skipped_items:
-            raise cursor.bad(f"{key!r} is an array of {count} items (at most {MAX_ARRAY_ITEMS} in all arrays)")
+            raise cursor.bad(f"{key!r} is an array of {count} items (at most {cursor.max_skipped_items} in all arrays)")
         if item_type == _V.STRING:
+            cursor.fits(count, _MIN_STRING_BYTES, repr(key))
             for index in range(count):
                 cursor.skip_string(f"{key}[{index}]")
         elif item_type in _SCALAR_SIZES:
@@ -235,6 +252,19 @@ def _skip_value(cursor: _Cursor, key: str, value_type: int) -> None:
             raise cursor.bad(f"{key!r} is an array of value type {item_type}, which GGUF metadata cannot hold")
     else:
         raise cursor.bad(f"{key!r} has unknown value type {value_type}")
+
+
+def _tensor_infos(cursor: _Cursor, count: int) -> list[tuple[str, int, int, list[int]]]:
+    """Every tensor's name, data offset, data size and dimensions, each one's data checked to lie inside the file."""
+    tensors = [_tensor_info(cursor, index) for index in range(count)]
+    data_start = -(-cursor.pos // cursor.alignment) * cursor.alignment
+    for name, offset, n_bytes, _ in tensors:
+        if offset % cursor.alignment:
+            raise cursor.bad(f"tensor {name!r} starts at {offset}, not a multiple of the alignment {cursor.alignment}")
+        end = data_start + offset + n_bytes
+        if end > cursor.size:
+            raise cursor.truncated(f"the data of tensor {name!r} ends at byte {end}, the file has {cursor.size}")
+    return tensors
 
 
 def _tensor_info(cursor: _Cursor, index: int) -> tuple[str, int, int, list[int]]:

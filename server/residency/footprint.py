@@ -17,6 +17,7 @@ from typing import Any
 from ..engine.errors import ModelFileError
 from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
 from ..engine.kv import row_bytes
+from ..engine.model_dims import model_dims, model_keys, split_tensor_count
 from ..models_toml import ModelConfig
 
 
@@ -52,7 +53,7 @@ def _header(path: str, stamp: tuple[int, int, int]) -> tuple[dict[str, Any], dic
     walking past the vocabulary takes ~190 ms for the default model, paid on every on-demand load
     (the cold first token, bench/bench_lifecycle.py) and every listing of an unloaded model. Callers
     must not change what it returns."""
-    return read_tensor_sizes(Path(path), lambda key: not key.startswith("tokenizer."))
+    return read_tensor_sizes(Path(path), model_keys)
 
 
 def estimate(config: ModelConfig) -> Footprint:
@@ -68,20 +69,16 @@ def estimate(config: ModelConfig) -> Footprint:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except GGUFLayoutError as exc:
         raise ModelFileError(str(exc)) from None
-    arch = values.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ModelFileError(f"{path}: not a GGUF model (no general.architecture)")
-
-    def number(key: str, default: Any = None) -> Any:
-        return values.get(f"{arch}.{key}", default)
-
-    n_layer = int(number("block_count", 0))
-    n_embd = int(number("embedding_length", 0))
-    n_head = _per_layer(number("attention.head_count", 1), n_layer)
-    n_head_kv = _per_layer(number("attention.head_count_kv", n_head), n_layer)
+    # Every value is checked before use: a header claiming 2**28 layers would otherwise build a list per layer.
+    dims = model_dims(path, values, split_tensor_count(path, values, len(tensors)))
+    n_layer = dims.n_layer or 0
+    n_embd = dims.n_embd or 0
+    n_head = dims.n_head or (1,) * n_layer
+    n_head_kv = dims.n_head_kv or n_head
     head_dim = n_embd // max(1, max(n_head, default=1))
-    k_len, v_len = int(number("attention.key_length", head_dim)), int(number("attention.value_length", head_dim))
-    n_ctx_train = int(number("context_length", 0))
+    k_len = head_dim if dims.key_length is None else dims.key_length
+    v_len = head_dim if dims.value_length is None else dims.value_length
+    n_ctx_train = dims.context_length or 0
     n_ctx = min(config.n_ctx, n_ctx_train) if n_ctx_train > 0 else config.n_ctx
     embd = tensors.get("token_embd.weight") or tensors.get("output.weight")
     n_vocab = embd[1][1] if embd is not None and len(embd[1]) > 1 else 0
@@ -105,9 +102,3 @@ def estimate(config: ModelConfig) -> Footprint:
     return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,
                      compute_per_context=compute, gpu_share=share, draft=draft)
 
-
-def _per_layer(value: Any, n_layer: int) -> list[int]:
-    """A per-layer count: GGUF stores one number, or one per layer (hybrid and pruned models)."""
-    if isinstance(value, list):
-        return [int(v) for v in value]
-    return [int(value)] * n_layer

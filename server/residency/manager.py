@@ -9,7 +9,6 @@ Every load and unload takes one lock, so memory accounting sees one change at a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ from ..engine.errors import ModelFileError
 from ..errors import (
     ConfigError,
     ConflictError,
+    MaxLoadedModelsError,
     ModelBusyError,
     ModelLoadError,
     ModelTooLargeError,
@@ -147,7 +147,12 @@ class Residency:
                 async with self.lock:
                     if self.residents.get(resident.name) is not resident or resident.status == "loaded":
                         return
-                    footprint = await asyncio.to_thread(self.estimate, resident.config)
+                    try:
+                        footprint = await asyncio.to_thread(estimate_footprint, resident.config)
+                    except ModelFileError as exc:
+                        # A header the bounded walk refuses never reaches llama.cpp, whose own checks may abort.
+                        self._failed(resident, str(exc), by_file=True)
+                        raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
                     busy = await self._make_room(resident, footprint)
                     if not busy:
                         await self._open(resident, footprint)
@@ -202,11 +207,11 @@ class Residency:
         self.reschedule(resident)
         self._changed()
 
-    def _failed(self, resident: Resident, reason: str) -> None:
+    def _failed(self, resident: Resident, reason: str, *, by_file: bool = False) -> None:
         log.error("model %s failed to load: %s", resident.name, reason)
         # An `rpc` model fails on its workers, not its file: the next request tries again (a cheap connect first).
         resident.status, resident.error = "failed", reason
-        resident.failed_key = None if resident.config.rpc else file_key(resident.config)
+        resident.failed_key = None if resident.config.rpc and not by_file else file_key(resident.config)
 
     # --- a model's child process (server/rpc/host.py) -------------------------------------
 
@@ -270,6 +275,11 @@ class Residency:
             if self._metrics is not None:
                 self._metrics.evictions.labels(idle[0].name).inc()
         pinned = [r for r in loaded if r.config.pinned]
+        if limit and len(pinned) >= limit:
+            raise MaxLoadedModelsError(
+                f"model {resident.name!r} cannot be loaded: max_loaded_models ({limit}) is reached by pinned models "
+                f"({', '.join(r.name for r in pinned)}), which never unload; raise max_loaded_models or pin fewer "
+                "models", param="model")
         if not self._fits(pinned, need, gpu_need, limit):
             raise ModelTooLargeError(
                 f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
@@ -383,10 +393,16 @@ class Residency:
                           self.expires_at(resident), resident.busy, resident.error)
 
     async def estimate_all(self) -> None:
-        """Estimate the footprint of every model that has none yet (a header read each, off the loop)."""
+        """Estimate the footprint of every model that has none yet (a header read each, off the loop); one whose
+        file cannot be read or whose header is refused is failed with the reason, as its load would be."""
         for resident in [r for r in self.residents.values() if r.footprint is None]:
-            with contextlib.suppress(ModelFileError):  # not there yet, or unreadable: no estimate; a load says why
+            if resident.status == "failed" and resident.failed_key == file_key(resident.config):
+                continue  # failed for this very file: neither a header read nor a log line per listing
+            try:
                 resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config)
+            except ModelFileError as exc:
+                if resident.status in ("unloaded", "failed") and resident.loading is None:
+                    self._failed(resident, str(exc), by_file=True)
 
     def used(self) -> int:
         return sum(r.memory("cpu") for r in self.residents.values() if r.status == "loaded")
