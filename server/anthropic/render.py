@@ -71,7 +71,7 @@ def _arguments(call: ToolCall) -> dict[str, Any]:
     """The call's input; a call max_tokens cut short has no whole object: {} (stop_reason says why)."""
     try:
         value = json.loads(call.arguments)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested past the interpreter's limit: no object either
         return {}
     return value if isinstance(value, dict) else {}
 

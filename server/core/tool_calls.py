@@ -16,6 +16,9 @@ from .tools import CLOSE, OPEN, ToolPlan
 
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 
+# Output nested past the interpreter's limit (a grammar can make a model write it) is text, not a call: no 500.
+_NOT_JSON = (json.JSONDecodeError, RecursionError)
+
 
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
@@ -42,7 +45,7 @@ def _as_call(obj: Any, names: set[str]) -> ToolCall | None:
     if isinstance(args, str):
         try:
             args = json.loads(args)
-        except json.JSONDecodeError:
+        except _NOT_JSON:
             return None
     if not isinstance(args, dict):
         return None
@@ -53,7 +56,7 @@ def _block_call(inner: str, names: set[str]) -> ToolCall | None:
     """The call a `<tool_call>` block's inside holds, if it parses and names a known tool."""
     try:
         return _as_call(json.loads(inner), names)
-    except json.JSONDecodeError:
+    except _NOT_JSON:
         return None
 
 
@@ -120,7 +123,7 @@ def _bare_calls(text: str, names: set[str]) -> list[ToolCall]:
         return []
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except _NOT_JSON:
         return []
     items = obj if isinstance(obj, list) else [obj]
     calls = [_as_call(o, names) for o in items]

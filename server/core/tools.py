@@ -27,6 +27,7 @@ from typing import Any
 
 from ..engine.types import ChatPrompt
 from ..errors import InvalidRequestError
+from ..http.body import bounded_loads
 from .structured import Grammar, literal, response_rule
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -204,8 +205,9 @@ def _call_json(call: Any) -> dict[str, Any]:
     fn = call.get("function", {}) if isinstance(call, dict) else {}
     args = fn.get("arguments", "{}")
     if isinstance(args, str):
-        with contextlib.suppress(json.JSONDecodeError):
-            args = json.loads(args)
+        # Held to the request body's rule (depth, finite numbers): text that is not JSON stays text.
+        with contextlib.suppress(ValueError):
+            args = bounded_loads(args, "function.arguments of a tool call in the conversation")
     return {"name": fn.get("name", ""), "arguments": args}
 
 
