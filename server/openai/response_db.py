@@ -206,13 +206,14 @@ def prune(conn: sqlite3.Connection, keep: Retention, now: float, spare: str) -> 
     """
     cutoff = now - keep.max_age
     with conn:
-        gone = conn.execute(f"""
+        changes = conn.total_changes  # (a DELETE that starts WITH has no rowcount)
+        conn.execute(f"""
             WITH RECURSIVE needed(id) AS (
                 SELECT previous_id FROM {_TABLE} WHERE stored_at >= ? AND previous_id IS NOT NULL
                 UNION
                 SELECT r.previous_id FROM {_TABLE} r JOIN needed ON r.id = needed.id WHERE r.previous_id IS NOT NULL
-            ) DELETE FROM {_TABLE} WHERE stored_at < ? AND id NOT IN (SELECT id FROM needed)""",
-                            (cutoff, cutoff)).rowcount
+            ) DELETE FROM {_TABLE} WHERE stored_at < ? AND id NOT IN (SELECT id FROM needed)""", (cutoff, cutoff))
+        gone = conn.total_changes - changes
         count, total = conn.execute(f"SELECT COUNT(*), TOTAL(size) FROM {_TABLE}").fetchone()
         doomed = []
         for response_id, size in conn.execute(f"SELECT id, size FROM {_TABLE} ORDER BY stored_at, rowid"):

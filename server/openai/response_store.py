@@ -178,8 +178,9 @@ class ResponseStore:
                     self._schema_ready = True
                 return work(conn)
         except (sqlite3.Error, OSError) as exc:
-            self._schema_ready = False  # the file may be replaced before the next call
             failure = self._failure(exc)
+            if not _is_lock(exc):
+                self._schema_ready = False  # the file may be replaced before the next call
             self._log_failure(failure, exc)
             raise failure from None
 
@@ -194,7 +195,7 @@ class ResponseStore:
     def _failure(self, exc: BaseException) -> StoreUnavailableError:
         """What a client is told (no file paths: the log has them)."""
         name = str(getattr(exc, "sqlite_errorname", "") or "")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        if _is_lock(exc):
             return StoreUnavailableError(
                 f"the response store is locked by another process or connection (waited {self.limits.timeout:g} s, "
                 "responses_store_timeout_seconds): try again; requests with store: false are not affected")
@@ -235,6 +236,11 @@ class ResponseStore:
                       "aside to start a new store", self.path, verdict)
         else:
             log.info("store: %s holds %d responses", self.path, count)
+
+
+def _is_lock(exc: BaseException) -> bool:
+    """Another connection holds the lock (SQLITE_BUSY, SQLITE_LOCKED and their extended codes)."""
+    return str(getattr(exc, "sqlite_errorname", "") or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _too_large(size: int, most: int) -> InvalidRequestError:
