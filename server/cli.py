@@ -24,6 +24,7 @@ _FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
 
 # The settings `nomoat pull`, `ls` and `rm` read: where models.toml, the models dir and the pulled list are.
 _MODEL_STORE_FLAGS = ("config", "models_dir", "state_dir")
+_PULL_FLAGS = (*_MODEL_STORE_FLAGS, "pull_timeout_seconds")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     pull.add_argument("name", metavar="OWNER/REPO[:QUANT]")
-    _add_settings_flags(pull, _MODEL_STORE_FLAGS)
+    _add_settings_flags(pull, _PULL_FLAGS)
     ls = sub.add_parser("ls", help="list the models a server would serve: models.toml, models dir, pulled",
                         description="List available models with their source, size on disk and path.")
     _add_settings_flags(ls, _MODEL_STORE_FLAGS)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("pull", "ls", "rm"):
         from .store import commands as models_cli
 
-        settings_cli = {k: v for k, v in cli.items() if k in _MODEL_STORE_FLAGS}
+        settings_cli = {k: v for k, v in cli.items() if k in _PULL_FLAGS}
         if args.command == "ls":
             return models_cli.ls(settings_cli)
         if args.command == "pull":

@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Setting
 from .errors import ConfigError
 from .quantities import parse_duration, parse_size, system_memory
 
+# A 40 GB model over a 10 Mbit/s link takes about 9 hours; a Hub that dribbles bytes for ever is stopped after this.
+DEFAULT_PULL_TIMEOUT_SECONDS = 12 * 3600.0
+
 
 class Settings(BaseSettings):
     """Every server-wide setting. Each field is a `--flag` of `nomoat serve` and a `NOMOAT_*` variable."""
@@ -41,6 +44,13 @@ class Settings(BaseSettings):
         description=(
             "Serve every GGUF file in this folder under its file name without .gguf (split files "
             "NAME-00001-of-0000N.gguf as one model NAME; mmproj files left out), after models.toml's models."
+        ),
+    )
+    pull_timeout_seconds: float = Field(
+        DEFAULT_PULL_TIMEOUT_SECONDS, gt=0,
+        description=(
+            "Longest `nomoat pull` may take to download one model from the Hugging Face Hub; past it the download "
+            "stops with an error and nothing is kept (models.toml hf: paths get the default)."
         ),
     )
     n_ctx: int | None = Field(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.fake_hub import FakeHub
+from support.gguf_files import V, tiny_model
 from support.process import ServerProcess, run_nomoat
 from wire import NO_EOS
 
@@ -97,16 +98,30 @@ TINY = "nomoat-test/tiny"
 SMOL = "nomoat-test/smol"
 
 
+def gguf_of_size(path: Path, size: int) -> Path:
+    """A valid (tiny) GGUF model, padded to `size` bytes: only files with a GGUF header are kept as models."""
+    header = tiny_model().bytes()
+    path.write_bytes(header + os.urandom(size - len(header)))
+    return path
+
+
 @pytest.fixture(scope="module")
-def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a hostile listing's absolute file name points: nothing may ever appear there."""
+    return tmp_path_factory.mktemp("outside")
+
+
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Iterator[FakeHub]:
     src = tmp_path_factory.mktemp("hub-files")
     blobs = {}
-    for name, size in [("q8", 3000), ("q2", 1000), ("mm", 5), ("readme", 10), ("p1", 600), ("p2", 700)]:
+    for name, size in [("q8", 3000), ("q2", 2000), ("p1", 1600), ("p2", 1700)]:
+        blobs[name] = gguf_of_size(src / name, size)
+    for name, size in [("mm", 5), ("readme", 10)]:
         blobs[name] = src / name
         blobs[name].write_bytes(os.urandom(size))
     # Big enough that a cut half way leaves a whole 10 MB download chunk on disk to resume after.
-    blobs["big"] = src / "big"
-    blobs["big"].write_bytes(os.urandom(25_000_000))
+    blobs["big"] = gguf_of_size(src / "big", 25_000_000)
     hub = FakeHub()
     hub.add_repo(TINY, {"README.md": blobs["readme"], "tiny-Q8_0.gguf": blobs["q8"], "tiny-Q2_K.gguf": blobs["q2"],
                         "mmproj-tiny-f16.gguf": blobs["mm"], "Q3_K_S/tiny-Q3_K_S-00001-of-00002.gguf": blobs["p1"],
@@ -115,6 +130,7 @@ def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     # The embedded model under two quant names: a pull by name and a models.toml hf: path, both served.
     shipped = config.embedded_model_path()
     hub.add_repo(SMOL, {"smol-Q4_K_M.gguf": shipped, "smol-Q8_0.gguf": shipped})
+    add_hostile_repos(hub, src, blobs["q8"], outside)
     yield hub
     hub.close()
 
@@ -131,7 +147,7 @@ def test_fetch_by_name_and_by_quant(hub: Hub, fake_hub: FakeHub):
     assert default.commit == fake_hub.commits[TINY]
     split = hub.fetch(parse_ref(f"{TINY}:q3_k_s"))
     assert [p.name for p in split.paths] == ["tiny-Q3_K_S-00001-of-00002.gguf", "tiny-Q3_K_S-00002-of-00002.gguf"]
-    assert [p.stat().st_size for p in split.paths] == [600, 700]
+    assert [p.stat().st_size for p in split.paths] == [1600, 1700]
     assert not fake_hub.requests_for("mmproj-tiny-f16.gguf")
 
 
@@ -269,3 +285,53 @@ def test_pull_offline_from_the_cache_and_errors(hub_env: dict[str, str], fake_hu
     rows = [line.split() for line in nomoat(hub_env, "ls").stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["smollm2-135m", f"{TINY}:q8_0"]
     assert Path(rows[1][4]).stat().st_size == 3000
+
+
+# --- a hostile or broken Hub (#28) ------------------------------------------------------------------
+
+# Five levels up from snapshots/<commit>/ is HOME (tmp_path): where a traversing name would land.
+TRAVERSING = "../../../../../escape-Q4_K_M.gguf"
+
+
+def add_hostile_repos(hub: FakeHub, src: Path, model: Path, outside: Path) -> None:
+    html = src / "page.html"
+    html.write_bytes(b"<!DOCTYPE html><html><body>Rate limited, try again later</body></html>\n" * 40)
+    lying = tiny_model(block_count=(V.UINT32, 2**28)).write(src / "lying")  # 2**28 layers in a 1.5 kB file
+    hub.add_repo("nomoat-test/traversal", {TRAVERSING: model})
+    hub.add_repo("nomoat-test/absolute", {str(outside / "abs-Q4_K_M.gguf"): model})
+    for how in ("oversize", "endless", "dribble"):
+        hub.add_repo(f"nomoat-test/{how}", {f"{how}-Q4_K_M.gguf": model})
+        hub.misbehave(f"{how}-Q4_K_M.gguf", how)  # type: ignore[arg-type]
+    hub.add_repo("nomoat-test/html", {"page-Q4_K_M.gguf": html})
+    hub.add_repo("nomoat-test/lying", {"lying-Q4_K_M.gguf": lying})
+    hub.add_repo("nomoat-test/unsized", {"unsized-Q4_K_M.gguf": model})
+    hub.unsized.add("unsized-Q4_K_M.gguf")
+
+
+@pytest.mark.parametrize("repo, reason", [
+    ("traversal", f"nomoat-test/traversal on http://127.0.0.1:{{port}} lists files outside the repository "
+                  f"('{TRAVERSING}'); nothing was downloaded"),
+    ("absolute", "lists files outside the repository ('/"),
+    ("oversize", "the Hub sent more of oversize-Q4_K_M.gguf than the 3000 bytes its listing announces; "
+                 "the download was stopped"),
+    ("endless", "the Hub sent more of endless-Q4_K_M.gguf than the 3000 bytes its listing announces"),
+    ("dribble", "the Hub took longer than pull_timeout_seconds (2 s); the download was stopped"),
+    ("html", "nomoat-test/html/page-Q4_K_M.gguf from http://127.0.0.1:{port} is not a usable GGUF model (not a GGUF "
+             "file (no GGUF magic)); it was removed from the cache and not registered"),
+    ("lying", "(llama.block_count is 268435456, outside 0..3 (each layer has tensors, and the model holds 3)); "
+              "it was removed"),
+    ("unsized", "unsized-Q4_K_M.gguf: the Hub at http://127.0.0.1:{port} does not announce its size"),
+])
+def test_pull_from_a_hostile_hub_fails_cleanly_and_writes_nothing_outside_the_cache(
+        hub_env: dict[str, str], fake_hub: FakeHub, tmp_path: Path, outside: Path, repo: str, reason: str):
+    pulled = nomoat(hub_env, "pull", f"nomoat-test/{repo}", "--pull-timeout-seconds", "2")
+    assert pulled.returncode == 1, pulled.stderr
+    assert "Traceback" not in pulled.stderr, pulled.stderr
+    error = pulled.stderr.split(f"nomoat: cannot pull nomoat-test/{repo}:\n", 1)[-1].strip()
+    assert reason.format(port=fake_hub.url.rsplit(":", 1)[1]) in error and "\n" not in error, pulled.stderr
+    assert not (tmp_path / "state" / "pulled.json").exists(), "nothing registered"
+    cache = tmp_path / "hf" / "hub"
+    written = [p for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink()]
+    assert [p for p in written if not p.is_relative_to(cache)] == [], "nothing written outside the cache"
+    assert [p for p in written if "blobs" in p.parts or "snapshots" in p.parts] == [], "nothing of it kept"
+    assert list(outside.iterdir()) == [] and not (tmp_path / "escape-Q4_K_M.gguf").exists()

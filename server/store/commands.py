@@ -22,7 +22,7 @@ def pull(cli: dict[str, Any], name: str) -> int:
     try:
         settings, _, _ = config.load_settings(cli)
         ref = parse_ref(name)
-        hub = Hub(progress="bar")
+        hub = Hub(progress="bar", timeout=settings.pull_timeout_seconds)
         print(f"pulling {ref.name} from {hub.endpoint}", file=sys.stderr)
         files = hub.fetch(ref)
     except ConfigError as exc:

@@ -27,7 +27,12 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm
 
+from ..engine.errors import ModelFileError
+from ..engine.gguf_header import GGUFLayoutError, check_gguf_layout
+from ..engine.model_dims import check_model_file
 from ..errors import ConfigError
+from ..settings import DEFAULT_PULL_TIMEOUT_SECONDS
+from .download_limits import DownloadLimits, DownloadRefused
 from .models_dir import is_gguf, is_projector, model_stem, split_part
 
 log = logging.getLogger("nomoat.store")
@@ -168,10 +173,12 @@ class Hub:
     """Looks models up on the Hub and in its cache, and downloads them into that cache.
 
     Every argument left None takes huggingface_hub's own setting (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE).
+    `timeout` bounds one `fetch` (listing and downloads): past it the download stops with a HubError.
     """
 
     def __init__(self, *, endpoint: str | None = None, cache_dir: Path | None = None, offline: bool | None = None,
-                 progress: Progress = "bar") -> None:
+                 progress: Progress = "bar", timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
         self.cache_dir = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
         self.offline = constants.is_offline_mode() if offline is None else offline
@@ -188,21 +195,42 @@ class Hub:
         if prefer_cache or self.offline:
             cached = self.cached(ref, exact=not self.offline)
             if cached is not None:
-                return cached
+                return self._checked(cached)
         if self.offline:
             raise HubError(f"{ref.name}: not in the Hugging Face cache ({self.cache_dir}) and offline mode is on "
                            "(HF_HUB_OFFLINE): pull it once while online")
         try:
-            choice = pick(self._remote_choices(ref.repo), ref, f"{ref.repo} on {self.endpoint}")
-            paths = tuple(Path(self._download(ref.repo, f)) for f in choice.files)
+            with DownloadLimits(self.timeout).scope() as limits:
+                choices, sizes = self._remote_choices(ref.repo)
+                choice = pick(choices, ref, f"{ref.repo} on {self.endpoint}")
+                paths = tuple(Path(self._download(ref.repo, f, sizes[f], limits)) for f in choice.files)
         except _Unreachable as exc:
             cached = self.cached(ref, exact=False)
             if cached is None:
                 raise HubError(f"{ref.name}: cannot reach the Hub at {self.endpoint} ({exc}) and the model is "
                                f"not in the Hugging Face cache ({self.cache_dir})") from None
             log.warning("%s: the Hub is out of reach (%s); using the cached %s", ref.name, exc, cached.paths[0])
-            return cached
-        return PulledFiles(ref, _commit_of(paths[0], choice.files[0]), choice.files, paths)
+            return self._checked(cached)
+        return self._checked(PulledFiles(ref, _commit_of(paths[0], choice.files[0]), choice.files, paths))
+
+    def _checked(self, files: PulledFiles) -> PulledFiles:
+        """`files` if they hold a GGUF model whose header passes the bounded walk; else removed from the cache.
+
+        What a Hub serves as `.gguf` may be anything (an HTML error page, a header that lies): never registered.
+        """
+        try:
+            check_model_file(files.paths[0])
+            for path in files.paths[1:]:  # a split model's other parts: each one's own layout
+                with path.open("rb") as stream:
+                    check_gguf_layout(stream, path)
+        except (ModelFileError, GGUFLayoutError, OSError) as exc:
+            self.remove(files.ref.repo, files.commit, files.files)
+            reason = str(exc)
+            for path in files.paths:
+                reason = reason.removeprefix(f"{path}: ")
+            raise HubError(f"{files.ref.repo}/{', '.join(files.files)} from {self.endpoint} is not a usable GGUF model "
+                           f"({reason}); it was removed from the cache and not registered") from None
+        return files
 
     def cached(self, ref: ModelRef, *, exact: bool = True) -> PulledFiles | None:
         """`ref` from the cache alone, or None. `exact`: only its quant (or Q4_K_M); else also the smallest cached."""
@@ -255,7 +283,8 @@ class Hub:
         snapshots = [p for p in (storage / "snapshots").glob("*") if p.is_dir()]
         return max(snapshots, key=lambda p: p.stat().st_mtime) if snapshots else None
 
-    def _remote_choices(self, repo: str) -> list[GgufChoice]:
+    def _remote_choices(self, repo: str) -> tuple[list[GgufChoice], dict[str, int | None]]:
+        """The repo's models, and each file's size as the listing announces it."""
         try:
             info = self._api.model_info(repo, files_metadata=True)
         except RepositoryNotFoundError:
@@ -267,21 +296,39 @@ class Hub:
             raise HubError(f"{repo}: the Hub at {self.endpoint} answered {_status(exc)}") from None
         except (HTTPError, OfflineModeIsEnabled) as exc:
             raise _Unreachable(str(exc) or type(exc).__name__) from None
-        return group_ggufs((s.rfilename, s.size) for s in info.siblings or [])
+        except DownloadRefused as exc:
+            raise HubError(f"{repo}: {exc}") from None
+        siblings = [(s.rfilename, s.size) for s in info.siblings or []]
+        unsafe = [name for name, _ in siblings if not _safe_repo_path(name)]
+        if unsafe:
+            # huggingface_hub would refuse to write them; a listing that names them is not to be trusted at all.
+            raise HubError(f"{repo} on {self.endpoint} lists files outside the repository ({', '.join(map(repr, unsafe[:3]))}"
+                           f"{', ...' if len(unsafe) > 3 else ''}); nothing was downloaded")
+        return group_ggufs(siblings), dict(siblings)
 
-    def _download(self, repo: str, filename: str) -> str:
+    def _download(self, repo: str, filename: str, size: int | None, limits: DownloadLimits) -> str:
+        if size is None:
+            raise HubError(f"{repo}/{filename}: the Hub at {self.endpoint} does not announce its size; nomoat "
+                           "downloads only files of a known size")
         log.info("pulling %s from %s/%s", filename, self.endpoint, repo)
         try:
-            return str(hf_hub_download(repo, filename, cache_dir=self.cache_dir, endpoint=self.endpoint,
-                                       tqdm_class=self._tqdm))
-        except EntryNotFoundError:
-            raise HubError(f"{repo}: the Hub lists {filename} but has no such file") from None
+            with limits.file(filename, size):
+                return str(hf_hub_download(repo, filename, cache_dir=self.cache_dir, endpoint=self.endpoint,
+                                           tqdm_class=self._tqdm))
+        except DownloadRefused as exc:
+            raise HubError(f"{repo}: {exc}") from None
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
             raise _Unreachable(str(exc).splitlines()[0]) from None
+        except EntryNotFoundError:
+            raise HubError(f"{repo}: the Hub lists {filename} but has no such file") from None
         except HfHubHTTPError as exc:
             raise HubError(f"{repo}/{filename}: the Hub at {self.endpoint} answered {_status(exc)}") from None
         except HTTPError as exc:
             raise _Unreachable(str(exc) or type(exc).__name__) from None
+        except (ValueError, OSError, RuntimeError) as exc:
+            # huggingface_hub's own refusals: a body of another size than announced, a name it will not write,
+            # a metadata answer without an ETag. Its messages run to several lines of advice: the first says it.
+            raise HubError(f"{repo}/{filename} from {self.endpoint}: {str(exc).splitlines()[0]}") from None
 
 
 class _Unreachable(Exception):
@@ -291,6 +338,13 @@ class _Unreachable(Exception):
 def _status(exc: HfHubHTTPError) -> str:
     response = exc.response
     return f"HTTP {response.status_code}" if response is not None else str(exc).splitlines()[0]
+
+
+def _safe_repo_path(name: str) -> bool:
+    """A repo path that stays inside the folder it is written to: relative, no `..`, no backslash, no NUL."""
+    parts = name.split("/")
+    return (bool(name) and "\\" not in name and "\0" not in name and not re.match(r"^[A-Za-z]:", name)
+            and all(part not in ("", ".", "..") for part in parts))
 
 
 def _commit_of(path: Path, repo_path: str) -> str:

@@ -3,7 +3,8 @@
 `GET /api/models/OWNER/REPO` (the listing with sizes), and `HEAD`/`GET /OWNER/REPO/resolve/REV/PATH` with the
 headers hf_hub_download reads (ETag, X-Repo-Commit, Content-Length) and `Range` resumption. Every request is
 recorded; `cut_next(path)` makes the next full download of a file stop half way through, as a dropped
-connection does.
+connection does; `misbehave(path, how)` makes every download of it hostile (see `Misbehaviour`). File names
+are served as given, `../` and absolute ones included, as a hostile Hub lists them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 _CHUNK = 1 << 20
+# oversize: the body runs 1 MiB past the size the listing and HEAD announce (with a Content-Length to match).
+# endless: every GET, Range or not, answers 200 with a chunked body that repeats the file for ever.
+# dribble: the announced size, one byte every DRIBBLE_SECONDS, so it would take minutes to finish.
+Misbehaviour = Literal["oversize", "endless", "dribble"]
+DRIBBLE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,9 @@ class FakeHub:
         self.commits: dict[str, str] = {}
         self.requests: list[HubRequest] = []
         self._cut: set[str] = set()
+        self.misbehaving: dict[str, Misbehaviour] = {}
+        self.unsized: set[str] = set()  # listed without a size, as a Hub that will not say how much it sends
+        self.stopped = threading.Event()  # ends the hostile bodies' loops at close()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -58,11 +68,15 @@ class FakeHub:
         """The next GET of `path` without a Range sends half the file, then closes the connection."""
         self._cut.add(path)
 
+    def misbehave(self, path: str, how: Misbehaviour) -> None:
+        self.misbehaving[path] = how
+
     def requests_for(self, path: str) -> list[HubRequest]:
         with self._lock:
             return [r for r in self.requests if r.path.endswith("/" + path)]
 
     def close(self) -> None:
+        self.stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -119,7 +133,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "RepoNotFound", "Repository not found")
                 return
             siblings = [{"rfilename": name, "size": f.size, "blobId": f.etag[:40],
-                         "lfs": {"size": f.size, "sha256": f.etag, "pointerSize": 134}} for name, f in files.items()]
+                         "lfs": {"size": f.size, "sha256": f.etag, "pointerSize": 134}} if name not in hub.unsized
+                        else {"rfilename": name} for name, f in files.items()]
             data = json.dumps({"id": repo, "modelId": repo, "sha": hub.commits[repo], "private": False,
                                "siblings": siblings}).encode()
             self.send_response(200)
@@ -137,6 +152,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if found is None:
                 self._error(404, "EntryNotFound", "Entry not found", commit=hub.commits[repo])
                 return
+            how = hub.misbehaving.get(name)
+            if body and how in ("endless", "oversize"):
+                (self._endless if how == "endless" else self._oversize)(repo, found)
+                return
             start = 0
             wanted = self.headers.get("Range")
             if wanted and (m := re.fullmatch(r"bytes=(\d+)-", wanted)):
@@ -151,6 +170,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
+            if how == "dribble":
+                self._dribble(found, start)
+                return
             stop = found.size // 2 if not start and hub._take_cut(name) else found.size
             with found.source.open("rb") as fh:
                 fh.seek(start)
@@ -161,6 +183,44 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if stop < found.size:
                 self.wfile.flush()
                 self.close_connection = True  # the client sees a body shorter than its Content-Length
+
+        def _file_headers(self, repo: str, found: _File) -> None:
+            self.send_header("ETag", f'"{found.etag}"')
+            self.send_header("X-Repo-Commit", hub.commits[repo])
+
+        def _oversize(self, repo: str, found: _File) -> None:
+            data = found.source.read_bytes() + b"\0" * _CHUNK
+            self.send_response(200)
+            self._file_headers(repo, found)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self._send(data)
+
+        def _endless(self, repo: str, found: _File) -> None:
+            data = found.source.read_bytes()
+            self.send_response(200)
+            self._file_headers(repo, found)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while not hub.stopped.is_set() and self._send(b"%x\r\n%b\r\n" % (len(data), data)):
+                pass
+
+        def _dribble(self, found: _File, start: int) -> None:
+            with found.source.open("rb") as fh:
+                fh.seek(start)
+                while not hub.stopped.wait(DRIBBLE_SECONDS) and (byte := fh.read(1)) and self._send(byte):
+                    pass
+            self.close_connection = True
+
+        def _send(self, data: bytes) -> bool:
+            """False once the client has gone (it stopped reading and closed the connection)."""
+            try:
+                self.wfile.write(data)
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True
+                return False
+            return True
 
         def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
             data = json.dumps({"error": message}).encode()
