@@ -7,43 +7,68 @@ import os
 import re
 from pathlib import Path
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+# Go's time.ParseDuration, which Ollama reads keep_alive with, plus days and bare seconds: one optional sign,
+# then a number of seconds or numbers with units ("1h30m"). Nothing else: not "--5m", not "1e3", not "inf".
+_DURATION = re.compile(rf"([+-]?)(?:({_NUMBER})|((?:{_NUMBER}(?:ms|s|m|h|d))+))")
+_DURATION_PART = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
                "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
                "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
 NEVER = math.inf
-_CENTURY = 100 * 365 * 86400.0
+# The longest finite keep_alive: a century (no timer holds much more); past it, use a negative value.
+MAX_DURATION = 100 * 365 * 86400.0
+_ACCEPTED = ("use seconds (300), a duration like '5m' or '1h30m' (units ms, s, m, h, d), 0 to unload at once, "
+             "or a negative value (-1) to keep it loaded")
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Seconds for Ollama's `keep_alive`: a number of seconds or "5m", "1h30m", "250ms"; any negative
-    value means never (math.inf). ValueError names what is wrong."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '5m'")
-    if isinstance(value, (int, float)):
-        if math.isnan(value):
-            raise ValueError("a duration cannot be NaN")
-        # Negative, or past a century (no timer holds it): never.
-        return NEVER if value < 0 or value > _CENTURY else float(value)
-    text = value.strip().lower()
-    if text.startswith("-"):
-        parse_duration(text[1:] or "x")  # still has to be a duration
+    """Seconds for Ollama's `keep_alive`: a number of seconds, or a string of seconds or of numbers with units
+    ("5m", "1h30m", "250ms"); 0 unloads at once; any negative value (-1, "-5m") means never (math.inf), as in
+    Ollama. ValueError, naming the value and what is accepted, for anything else: a second sign ("--5m"),
+    "-0" (zero has no sign to mean never: say 0 or -1), NaN or infinities, more than MAX_DURATION."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"keep_alive must be a number or a string: {_ACCEPTED}")
+    if isinstance(value, str):
+        return _parse_duration_text(value)
+    # Compared as they are: a 4000-digit integer has no float (OverflowError), yet is plainly negative or too long.
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"keep_alive cannot be NaN: {_ACCEPTED}")
+    if value < 0:
         return NEVER
-    try:
-        return parse_duration(float(text))
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for found in _DURATION_PART.finditer(text):
-        if found.start() != pos:
-            break
-        total += float(found.group(1)) * _DURATION_UNITS[found.group(2)]
-        pos = found.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{value!r} is not a duration: use seconds or a number with ms, s, m, h or d (e.g. '5m')")
-    return parse_duration(total)
+    return _at_most_a_century(value, _shown(value))
+
+
+def _parse_duration_text(value: str) -> float:
+    text = value.strip().lower()
+    shown = _shown(value)
+    found = _DURATION.fullmatch(text) if len(text) <= 64 else None
+    if found is None:
+        raise ValueError(f"{shown} is not a duration: {_ACCEPTED}")
+    sign, seconds, parts = found.groups()
+    total = float(seconds) if seconds is not None else sum(
+        float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(parts))
+    if sign == "-":
+        if total == 0:
+            raise ValueError(f"{shown}: zero has no sign; use 0 to unload at once, or a negative value (-1) to keep "
+                             "it loaded")
+        return NEVER
+    return _at_most_a_century(total, shown)
+
+
+def _at_most_a_century(seconds: float | int, shown: str) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{shown} is longer than a century ({MAX_DURATION:.0f} seconds), the longest keep_alive; "
+                         "use a negative value (-1) to keep the model loaded")
+    return float(seconds) + 0.0  # -0.0 is 0: unload at once
+
+
+def _shown(value: str | float | int) -> str:
+    """The value as a message quotes it: a 4000-digit number is cut short."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"{str(value)[:40]}..."
+    return text if len(text) <= 42 else text[:40] + "..."
 
 
 def parse_size(value: str | int, total: int | None = None, what: str = "memory") -> int:

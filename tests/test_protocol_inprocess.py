@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from support.inprocess import MODEL
 
+from nomoat.quantities import parse_duration
+
 CHAT = "/v1/chat/completions"
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -174,3 +176,27 @@ def test_a_body_that_arrives_too_slowly_is_408_and_holds_no_generation_slot():
         asyncio.run(receive_body(trickle, 1024, 0.05))
     with pytest.raises(ClientDisconnected):
         asyncio.run(receive_body(gone, 1024, 5))
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    pytest.param(int("9" * 4000), "longer than a century", id="4000 digits"),  # was a 500 (OverflowError)
+    (10.0**300, "longer than a century"),
+    ("--5m", "'--5m' is not a duration"),  # was "never unload"
+    ("-0", "'-0': zero has no sign"),  # was "never unload"
+    ("-", "'-' is not a duration"),  # the message named 'x'
+    ("inf", "'inf' is not a duration"),
+    ("1e3", "'1e3' is not a duration"),
+    ("5 minutes", "'5 minutes' is not a duration"),
+])
+def test_keep_alive_refuses_what_is_not_a_duration_naming_it(fake, value, needle):
+    error = assert_error(fake.client.post(CHAT, json=chat("hi", keep_alive=value)), 400, "keep_alive")
+    assert needle in error["message"] and "negative value (-1)" in error["message"], error
+    assert len(error["message"]) < 400, "a 4000-digit value is cut short"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (-1, float("inf")), ("-5m", float("inf")), ("-1", float("inf")), (0, 0.0), ("0", 0.0), ("1h30m", 5400.0),
+    (" 5M ", 300.0), (".5h", 1800.0), ("+250ms", 0.25), ("1d", 86400.0), ("3600", 3600.0), (3600, 3600.0),
+])
+def test_keep_alive_reads_ollama_durations(value, seconds):
+    assert parse_duration(value) == seconds

@@ -33,7 +33,8 @@ class Lenient(BaseModel):
 
 class KeepAlive(Lenient):
     """Ollama's `keep_alive`, on every request that loads a model: how long the model stays loaded once idle
-    ("5m", seconds, 0 to unload at once, negative for ever). Read as seconds (math.inf: for ever)."""
+    ("5m", "1h30m", seconds, 0 to unload at once, negative for ever; quantities.parse_duration refuses the
+    rest with a 400 naming the value). Read as seconds (math.inf: for ever)."""
 
     keep_alive: float | None = None
 
