@@ -30,12 +30,14 @@ class Array:
 
 @dataclass
 class Header:
-    """Metadata (key → (type, value)) and F32 tensors (name → dims); `claimed_*` override the counts written."""
+    """Metadata (key → (type, value)) and F32 tensors (name → dims); `claimed_*` override the counts written,
+    and without `with_data` the tensors' data is left out (a header claiming more than its file holds)."""
 
     kv: dict[str, tuple[gguf.GGUFValueType, Any]] = field(default_factory=dict)
     tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     claimed_kv: int | None = None
     claimed_tensors: int | None = None
+    with_data: bool = True
 
     def bytes(self) -> bytes:
         out = bytearray(b"GGUF" + struct.pack("<I", 3))
@@ -49,7 +51,7 @@ class Header:
             out += struct.pack("<IQ", gguf.GGMLQuantizationType.F32, offset)
             offset += -(-_elements(dims) * 4 // ALIGNMENT) * ALIGNMENT
         out += b"\0" * (-len(out) % ALIGNMENT)
-        return bytes(out + b"\0" * offset)
+        return bytes(out + b"\0" * (offset if self.with_data else 0))
 
     def write(self, path: Path) -> Path:
         path.write_bytes(self.bytes())
