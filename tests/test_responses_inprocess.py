@@ -291,3 +291,56 @@ def test_an_engine_failure_mid_stream_is_an_error_then_response_failed(srv):
 def test_llama_cpp_grammar_extension_reaches_the_engine(srv):
     create(srv, "SAY:yes", grammar='root ::= "yes" | "no"')
     assert srv.engine.submitted[-1].sampling.grammar == 'root ::= "yes" | "no"'
+
+
+# --- input_items and input_tokens --------------------------------------------------------------
+
+
+def test_input_items_lists_the_conversation_a_response_ran_on_in_cursor_pages(srv):
+    first = create(srv, [{"type": "message", "role": "developer", "content": "rules"},
+                         {"type": "function_call", "id": "fc_given", "call_id": "c1", "name": "f", "arguments": "{}"},
+                         {"type": "function_call_output", "call_id": "c1", "output": "done"},
+                         {"role": "user", "content": [{"type": "input_text", "text": "SAY:a"}]}])
+    second = create(srv, "SAY:b", previous_response_id=first["id"])
+    client = sdk(srv)
+    newest_first = list(client.responses.input_items.list(second["id"]))  # default: desc, 20 a page
+    assert [item.type for item in newest_first] == ["message", "message", "message", "function_call_output",
+                                                    "function_call", "message"]
+    user_b, answer_a = newest_first[0], newest_first[1]
+    assert user_b.role == "user" and user_b.content[0].type == "input_text" and user_b.content[0].text == "SAY:b"
+    assert answer_a.id == first["output"][0]["id"] and answer_a.content[0].text == "a"
+    assert newest_first[4].id == "fc_given"
+    ids = [item.id for item in newest_first]
+    assert len(set(ids)) == len(ids) and all(ids)
+    # Pages of one, oldest first: the SDK follows `after` until has_more is false.
+    assert [item.id for item in client.responses.input_items.list(second["id"], limit=1, order="asc")] == ids[::-1]
+    page = srv.client.get(f"{RESPONSES}/{second['id']}/input_items", params={"limit": 2, "after": ids[1]}).json()
+    assert [i["id"] for i in page["data"]] == ids[2:4] and page["has_more"] is True
+    assert page["object"] == "list" and page["first_id"] == ids[2] and page["last_id"] == ids[3]
+    page = srv.client.get(f"{RESPONSES}/{second['id']}/input_items", params={"limit": 2, "before": ids[3]}).json()
+    assert [i["id"] for i in page["data"]] == ids[1:3] and page["has_more"] is True
+    # The first response ran on its own input alone.
+    assert len(client.responses.input_items.list(first["id"]).data) == 4
+
+
+@pytest.mark.parametrize(("query", "param"), [({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
+                                              ({"limit": "many"}, "limit"), ({"order": "up"}, "order"),
+                                              ({"after": "msg_nope"}, "after"), ({"before": "msg_nope"}, "before")])
+def test_input_items_queries_are_checked(srv, query, param):
+    body = create(srv, "hi")
+    r = srv.client.get(f"{RESPONSES}/{body['id']}/input_items", params=query)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert srv.client.get(f"{RESPONSES}/resp_nope/input_items").status_code == 404
+
+
+def test_input_tokens_counts_the_prompt_a_response_would_have(srv):
+    client = sdk(srv)
+    count = client.responses.input_tokens.count(model=MODEL, input="weather?", instructions="Be brief.", tools=[WEATHER])
+    assert count.object == "response.input_tokens"
+    made = create(srv, "weather?", instructions="Be brief.", tools=[WEATHER])
+    assert count.input_tokens == made["usage"]["input_tokens"] > 0
+    # A continuation counts the earlier turns, as its generation would.
+    follow = client.responses.input_tokens.count(input="and tomorrow?", previous_response_id=made["id"])
+    assert follow.input_tokens == create(srv, "and tomorrow?", previous_response_id=made["id"])["usage"]["input_tokens"]
+    r = srv.client.post(f"{RESPONSES}/input_tokens", json={"model": MODEL, "input": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
