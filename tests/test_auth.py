@@ -17,9 +17,12 @@ import pytest
 from conftest import ServerProcess, models_toml
 from pydantic import SecretStr
 from streams import wait_for
+from support.fake_engine import FakeEngine
 
+from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
+from nomoat.http.status import without_paths
 from nomoat.settings import Settings
 
 USER_KEYS = ["user-key-1", "user-key-2"]
@@ -227,3 +230,43 @@ def test_cors_origins_allow_preflight_without_a_key_and_label_errors(fake_factor
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
     stranger = client.get("/v1/models", headers={"Origin": "http://evil.test", **_bearer("k")})
     assert "access-control-allow-origin" not in stranger.headers
+
+
+# --- GET /status and load errors (#28 item 12) ----------------------------------------------------------
+
+
+def test_status_takes_the_access_of_the_model_list(keyed_app):
+    for path in ("/status", "/v1/models"):
+        assert _error(keyed_app.client.get(path))["code"] == "invalid_api_key", path  # /status was open
+        assert keyed_app.client.get(path, headers=_bearer(USER_KEYS[0])).status_code == 200, path
+
+
+def test_load_errors_show_file_paths_to_an_admin_key_only(fake_factory, tmp_path):
+    missing = tmp_path / "my models" / "gone.gguf"  # a space: the path is known, not guessed
+    models = ModelsFile(models=[ModelConfig(name="a", path=str(embedded_model_path()), load="startup"),
+                                ModelConfig(name="gone", path=str(missing))])
+    srv = fake_factory(models=models, load_model=lambda config: FakeEngine(config.name), api_key="k", admin_key=ADMIN)
+    chat = {"model": "gone", "messages": [{"role": "user", "content": "hi"}]}
+    assert srv.client.post("/v1/chat/completions", json=chat, headers=_bearer("k")).status_code == 503
+
+    def errors(key: str) -> list[str]:
+        status = srv.client.get("/status", headers=_bearer(key)).json()
+        listed = srv.client.get("/v1/models", headers=_bearer(key)).json()["data"]
+        one = srv.client.get("/v1/models/gone", headers=_bearer(key)).json()
+        return [next(m["error"] for m in status["models"] if m["id"] == "gone"),
+                next(m["error"] for m in listed if m["id"] == "gone"), one["error"]]
+
+    for error in errors("k"):
+        assert str(tmp_path) not in error and "my models" not in error, error
+        assert error.startswith("<path>: cannot be read"), error
+    assert all(str(missing) in error for error in errors(ADMIN))
+
+
+@pytest.mark.parametrize(("message", "shown"), [
+    ("/srv/m/x.gguf: llama.block_count is 'abc', not an integer", "<path>: llama.block_count is 'abc', not an integer"),
+    ("[Errno 2] No such file or directory: '/x/a b.gguf'", "[Errno 2] No such file or directory: '<path>'"),
+    ("draft model ~/d.gguf cannot draft for /t.gguf: its vocab", "draft model <path> cannot draft for <path>: its vocab"),
+    ("worker http://10.0.0.1:50052/x refused at 30 tok/s", "worker http://10.0.0.1:50052/x refused at 30 tok/s"),
+])
+def test_paths_are_taken_out_of_messages(message, shown):
+    assert without_paths(message) == shown

@@ -91,7 +91,7 @@ def build_app(
         "health": health,
         "metrics": metrics_endpoint,
         "openapi": openapi,
-        **handlers_of(model_routes(registry)),
+        **handlers_of(model_routes(registry, auth)),
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,

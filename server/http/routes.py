@@ -48,7 +48,8 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/health", "health", Access.PUBLIC, quiet=True),
     Endpoint("GET", "/metrics", "metrics", Access.METRICS, quiet=True),
-    Endpoint("GET", "/status", "status", Access.METRICS, quiet=True),
+    # The models and their load errors, as /v1/models lists them: the same access (issue #28).
+    Endpoint("GET", "/status", "status", Access.USER, quiet=True),
     Endpoint("GET", "/openapi.json", "openapi", Access.PUBLIC),
     Endpoint("GET", "/v1/models", "list_models"),
     Endpoint("GET", "/v1/models/{model_id:path}", "get_model"),

@@ -1,11 +1,14 @@
 """GET /status: what the web page's server panel shows, read from the registry and engines as JSON.
 
 The same figures /metrics exports (queue depth, active sequences, tokens), shaped for a page that
-does not parse Prometheus text, plus what the caller's key may do there.
+does not parse Prometheus text, plus what the caller's key may do there. It takes the access of
+/v1/models (a user key where keys are set), and a key that is not an admin's sees load errors
+without the server's file paths (`without_paths`, which /v1/models applies too).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -39,7 +42,7 @@ class ServerStatus:
         return JSONResponse(self.document(is_admin(self.auth, request)))
 
     def document(self, admin: bool) -> dict[str, Any]:
-        models = self.models()
+        models = self.models(admin)
         memory = [m["memory_bytes"] for m in models if m["memory_bytes"] is not None]
         rate = self.metrics.recent_tokens
         return {
@@ -61,9 +64,9 @@ class ServerStatus:
             "models": models,
         }
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self, admin: bool) -> list[dict[str, Any]]:
         """One entry per model, loaded or not: where it stands (status, memory estimate, when it unloads),
-        its load figures while loaded, and its adapters and stacks by name."""
+        its load figures while loaded, and its adapters and stacks by name; file paths for an admin only."""
         catalogue = self.registry.catalogue
         engines = self.registry.engines()
         out = []
@@ -77,7 +80,8 @@ class ServerStatus:
                 "pinned": state.pinned,
                 "memory_bytes": state.memory,
                 "expires_at": None if state.expires_at is None else int(state.expires_at),
-                "error": state.error,
+                "error": state.error if admin or state.error is None
+                else without_paths(state.error, str(self.registry.base_path(served.id))),
                 "active_sequences": engine.active if engine is not None else 0,
                 "queue_depth": engine.waiting if engine is not None else 0,
                 "parallel": engine.model.spec.parallel if engine is not None else None,
@@ -95,3 +99,19 @@ def is_admin(auth: Authenticator, request: Request) -> bool:
     except NomoatError:
         return False
     return True
+
+
+# A file path in a message, quoted ('/models/x.gguf', with spaces) or bare (/models/x.gguf: ...), absolute or
+# under ~; not a URL's path (after ':' or '/') nor a ratio like tok/s (after a word character).
+_QUOTED_PATH = re.compile(r"""(['"])~?/[^'"\n]*\1""")
+_BARE_PATH = re.compile(r"""(?<![\w.~/:-])~?/[^\s'"(),;]+""")
+
+
+def without_paths(message: str, *known: str) -> str:
+    """`message` with each file path in it replaced by <path>: what a key that is not an admin's is shown of a
+    load error (the server's directory layout stays the operator's, who reads it in the log). The `known`
+    paths (the model's file) go first, whatever they hold (spaces); then anything that looks like one."""
+    for path in sorted(known, key=len, reverse=True):
+        message = message.replace(path, "<path>") if path.startswith(("/", "~")) else message
+    message = _QUOTED_PATH.sub(lambda m: f"{m.group(1)}<path>{m.group(1)}", message)
+    return _BARE_PATH.sub(lambda m: "<path>:" if m.group().endswith(":") else "<path>", message)

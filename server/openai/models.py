@@ -3,19 +3,23 @@ with where it stands (loaded or not, memory, when it unloads) as llama.cpp's rou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..http.auth import Authenticator
+from ..http.status import is_admin, without_paths
 from ..registry import ModelRegistry, ServedId
 
 
-def model_object(served: ServedId) -> dict[str, Any]:
+def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = None) -> dict[str, Any]:
     """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks,
     and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
-    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `busy`, `adapters` (names on it), `error` when failed."""
+    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `busy`, `adapters` (names on it), `error` when failed
+    (through `hide_paths` for a caller who may not see the server's files)."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
         "root": served.root, "parent": served.parent,
@@ -28,21 +32,29 @@ def model_object(served: ServedId) -> dict[str, Any]:
                     loaded_at=_seconds(state.loaded_at), expires_at=_seconds(state.expires_at),
                     adapters=list(served.model_adapters))
         if state.error is not None:
-            card["error"] = state.error
+            card["error"] = state.error if hide_paths is None else hide_paths(state.error)
     if served.kind == "stack":
         card["adapters"] = [{"name": name, "scale": scale} for name, scale in served.adapters]
     return card
 
 
-def model_routes(registry: ModelRegistry) -> list[Route]:
+def model_routes(registry: ModelRegistry, auth: Authenticator) -> list[Route]:
     """The model list and lookup (the route table also mounts them without /v1)."""
+
+    def path_hider(request: Request, served: ServedId) -> Callable[[str], str] | None:
+        """None for an admin key (or none configured); for any other, load errors without file paths."""
+        if is_admin(auth, request):
+            return None
+        return lambda error: without_paths(error, str(registry.base_path(served.root)))
 
     async def list_models(request: Request) -> Response:
         await registry.residency.estimate_all()
-        return JSONResponse({"object": "list", "data": [model_object(s) for s in registry.served_ids()]})
+        return JSONResponse({"object": "list", "data": [model_object(s, path_hider(request, s))
+                                                        for s in registry.served_ids()]})
 
     async def get_model(request: Request) -> Response:
-        return JSONResponse(model_object(registry.served_id(request.path_params["model_id"])))
+        served = registry.served_id(request.path_params["model_id"])
+        return JSONResponse(model_object(served, path_hider(request, served)))
 
     return [
         Route("/v1/models", list_models, methods=["GET"]),
