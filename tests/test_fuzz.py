@@ -231,3 +231,78 @@ def test_get_and_delete_routes_with_random_params_and_queries(app: FakeServer, t
     r = app.client.request(method, f"{path}?{urlencode(query, errors='surrogatepass')}")
     check_answer(r, "")
     check_still_serving(app)
+
+
+# --- Responses items (#28): nested deep, holding NaN or Infinity, large, along a chain -----------------------
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def response_bodies() -> st.SearchStrategy[str]:
+    """A Responses body as raw JSON text (NaN and Infinity literals and deep nesting as a careless client sends
+    them), with one drawn hazard: a function call's arguments nested `depth` levels, a tool's parameters holding
+    a non-finite number, or a reasoning item of `size` bytes (stored with its turn, never in a prompt); streamed
+    or not, stored or not."""
+    depths = st.sampled_from([1, 8, 63, 64, 65, 400, 900, 5000])
+    numbers = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-0.0", "5e-324"])
+    sizes = st.sampled_from([1000, 15_000, 17_000, 40_000, 70_000])
+
+    @st.composite
+    def body(draw: st.DrawFn) -> str:
+        hazard = draw(st.sampled_from(["none", "deep", "number", "large"]))
+        depth = draw(depths) if hazard == "deep" else 2
+        number = draw(numbers) if hazard == "number" else "1"
+        size = draw(sizes) if hazard == "large" else 10
+        items = [f'{{"type": "reasoning", "content": [{{"type": "reasoning_text", "text": "{"r" * size}"}}]}}',
+                 f'{{"type": "function_call", "call_id": "c1", "name": "f", "arguments": {_nested(depth)}}}',
+                 '{"type": "function_call_output", "call_id": "c1", "output": "done"}',
+                 '{"role": "user", "content": "SAY:ok"}']
+        tool = f'{{"type": "function", "name": "f", "parameters": {{"type": "object", "x-n": {number}}}}}'
+        fields = {"stream": draw(st.sampled_from(["true", "false"])), "store": draw(st.sampled_from(["true", "false"]))}
+        return (f'{{"model": "{MODEL}", "input": [{", ".join(items)}], "tools": [{tool}], "max_output_tokens": 4, '
+                + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}")
+
+    return body()
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the spec has it: a NaN or Infinity literal is an error."""
+    def refuse(literal: str) -> Any:
+        raise AssertionError(f"not JSON: {literal} in {text[:300]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture()
+def store_app(fake_factory: Any, tmp_path: Path) -> Iterator[FakeServer]:
+    """Small body and store limits, so drawn items cross them."""
+    yield fake_factory(max_body_bytes=64 * 1024, state_dir=tmp_path / "state", responses_max_stored_bytes=16 * 1024)
+
+
+@FUZZ
+@given(body=response_bodies(), continue_last=st.booleans())
+def test_responses_items_deep_non_finite_or_large_are_served_or_refused_cleanly(
+        store_app: FakeServer, body: str, continue_last: bool) -> None:
+    client = store_app.client
+    last = getattr(store_app, "last_stored", None)
+    if continue_last and last is not None:
+        body = body[:-1] + f', "previous_response_id": "{last}"}}'
+    r = client.post("/v1/responses", content=body.encode(), headers=JSON_HEADERS)
+    assert r.status_code < 500, r.text[:2000]
+    if r.status_code != 200:
+        check_answer(r, "create_response")
+    elif r.headers["content-type"].startswith("text/event-stream"):
+        events = [strict_json(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed"), events[-1]
+    else:
+        answer = strict_json(r.text)
+        if answer["store"]:
+            store_app.last_stored = answer["id"]  # type: ignore[attr-defined]
+            # What was stored reads back as JSON, and so does the conversation it ran on.
+            assert strict_json(client.get(f"/v1/responses/{answer['id']}").text) == answer
+            listed = client.get(f"/v1/responses/{answer['id']}/input_items", params={"limit": 100})
+            assert listed.status_code == 200, listed.text[:2000]
+            strict_json(listed.text)
+    check_still_serving(store_app)

@@ -24,8 +24,8 @@ from .routes import Endpoint, match
 log = logging.getLogger("nomoat.http")
 
 # The endpoints whose body names a model; the rest (lists, adapters, lifecycle) the parent answers itself.
-FORWARDED = frozenset({"chat", "completions", "embeddings", "create_response", "messages", "count_tokens",
-                       "tokenize", "detokenize", "apply_template"})
+FORWARDED = frozenset({"chat", "completions", "embeddings", "create_response", "count_response_tokens", "messages",
+                       "count_tokens", "tokenize", "detokenize", "apply_template"})
 _DROPPED_REQUEST = frozenset({"host", "authorization", "x-api-key", "content-length", "connection",
                               "transfer-encoding", "accept-encoding", "keep-alive"})
 # The parent's own middleware sets these (the request id, CORS) or the server does (date, server).

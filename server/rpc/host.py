@@ -47,7 +47,9 @@ _TAIL_LINES = 20
 # written under a temporary name and renamed.
 _INHERITED = ("threads", "queue_size", "max_body_bytes", "body_timeout_seconds", "send_timeout_seconds",
               "max_tokens_limit", "max_prompt_tokens", "max_concurrent_streams", "request_timeout_seconds",
-              "log_format", "memory_budget", "shutdown_grace_seconds", "responses_max_age", "responses_max_count")
+              "log_format", "memory_budget", "shutdown_grace_seconds", "responses_max_age", "responses_max_count",
+              "responses_max_total_bytes", "responses_max_stored_bytes", "responses_max_chain_length",
+              "responses_max_chain_bytes", "responses_store_timeout_seconds")
 
 
 def start_child(config: ModelConfig, models_file: ModelsFile, settings: Settings,
