@@ -289,3 +289,23 @@ def test_a_broken_store_is_a_503_everywhere_and_logged_at_startup(fake_factory, 
     assert datas[-1]["response"]["status"] == "failed" and datas[-2]["code"] == "store_unavailable"
     assert create(srv, "hi", store=False)["status"] == "completed"
     assert events(srv, {"input": "hi", "store": False})[-1]["type"] == "response.completed"
+
+
+def test_deleting_a_turn_others_continue_keeps_their_conversation(fake_factory, tmp_path):
+    srv = fake_factory(state_dir=tmp_path)
+    first = create(srv, "SAY:one")["id"]
+    second = create(srv, "SAY:two", previous_response_id=first)["id"]
+    assert srv.client.delete(f"{RESPONSES}/{first}").status_code == 200
+    for r in (srv.client.get(f"{RESPONSES}/{first}"), srv.client.delete(f"{RESPONSES}/{first}"),
+              srv.client.post(RESPONSES, json={"model": MODEL, "input": "x", "previous_response_id": first})):
+        assert r.status_code == 404, r.text
+    third = create(srv, "SAY:three", previous_response_id=second)["id"]
+    assert [m["content"] for m in srv.engine.submitted[-1].prompt.messages] == [
+        "SAY:one", "one", "SAY:two", "two", "SAY:three"]
+    # Deleting the last response that needs them takes the marked ones with it.
+    assert srv.client.delete(f"{RESPONSES}/{second}").status_code == 200
+    with sqlite3.connect(tmp_path / STORE) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 3
+    assert srv.client.delete(f"{RESPONSES}/{third}").status_code == 200
+    with sqlite3.connect(tmp_path / STORE) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0

@@ -32,12 +32,15 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     depth INTEGER NOT NULL,  -- responses in its chain, itself included
     chain_bytes INTEGER NOT NULL,  -- bytes of its chain, itself included
     size INTEGER NOT NULL,   -- bytes of `response` and `input`
+    deleted INTEGER NOT NULL DEFAULT 0,  -- DELETEd, kept only while a later response continues it
     response TEXT NOT NULL,  -- the response object as answered
     input TEXT NOT NULL      -- its own input items (earlier turns' live in earlier rows)
 );
 CREATE INDEX IF NOT EXISTS {_TABLE}_by_age ON {_TABLE} (stored_at, size);
 CREATE INDEX IF NOT EXISTS {_TABLE}_by_previous ON {_TABLE} (previous_id);
 """
+# The row a caller may see: its id, young enough, not deleted, theirs (or they see all).
+_VISIBLE = "id = ? AND stored_at >= ? AND NOT deleted AND (? OR owner IS ?)"
 
 
 @dataclass(frozen=True)
@@ -139,16 +142,19 @@ def integrity(conn: sqlite3.Connection) -> tuple[str, int]:
     return str(verdict), conn.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0]
 
 
+def _visible(response_id: str, viewer: Viewer, since: float) -> tuple[Any, ...]:
+    return response_id, since, viewer.sees_all, viewer.key_id
+
+
 def head(conn: sqlite3.Connection, response_id: str, viewer: Viewer, since: float) -> Head | None:
     """The response if `viewer` may see it and it is younger than `since` (a timestamp)."""
-    row = conn.execute(f"SELECT id, depth, chain_bytes FROM {_TABLE} WHERE id = ? AND stored_at >= ? "
-                       "AND (? OR owner IS ?)", (response_id, since, viewer.sees_all, viewer.key_id)).fetchone()
+    row = conn.execute(f"SELECT id, depth, chain_bytes FROM {_TABLE} WHERE {_VISIBLE}",
+                       _visible(response_id, viewer, since)).fetchone()
     return Head(row[0], row[1], row[2]) if row else None
 
 
 def response(conn: sqlite3.Connection, response_id: str, viewer: Viewer, since: float) -> dict[str, Any] | None:
-    row = conn.execute(f"SELECT response FROM {_TABLE} WHERE id = ? AND stored_at >= ? AND (? OR owner IS ?)",
-                       (response_id, since, viewer.sees_all, viewer.key_id)).fetchone()
+    row = conn.execute(f"SELECT response FROM {_TABLE} WHERE {_VISIBLE}", _visible(response_id, viewer, since)).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -174,15 +180,28 @@ def put(conn: sqlite3.Connection, response_id: str, owner: str | None, previous_
         if previous_id is not None:
             above = conn.execute(f"SELECT depth, chain_bytes FROM {_TABLE} WHERE id = ?", (previous_id,)).fetchone()
         depth, chain_bytes = (above[0] + 1, above[1] + encoded.size) if above else (1, encoded.size)
-        conn.execute(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.execute(f"INSERT OR REPLACE INTO {_TABLE} (id, owner, previous_id, stored_at, depth, chain_bytes, size, "
+                     "response, input) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (response_id, owner, previous_id, now, depth, chain_bytes, encoded.size,
                       encoded.response, encoded.input))
 
 
 def delete(conn: sqlite3.Connection, response_id: str, viewer: Viewer, since: float) -> bool:
+    """Remove a response. One a later response continues is only marked: that conversation still holds its
+    items (as when every row held its whole history); it goes with the last response that needs it."""
     with conn:
-        return conn.execute(f"DELETE FROM {_TABLE} WHERE id = ? AND stored_at >= ? AND (? OR owner IS ?)",
-                            (response_id, since, viewer.sees_all, viewer.key_id)).rowcount > 0
+        if not conn.execute(f"UPDATE {_TABLE} SET deleted = 1 WHERE {_VISIBLE}",
+                            _visible(response_id, viewer, since)).rowcount:
+            return False
+        gone: str | None = response_id
+        while gone is not None:  # up the chain, at most its depth
+            row = conn.execute(f"SELECT previous_id FROM {_TABLE} WHERE id = ? AND deleted AND NOT EXISTS "
+                               f"(SELECT 1 FROM {_TABLE} c WHERE c.previous_id = ?)", (gone, gone)).fetchone()
+            if row is None:
+                break
+            conn.execute(f"DELETE FROM {_TABLE} WHERE id = ?", (gone,))
+            gone = row[0]
+    return True
 
 
 @dataclass(frozen=True)
@@ -201,18 +220,19 @@ def over_limits(conn: sqlite3.Connection, keep: Retention) -> bool:
 def prune(conn: sqlite3.Connection, keep: Retention, now: float, spare: str) -> int:
     """Drop what `keep` no longer allows; returns how many rows went.
 
-    By age: a response older than max_age goes unless a younger one continues it (it holds that one's
-    conversation). By count and bytes: the oldest go first, `spare` (the row just written) never.
+    By age: a response older than max_age (or deleted) goes unless a younger one continues it (it holds that
+    one's conversation). By count and bytes: the oldest go first, `spare` (the row just written) never.
     """
     cutoff = now - keep.max_age
     with conn:
         changes = conn.total_changes  # (a DELETE that starts WITH has no rowcount)
         conn.execute(f"""
             WITH RECURSIVE needed(id) AS (
-                SELECT previous_id FROM {_TABLE} WHERE stored_at >= ? AND previous_id IS NOT NULL
+                SELECT previous_id FROM {_TABLE} WHERE stored_at >= ? AND NOT deleted AND previous_id IS NOT NULL
                 UNION
                 SELECT r.previous_id FROM {_TABLE} r JOIN needed ON r.id = needed.id WHERE r.previous_id IS NOT NULL
-            ) DELETE FROM {_TABLE} WHERE stored_at < ? AND id NOT IN (SELECT id FROM needed)""", (cutoff, cutoff))
+            ) DELETE FROM {_TABLE} WHERE (stored_at < ? OR deleted) AND id NOT IN (SELECT id FROM needed)""",
+                     (cutoff, cutoff))
         gone = conn.total_changes - changes
         count, total = conn.execute(f"SELECT COUNT(*), TOTAL(size) FROM {_TABLE}").fetchone()
         doomed = []
