@@ -284,6 +284,12 @@ class ModelRegistry:
                                        max_input_tokens=self._settings.max_prompt_tokens or None)
         return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
 
+    def check_known(self, model_id: str) -> None:
+        """ModelNotFoundError (listing the ids there are) unless `model_id` names a model, alias, adapter or stack;
+        nothing is loaded. OpenAI checks the model before the rest of a request: so do the protocols."""
+        self._check_ready()
+        self._lookup(model_id)
+
     def _check_ready(self) -> None:
         if not self.ready:
             raise ServiceUnavailableError("models are still loading", retry_after=2)

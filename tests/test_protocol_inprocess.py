@@ -200,3 +200,20 @@ def test_keep_alive_refuses_what_is_not_a_duration_naming_it(fake, value, needle
 ])
 def test_keep_alive_reads_ollama_durations(value, seconds):
     assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    (CHAT, {"model": "nope"}),  # no messages: OpenAI answers 404 for the model first
+    (CHAT, {"model": "nope", "messages": "not a list", "temperature": 9}),
+    ("/v1/completions", {"model": "nope"}),
+    ("/v1/embeddings", {"model": "nope"}),
+    ("/v1/responses", {"model": "nope", "input": []}),
+])
+def test_an_unknown_model_is_404_before_the_rest_of_the_body_is_checked(fake, path, body):
+    error = assert_error(fake.client.post(path, json=body), 404, "model", "model_not_found")
+    assert "'nope'" in error["message"] and MODEL in error["message"]
+
+
+def test_a_known_model_without_messages_is_still_400(fake):
+    assert_error(fake.client.post(CHAT, json={"model": MODEL}), 400, "messages", "missing_required_parameter")
+    assert_error(fake.client.post(CHAT, json={}), 400, "messages")  # no model: the default's request

@@ -69,9 +69,17 @@ class GenerationCore:
         self.limits = limits
 
     async def body(self, request: Request, prompt_field: str) -> Any:
-        """The request's JSON body. `prompt_field` names where the prompt lives in this protocol, for errors."""
+        """The request's JSON body. `prompt_field` names where the prompt lives in this protocol, for errors.
+
+        A `model` that names nothing served is a 404 before any other field is checked, as OpenAI answers a
+        body with no `messages` and an unknown model (nothing is loaded here: `route()` does that).
+        """
         request.state.prompt_field = prompt_field
-        return await read_json(request, self.limits.max_body_bytes, self.limits.body_timeout)
+        data = await read_json(request, self.limits.max_body_bytes, self.limits.body_timeout)
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, str) and model:
+            self.registry.check_known(model)
+        return data
 
     async def route(self, request: Request, model: str | None, lora: list[tuple[str, float]] | None,
                     keep_alive: float | None = None) -> Target:
