@@ -134,7 +134,10 @@ class Settings(BaseSettings):
     )
     responses_max_age: float = Field(
         30 * 24 * 3600.0, gt=0,
-        description="Seconds a stored Responses API response is kept for GET and previous_response_id (default 30 days).",
+        description=(
+            "Seconds a stored Responses API response is kept for GET and previous_response_id (default 30 days); "
+            "an older one's items stay while a younger response continues it."
+        ),
     )
     responses_max_count: int = Field(
         10000, ge=1, description="Most Responses API responses kept; the oldest are dropped past it.",
