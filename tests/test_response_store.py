@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -309,3 +310,21 @@ def test_deleting_a_turn_others_continue_keeps_their_conversation(fake_factory, 
     assert srv.client.delete(f"{RESPONSES}/{third}").status_code == 200
     with sqlite3.connect(tmp_path / STORE) as conn:
         assert conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0
+
+
+def test_the_store_threads_are_daemons_and_end_with_their_executor():
+    import gc
+
+    from nomoat.openai.store_threads import StoreThreads
+
+    threads = StoreThreads(2, "store-threads-test")
+    assert threads.submit(lambda x: x + 1, 1).result() == 2
+    with pytest.raises(ZeroDivisionError):
+        threads.submit(lambda: 1 / 0).result()
+    mine = [t for t in threading.enumerate() if t.name.startswith("store-threads-test")]
+    assert len(mine) == 2 and all(t.daemon for t in mine)  # a forked server's exit never waits on them
+    del threads
+    gc.collect()
+    for thread in mine:
+        thread.join(60)
+        assert not thread.is_alive()

@@ -15,7 +15,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..errors import InvalidRequestError, StoreUnavailableError
 from ..settings import Settings
 from . import response_db as db
 from .response_db import Head, Retention, Turn, Viewer
+from .store_threads import StoreThreads
 
 log = logging.getLogger("nomoat.store")
 
@@ -81,7 +81,7 @@ class ResponseStore:
     def __init__(self, state_dir: Path, limits: StoreLimits) -> None:
         self.path = state_dir / FILE_NAME
         self.limits = limits
-        self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="nomoat-store")
+        self._executor = StoreThreads(_THREADS, "nomoat-store")
         self._schema_ready = False
         self._last_prune = 0.0
         self._logged: dict[str, float] = {}
