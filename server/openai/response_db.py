@@ -129,8 +129,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
             conn.execute(f"DROP INDEX IF EXISTS {_TABLE}_by_age")
             conn.execute(f"ALTER TABLE {_TABLE} RENAME TO {_OLD_TABLE}")
             log.warning("store: %d responses kept by an older nomoat (one row per whole conversation) were set "
-                        "aside in table %s and are no longer served; new responses use the linked format",
-                        count, _OLD_TABLE)
+                        "aside in table %s and are no longer served; new responses use the linked format (to "
+                        "reclaim the space: sqlite3 FILE 'DROP TABLE %s; VACUUM')", count, _OLD_TABLE, _OLD_TABLE)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
