@@ -18,6 +18,7 @@ GOOD = [
     'root ::= ( "a" | [b-c] )* x{2,5}\nx ::= "\\x41" "\\u00e9" [\\]] .',
     'root ::= "a"{3,} "b"{0,4}\n\n# trailing comment',
     'root ::= (\n  "a"\n  | "b"\n)',
+    'root ::= "a"{0000000000010} "b"{00,0000000000003}',
 ]
 BAD = [
     ("", "has no rules"),
@@ -30,6 +31,11 @@ BAD = [
     ('root ::= "\\q"', "unknown escape"),
     ('root ::= "a"{5,2}', "m <= n"),
     ('root ::= "a"{100000}', "repetition of more than"),
+    # llama.cpp reads every digit: leading zeros hide nothing (only 8 digits were read here once).
+    ('root ::= "a"{0000000001001}', "repetition of more than 1000"),
+    ('root ::= ("a"{0000000002000}){0000000002000}', "repetition of more than 1000"),
+    ('root ::= "a"{0,0000000001001}', "repetition of more than 1000"),
+    ('root ::= "a"{' + "9" * 5000 + "}", "repetition of more than 1000"),
     ('root ::= ' + "(" * 100 + '"a"' + ")" * 100, "nested more than"),
     ("root ::= " + " | ".join(f'"{i}"' for i in range(300)), "alternatives"),
     ('root ::= "x"{0,300}', "alternatives"),

@@ -4,8 +4,9 @@ llama.cpp parses a grammar recursively and expands `x{m,n}` into copies, so nest
 count of a few thousand costs its stack or its memory, and a malformed grammar yields only a line in
 its log. This reader follows llama.cpp's syntax (grammars/README.md) to name the first problem in a
 400, and bounds what the server's own grammars are bounded by (`gbnf.py`): bytes, alternatives (the
-sampler's time per token grows with them), and also nesting, repetition and rules. llama.cpp still
-parses what passes here (it refuses left recursion, for one); its refusal is a 400 too.
+sampler's time per token grows with them), and also nesting, repetition and rules; last, ambiguity
+(grammar_stacks.py: the parses it keeps alive at once). llama.cpp still parses what passes here (it
+refuses left recursion, for one); its refusal is a 400 too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidRequestError
 from .gbnf import LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES
+from .grammar_stacks import ambiguity, find_blowup
 
 MAX_NESTING = 32  # parentheses inside parentheses
 MAX_REPETITION = 1000  # n in x{m,n}
@@ -76,10 +78,11 @@ class _Reader:
             self.pos += 1
         if self.pos == start:
             raise self.fail("expecting a number")
-        value = int(self.text[start:self.pos][:8])
-        if value > MAX_REPETITION:
+        # The whole number, leading zeros and all: llama.cpp reads every digit (0000000001001 is 1001).
+        digits = self.text[start:self.pos].lstrip("0") or "0"
+        if len(digits) > len(str(MAX_REPETITION)) or int(digits) > MAX_REPETITION:
             raise self.fail(f"a repetition of more than {MAX_REPETITION}, {LIMIT_WHY}", start)
-        return value
+        return int(digits)
 
     def char(self, end: str) -> None:
         if self.pos >= len(self.text):
@@ -217,3 +220,7 @@ def check_grammar(text: str, param: str = "grammar") -> None:
             raise reader.fail(f"rule {name!r} is used but not defined", at)
     if "root" not in reader.defined:
         raise reader.fail("the grammar needs a rule named 'root' (where the output starts)", 0)
+    blowup = find_blowup(text)
+    if blowup is not None:
+        raise GrammarError(f"grammar: the grammar {ambiguity(blowup)}; make its alternatives differ sooner",
+                           param=param, code="invalid_grammar")
