@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import InvalidRequestError
+from .grammar_stacks import ambiguity, find_blowup
 
 # What one grammar may cost. The engine samples all sequences on one thread, so the grammar
 # sampler's time per token is added to every other request's tokens. That time grows with the
@@ -132,7 +133,13 @@ class GrammarRules:
         self.rules[name] = body
 
     def text(self, root: str) -> str:
-        return "\n".join([f"root ::= {root}"] + [f"{n} ::= {b}" for n, b in self.rules.items()])
+        """The grammar's text, refused if it keeps too many parses alive at once (grammar_stacks.py)."""
+        text = "\n".join([f"root ::= {root}"] + [f"{n} ::= {b}" for n, b in self.rules.items()])
+        blowup = find_blowup(text)
+        if blowup is not None:
+            raise self.fail("", f"needs a grammar that {ambiguity(blowup)}: its anyOf/oneOf branches or enum "
+                                "values overlap too much")
+        return text
 
     def fail(self, path: str, message: str) -> SchemaError:
         where = f" at {path}" if path else ""

@@ -21,6 +21,7 @@ from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
 from .contexts import Context, choose_context
 from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
+from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
 from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import PrefixReuse, Sequence, place, release
@@ -235,14 +236,19 @@ class Engine:
         self._generations.end_all(self._loop, ShuttingDown(reason))
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker and free the model; a worker still inside one llama.cpp call after `timeout`
+        seconds is left to it (a daemon thread: it does not keep the process alive), with the model."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
         self._thread.join(timeout)
-        self._tokenizer.shutdown(wait=False)
-        if not self._thread.is_alive():
-            llama_cpp.llama_batch_free(self._batch)
-            self.model.close()
+        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        if self._thread.is_alive():
+            log.error("model %s: its engine thread is still inside a llama.cpp call after %gs; "
+                      "leaving it and the model allocated", self.model.spec.name, timeout)
+            return
+        llama_cpp.llama_batch_free(self._batch)
+        self.model.close()
 
     # --- worker thread -----------------------------------------------------------
 
@@ -352,7 +358,11 @@ class Engine:
         logprobs = None
         if request.logprobs:
             logprobs = log_softmax_row(context.ptr, index, self.model.n_vocab)
-        token = seq.sampler.sample(context.ptr, index)
+        try:
+            token = seq.sampler.sample(context.ptr, index)
+        except GrammarTooCostly as exc:  # this sequence's grammar alone is at fault: the others go on
+            self._finish(seq, None, "", events, error=exc)
+            return None
         seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+import time
 
 import llama_cpp
 import numpy as np
 
 from .errors import InvalidInput
+from .grammar_guard import GrammarGuard
 from .types import SamplingParams, TokenEvent, TopLogprob
 
 # How many recent tokens presence/frequency/repeat penalties look at (llama.cpp's default).
@@ -24,6 +26,7 @@ class SamplerChain:
     common_sampler does, the chain picks first and the grammar checks that one token; only a
     token the grammar refuses makes it filter every candidate and the chain pick again.
     Greedy picks are the same as grammar-first: the best token is kept whenever it is allowed.
+    A GrammarGuard bounds the grammar's work per token: past it, `sample()` raises GrammarTooCostly.
     """
 
     def __init__(self, params: SamplingParams, n_vocab: int, vocab: llama_cpp.llama_vocab_p) -> None:
@@ -53,6 +56,7 @@ class SamplerChain:
                 raise InvalidInput("llama.cpp refused the grammar made from this request's JSON schema "
                                    "(its reason is in the server log)", subject="grammar")
             self._grammar = grammar
+            self._guard = GrammarGuard(grammar, vocab, params.grammar.encode())
             self.eos = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()
             self._cand_np = np.ctypeslib.as_array(self._cand)
@@ -79,13 +83,16 @@ class SamplerChain:
             return llama_cpp.llama_sampler_sample(self._chain, ctx, index)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         token = self._pick(logits, with_grammar=False)
+        started = time.perf_counter()
         if not self._allowed(token):
+            self._guard.check(started)  # the full filter costs the live stacks times the vocabulary
             token = self._pick(logits, with_grammar=True)
             if not self._allowed(token):
                 # Nothing the grammar allows is left (all of it at -inf). llama.cpp aborts the
                 # process when a grammar accepts a token it refuses: end the sequence instead.
                 return self.eos
         llama_cpp.llama_sampler_accept(self._grammar, token)
+        self._guard.check(started)  # before the next token's work, which the stacks kept now multiply
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
