@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -31,8 +33,30 @@ ConfigLoader = Callable[[], tuple[Settings, ModelsFile]]
 # Seconds uvicorn waits past the grace period before it cancels requests, so the engines' own
 # shutdown errors reach every client first.
 _CANCEL_MARGIN_SECONDS = 3.0
+# How long the process may take to exit once its models are closed. Python waits at exit for every
+# thread of every thread pool (concurrent.futures joins them), so one stuck in a call that does not
+# return (llama.cpp parsing a grammar, a chat template rendering) would keep a stopped server alive
+# until SIGKILL; past this it exits without them. Engines' own threads are not waited for
+# (Engine.close gives up on one after its timeout and says so).
+_EXIT_SECONDS = 5.0
 # What a reload applies besides the models; every other setting is fixed for the process's life.
 _RELOADABLE = {"api_key", "api_key_file", "admin_key", "config", "notify_socket", "watchdog_usec", "watchdog_pid"}
+
+
+def _exit_unless_done_within(seconds: float) -> None:
+    """Exit the process in `seconds` if it has not exited by then, naming the threads that held it."""
+
+    def force() -> None:
+        held = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+                and t is not threading.main_thread()]
+        log.error("still running %gs after the models were closed, held by %s (a call that does not return); "
+                  "exiting without waiting for it", seconds, ", ".join(held) or "Python's exit")
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True  # a process that exits on its own is not kept for it
+    timer.start()
 
 
 class _Server(uvicorn.Server):
@@ -68,7 +92,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def run(self) -> int:
-        """Serve until stopped; the process exit code (0 after a clean drain)."""
+        """Serve until stopped; the process exit code (0 after a clean drain). Once the models are closed
+        the process has _EXIT_SECONDS to exit before it is ended (exit code 1): a stopped server never lingers."""
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
@@ -104,6 +129,7 @@ class Daemon:
             if self.registry.ready:
                 await self.registry.aclose()
             self.notifier.close()
+            _exit_unless_done_within(_EXIT_SECONDS)
 
     async def _serve(self) -> int:
         warning = exposure_warning(self.settings, self.auth.keys)

