@@ -233,6 +233,113 @@ def test_get_and_delete_routes_with_random_params_and_queries(app: FakeServer, t
     check_still_serving(app)
 
 
+# --- models-dir headers (#28): what a GGUF file in --models-dir may claim --------------------------------------
+
+def gguf_headers() -> st.SearchStrategy[bytes]:
+    """A tiny model's header with the dimensions a memory estimate and an adapter check read replaced by drawn
+    values of any GGUF type (NaN, negatives, strings, arrays claiming 2**40 items), counts that lie, tensors too
+    big for the file, and the whole cut short anywhere."""
+    from support.gguf_files import Array, V, tiny_model
+
+    ints = {V.UINT8: (0, 2**8 - 1), V.INT8: (-(2**7), 2**7 - 1), V.UINT16: (0, 2**16 - 1), V.INT16: (-(2**15), 2**15 - 1),
+            V.UINT32: (0, 2**32 - 1), V.INT32: (-(2**31), 2**31 - 1), V.UINT64: (0, 2**64 - 1), V.INT64: (-(2**63), 2**63 - 1)}
+
+    def scalar(value_type: Any) -> st.SearchStrategy[Any]:
+        if value_type in ints:
+            low, high = ints[value_type]
+            return st.sampled_from([low, high, 0, 1, 2, 3, 4096, 65537]).filter(lambda v: low <= v <= high) \
+                | st.integers(low, high)
+        if value_type == V.BOOL:
+            return st.booleans()
+        return st.floats(width=32 if value_type == V.FLOAT32 else 64)  # NaN and infinities included
+
+    scalar_types = st.sampled_from([*ints, V.BOOL, V.FLOAT32, V.FLOAT64])
+    typed_scalar = scalar_types.flatmap(lambda t: scalar(t).map(lambda v: (t, v)))
+    array = scalar_types.flatmap(lambda t: st.tuples(st.lists(scalar(t), max_size=6),
+                                                     st.sampled_from([None, None, None, 2**20, 2**40, 2**63])).map(
+        lambda items: (V.ARRAY, Array(t, items[0], claimed=items[1]))))
+    strings = st.tuples(st.just(V.STRING), st.text(max_size=8) | EDGE_STRINGS)
+    string_array = st.sampled_from([2**24, 2**40]).map(lambda n: (V.ARRAY, Array(V.STRING, [], claimed=n)))
+    # Mostly numbers, so most headers get as far as the dimension checks; the rest lie in every other way.
+    values = st.one_of(typed_scalar, typed_scalar, typed_scalar, array, strings, string_array)
+    keys = ["block_count", "embedding_length", "feed_forward_length", "attention__head_count",
+            "attention__head_count_kv", "attention__key_length", "attention__value_length", "context_length"]
+
+    @st.composite
+    def header(draw: st.DrawFn) -> bytes:
+        built = tiny_model(**draw(st.dictionaries(st.sampled_from(keys), values, max_size=4)))
+        if draw(st.integers(0, 7)) == 0:
+            built.kv["general.architecture"] = draw(values | strings)
+        if draw(st.integers(0, 7)) == 0:
+            built.claimed_kv = draw(st.sampled_from([0, 100, 2**16, 2**40]))
+        if draw(st.integers(0, 7)) == 0:
+            built.claimed_tensors = draw(st.sampled_from([0, 100, 2**16, 2**40]))
+        if draw(st.integers(0, 7)) == 0:
+            built.tensors["token_embd.weight"] = (8, draw(st.sampled_from([2**20, 2**31, 2**40])))
+            built.with_data = False
+        data = built.bytes()
+        return data[:draw(st.integers(0, len(data)))] if draw(st.integers(0, 7)) == 0 else data
+
+    return header()
+
+
+GGUF_HEADERS = gguf_headers()
+
+
+@FUZZ
+@given(data=GGUF_HEADERS)
+def test_models_dir_headers_never_fail_the_listing_or_a_chat(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            data: bytes) -> None:
+    import contextlib
+    import tracemalloc
+
+    from support.inprocess import start_fake
+
+    from nomoat import config
+    from nomoat.engine.errors import ModelFileError
+    from nomoat.residency.footprint import estimate
+
+    for key in [k for k in os.environ if k.startswith("NOMOAT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NOMOAT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)  # no ./models.toml
+    folder = tmp_path / "models"
+    folder.mkdir(exist_ok=True)
+    (folder / "drawn.gguf").write_bytes(data)
+    _, models = config.load({"models_dir": folder})
+    drawn = next(m for m in models.models if m.name == "drawn")
+    # The estimate refuses before it builds anything per claimed layer, item or key: its memory stays small.
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ModelFileError):
+            estimate(drawn)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+    server = start_fake(monkeypatch, models=models)
+    srv = next(server)
+    try:
+        listed = srv.client.get("/v1/models")
+        assert listed.status_code == 200, listed.text[:2000]
+        card = next(m for m in listed.json()["data"] if m["id"] == "drawn")
+        assert card["status"] in ("unloaded", "failed") and (card["status"] == "unloaded") == ("error" not in card)
+        r = srv.client.post("/v1/chat/completions", json={"model": "drawn", "max_tokens": 2,
+                                                          "messages": [{"role": "user", "content": "hi"}]})
+        # Served, too large for the budget (400), or failed with its reason (503): never a 500.
+        assert r.status_code in (200, 400, 503), r.text[:2000]
+        if r.status_code != 503:
+            check_answer(r, "chat")
+        if card["status"] == "failed":
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+            assert card["error"] in r.json()["error"]["message"]
+        assert srv.client.get("/v1/models").status_code == 200
+        check_answer(srv.client.post("/v1/chat/completions", json={
+            "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}), "chat")
+    finally:
+        for _ in server:
+            pass
+
+
 # --- Responses items (#28): nested deep, holding NaN or Infinity, large, along a chain -----------------------
 
 

@@ -86,7 +86,7 @@ def _elements(dims: Sequence[int]) -> int:
 
 
 def _string(text: str) -> bytes:
-    data = text.encode()
+    data = text.encode("utf-8", "surrogatepass")  # a hostile file holds any bytes
     return struct.pack("<Q", len(data)) + data
 
 
