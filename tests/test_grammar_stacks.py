@@ -67,6 +67,7 @@ def test_the_guard_trusts_the_layout_only_when_it_checks_out() -> None:
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, WEDGE.encode(), b"root")
     try:
         assert GrammarGuard(sampler, vocab, WEDGE.encode()).live_stacks() == 3
+        assert GrammarGuard(sampler, vocab, WEDGE.encode() + b"\0# unread").live_stacks() == 3  # a C string
         assert GrammarGuard(sampler, vocab, b"another grammar").live_stacks() is None
         assert GrammarGuard(sampler, vocab + 8, WEDGE.encode()).live_stacks() is None
     finally:
@@ -153,6 +154,11 @@ def test_the_search_is_bounded_by_its_work_not_the_grammar() -> None:
         machine.search(MAX_LIVE_STACKS)
     assert machine.work <= grammar_stacks.SEARCH_WORK + 1
     assert find_blowup(wide) is None
+
+
+def test_the_search_reads_a_grammar_as_llama_cpp_does_up_to_a_nul() -> None:
+    """llama.cpp takes a C string: a later, harmless redefinition past a NUL is not what it runs."""
+    assert find_blowup(WEDGE + '\n# \x00\na ::= "w"') is not None
 
 
 def test_grammars_llama_cpp_refuses_are_left_to_its_own_error() -> None:

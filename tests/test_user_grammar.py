@@ -36,6 +36,7 @@ BAD = [
     ('root ::= ("a"{0000000002000}){0000000002000}', "repetition of more than 1000"),
     ('root ::= "a"{0,0000000001001}', "repetition of more than 1000"),
     ('root ::= "a"{' + "9" * 5000 + "}", "repetition of more than 1000"),
+    ('root ::= "a"\n# \x00\nroot ::= "b"', "a NUL character"),  # llama.cpp reads only up to it
     ('root ::= ' + "(" * 100 + '"a"' + ")" * 100, "nested more than"),
     ("root ::= " + " | ".join(f'"{i}"' for i in range(300)), "alternatives"),
     ('root ::= "x"{0,300}', "alternatives"),

@@ -66,10 +66,10 @@ def find_blowup(text: str, limit: int = MAX_LIVE_STACKS) -> Blowup | None:
     return _find_blowup(text, limit)
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=64)  # texts up to 128 KiB each: 8 MiB at most
 def _find_blowup(text: str, limit: int) -> Blowup | None:
     try:
-        parser = _Parser(text)
+        parser = _Parser(text.split("\x00", 1)[0])  # llama.cpp reads a C string
         machine = _Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
     except (_Unsupported, RecursionError):
         return None

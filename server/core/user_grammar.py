@@ -208,6 +208,8 @@ def check_grammar(text: str, param: str = "grammar") -> None:
         raise GrammarError(f"grammar: more than {MAX_GRAMMAR_BYTES} bytes, {LIMIT_WHY}", param=param,
                            code="invalid_grammar")
     reader = _Reader(text, param)
+    if "\x00" in text:  # llama.cpp reads a C string: it would never see what follows
+        raise reader.fail("a NUL character (write it as \\x00)", text.index("\x00"))
     reader.space(newlines=True)
     if reader.pos == len(text):
         raise reader.fail("the grammar has no rules")

@@ -110,7 +110,8 @@ class GrammarGuard:
 
     def __init__(self, sampler: Any, vocab: Any, text: bytes, root: bytes = b"root") -> None:
         global _warned
-        self._stacks = _stacks_address(sampler, vocab, text, root)
+        # llama.cpp keeps the text up to its first NUL (it takes a C string).
+        self._stacks = _stacks_address(sampler, vocab, text.split(b"\0", 1)[0], root)
         if self._stacks is None and not _warned:
             _warned = True
             log.warning("cannot read llama.cpp's grammar stacks in this build; grammars are bounded by time only")
