@@ -11,6 +11,7 @@ import pytest
 from test_grammar_limits import _vocab, convert
 
 from nomoat.core import grammar_stacks
+from nomoat.core.gbnf_rules import Parser
 from nomoat.core.grammar_stacks import find_blowup
 from nomoat.core.structured import SchemaError
 from nomoat.core.user_grammar import GrammarError, check_grammar
@@ -20,7 +21,7 @@ WEDGE = 'root ::= a\na ::= "x" a "y" | "x" a "z" | "w"'  # issue #28: each x dou
 
 
 def _machine(text: str) -> grammar_stacks._Machine:
-    parser = grammar_stacks._Parser(text)
+    parser = Parser(text)
     return grammar_stacks._Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
 
 
