@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,12 +48,16 @@ def fake_registry(settings: Settings, monkeypatch: pytest.MonkeyPatch, models: M
 
 def start_fake(monkeypatch: pytest.MonkeyPatch, models: ModelsFile | None = None,
                load_model: Callable[[ModelConfig], Any] | None = None, **settings: Any) -> Iterator[FakeServer]:
-    built = Settings(**settings)
-    metrics = Metrics()
-    registry = fake_registry(built, monkeypatch, models, load_model, metrics)
-    with TestClient(build_app(built, registry, metrics), raise_server_exceptions=False) as client:
-        yield FakeServer(client, registry, built)
-    registry.close()
+    with tempfile.TemporaryDirectory() as state:
+        # State (stored responses) never goes to the user's own state dir, and no test sees another's.
+        if "NOMOAT_STATE_DIR" not in os.environ:
+            settings.setdefault("state_dir", Path(state))
+        built = Settings(**settings)
+        metrics = Metrics()
+        registry = fake_registry(built, monkeypatch, models, load_model, metrics)
+        with TestClient(build_app(built, registry, metrics), raise_server_exceptions=False) as client:
+            yield FakeServer(client, registry, built)
+        registry.close()
 
 
 @pytest.fixture()
