@@ -30,6 +30,12 @@ class InvalidRequestError(NomoatError):
     """The request is malformed or names an invalid value."""
 
 
+class UnsupportedFeatureError(InvalidRequestError):
+    """A request field this server does not implement, refused rather than ignored so that a client that can do
+    without it falls back: Anthropic's clients read the `code` as `error.details.error_code`
+    (`thread_unsupported_request`: resend the whole conversation)."""
+
+
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 

@@ -57,9 +57,14 @@ def events(client: Any, payload: dict[str, Any], path: str = MESSAGES) -> list[t
 # --- answers --------------------------------------------------------------------------------------
 
 
+# Fields Anthropic documents that a local model has no use for: accepted, ignored (issue #28 extras).
+DOCUMENTED = {"service_tier": "auto", "container": "c", "mcp_servers": [], "context_management": {"edits": []},
+              "cache_control": {"type": "ephemeral"}, "inference_geo": "us", "speed": "standard"}
+
+
 def test_a_message_in_anthropic_shape(fake):
     r = fake.client.post(MESSAGES, json=body("hi", metadata={"user_id": "u"}, thinking={"type": "disabled"},
-                                             unknown_field=1), headers={"anthropic-version": "2023-06-01"})
+                                             **DOCUMENTED), headers={"anthropic-version": "2023-06-01"})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["id"].startswith("msg_") and answer["type"] == "message" and answer["role"] == "assistant"
@@ -207,7 +212,10 @@ def test_an_engine_error_mid_stream_is_an_error_event(fake):
     (body(temperature=1.5), ["temperature"]),
     (body(max_tokens=0), ["max_tokens"]),
     (body(max_tokens=10**9), ["max_tokens", "too large"]),
-    (body(role="user", messages=[]), ["messages"]),
+    (body(messages=[]), ["messages"]),
+    (body(unknown_field=1), ["unknown_field: Extra inputs are not permitted"]),
+    (body(role="user"), ["role: Extra inputs are not permitted"]),
+    (body(grammar='root ::= "x"'), ["grammar: Extra inputs are not permitted"]),  # a chat field, not served here
     ({**body(), "messages": [{"role": "system", "content": "x"}]}, ["messages[0].role"]),
 ])
 def test_bad_requests_are_anthropic_400s_naming_the_field(fake, payload, needles):
@@ -276,3 +284,53 @@ def test_one_status_table_renders_both_dialects(error, status, type_):
     assert anthropic_answer.status == openai_answer.status == status
     assert anthropic_answer.body["error"]["type"] == type_
     assert anthropic_answer.headers == openai_answer.headers
+
+
+# --- fields Anthropic does not document, threads, usage, validation order (issue #28 extras) --------------------
+
+
+def test_unknown_fields_on_count_tokens_are_refused_too(fake):
+    count = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert fake.client.post(COUNT, json={**count, "cache_control": {"type": "ephemeral"}}).status_code == 200
+    assert_error(fake.client.post(COUNT, json={**count, "max_tokens": 5}), 400, "invalid_request_error",
+                 "max_tokens: Extra inputs are not permitted")
+
+
+def test_thread_is_refused_with_the_code_the_sdk_falls_back_on(fake):
+    r = fake.client.post(MESSAGES, json=body("hi", thread={"type": "create"}))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["details"] == {"error_code": "thread_unsupported_request"}
+    assert "thread" in error["message"]
+    assert fake.client.post(MESSAGES, json=body("hi", thread=None)).status_code == 200
+
+
+def test_the_sdk_thread_falls_back_to_resending_the_conversation(fake):
+    """The anthropic SDK's message threads: refused, it drops `thread` and sends the whole history each turn."""
+    client = sdk(fake)
+    thread = client.beta.messages.thread(model=MODEL, max_tokens=50, unsupported_request_behavior="continue_unthreaded")
+    assert thread.send({"role": "user", "content": "my name is Ada"}).content[0].text == "You said: my name is Ada"
+    thread.send({"role": "user", "content": "what is my name?"})
+    assert [m["content"] for m in fake.engine.submitted[-1].prompt.messages] == [
+        "my name is Ada", "You said: my name is Ada", "what is my name?"]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.beta.messages.thread(model=MODEL, max_tokens=5).send({"role": "user", "content": "hi"})
+    assert refused.value.body["error"]["details"]["error_code"] == "thread_unsupported_request"
+
+
+def test_message_start_splits_usage_as_message_delta_does(fake):
+    fake.engine.cached_tokens = 5  # as if the prompt's first 5 tokens came from the prefix cache
+    pairs = events(fake.client, body("hi"))
+    start = next(data for name, data in pairs if name == "message_start")["message"]["usage"]
+    delta = next(data for name, data in pairs if name == "message_delta")["usage"]
+    assert start["cache_read_input_tokens"] == delta["cache_read_input_tokens"] == 5
+    assert start["input_tokens"] == delta["input_tokens"] > 0
+    assert start["output_tokens"] == 0 and delta["output_tokens"] == len("You said: hi")
+    with sdk(fake).messages.stream(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as stream:
+        message = stream.get_final_message()
+    assert message.usage.cache_read_input_tokens == 5 and message.usage.input_tokens == start["input_tokens"]
+
+
+def test_an_unknown_model_is_404_before_the_rest_of_the_body(fake):
+    assert_error(fake.client.post(MESSAGES, json={"model": "nope", "max_tokens": 5}), 404, "not_found_error", "'nope'")
+    assert_error(fake.client.post(COUNT, json={"model": "nope"}), 404, "not_found_error", "'nope'")

@@ -1,22 +1,27 @@
-"""The Anthropic Messages API's requests: pydantic models with Anthropic's names, lenient (unknown fields
-are ignored) as the OpenAI ones, that check every field they hold and turn a conversation into the
-OpenAI-shaped messages the chat template and the tool core read.
+"""The Anthropic Messages API's requests: pydantic models with Anthropic's names, that check every field they
+hold and turn a conversation into the OpenAI-shaped messages the chat template and the tool core read.
 
-- `thinking` is accepted and ignored: the model thinks (or not) as its chat template makes it; a
-  `<think>` block it writes is answered as a `thinking` block either way.
-- `output_config.format` (`{"type": "json_schema", "schema": ...}`) is enforced with a grammar.
-- Extra, non-Anthropic: `lora` ([{"name", "scale"}]) as chat completions has it; `model` may be left
-  out for the default model.
+- A top-level field Anthropic does not document is a 400 naming it, as Anthropic answers ("x: Extra inputs
+  are not permitted"), not silently ignored; content blocks inside stay lenient. `thread` (message threads:
+  the server would keep the conversation) is a 400 with `error.details.error_code`
+  "thread_unsupported_request", on which the anthropic SDK resends the whole history instead.
+- Documented fields a local model has no use for (`service_tier`, `container`, `mcp_servers`,
+  `context_management`, `cache_control`...) are accepted and ignored, as `thinking` is: the model thinks
+  (or not) as its chat template makes it; a `<think>` block it writes is answered as a `thinking` block.
+- `output_config.format` (`{"type": "json_schema", "schema": ...}`), or the older beta's top-level
+  `output_format`, is enforced with a grammar.
+- Extra, non-Anthropic: `lora` ([{"name", "scale"}]) as chat completions has it, `keep_alive`,
+  `speculative`; `model` may be left out for the default model.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedFeatureError
 from ..openai.protocol import KeepAlive, Lenient, LoraRef, SpeculativeOptions, parse
 
 __all__ = ["CountTokensRequest", "MessagesRequest", "parse"]
@@ -106,6 +111,10 @@ class OutputConfig(Lenient):
 class CountTokensRequest(KeepAlive):
     """POST /v1/messages/count_tokens: what makes the prompt."""
 
+    # Documented by Anthropic (the SDK's MessageCountTokensParams, beta included), of no use here: ignored.
+    IGNORED: ClassVar[frozenset[str]] = frozenset({
+        "cache_control", "context_management", "mcp_servers", "speed", "compaction", "billing_policy", "betas"})
+
     model: str | None = None
     messages: list[InputMessage] = Field(min_length=1)
     system: list[TextBlock] | str | None = None
@@ -113,9 +122,27 @@ class CountTokensRequest(KeepAlive):
     tool_choice: ToolChoice | None = None
     thinking: dict[str, Any] | None = None
     output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the structured-outputs beta's place for it (2025-11)
     # nomoat: the whole adapter set for this request, e.g. [{"name": "sql", "scale": 0.8}]; `model` then
     # only selects the base, and [] means the base model alone.
     lora: list[LoraRef] | None = Field(None, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        """Anthropic refuses what it does not serve; a field silently dropped would change the answer unseen
+        (`thread`: the model would lose the conversation)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("thread") not in (None, False):
+            raise UnsupportedFeatureError(
+                "thread: message threads are not supported: this server keeps no conversation; send the whole "
+                "conversation in 'messages' without 'thread'", param="thread", code="thread_unsupported_request")
+        unknown = sorted(k for k, v in data.items() if v is not None and k not in cls.model_fields
+                         and k not in cls.IGNORED and k != "thread")
+        if unknown:
+            raise InvalidRequestError(f"{unknown[0]}: Extra inputs are not permitted", param=unknown[0])
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +185,7 @@ class CountTokensRequest(KeepAlive):
 
     @property
     def output_schema(self) -> dict[str, Any] | None:
-        fmt = self.output_config.format if self.output_config else None
+        fmt = self.output_config.format if self.output_config and self.output_config.format else self.output_format
         return fmt.schema_ if fmt else None
 
     def template_messages(self) -> list[dict[str, Any]]:
@@ -186,7 +213,11 @@ class CountTokensRequest(KeepAlive):
 
 
 class MessagesRequest(CountTokensRequest):
-    """POST /v1/messages; `metadata` and unknown fields are ignored."""
+    """POST /v1/messages; `metadata` is ignored."""
+
+    # Documented by Anthropic (the SDK's MessageCreateParams, beta included), of no use here: ignored.
+    IGNORED: ClassVar[frozenset[str]] = CountTokensRequest.IGNORED | {
+        "service_tier", "container", "inference_geo", "diagnostics", "fallbacks", "fallback_credit_token"}
 
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = Field(None, max_length=16)

@@ -12,6 +12,7 @@ from ..core.generate import Choice, Run, Totals
 from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
 from ..core.tool_calls import ToolCall, ToolStream, parse_output
 from ..core.tools import ToolPlan
+from ..engine.types import TokenEvent
 from ..http.errors import answer_for
 
 
@@ -85,13 +86,18 @@ def sse(payload: dict[str, Any]) -> dict[str, str]:
 
 async def stream_events(run: Run, plan: ToolPlan, started: bool | None) -> AsyncIterator[dict[str, str]]:
     """message_start, ping, each block's start/deltas/stop, message_delta, message_stop; an engine error
-    ends the stream with an `error` event in Anthropic's error shape."""
-    start = {**_message(run, []), "stop_reason": None, "stop_sequence": None,
-             "usage": {"input_tokens": run.gens[0].n_prompt, "output_tokens": 0}}
-    yield sse({"type": "message_start", "message": start})
-    yield sse({"type": "ping"})
+    ends the stream with an `error` event in Anthropic's error shape.
+
+    message_start waits for the engine's first event, which says how much of the prompt came from the
+    prefix cache: its usage splits input_tokens and cache_read_input_tokens as message_delta's does.
+    """
     blocks = BlockStream(plan, started)
+    opened = False
     async for _, event in run.events():
+        if not opened:
+            opened = True
+            yield sse({"type": "message_start", "message": _started(run, event)})
+            yield sse({"type": "ping"})
         if event.error is not None:
             yield {"event": "error", "data": json.dumps(answer_for(event.error, "messages", "anthropic").body)}
             return
@@ -106,6 +112,13 @@ async def stream_events(run: Run, plan: ToolPlan, started: bool | None) -> Async
             yield sse({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": event.stop_sequence},
                        "usage": usage})
             yield sse({"type": "message_stop"})
+
+
+def _started(run: Run, first: TokenEvent) -> dict[str, Any]:
+    """The message as message_start shows it: no content yet, usage split by the first event's cache count."""
+    cached = first.usage.cached_tokens if first.usage is not None else first.cached_tokens or 0
+    usage = usage_json(Totals(prompt_tokens=run.gens[0].n_prompt, completion_tokens=0, cached_tokens=cached))
+    return {**_message(run, []), "stop_reason": None, "stop_sequence": None, "usage": usage}
 
 
 class BlockStream:

@@ -370,6 +370,8 @@ class Engine:
         piece = self.model.piece(token)
         text = seq.assembler.feed(piece)
         event = token_event(token, piece, text, logprobs, request.top_logprobs, self.model.piece)
+        if seq.n_generated == 1:
+            event = dataclasses.replace(event, cached_tokens=seq.n_cached)
         if seq.assembler.stopped:
             self._finish(seq, "stop", text, events, stop=seq.assembler.matched)
         elif seq.n_generated >= seq.max_new:

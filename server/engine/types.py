@@ -145,6 +145,9 @@ class TokenEvent:
     usage: Usage | None = None
     error: Exception | None = None
     stop_sequence: str | None = None  # on a "stop" finish: the stop string that ended it (None: end of text)
+    # On a sequence's first token: the prompt tokens whose KV was reused, known once it has a slot (the last
+    # event's usage says it again); Anthropic's message_start reports it before any text.
+    cached_tokens: int | None = None
 
     @property
     def final(self) -> bool:

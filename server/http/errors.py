@@ -33,6 +33,7 @@ from ..errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
     StoreUnavailableError,
+    UnsupportedFeatureError,
 )
 from .body import ClientDisconnected
 from .routes import Dialect, match
@@ -126,7 +127,10 @@ def answer_for(exc: BaseException, prompt_field: str = "prompt", dialect: Dialec
         elif isinstance(exc, engine.ShuttingDown):
             retry_after = _SHUTDOWN_RETRY_AFTER
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return ErrorAnswer(status, dialect_body(dialect, status, message, type_, code, param), headers)
+    body = dialect_body(dialect, status, message, type_, code, param)
+    if dialect == "anthropic" and isinstance(exc, UnsupportedFeatureError):
+        body["error"]["details"] = {"error_code": code}  # what Anthropic's clients fall back on
+    return ErrorAnswer(status, body, headers)
 
 
 def _engine_param(exc: engine.EngineError, prompt_field: str) -> str | None:

@@ -96,6 +96,7 @@ class FakeEngine:
     # a test acts on a stream that is certainly still running.
     hold: threading.Event | None = None
     running: dict[int, GenerationRequest] = field(default_factory=dict)  # by id(Generation)
+    cached_tokens: int = 0  # prompt tokens each generation reports as reused from the prefix cache
 
     def __post_init__(self) -> None:
         self.model = FakeModel(self.name)
@@ -156,7 +157,9 @@ class FakeEngine:
                 break
             last = i == len(out) - 1
             finish = ("length" if limit < len(text) else "stop") if last else None
-            event = self._event(request, char, finish, Usage(n_prompt, i + 1) if last else None)
+            event = self._event(request, char, finish, Usage(n_prompt, i + 1, self.cached_tokens) if last else None)
+            if i == 0:
+                event = dataclasses.replace(event, cached_tokens=self.cached_tokens)
             gen._push(dataclasses.replace(event, stop_sequence=matched) if finish == "stop" else event)
         else:
             if not out:
