@@ -20,6 +20,7 @@ from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
 from .http.app import build_app
 from .http.auth import Authenticator, KeyRing, exposure_warning
+from .http.connections import AcceptFailureHandler, ConnectionLimits, guarded_protocol
 from .metrics import EventLoopMonitor, Metrics
 from .models_toml import ModelsFile
 from .registry import ModelRegistry, ReloadResult
@@ -135,6 +136,9 @@ class Daemon:
         warning = exposure_warning(self.settings, self.auth.keys)
         if warning:
             log.warning("%s", warning)
+        limits = ConnectionLimits.from_settings(self.settings)
+        log.info("connections: at most %d open at once (max_connections), each request head within %gs "
+                 "(header_timeout_seconds)", limits.max_connections, limits.header_timeout)
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -143,16 +147,23 @@ class Daemon:
             log_config=None,  # keep the process's logging (text or JSON) for uvicorn's loggers too
             access_log=False,  # one line per request comes from the app, with model and tokens
             lifespan="off",  # the app owns no lifecycle: this Daemon loads and closes everything
+            # h11 with a deadline for each request head and a cap on open connections (http/connections.py).
+            http=guarded_protocol(limits),
+            timeout_keep_alive=self.settings.idle_connection_timeout_seconds,
             # Past the grace period the engines end every generation with an error (_abort_after_grace);
             # uvicorn cancels what is left only after that, so each client is told why it ended.
             timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace_seconds + _CANCEL_MARGIN_SECONDS),
         )
         server = self._server = _Server(config)
         self._spawn(self._announce_ready(server))
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptFailureHandler())  # out of descriptors: one line per interval
         try:
             await server.serve()
         except SystemExit as exc:  # uvicorn's way out when it cannot start (port in use...), logged by it
             return exc.code if isinstance(exc.code, int) else 1
+        finally:
+            loop.set_exception_handler(None)
         log.info("stopped")
         return 0
 

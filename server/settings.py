@@ -107,6 +107,24 @@ class Settings(BaseSettings):
         120.0, gt=0,
         description="How long a stream waits on a client that stopped reading before it closes the stream.",
     )
+    # Connections (http/connections.py): bounds below any request, for clients that open and never ask.
+    header_timeout_seconds: float = Field(
+        20.0, gt=0,
+        description=(
+            "Longest a connection may take to send a whole request head, from its opening (or from the first byte "
+            "after a response on a kept-alive one); past it the connection is closed."
+        ),
+    )
+    idle_connection_timeout_seconds: int = Field(
+        5, ge=1, description="How long a kept-alive connection may wait idle for its next request before it is closed."
+    )
+    max_connections: int | None = Field(
+        None, ge=1,
+        description=(
+            "Open client connections at once; past it a new one is answered 503 and closed. Default: what the "
+            "open-file limit (ulimit -n) leaves room for, less 64 for the server's own files, at most 4096."
+        ),
+    )
     adapter_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description=(
