@@ -102,6 +102,8 @@ ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
             "type": {"type": "string", "examples": ["invalid_request_error", "authentication_error", "not_found_error",
                                                     "rate_limit_error", "api_error", "overloaded_error"]},
             "message": {"type": "string"},
+            "details": {"type": "object", "description": "On a refusal a client can fall back from: its "
+                        "error_code (thread_unsupported_request: resend the conversation without thread)."},
         }},
     },
 }
