@@ -5,6 +5,8 @@ uvicorn times out only a kept-alive connection that stays idle after a response 
 connection that opens and never completes its request head, dribbling a byte at a time or sending nothing,
 it keeps for ever (h11_impl.py: the timer is armed in on_response_complete alone, and any byte cancels it).
 Two hundred of those held 200 descriptors for minutes and, under a low open-file limit, stopped /health.
+The guard is a subclass of uvicorn's h11 protocol, which the server then always speaks (uvicorn would pick
+httptools where it is installed; its protocol class would need the same guard).
 """
 
 from __future__ import annotations
