@@ -20,6 +20,7 @@ from support.inprocess import MODEL
 from test_responses_inprocess import RESPONSES, create, events
 
 from nomoat.errors import InvalidRequestError
+from nomoat.http.auth import key_id
 from nomoat.openai import response_db as db
 from nomoat.openai.response_db import Retention
 
@@ -328,3 +329,29 @@ def test_the_store_threads_are_daemons_and_end_with_their_executor():
     for thread in mine:
         thread.join(60)
         assert not thread.is_alive()
+
+
+# --- a split model's child process ---------------------------------------------------------------
+# Its one key is the parent's (server/rpc/host.py); the parent names its client's key in x-nomoat-caller.
+
+
+def test_a_child_process_stores_and_shows_responses_as_the_key_its_parent_names(fake_factory, tmp_path):
+    child = fake_factory(api_key="parents-key", rpc_in_process=True, state_dir=tmp_path).client
+    parent, as_a, as_b = {"authorization": "Bearer parents-key"}, key_id(KEY_A), key_id(KEY_B)
+    r = child.post(RESPONSES, json={"model": MODEL, "input": "secret"}, headers={**parent, "x-nomoat-caller": as_a})
+    assert r.status_code == 200, r.text
+    rid = r.json()["id"]
+    assert child.get(f"{RESPONSES}/{rid}", headers={**parent, "x-nomoat-caller": as_b}).status_code == 404
+    r = child.post(RESPONSES, json={"model": MODEL, "input": "and?", "previous_response_id": rid},
+                   headers={**parent, "x-nomoat-caller": as_b})
+    assert r.status_code == 404, r.text
+    assert child.get(f"{RESPONSES}/{rid}", headers={**parent, "x-nomoat-caller": as_a}).status_code == 200
+    assert child.get(f"{RESPONSES}/{rid}", headers={**parent, "x-nomoat-caller": f"{as_b};admin"}).status_code == 200
+
+
+def test_a_client_cannot_name_another_caller_to_a_server_that_is_no_child(keyed):
+    r = keyed.client.post(RESPONSES, json={"model": MODEL, "input": "secret"}, headers=as_key(KEY_A))
+    rid = r.json()["id"]
+    for claimed in (key_id(KEY_A), f"{key_id(KEY_B)};admin"):
+        r = keyed.client.get(f"{RESPONSES}/{rid}", headers={**as_key(KEY_B), "x-nomoat-caller": claimed})
+        assert r.status_code == 404, (claimed, r.text)

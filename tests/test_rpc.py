@@ -27,7 +27,7 @@ from conftest import model_path, models_toml
 from lora_factory import write_lora
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 from support.process import NO_EOS, THREADS, ServerProcess, free_port
@@ -35,6 +35,7 @@ from support.process import NO_EOS, THREADS, ServerProcess, free_port
 from nomoat import config
 from nomoat.errors import ConfigError
 from nomoat.http.app import build_app
+from nomoat.http.auth import key_id
 from nomoat.metrics import Metrics
 from nomoat.models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from nomoat.registry import ModelRegistry
@@ -162,8 +163,12 @@ def _breaking_app() -> Starlette:
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
+    async def caller(request: Request) -> JSONResponse:  # what the parent told the child about its client
+        return JSONResponse({"caller": request.headers.getlist("x-nomoat-caller")})
+
     return Starlette(routes=[Route(p, answer, methods=["POST"]) for p in ("/v1/chat/completions", "/v1/messages",
-                                                                      "/v1/responses")])
+                                                                      "/v1/responses")]
+                     + [Route("/v1/tokenize", caller, methods=["POST"])])
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +235,17 @@ def test_a_pinned_model_whose_child_died_is_loaded_again(tmp_path: Path, breakin
             assert time.monotonic() < deadline, client.get("/v1/models/split").json()
             time.sleep(0.05)
         assert started[0].closed == 1
+
+
+def test_the_child_is_told_which_key_the_client_used_and_never_what_the_client_claims(
+        tmp_path: Path, breaking_child_url: str) -> None:
+    """A child stores responses under the client's key (tests/test_response_store.py): the parent names it."""
+    for client, _ in serve_stand_ins(tmp_path, breaking_child_url, [], api_key="user-a,user-b", admin_key="adm"):
+        spoofed = {"x-nomoat-caller": f"{key_id('user-a')};admin"}
+        for key, told in (("user-b", key_id("user-b")), ("adm", f"{key_id('adm')};admin")):
+            r = client.post("/v1/tokenize", json={"model": "split", "content": "hi"},
+                            headers={"authorization": f"Bearer {key}", **spoofed})
+            assert r.status_code == 200 and r.json() == {"caller": [told]}, r.text
 
 
 def test_a_stream_cut_by_the_child_ends_with_an_openai_error_event(forwarding: TestClient) -> None:

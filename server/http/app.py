@@ -66,7 +66,7 @@ def build_app(
     metrics.watch_engines(registry.engines)
     limits = RequestLimits.from_settings(settings)
     core = GenerationCore(registry, metrics, limits)
-    responses = Responses(core, ResponseStore.from_settings(settings), auth)
+    responses = Responses(core, ResponseStore.from_settings(settings))
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
     tokenizer = TokenizerRoutes(core)
 
@@ -125,7 +125,7 @@ def build_app(
         ))
     middleware += [
         Middleware(ErrorBoundary),
-        Middleware(AuthMiddleware, auth=auth),
+        Middleware(AuthMiddleware, auth=auth, trust_forwarded_caller=settings.rpc_in_process),
         Middleware(ConcurrencyMiddleware, limiter=limiter, limits=limits),
         Middleware(LeaseMiddleware),
         Middleware(ForwardMiddleware, registry=registry, limits=limits),  # rpc models' requests, to their process

@@ -90,21 +90,49 @@ class Authenticator:
             raise PermissionDeniedError(f"{method} {path} changes server state and needs the admin key{hint}.")
         return key_id(token)
 
+    def is_admin_key(self, authorization: str | None, api_key: str | None = None) -> bool:
+        """Whether the request's key is an admin key (never true where no key is sent)."""
+        token = _bearer(authorization) or (api_key.strip() if api_key else None)
+        return token is not None and self.keys.role(token.encode()) == "admin"
+
 
 class AuthMiddleware:
-    """Pure ASGI: refuses requests whose key may not use the route, and records the key id in scope state."""
+    """Pure ASGI: refuses requests whose key may not use the route, and records in scope state the key's id
+    (`key_id`) and whether it is an admin key (`admin`): what a stored response's owner check reads.
 
-    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+    `trust_forwarded_caller` is for the child process of a split model (server/rpc/host.py) alone: its one key is
+    the parent's, so the parent names the key its client used in CALLER_HEADER, and that is the caller here.
+    """
+
+    def __init__(self, app: ASGIApp, auth: Authenticator, trust_forwarded_caller: bool = False) -> None:
         self.app = app
         self.auth = auth
+        self.trust_forwarded_caller = trust_forwarded_caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = self.auth.check(scope["method"], scope["path"], _header(scope, b"authorization"),
-                                    _header(scope, b"x-api-key"))
+            authorization, api_key = _header(scope, b"authorization"), _header(scope, b"x-api-key")
+            found = self.auth.check(scope["method"], scope["path"], authorization, api_key)
             if found is not None:
-                scope.setdefault("state", {})["key_id"] = found
+                state = scope.setdefault("state", {})
+                forwarded = _header(scope, CALLER_HEADER.encode()) if self.trust_forwarded_caller else None
+                if forwarded is not None:
+                    key, _, role = forwarded.partition(";")
+                    state["key_id"], state["admin"] = key or None, role == "admin"
+                else:
+                    state["key_id"], state["admin"] = found, self.auth.is_admin_key(authorization, api_key)
         await self.app(scope, receive, send)
+
+
+# What the parent of a split model tells its child about the caller: "KEY_ID" or "KEY_ID;admin" ("" where the
+# parent needs no key). The parent drops it from what clients send; the child trusts it only from its parent.
+CALLER_HEADER = "x-nomoat-caller"
+
+
+def caller_header(state: dict[str, object]) -> str:
+    """CALLER_HEADER's value for the caller AuthMiddleware recorded in `state`."""
+    key = state.get("key_id")
+    return (key if isinstance(key, str) else "") + (";admin" if state.get("admin") else "")
 
 
 def required_access(method: str, path: str) -> Access:

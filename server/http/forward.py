@@ -16,6 +16,7 @@ from ..errors import ServiceUnavailableError
 from ..openai.protocol import KeepAlive
 from ..registry import ModelRegistry
 from ..rpc.host import ChildModel
+from .auth import CALLER_HEADER, caller_header
 from .body import receive_body, replaying
 from .errors import answer_for
 from .limits import RequestLimits
@@ -27,7 +28,7 @@ log = logging.getLogger("nomoat.http")
 FORWARDED = frozenset({"chat", "completions", "embeddings", "create_response", "count_response_tokens", "messages",
                        "count_tokens", "tokenize", "detokenize", "apply_template"})
 _DROPPED_REQUEST = frozenset({"host", "authorization", "x-api-key", "content-length", "connection",
-                              "transfer-encoding", "accept-encoding", "keep-alive"})
+                              "transfer-encoding", "accept-encoding", "keep-alive", CALLER_HEADER})
 # The parent's own middleware sets these (the request id, CORS) or the server does (date, server).
 _DROPPED_RESPONSE = frozenset({"transfer-encoding", "connection", "keep-alive", "content-encoding", "date", "server",
                                "x-request-id"})
@@ -70,6 +71,8 @@ class ForwardMiddleware:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                    if k.decode("latin-1").lower() not in _DROPPED_REQUEST]
         headers.append(("authorization", f"Bearer {child.api_key}"))
+        # The child knows only the parent's key: it stores responses under, and shows them to, the client's.
+        headers.append((CALLER_HEADER, caller_header(scope.get("state", {}))))
         query = scope.get("query_string", b"").decode("latin-1")
         url = child.base_url + scope["path"] + (f"?{query}" if query else "")
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)

@@ -23,11 +23,9 @@ from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import InvalidRequestError, NomoatError, NotFoundError
-from ..http.auth import Authenticator
 from ..http.errors import answer_for
 from ..http.limits import RequestLimits
 from ..http.routes import Handler
-from ..http.status import is_admin
 from ..registry import Target
 from .protocol import parse, speculation
 from .response_items import PageQuery, page, stored_items
@@ -97,10 +95,9 @@ def usage_body(totals: Totals, reasoning_tokens: int) -> dict[str, Any]:
 class Responses:
     """The handlers; one per app."""
 
-    def __init__(self, core: GenerationCore, store: ResponseStore, auth: Authenticator | None = None) -> None:
+    def __init__(self, core: GenerationCore, store: ResponseStore) -> None:
         self.core = core
         self.store = store
-        self.auth = auth
 
     def handlers(self) -> dict[str, Handler]:
         """The routes, by their names in the route table."""
@@ -204,9 +201,9 @@ class Responses:
 
     def _viewer(self, request: Request) -> Viewer:
         """Who asks: the auth middleware's key id, and whether that key is an admin's."""
-        key_id = request.scope.get("state", {}).get("key_id")
-        admin = key_id is not None and self.auth is not None and is_admin(self.auth, request)
-        return Viewer(key_id, admin)
+        state = request.scope.get("state", {})
+        key_id = state.get("key_id")
+        return Viewer(key_id, key_id is not None and bool(state.get("admin")))
 
 
 async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],
