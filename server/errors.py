@@ -6,6 +6,8 @@ server/engine/errors.py) to a status code and an OpenAI-shaped body, in one tabl
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NomoatError(Exception):
     """Base of every error a client can see.
@@ -102,6 +104,10 @@ class ModelLoadError(ServiceUnavailableError):
     """A model failed to load (its file or configuration); it stays failed until one of them changes."""
 
     code = "model_load_failed"
+
+    def __init__(self, message: str, *, path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.path = path  # the model's file, which the message may name: an admin key's to see alone
 
 
 class ModelBusyError(ServiceUnavailableError):

@@ -22,7 +22,7 @@ from support.fake_engine import FakeEngine
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
-from nomoat.http.status import without_paths
+from nomoat.http.redact import without_paths
 from nomoat.settings import Settings
 
 USER_KEYS = ["user-key-1", "user-key-2"]
@@ -247,7 +247,10 @@ def test_load_errors_show_file_paths_to_an_admin_key_only(fake_factory, tmp_path
                                 ModelConfig(name="gone", path=str(missing))])
     srv = fake_factory(models=models, load_model=lambda config: FakeEngine(config.name), api_key="k", admin_key=ADMIN)
     chat = {"model": "gone", "messages": [{"role": "user", "content": "hi"}]}
-    assert srv.client.post("/v1/chat/completions", json=chat, headers=_bearer("k")).status_code == 503
+    for key, shows in (("k", False), (ADMIN, True)):  # the 503 itself, as the listings below
+        r = srv.client.post("/v1/chat/completions", json=chat, headers=_bearer(key))
+        assert r.status_code == 503 and _error(r)["code"] == "model_load_failed", r.text
+        assert (str(missing) in _error(r)["message"]) is shows and ("my models" in r.text) is shows, r.text
 
     def errors(key: str) -> list[str]:
         status = srv.client.get("/status", headers=_bearer(key)).json()

@@ -8,6 +8,7 @@ off the status.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from .body import ClientDisconnected
+from .redact import without_paths
 from .routes import Dialect, match
 
 log = logging.getLogger("nomoat.http")
@@ -181,6 +183,10 @@ class ErrorBoundary:
         except Exception as exc:
             if started or not is_client_error(exc):
                 raise
-            answer = answer_for(exc, scope.get("state", {}).get("prompt_field", "prompt"),
-                                match(scope["method"], scope["path"]).dialect)
+            state = scope.get("state", {})
+            if isinstance(exc, ModelLoadError) and state.get("key_id") is not None and not state.get("admin"):
+                # llama.cpp's reason names the model's file: a key that is not an admin's is not shown where it is.
+                exc = copy.copy(exc)
+                exc.message = without_paths(exc.message, *([exc.path] if exc.path else []))
+            answer = answer_for(exc, state.get("prompt_field", "prompt"), match(scope["method"], scope["path"]).dialect)
             await JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)(scope, receive, send)

@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..http.auth import Authenticator
-from ..http.status import is_admin, without_paths
+from ..http.redact import without_paths
+from ..http.status import is_admin
 from ..registry import ModelRegistry, ServedId
 
 

@@ -123,7 +123,8 @@ class Residency:
         if resident.loading is None:
             if resident.status == "failed" and resident.failed_key == file_key(resident.config):
                 raise ModelLoadError(f"model {resident.name!r} failed to load: {resident.error}; it is retried "
-                                     "once its file or configuration changes", param="model")
+                                     "once its file or configuration changes", param="model",
+                                     path=resident.config.path)
             resident.loading = asyncio.ensure_future(self._load(resident))
             resident.loading.add_done_callback(lambda f: f.cancelled() or f.exception())
         resident.waiting += 1
@@ -152,7 +153,8 @@ class Residency:
                     except ModelFileError as exc:
                         # A header the bounded walk refuses never reaches llama.cpp, whose own checks may abort.
                         self._failed(resident, str(exc), by_file=True)
-                        raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
+                        raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
+                                     path=resident.config.path) from None
                     busy = await self._make_room(resident, footprint)
                     if not busy:
                         await self._open(resident, footprint)
@@ -176,7 +178,8 @@ class Residency:
             opened = await asyncio.to_thread(self._open_engine, resident.config)
         except ConfigError as exc:
             self._failed(resident, str(exc))
-            raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model") from None
+            raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
+                                     path=resident.config.path) from None
         served = ServedModel.of(resident.config, opened)
         try:
             if served.engine is not None:  # a child process opens its adapters itself
