@@ -93,7 +93,11 @@ def _stacks_address(sampler: Any, vocab: Any, text: bytes, root: bytes) -> int |
     if not ctx:
         return None
     fields = _SamplerGrammar.from_address(ctx)
-    if (fields.vocab != _address(vocab) or not fields.grammar
+    # libstdc++ keeps a short string (the root rule's name) in the string itself: its data pointer says the
+    # layout is this one before any pointer read from it is followed (libc++, say, would not match).
+    root_local = ctx + _SamplerGrammar.grammar_root.offset + _StdString.local.offset
+    if (fields.vocab != _address(vocab) or len(root) >= _StdString.local.size or fields.grammar_root.data != root_local
+            or not fields.grammar
             or fields.grammar_str.size != len(text) or fields.grammar_root.size != len(root)
             or ctypes.string_at(fields.grammar_str.data, len(text)) != text
             or ctypes.string_at(fields.grammar_root.data, len(root)) != root):
