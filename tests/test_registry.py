@@ -18,6 +18,7 @@ from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.generation import EngineStats
 from nomoat.errors import ConflictError, ModelNotFoundError
+from nomoat.http.auth import Authenticator, KeyRing
 from nomoat.http.errors import ErrorBoundary
 from nomoat.models_toml import ModelConfig, ModelsFile
 from nomoat.openai.models import model_object, model_routes
@@ -134,7 +135,8 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
 
 def test_model_routes_list_and_look_up_and_404_lists_the_ids(loras, tmp_path):
     # (The route table mounts them without /v1 too: test_protocol_inprocess.py.)
-    app = Starlette(routes=model_routes(registry(loras, tmp_path)), middleware=[Middleware(ErrorBoundary)])
+    app = Starlette(routes=model_routes(registry(loras, tmp_path), Authenticator(KeyRing())),
+                    middleware=[Middleware(ErrorBoundary)])
     with TestClient(app) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["base", "default", "cfg", "mix"]
         assert client.get("/v1/models/mix").json()["adapters"] == [{"name": "cfg", "scale": 0.5}]
