@@ -19,13 +19,13 @@ from .adapters.watch import AdapterWatcher
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
 from .http.app import build_app
-from .http.auth import Authenticator, KeyRing, exposure_warning
 from .http.connections import AcceptFailureHandler, ConnectionLimits, guarded_protocol
 from .metrics import EventLoopMonitor, Metrics
 from .models_toml import ModelsFile
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings
+from .wire.auth import Authenticator, KeyRing, exposure_warning
 
 log = logging.getLogger("nomoat.daemon")
 

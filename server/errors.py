@@ -1,6 +1,6 @@
 """The errors a request can meet above the engine: domain errors, raised where the cause is known.
 
-None of them knows HTTP: server/http/errors.py maps each class (and the engine's own errors,
+None of them knows HTTP: server/wire/errors.py maps each class (and the engine's own errors,
 server/engine/errors.py) to a status code and an OpenAI-shaped body, in one table.
 """
 

@@ -12,7 +12,7 @@ import pytest
 from support.inprocess import MODEL
 
 from nomoat.errors import PayloadTooLargeError, RateLimitError, ServiceUnavailableError
-from nomoat.http.errors import answer_for
+from nomoat.wire.errors import answer_for
 
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"

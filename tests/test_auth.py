@@ -21,9 +21,9 @@ from support.fake_engine import FakeEngine
 
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.errors import AuthenticationError, ConfigError, PermissionDeniedError
-from nomoat.http.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
-from nomoat.http.redact import without_paths
 from nomoat.settings import Settings
+from nomoat.wire.auth import Authenticator, KeyRing, exposure_warning, is_admin_route
+from nomoat.wire.redact import without_paths
 
 USER_KEYS = ["user-key-1", "user-key-2"]
 FILE_KEY = "file-key-3"

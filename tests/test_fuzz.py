@@ -22,9 +22,9 @@ from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel
 from support.inprocess import MODEL, FakeServer
 
-from nomoat.http.body import MAX_JSON_DEPTH
-from nomoat.http.routes import ENDPOINTS, match
 from nomoat.openai.schema import REQUEST_MODELS
+from nomoat.wire.body import MAX_JSON_DEPTH
+from nomoat.wire.routes import ENDPOINTS, match
 
 # CI runs the same few examples every time (a flaky test is a broken one); a hunt for bugs runs many,
 # random ones: NOMOAT_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py.
@@ -216,7 +216,7 @@ def test_junk_bodies_are_refused_cleanly(app: FakeServer, name: str) -> None:
     run()
 
 
-# What every route refuses alike, wherever in the body it is (http/body.py): numbers JSON has not, and nesting
+# What every route refuses alike, wherever in the body it is (wire/body.py): numbers JSON has not, and nesting
 # past the bound (a Responses item's arguments 400-900 deep was a 500).
 NOT_SERVABLE_JSON = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]) | st.integers(
     MAX_JSON_DEPTH + 1, 3000).map(lambda depth: "[" * depth + "]" * depth)

@@ -6,8 +6,8 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
-from nomoat.http.routes import ENDPOINTS
 from nomoat.openai.schema import REQUEST_MODELS
+from nomoat.wire.routes import ENDPOINTS
 
 
 def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:

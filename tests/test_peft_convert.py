@@ -29,7 +29,7 @@ from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.errors import ModelFileError
 from nomoat.engine.gguf_header import read_tensor_sizes
 from nomoat.errors import AdapterError
-from nomoat.http.errors import answer_for
+from nomoat.wire.errors import answer_for
 
 # llama.cpp's tensor names for the seven PEFT modules, written out here rather than taken from gguf's maps.
 GGUF_NAMES = {

@@ -163,7 +163,7 @@ def test_a_body_that_arrives_too_slowly_is_408_and_holds_no_generation_slot():
     import asyncio
 
     from nomoat.errors import RequestTimeoutError
-    from nomoat.http.body import ClientDisconnected, receive_body
+    from nomoat.wire.body import ClientDisconnected, receive_body
 
     async def trickle() -> dict[str, Any]:
         await asyncio.sleep(3600)

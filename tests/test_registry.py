@@ -18,12 +18,12 @@ from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.generation import EngineStats
 from nomoat.errors import ConflictError, ModelNotFoundError
-from nomoat.http.auth import Authenticator, KeyRing
-from nomoat.http.errors import ErrorBoundary
+from nomoat.http.boundary import ErrorBoundary
 from nomoat.models_toml import ModelConfig, ModelsFile
 from nomoat.openai.models import model_object, model_routes
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
+from nomoat.wire.auth import Authenticator, KeyRing
 
 BASE_INFO = BaseModelInfo.from_gguf(model_path())
 

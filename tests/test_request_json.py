@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from support.inprocess import MODEL
 
-from nomoat.http.body import MAX_JSON_DEPTH, nesting_depth
+from nomoat.wire.body import MAX_JSON_DEPTH, nesting_depth
 
 CHAT, RESPONSES, MESSAGES = "/v1/chat/completions", "/v1/responses", "/v1/messages"
 TOO_DEEP = f"nests JSON arrays and objects deeper than the limit of {MAX_JSON_DEPTH} levels"

@@ -20,9 +20,9 @@ from support.inprocess import MODEL
 from test_responses_inprocess import RESPONSES, create, events
 
 from nomoat.errors import InvalidRequestError
-from nomoat.http.auth import key_id
 from nomoat.openai import response_db as db
 from nomoat.openai.response_db import Retention
+from nomoat.wire.auth import key_id
 
 KEY_A, KEY_B, ADMIN = "key-of-a", "key-of-b", "key-of-admin"
 STORE = "responses.sqlite3"

@@ -35,7 +35,6 @@ from support.process import NO_EOS, THREADS, ServerProcess, free_port
 from nomoat import config
 from nomoat.errors import ConfigError
 from nomoat.http.app import build_app
-from nomoat.http.auth import key_id
 from nomoat.metrics import Metrics
 from nomoat.models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from nomoat.registry import ModelRegistry
@@ -45,6 +44,7 @@ from nomoat.rpc.ggml import supports_rpc
 from nomoat.rpc.host import ChildModel
 from nomoat.rpc.worker import is_loopback
 from nomoat.settings import Settings
+from nomoat.wire.auth import key_id
 
 # --- configuration -----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
 from ..core.tool_calls import ToolCall, ToolStream, parse_output
 from ..core.tools import ToolPlan
 from ..engine.types import TokenEvent
-from ..http.errors import answer_for
+from ..wire.errors import answer_for
 
 
 def new_id(prefix: str) -> str:

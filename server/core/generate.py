@@ -20,10 +20,10 @@ from starlette.types import Receive, Scope, Send
 
 from ..engine.generation import Generation
 from ..engine.types import GenerationRequest, TokenEvent, Usage
-from ..http.body import ClientDisconnected, read_json
-from ..http.limits import RequestLimits
 from ..metrics import GenerationTimer, Metrics
 from ..registry import ModelRegistry, Target
+from ..wire.body import ClientDisconnected, read_json
+from ..wire.limits import RequestLimits
 from .reasoning import opens_reasoning
 
 log = logging.getLogger("nomoat.generate")

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..engine.types import ChatPrompt
 from ..errors import InvalidRequestError
-from ..http.body import bounded_loads
+from ..wire.body import bounded_loads
 from .structured import Grammar, literal, response_rule
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

@@ -1,6 +1,6 @@
 """What the engine raises, or ends a generation with: domain errors that know nothing of HTTP.
 
-The HTTP layer maps each class to a status code and an error body in one place (server/http/errors.py).
+The HTTP layer maps each class to a status code and an error body in one place (server/wire/errors.py).
 """
 
 from __future__ import annotations

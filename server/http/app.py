@@ -33,14 +33,17 @@ from ..openai.schema import openapi
 from ..openai.tokenize import TokenizerRoutes
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
-from .auth import Authenticator, AuthMiddleware, KeyRing
-from .body import ClientDisconnected
-from .errors import ErrorBoundary, answer_for, dialect_body
+from ..wire.auth import Authenticator, KeyRing
+from ..wire.body import ClientDisconnected
+from ..wire.errors import answer_for, dialect_body
+from ..wire.limits import RequestLimits
+from ..wire.routes import ENDPOINTS, Handler, build_routes, match
+from .auth import AuthMiddleware
+from .boundary import ErrorBoundary
 from .forward import ForwardMiddleware
 from .lifecycle import LeaseMiddleware, lifecycle_handlers
-from .limits import ConcurrencyLimiter, ConcurrencyMiddleware, RequestLimits
+from .limits import ConcurrencyLimiter, ConcurrencyMiddleware
 from .requestlog import RequestLogMiddleware
-from .routes import ENDPOINTS, Handler, build_routes, match
 from .status import ServerStatus
 from .ui import StaticPage
 

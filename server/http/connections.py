@@ -25,7 +25,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..settings import Settings
-from .errors import error_body
+from ..wire.errors import error_body
 
 log = logging.getLogger("nomoat.connections")
 

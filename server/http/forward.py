@@ -16,11 +16,11 @@ from ..errors import ServiceUnavailableError
 from ..openai.protocol import KeepAlive
 from ..registry import ModelRegistry
 from ..rpc.host import ChildModel
+from ..wire.body import receive_body, replaying
+from ..wire.errors import answer_for
+from ..wire.limits import RequestLimits
+from ..wire.routes import Endpoint, match
 from .auth import CALLER_HEADER, caller_header
-from .body import receive_body, replaying
-from .errors import answer_for
-from .limits import RequestLimits
-from .routes import Endpoint, match
 
 log = logging.getLogger("nomoat.http")
 

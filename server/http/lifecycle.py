@@ -14,8 +14,8 @@ from ..openai.models import model_object
 from ..openai.protocol import KeepAlive, parse
 from ..registry import ModelRegistry
 from ..residency.resident import lease_scope
-from .body import read_json
-from .routes import Handler
+from ..wire.body import read_json
+from ..wire.routes import Handler
 
 
 class ModelRef(KeepAlive):

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..metrics import Metrics
-from .routes import match
+from ..wire.routes import match
 
 log = logging.getLogger("nomoat.access")
 

@@ -15,16 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
-from ..errors import NomoatError
 from ..metrics import Metrics
 from ..registry import ModelRegistry
-from .auth import Authenticator
-from .redact import without_paths
-from .routes import match
+from ..wire.auth import Authenticator, is_admin
+from ..wire.redact import without_paths
+from ..wire.routes import match
 
-# An admin route whose answer tells whether the caller's key is an admin key (nothing is changed:
-# the check is made, the route is not called).
-_ADMIN_PROBE = ("POST", "/v1/adapters")
 # The model lifecycle routes; the page offers load/unload only where they exist.
 _LIFECYCLE_ROUTE = ("POST", "/models/load")
 
@@ -90,12 +86,3 @@ class ServerStatus:
                 "stacks": sorted(s.name for s in catalogue.stacks() if s.base == served.id),
             })
         return sorted(out, key=lambda m: m["id"])
-
-
-def is_admin(auth: Authenticator, request: Request) -> bool:
-    """Whether the request's key (or no key, where none is configured) may use the admin routes."""
-    try:
-        auth.check(*_ADMIN_PROBE, request.headers.get("authorization"), request.headers.get("x-api-key"))
-    except NomoatError:
-        return False
-    return True

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .routes import Handler
+from ..wire.routes import Handler
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

@@ -11,8 +11,8 @@ from starlette.routing import Route
 
 from ..adapters.catalogue import AdapterEntry
 from ..adapters.files import confine
-from ..http.body import read_json
 from ..registry import ModelRegistry
+from ..wire.body import read_json
 from .protocol import Lenient, parse
 
 

@@ -10,10 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..http.auth import Authenticator
-from ..http.redact import without_paths
-from ..http.status import is_admin
 from ..registry import ModelRegistry, ServedId
+from ..wire.auth import Authenticator, is_admin
+from ..wire.redact import without_paths
 
 
 def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = None) -> dict[str, Any]:

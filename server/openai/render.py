@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.generate import Totals
 from ..engine.types import TokenEvent
-from ..http.errors import answer_for
+from ..wire.errors import answer_for
 
 # What OpenAI reports for a token the model gives no probability at all; JSON has no -Infinity or NaN.
 FLOOR_LOGPROB = -9999.0

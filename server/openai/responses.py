@@ -23,10 +23,10 @@ from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import InvalidRequestError, NomoatError, NotFoundError
-from ..http.errors import answer_for
-from ..http.limits import RequestLimits
-from ..http.routes import Handler
 from ..registry import Target
+from ..wire.errors import answer_for
+from ..wire.limits import RequestLimits
+from ..wire.routes import Handler
 from .protocol import parse, speculation
 from .response_items import PageQuery, page, stored_items
 from .response_store import Conversation, ResponseStore, Viewer

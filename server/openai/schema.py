@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from .. import __version__
 from ..anthropic.protocol import CountTokensRequest, MessagesRequest
 from ..http.lifecycle import ModelRef
-from ..http.routes import ENDPOINTS, Access, Endpoint
+from ..wire.routes import ENDPOINTS, Access, Endpoint
 from .adapters import LoadAdapterRequest
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, compile_path
 
 Handler = Callable[[Request], Awaitable[Response]]
-# The wire protocol a route's errors speak (http/errors.py renders each): OpenAI's or Anthropic's shape.
+# The wire protocol a route's errors speak (wire/errors.py renders each): OpenAI's or Anthropic's shape.
 Dialect = Literal["openai", "anthropic"]
 
 

@@ -1,20 +1,17 @@
-"""The one place an error becomes an HTTP answer: status code, error body and headers.
+"""The one place an error becomes an HTTP answer: status code, error body and headers (the table; the
+middleware that sends it is http/boundary.py).
 
 Domain errors (server/errors.py) and the engine's (server/engine/errors.py) know nothing of
 HTTP; the table below gives each class its status, OpenAI `type` and `code`. A route that speaks
-Anthropic's dialect (http/routes.py) gets the same status with Anthropic's body, its type read
+Anthropic's dialect (wire/routes.py) gets the same status with Anthropic's body, its type read
 off the status.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import errors as engine
 from ..errors import (
@@ -36,9 +33,7 @@ from ..errors import (
     StoreUnavailableError,
     UnsupportedFeatureError,
 )
-from .body import ClientDisconnected
-from .redact import without_paths
-from .routes import Dialect, match
+from .routes import Dialect
 
 log = logging.getLogger("nomoat.http")
 
@@ -153,40 +148,3 @@ def _engine_param(exc: engine.EngineError, prompt_field: str) -> str | None:
 def is_client_error(exc: BaseException) -> bool:
     """A domain or engine error, as opposed to a bug (anything else)."""
     return isinstance(exc, (NomoatError, engine.EngineError))
-
-
-class ErrorBoundary:
-    """Middleware: a domain or engine error raised anywhere below becomes its JSON answer here.
-
-    Errors inside a stream that has begun are reported in-band by the stream itself.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except ClientDisconnected:
-            if not started:  # nobody reads it; the access log and metrics record a 499
-                await Response(status_code=499)(scope, receive, send)
-        except Exception as exc:
-            if started or not is_client_error(exc):
-                raise
-            state = scope.get("state", {})
-            if isinstance(exc, ModelLoadError) and state.get("key_id") is not None and not state.get("admin"):
-                # llama.cpp's reason names the model's file: a key that is not an admin's is not shown where it is.
-                exc = copy.copy(exc)
-                exc.message = without_paths(exc.message, *([exc.path] if exc.path else []))
-            answer = answer_for(exc, state.get("prompt_field", "prompt"), match(scope["method"], scope["path"]).dialect)
-            await JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)(scope, receive, send)
