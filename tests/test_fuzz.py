@@ -22,7 +22,7 @@ from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel
 from support.inprocess import MODEL, FakeServer
 
-from nomoat.openai.schema import REQUEST_MODELS
+from nomoat.http.openapi import REQUEST_MODELS
 from nomoat.wire.body import MAX_JSON_DEPTH
 from nomoat.wire.routes import ENDPOINTS, match
 

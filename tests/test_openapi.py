@@ -6,7 +6,7 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
-from nomoat.openai.schema import REQUEST_MODELS
+from nomoat.http.openapi import REQUEST_MODELS
 from nomoat.wire.routes import ENDPOINTS
 
 

@@ -8,13 +8,13 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, event_stream
 from ..core.structured import Grammar
 from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
-from ..openai.protocol import speculation
 from ..registry import Target
-from .protocol import CountTokensRequest, MessagesRequest, parse
+from .protocol import CountTokensRequest, MessagesRequest
 from .render import message_json, stream_events
 
 # Anthropic's tool_choice types as the core's choices: "any" forces a call to some tool, "tool" to one.

@@ -21,10 +21,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from ..core.fields import KeepAlive, Lenient, LoraRef, SpeculativeOptions
 from ..errors import InvalidRequestError, UnsupportedFeatureError
-from ..openai.protocol import KeepAlive, Lenient, LoraRef, SpeculativeOptions, parse
 
-__all__ = ["CountTokensRequest", "MessagesRequest", "parse"]
+__all__ = ["CountTokensRequest", "MessagesRequest"]
 
 # The content blocks a text model can read; a thinking block sent back is dropped, as Anthropic drops
 # earlier turns' thinking.

@@ -29,7 +29,6 @@ from ..openai.embeddings import Embeddings
 from ..openai.models import model_routes
 from ..openai.response_store import ResponseStore
 from ..openai.responses import Responses
-from ..openai.schema import openapi
 from ..openai.tokenize import TokenizerRoutes
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
@@ -43,6 +42,7 @@ from .boundary import ErrorBoundary
 from .forward import ForwardMiddleware
 from .lifecycle import LeaseMiddleware, lifecycle_handlers
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware
+from .openapi import openapi
 from .requestlog import RequestLogMiddleware
 from .status import ServerStatus
 from .ui import StaticPage

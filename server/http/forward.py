@@ -12,8 +12,8 @@ import httpx
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..core.fields import KeepAlive
 from ..errors import ServiceUnavailableError
-from ..openai.protocol import KeepAlive
 from ..registry import ModelRegistry
 from ..rpc.host import ChildModel
 from ..wire.body import receive_body, replaying

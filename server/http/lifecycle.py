@@ -5,21 +5,16 @@ Also the middleware that keeps each model a request resolved busy until the requ
 
 from __future__ import annotations
 
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..core.fields import ModelRef, parse
 from ..openai.models import model_object
-from ..openai.protocol import KeepAlive, parse
 from ..registry import ModelRegistry
 from ..residency.resident import lease_scope
 from ..wire.body import read_json
 from ..wire.routes import Handler
-
-
-class ModelRef(KeepAlive):
-    model: str = Field(min_length=1, max_length=200)
 
 
 class LeaseMiddleware:

@@ -1,5 +1,6 @@
-"""GET /openapi.json: the API as an OpenAPI 3.1 document, its paths from the route table and its request
-bodies from the same pydantic models that validate requests, so the published schema cannot drift."""
+"""GET /openapi.json: the whole API (every protocol's routes) as an OpenAPI 3.1 document, its paths from the
+route table and its request bodies from the same pydantic models that validate requests, so the published
+schema cannot drift."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..anthropic.protocol import CountTokensRequest, MessagesRequest
-from ..http.lifecycle import ModelRef
+from ..core.fields import ModelRef
+from ..openai.adapters import LoadAdapterRequest
+from ..openai.embeddings import EmbeddingRequest
+from ..openai.protocol import ChatCompletionRequest, CompletionRequest
+from ..openai.responses_protocol import ResponsesRequest
+from ..openai.tokenize import DetokenizeRequest, TokenizeRequest
 from ..wire.routes import ENDPOINTS, Access, Endpoint
-from .adapters import LoadAdapterRequest
-from .embeddings import EmbeddingRequest
-from .protocol import ChatCompletionRequest, CompletionRequest
-from .responses_protocol import ResponsesRequest
-from .tokenize import DetokenizeRequest, TokenizeRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"

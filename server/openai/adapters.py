@@ -11,9 +11,9 @@ from starlette.routing import Route
 
 from ..adapters.catalogue import AdapterEntry
 from ..adapters.files import confine
+from ..core.fields import Lenient, parse
 from ..registry import ModelRegistry
 from ..wire.body import read_json
-from .protocol import Lenient, parse
 
 
 class LoadAdapterRequest(Lenient):

@@ -9,13 +9,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.fields import parse, speculation
 from ..core.generate import Choice, GenerationCore, Run, event_stream
 from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
 from ..core.structured import Grammar
 from ..core.tool_calls import ToolStream, parse_output
 from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
-from .protocol import ChatCompletionRequest, parse, speculation
+from .protocol import ChatCompletionRequest
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
 

@@ -8,10 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, Run, event_stream
 from ..engine.types import GenerationRequest, TextPrompt, TokenPrompt
 from ..registry import Target
-from .protocol import CompletionRequest, parse, speculation
+from .protocol import CompletionRequest
 from .render import DONE, TextOffsets, completion_logprobs, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
 

@@ -10,11 +10,11 @@ from pydantic import Field, StrictInt, StrictStr, ValidationError, ValidatorFunc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.fields import KeepAlive, parse
 from ..core.generate import GenerationCore, Totals, count_tokens, label_request, race_disconnect
 from ..engine.embedder import EmbeddingInput
 from ..engine.types import TextPrompt, TokenPrompt
 from ..errors import InvalidRequestError
-from .protocol import KeepAlive, parse
 
 # OpenAI's limit on the number of inputs in one request.
 MAX_INPUTS = 2048

@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, Run, Totals, event_stream
 from ..core.structured import Grammar
 from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
@@ -27,7 +28,6 @@ from ..registry import Target
 from ..wire.errors import answer_for
 from ..wire.limits import RequestLimits
 from ..wire.routes import Handler
-from .protocol import parse, speculation
 from .response_items import PageQuery, page, stored_items
 from .response_store import Conversation, ResponseStore, Viewer
 from .responses_events import Event, OutputWriter, Sequencer, item_id

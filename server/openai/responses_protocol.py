@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..core.fields import Lenient
 from ..core.tools import Tool
 from ..errors import InvalidRequestError
-from .protocol import JsonSchemaFormat, Lenient, _SamplingFields
+from .protocol import JsonSchemaFormat, _SamplingFields
 
 # Content part types read as text; everything else (input_image, input_file, input_audio) is refused.
 _TEXT_PARTS = {"input_text", "output_text", "text"}

@@ -11,11 +11,12 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..core.fields import Lenient, parse
 from ..core.generate import GenerationCore
 from ..engine.engine import Engine
 from ..engine.model import LoadedModel
 from .chat import chat_prompt, read_tools
-from .protocol import ChatCompletionRequest, Lenient, parse
+from .protocol import ChatCompletionRequest
 
 
 class TokenizeRequest(Lenient):
