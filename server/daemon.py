@@ -113,7 +113,8 @@ class Daemon:
             if self._stopping:
                 return 0
             self._spawn(EventLoopMonitor(self.metrics).run())
-            watcher = AdapterWatcher(self.registry, self.settings.adapter_dirs) if self.settings.watch_adapters else None
+            watcher = (AdapterWatcher(self.registry.catalogue, self.settings.adapter_dirs)
+                       if self.settings.watch_adapters else None)
             if watcher is not None:
                 await watcher.start()
             try:

@@ -15,8 +15,7 @@ from typing import Final, Literal
 import watchfiles
 
 from ..errors import AdapterError, NomoatError
-from ..registry import ModelRegistry
-from .catalogue import AdapterEntry
+from .catalogue import AdapterCatalogue, AdapterEntry
 from .gguf_check import TruncatedGGUFError, check_gguf_layout
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
 from .regular_files import open_regular
@@ -135,9 +134,9 @@ class AdapterWatcher:
     content serves.
     """
 
-    def __init__(self, registry: ModelRegistry, directories: list[Path],
+    def __init__(self, catalogue: AdapterCatalogue, directories: list[Path],
                  settle_seconds: float = SETTLE_SECONDS) -> None:
-        self._catalogue = registry.catalogue
+        self._catalogue = catalogue
         self._roots = [Path(os.path.realpath(d)) for d in directories]
         self._settle = settle_seconds
         self._served: dict[Path, _Served] = {}
