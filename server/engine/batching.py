@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .contexts import Context
-from .draft import DraftModel
-from .sequences import Sequence
-from .speculative import ModelDrafter, NgramDrafter
+from .sequences import Phase, Sequence
 
 # While other sequences are streaming, a prompt is evaluated in chunks sized so that a step takes
 # about PREFILL_STEP_SECONDS: a long prompt then delays each running stream by one short step
@@ -69,8 +67,8 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
 
     Sequences generating get their one token and its drafts; prefilling ones share what is left of `n_batch`.
     """
-    decoding = [s for s in active if len(s.todo) == 1]
-    prefilling = [s for s in active if len(s.todo) > 1]
+    decoding = [s for s in active if s.phase is Phase.GENERATING]
+    prefilling = [s for s in active if s.phase is Phase.PREFILLING]
     work: Work = [(s, s.todo + s.draft) for s in decoding]
     budget = n_batch - sum(len(tokens) for _, tokens in work)
     chunk_cap = chunk_while_decoding if decoding else budget
@@ -92,34 +90,6 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
     return [(contexts[g[0]], sorted(groups[g], key=lambda item: item[0].seq_id)) for g in order]
 
 
-def propose_drafts(active: list[Sequence], n_batch: int, n_ctx: int, draft_model: DraftModel | None = None,
-                   chunk_while_decoding: int = PREFILL_CHUNK_WHILE_DECODING) -> None:
-    """Give each generating sequence that speculates its drafts for this step.
-
-    Never more than it may still generate (the last token of a step is always sampled), than its
-    context has cells for, or than a fair share of the batch. A draft model drafts for all its
-    sequences at once, and catches up with prompts at most a prefill chunk per step.
-    """
-    decoding = [s for s in active if len(s.todo) == 1]
-    share = n_batch // (2 * max(1, len(decoding))) - 1  # half the batch stays for prompts
-    from_model: list[tuple[Sequence, int]] = []
-    for seq in decoding:
-        seq.draft = []
-        if seq.drafter is None:
-            continue
-        room = min(seq.max_new - seq.n_generated - 1, n_ctx - seq.n_past - 1, share)
-        if room <= 0:
-            continue
-        if isinstance(seq.drafter, NgramDrafter):
-            seq.drafter.sync(seq.evaluated + seq.todo)
-            seq.draft = seq.drafter.draft(room)
-        elif seq.drafter.limit(room) > 0:
-            from_model.append((seq, seq.drafter.limit(room)))
-    if draft_model is not None:
-        prefilling = [s for s in active if len(s.todo) > 1 and isinstance(s.drafter, ModelDrafter)]
-        draft_model.propose(from_model, prefilling, chunk_while_decoding if decoding else n_batch)
-
-
 def fill_batch(batch: Any, work: Work) -> list[tuple[Sequence, int]]:
     """Write `work` into `batch` (a llama_batch); returns each sequence whose logits come back, with the
     batch row of its first: the end of a finished prompt, or a generated token followed by its drafts."""
@@ -128,9 +98,10 @@ def fill_batch(batch: Any, work: Work) -> list[tuple[Sequence, int]]:
     for seq, tokens in work:
         # Logits from the last token of `todo` on, when this call evaluates all of `todo`.
         first_out = len(seq.todo) - 1 if len(tokens) >= len(seq.todo) else len(tokens)
+        n_past = seq.n_past
         for j, token in enumerate(tokens):
             batch.token[n] = token
-            batch.pos[n] = seq.n_past + j
+            batch.pos[n] = n_past + j
             batch.n_seq_id[n] = 1
             batch.seq_id[n][0] = seq.seq_id
             batch.logits[n] = j >= first_out

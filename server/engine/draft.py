@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from .contexts import common_prefix
+from .drafting import Drafter, DraftRound, DraftView
 from .errors import ModelFileError
-from .speculative import ModelDrafter
-
-if TYPE_CHECKING:
-    from .sequences import Sequence
 
 log = logging.getLogger("nomoat.engine")
 
@@ -52,14 +49,33 @@ def vocab_mismatch(target: Any, draft: Any) -> str | None:
     return None
 
 
+@dataclass(kw_only=True, eq=False)
+class ModelDrafter(Drafter):
+    """A sequence's place in its draft model: the draft context's slot it holds, -1 for none yet.
+
+    The draft model proposes for every drafting sequence at once, so this only queues the sequence there.
+    """
+
+    source: DraftModel
+    slot: int = -1
+
+    def propose(self, view: DraftView, limit: int, round_: DraftRound) -> None:
+        self.source.queue(self, view, limit)
+        round_.join(self.source)
+
+    def release(self, keep_cache: bool) -> None:
+        self.source.release(self, keep_cache)
+
+
 @dataclass
 class _Drafting:
     """One sequence in this step's draft: what it feeds the draft context, and how many drafts it may take."""
 
-    seq: Sequence
+    view: DraftView
     drafter: ModelDrafter
     feed: list[int]
     limit: int  # drafts wanted; 0 while the draft context only catches up with the sequence's prompt
+    drafts: list[int] = field(default_factory=list)
     row: int = -1  # the batch row of its logits
 
 
@@ -94,50 +110,60 @@ class DraftModel:
         n_slots = llama_cpp.llama_n_seq_max(self.ctx)
         self.free: list[int] = list(range(n_slots))
         self.cached: list[list[int]] = [[] for _ in range(n_slots)]  # the tokens each slot's KV holds
+        self._queued: list[tuple[ModelDrafter, DraftView, int]] = []  # this step's sequences, generating ones first
         log.info("draft model %s loaded for %s (%d slots)", path, target_path, n_slots)
 
     # --- drafting (the engine's worker thread) ------------------------------------
 
-    def propose(self, generating: list[tuple[Sequence, int]], prefilling: list[Sequence], budget: int) -> None:
-        """Set `seq.draft` for each generating sequence (with the drafts it may take: `limit`); feed the prompts
-        of prefilling ones, whose tokens are known before the target evaluates them.
+    def drafter(self, n_max: int) -> ModelDrafter:
+        """A drafter for one sequence that drafts with this model."""
+        return ModelDrafter(n_max=n_max, source=self)
+
+    def queue(self, drafter: ModelDrafter, view: DraftView, limit: int) -> None:
+        """Draft up to `limit` tokens for `view` at the next `run` (0: only feed the prompt it is prefilling)."""
+        self._queued.append((drafter, view, limit))
+
+    def run(self, budget: int) -> None:
+        """Set the drafts of each queued generating sequence; feed the prompts of prefilling ones, whose tokens are
+        known before the target evaluates them.
 
         At most `budget` tokens catch up in this step (generating sequences first): a sequence whose
         history does not fit drafts nothing now and catches up over the next steps, so a long prompt
         never stalls running streams. Then one decode per draft position, one token per sequence.
         """
+        queued, self._queued = self._queued, []
         plan: list[_Drafting] = []
-        for seq, limit in [*generating, *((s, 0) for s in prefilling)]:
-            feed = self._sync(seq, seq.evaluated + seq.todo, keep_last=limit > 0)
+        for drafter, view, limit in queued:
+            feed = self._sync(drafter, view.evaluated + view.todo, keep_last=limit > 0)
             take = min(len(feed), budget)
             if take:
                 budget -= take
-                plan.append(_Drafting(seq, self._drafter(seq), feed[:take], limit if take == len(feed) else 0))
+                plan.append(_Drafting(view, drafter, feed[:take], limit if take == len(feed) else 0))
         if not plan:
             return
         plan.sort(key=lambda d: d.drafter.slot)  # consecutive sequence ids share a ubatch (docs/architecture.md)
-        if not self._decode([(d, d.feed) for d in plan]):
-            return
-        drafting = [d for d in plan if d.limit]
+        if self._decode([(d, d.feed) for d in plan]):
+            self._draft([d for d in plan if d.limit])
+        for d in plan:
+            if d.drafts:
+                d.view.set_draft(d.drafts)
+
+    def _draft(self, drafting: list[_Drafting]) -> None:
+        """Draft greedily, one token per sequence and decode, until each has its `limit`."""
         while drafting:
             for d in drafting:
                 token = self._greedy(d.row)
-                d.seq.draft.append(token)
+                d.drafts.append(token)
                 if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                    d.limit = len(d.seq.draft)  # nothing follows an end of generation
+                    d.limit = len(d.drafts)  # nothing follows an end of generation
             # The last draft is never fed: the target verifies it, and the next step feeds what it accepted.
-            drafting = [d for d in drafting if len(d.seq.draft) < d.limit]
-            if drafting and not self._decode([(d, d.seq.draft[-1:]) for d in drafting]):
+            drafting = [d for d in drafting if len(d.drafts) < d.limit]
+            if drafting and not self._decode([(d, d.drafts[-1:]) for d in drafting]):
                 return
 
-    def _drafter(self, seq: Sequence) -> ModelDrafter:
-        assert isinstance(seq.drafter, ModelDrafter) and seq.drafter.source is self
-        return seq.drafter
-
-    def _sync(self, seq: Sequence, history: list[int], keep_last: bool) -> list[int]:
+    def _sync(self, drafter: ModelDrafter, history: list[int], keep_last: bool) -> list[int]:
         """Give the sequence a slot if it has none, trim the slot's KV to what `history` shares, and return the
         tokens of `history` it has not seen (its last token always, when `keep_last`: its logits start the draft)."""
-        drafter = self._drafter(seq)
         if drafter.slot < 0:
             drafter.slot = max(sorted(self.free), key=lambda slot: common_prefix(self.cached[slot], history))
             self.free.remove(drafter.slot)
@@ -176,7 +202,7 @@ class DraftModel:
             for d, _ in work:
                 llama_cpp.llama_memory_seq_rm(self.memory, d.drafter.slot, -1, -1)
                 self.cached[d.drafter.slot].clear()
-                d.seq.draft = []
+                d.drafts.clear()
             return False
         for d, tokens in work:
             self.cached[d.drafter.slot].extend(tokens)
@@ -189,6 +215,8 @@ class DraftModel:
 
     def release(self, drafter: ModelDrafter, keep_cache: bool) -> None:
         """The sequence ended: its slot is free again, its KV kept for a later prompt when `keep_cache`."""
+        if self._queued:  # ended between queueing and a run (a failed step): never drafted for
+            self._queued = [queued for queued in self._queued if queued[0] is not drafter]
         if drafter.slot < 0:
             return
         if not keep_cache:

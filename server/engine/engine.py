@@ -17,15 +17,16 @@ from typing import Any, TypeVar
 import llama_cpp
 
 from .adapters import LoraAdapter, free_lora, load_lora, split_unused
-from .batching import PrefillPacer, Work, fill_batch, plan_step, propose_drafts
+from .batching import PrefillPacer, Work, fill_batch, plan_step
 from .contexts import Context, choose_context
 from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
+from .placement import PrefixReuse, place
 from .sampling import SamplerChain, log_softmax_row, token_event
-from .sequences import PrefixReuse, Sequence, place, release
-from .speculative import drafter_for, verify
+from .sequences import Phase, Sequence
+from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
 from .types import GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
 
@@ -135,7 +136,6 @@ class Engine:
             max_new=max_new,
             sampler=sampler,
             assembler=TextAssembler(request.stop),
-            todo=list(prompt),
             drafter=drafter_for(speculation, self.model.draft),
         )
         with self._cv:
@@ -293,7 +293,7 @@ class Engine:
         self._emit([(seq.gen, TokenEvent(error=ShuttingDown())) for seq in queued])
 
     def _start(self, seq: Sequence) -> None:
-        """Give a waiting sequence a context and a slot in it (sequences.place), and make it active."""
+        """Give a waiting sequence a context and a slot in it (placement.place), and make it active."""
         place(seq, self._context_for(seq.request.adapters.key), self._active, self.prefix_reuse, self.stats)
         self._active.append(seq)
 
@@ -319,12 +319,12 @@ class Engine:
         # The draft model's decodes count in the step's time, so prefill pacing leaves room for them.
         started = time.perf_counter()
         chunk = self._pacer.chunk()
-        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, self.model.draft, chunk)
+        propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, chunk)
         calls = plan_step(self._active, self.model.n_batch, self._contexts, chunk)
         self.stats.steps += 1
         self.stats.last_batch_tokens = sum(len(tokens) for _, work in calls for _, tokens in work)
         self.stats.last_batch_sequences = sum(len(work) for _, work in calls)
-        prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if len(seq.todo) > 1)
+        prompt_tokens = sum(len(tokens) for _, work in calls for seq, tokens in work if seq.phase is Phase.PREFILLING)
         for context, work in calls:
             self._decode_group(context, work, events)
         self._pacer.record(prompt_tokens, time.perf_counter() - started)
@@ -344,10 +344,7 @@ class Engine:
         self.stats.decode_calls += 1
         self.stats.decoded_tokens += self._batch.n_tokens
         for seq, tokens in items:
-            done = tokens[: len(seq.todo)]  # drafts join `evaluated` only once verified
-            seq.n_past += len(done)
-            seq.evaluated.extend(done)
-            del seq.todo[: len(done)]
+            seq.decoded(len(tokens))
         for seq, row in outputs:
             verify(seq, row, partial(self._sample, seq, events=events), self.stats)
 
@@ -359,11 +356,10 @@ class Engine:
         if request.logprobs:
             logprobs = log_softmax_row(context.ptr, index, self.model.n_vocab)
         try:
-            token = seq.sampler.sample(context.ptr, index)
+            token = seq.sample(context.ptr, index)
         except GrammarTooCostly as exc:  # this sequence's grammar alone is at fault: the others go on
             self._finish(seq, None, "", events, error=exc)
             return None
-        seq.n_generated += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop", seq.assembler.flush(), events)
             return None
@@ -393,13 +389,13 @@ class Engine:
 
     def _release(self, seq: Sequence, keep_cache: bool) -> None:
         self._active.remove(seq)
-        release(seq, keep_cache=keep_cache and self.prefix_reuse.enabled)
+        seq.finish(keep_cache=keep_cache and self.prefix_reuse.enabled)
 
     def _abandon(self, seq: Sequence, exc: Exception) -> None:
         """Undo a half-done `_start` and end the sequence's generation with an error."""
         if seq in self._active:
             self._active.remove(seq)
-        release(seq, keep_cache=False)
+        seq.finish(keep_cache=False)
         self._emit([(seq.gen, TokenEvent(error=EngineError(f"generation failed: {exc}")))])
 
     def _fail_all(self, error: Exception) -> None:
