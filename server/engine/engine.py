@@ -142,7 +142,7 @@ class Engine:
             del self._admitting[id(request)]
             if self._stopping:  # closed while tokenizing: the worker would never see this sequence
                 self._outstanding -= 1
-                seq.sampler.close()
+                seq.discard()
                 raise ShuttingDown()
             self._inbox.append(seq)
             self._cv.notify()
@@ -232,7 +232,7 @@ class Engine:
             self._inbox.clear()
             self._cv.notify()
         for seq in queued:
-            seq.sampler.close()
+            seq.discard()
         self._generations.end_all(self._loop, ShuttingDown(reason))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -289,7 +289,7 @@ class Engine:
         for job in jobs:
             job()  # adapter loads still waiting: let them finish rather than hang their callers
         for seq in queued:
-            seq.sampler.close()
+            seq.discard()
         self._emit([(seq.gen, TokenEvent(error=ShuttingDown())) for seq in queued])
 
     def _start(self, seq: Sequence) -> None:

@@ -30,7 +30,7 @@ class Sequence:
     """One admitted request: its slot, the tokens in its KV (`evaluated`) and those it evaluates next (`todo`).
 
     Only its own methods change it: `place` and `start`, `decoded` after each decode, `sample`,
-    then `accept` (a verified draft), `feed` and `reject_drafts`, and `finish`.
+    then `accept` (a verified draft), `feed` and `reject_drafts`, and `finish` (or `discard`, never placed).
     """
 
     gen: Generation
@@ -102,6 +102,11 @@ class Sequence:
         """Drafts past `evaluated` were rejected: their KV must not be attended to."""
         assert self.context is not None, "only started sequences are sampled"
         llama_cpp.llama_memory_seq_rm(self.context.memory, self.seq_id, self.n_past, -1)
+
+    def discard(self) -> None:
+        """Dropped before it was placed (the engine stopped while it waited): only its sampler to close."""
+        self.sampler.close()
+        self.phase = Phase.FINISHED
 
     def finish(self, keep_cache: bool) -> None:
         """Give back the slot (if `place` got that far), the drafter's hold and the sampler; the slot's KV stays as
