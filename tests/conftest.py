@@ -51,10 +51,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _server_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Set up first, torn down last: the fork server that test servers start from, and at the end the servers
-    that fixtures closed without waiting (ServerProcess.close)."""
-    use_fork_server(tmp_path_factory.mktemp("forkserver"))
+def _server_processes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set up first, torn down last: the fork server that test servers start from (not for a session of fast
+    tests alone, which starts no server), and at the end the servers that fixtures closed without waiting
+    (ServerProcess.close)."""
+    if not all(item.get_closest_marker("fast") for item in request.session.items):
+        use_fork_server(tmp_path_factory.mktemp("forkserver"))
     yield
     reap()
     stop_fork_server()
@@ -110,4 +112,5 @@ def start_server(tmp_path: Path) -> Iterator:
 # shares one session-scoped server.
 from clients_fixtures import client_model, clients_server, recorder  # noqa: E402,F401
 
-pytest_plugins = ["support.inprocess"]
+# support.fast marks the tests `pytest -m fast` runs, and fails one so marked that starts a server or a model.
+pytest_plugins = ["support.inprocess", "support.fast"]
