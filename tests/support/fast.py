@@ -24,11 +24,9 @@ REAL_NAMES = frozenset({
 })
 REAL_MODULES = ("support.real_engine", "support.speculation", "support.forkserver", "oracle", "llama_cpp",
                 "subprocess", "multiprocessing")
-# Fixtures that start a real server or model without naming one of REAL_NAMES in their own body.
-REAL_FIXTURES = frozenset({"server", "base_url", "client", "uncached_server", "start_server", "clients_server"})
 # The session's own fixtures: the fork server (started only for a session with tests that are not fast) and
-# the guard below.
-INFRASTRUCTURE = frozenset({"_server_processes", "_fast_stays_in_process"})
+# the guards below.
+INFRASTRUCTURE = frozenset({"_server_processes", "_fast_stays_in_process", "_fast_session_stays_in_process"})
 
 
 def _names(node: ast.AST) -> set[str]:
@@ -109,27 +107,18 @@ def is_fast(item: pytest.Item) -> bool:
     for name in item.fixturenames:
         if name in INFRASTRUCTURE:
             continue
-        if name in REAL_FIXTURES:
-            return False
         for definition in item._fixtureinfo.name2fixturedefs.get(name, ()):
             if _uses_real(definition.func):
                 return False
     return not _uses_real(item.obj)
 
 
-@pytest.fixture(autouse=True)
-def _fast_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A test marked fast that starts a server, a subprocess or a real model fails, and says which: teach
-    support/fast.py the name it used. Recorded as well as raised, so a caller that swallows it cannot hide it."""
-    if request.node.get_closest_marker("fast") is None:
-        yield
-        return
+def _refuse_real(monkeypatch: pytest.MonkeyPatch, who: str, refused: list[str]) -> None:
+    """Make starting a server, Python in a subprocess or a real model fail, saying that `who` is fast."""
     import llama_cpp
     import llama_cpp.llama_cpp as llama_lib
 
     from support import forkserver, process
-
-    refused: list[str] = []
 
     def refuse(what: str, original: Callable[..., Any] | None = None,
                allow: Callable[..., bool] = lambda *args, **kwargs: False) -> Callable[..., Any]:
@@ -137,14 +126,14 @@ def _fast_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.M
             if original is not None and allow(*args, **kwargs):
                 return original(*args, **kwargs)
             refused.append(what)
-            pytest.fail(f"{request.node.nodeid} is marked fast (tests/support/fast.py found no real server, model "
-                        f"or process in it) but it {what}", pytrace=True)
+            pytest.fail(f"{who} (tests/support/fast.py found no real server, model or process in its code) "
+                        f"but it {what}: teach support/fast.py the name that does it")
         return refusing
 
     def not_python(popen: Any, args: Any, *rest: Any, **kwargs: Any) -> bool:
         # A library may ask the system a question (the OpenAI SDK runs `uname -p`); a test may not start Python.
-        first = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
-        program = os.path.basename(os.fsdecode(first).split()[0] if os.fsdecode(first).strip() else "")
+        first = os.fsdecode(args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), ""))
+        program = os.path.basename(first.split()[0]) if first.strip() else ""
         return not program.lower().startswith(("python", "nomoat", "pytest", "chrom"))
 
     def vocab_only(path: bytes, params: Any) -> bool:
@@ -158,10 +147,33 @@ def _fast_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.M
     load = llama_lib.llama_model_load_from_file
     monkeypatch.setattr(llama_lib, "llama_model_load_from_file", refuse("loads a real model", load, vocab_only))
     monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", refuse("loads a real model", load, vocab_only))
+
+
+@pytest.fixture(autouse=True)
+def _fast_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test marked fast that starts a server, Python in a subprocess or a real model fails, and says which.
+    Recorded as well as raised, so a caller that swallows the failure cannot hide it."""
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    refused: list[str] = []
+    _refuse_real(monkeypatch, f"{request.node.nodeid} is marked fast", refused)
     yield
     if refused and not request.node.stash.get(_CALL_FAILED, False):
-        pytest.fail(f"{request.node.nodeid} is marked fast but it {refused[0]} (and the refusal was caught)",
+        pytest.fail(f"{request.node.nodeid} is marked fast but it {refused[0]} (and the failure was caught)",
                     pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_session_stays_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a session of fast tests alone (`-m fast`), the same refusals for the whole session: a module- or
+    session-scoped fixture is set up before any test's own guard."""
+    if not all(item.get_closest_marker("fast") for item in request.session.items):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _refuse_real(monkeypatch, "a fixture of this session of fast tests alone", [])
+        yield
 
 
 _CALL_FAILED = pytest.StashKey[bool]()
