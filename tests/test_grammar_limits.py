@@ -306,7 +306,9 @@ def test_http_wide_and_deep_schemas(client):
     assert_serves(client)
 
 
-def test_http_a_huge_enum_is_a_400(client):
+def test_http_a_huge_enum_is_a_400(fake):
+    """Refused while the request is read, before any engine (in process, the fake engine)."""
+    client = fake.client
     err = assert_error(client.post("/v1/chat/completions", json=_schema_chat({"enum": [f"value {i}" for i in range(10_000)]})),
                        400, code="unsupported_schema", param=SCHEMA_PARAM)
     assert f"more than {MAX_ALTERNATIVES} alternatives" in err["message"]
