@@ -89,6 +89,17 @@ def test_an_unknown_previous_response_is_a_404_naming_it(srv):
     assert r.json()["error"]["param"] == "previous_response_id"
 
 
+def test_bad_input_is_a_400_and_the_server_keeps_serving(srv):
+    """The SDK's exceptions for those refusals."""
+    client = sdk(srv)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert err.value.body["param"] == "tools[0].type"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_unknown")
+    assert client.responses.create(model=MODEL, input="hi", max_output_tokens=4).output_text
+
+
 def test_unknown_fields_and_nulls_are_ignored(srv):
     body = create(srv, "hi", include=["reasoning.encrypted_content"], reasoning={"effort": "low"},
                   truncation="auto", temperature=None, service_tier="auto")
