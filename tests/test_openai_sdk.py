@@ -94,7 +94,9 @@ def test_async_client_stream_and_not(base_url):
     assert MODEL in models and ctext
 
 
-def test_errors_map_to_sdk_exceptions(sdk):
+def test_errors_map_to_sdk_exceptions(fake):
+    """Refusals, not the model (in process, the fake engine: "hello " * 3000 overflows its context too)."""
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="sk-test", max_retries=0, http_client=fake.client)
     with pytest.raises(openai.NotFoundError) as e:
         sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
     assert e.value.code == "model_not_found" and e.value.param == "model" and e.value.type == "invalid_request_error"
