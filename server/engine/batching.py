@@ -8,6 +8,7 @@ from typing import Any
 
 from .contexts import Context
 from .sequences import Phase, Sequence
+from .types import AdapterKey
 
 # While other sequences are streaming, a prompt is evaluated in chunks sized so that a step takes
 # about PREFILL_STEP_SECONDS: a long prompt then delays each running stream by one short step
@@ -78,7 +79,7 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
             break
         work.append((seq, seq.todo[:take]))
         budget -= take
-    groups: dict[tuple[int, tuple], Work] = {}
+    groups: dict[tuple[int, AdapterKey], Work] = {}
     for item in work:
         context = item[0].context
         assert context is not None, "only started sequences have work"

@@ -9,7 +9,7 @@ from typing import Any
 import llama_cpp
 
 from .errors import EngineError
-from .types import AdapterSet
+from .types import AdapterKey, AdapterSet
 
 
 @dataclass(eq=False)
@@ -25,11 +25,11 @@ class Context:
     memory: Any
     free_ids: list[int]
     # What each idle slot still holds in its KV: (adapter set key, tokens).
-    slot_cache: dict[int, tuple[tuple, list[int]]] = field(default_factory=dict)
-    applied: tuple = ()  # the key of the set llama.cpp applies now
+    slot_cache: dict[int, tuple[AdapterKey, list[int]]] = field(default_factory=dict)
+    applied: AdapterKey = ()  # the key of the set llama.cpp applies now
     ever_set: bool = False
     decoded: bool = False  # has computed anything: setting its first set is then a real switch
-    active_keys: dict[tuple, int] = field(default_factory=dict)  # adapter set key -> running sequences
+    active_keys: dict[AdapterKey, int] = field(default_factory=dict)  # adapter set key -> running sequences
 
     @classmethod
     def open(cls, index: int, ptr: Any, parallel: int) -> Context:
@@ -39,20 +39,20 @@ class Context:
     def busy(self) -> bool:
         return bool(self.active_keys)
 
-    def caches(self, key: tuple) -> bool:
+    def caches(self, key: AdapterKey) -> bool:
         return any(cached[0] == key for cached in self.slot_cache.values())
 
-    def join(self, key: tuple) -> None:
+    def join(self, key: AdapterKey) -> None:
         self.active_keys[key] = self.active_keys.get(key, 0) + 1
 
-    def leave(self, key: tuple) -> None:
+    def leave(self, key: AdapterKey) -> None:
         left = self.active_keys[key] - 1
         if left:
             self.active_keys[key] = left
         else:
             del self.active_keys[key]
 
-    def take_slot(self, key: tuple, prompt: list[int]) -> tuple[int, int]:
+    def take_slot(self, key: AdapterKey, prompt: list[int]) -> tuple[int, int]:
         """Claim the free slot whose cached KV shares the longest prefix with `prompt` under `key`.
 
         Returns the slot and how many prompt tokens its KV already holds (the caller trims the rest).
@@ -100,7 +100,7 @@ class Context:
             self.applied = ()
 
 
-def choose_context(contexts: list[Context], key: tuple, can_open: bool) -> Context | None:
+def choose_context(contexts: list[Context], key: AdapterKey, can_open: bool) -> Context | None:
     """The context a new sequence under `key` runs in; None means: open a new context for it.
 
     In order: a context already running that set; an idle context that has it applied or cached;

@@ -28,7 +28,7 @@ from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import Phase, Sequence
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
-from .types import GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
+from .types import AdapterKey, GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -297,7 +297,7 @@ class Engine:
         place(seq, self._context_for(seq.request.adapters.key), self._active, self.prefix_reuse, self.stats)
         self._active.append(seq)
 
-    def _context_for(self, key: tuple) -> Context:
+    def _context_for(self, key: AdapterKey) -> Context:
         context = choose_context(self._contexts, key, can_open=len(self._contexts) < self.max_contexts)
         if context is not None:
             return context
@@ -330,7 +330,7 @@ class Engine:
         self._pacer.record(prompt_tokens, time.perf_counter() - started)
         self._emit(events)
 
-    def _decode_group(self, context: Context, items: Work, events: list) -> None:
+    def _decode_group(self, context: Context, items: Work, events: list[tuple[Generation, TokenEvent]]) -> None:
         if context.apply(items[0][0].request.adapters):
             self.stats.adapter_switches += 1
         outputs = fill_batch(self._batch, items)
@@ -348,7 +348,7 @@ class Engine:
         for seq, row in outputs:
             verify(seq, row, partial(self._sample, seq, events=events), self.stats)
 
-    def _sample(self, seq: Sequence, index: int, *, events: list) -> int | None:
+    def _sample(self, seq: Sequence, index: int, *, events: list[tuple[Generation, TokenEvent]]) -> int | None:
         """Sample batch row `index` and emit the token; returns it, or None when that ended the sequence."""
         request, context = seq.request, seq.context
         assert context is not None, "only started sequences are sampled"
@@ -377,7 +377,7 @@ class Engine:
             return token
         return None
 
-    def _finish(self, seq: Sequence, reason: str | None, text: str, events: list,
+    def _finish(self, seq: Sequence, reason: str | None, text: str, events: list[tuple[Generation, TokenEvent]],
                 *, error: Exception | None = None, last: TokenEvent | None = None, stop: str | None = None) -> None:
         usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_generated, cached_tokens=seq.n_cached)
         if last is not None:  # the final event carries the last token too

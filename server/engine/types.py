@@ -16,6 +16,10 @@ class AppliedAdapter:
     handle: Any = field(default=None, compare=False, repr=False)
 
 
+# What KV computed under an adapter set is keyed by: each adapter's (content hash, scale).
+AdapterKey = tuple[tuple[str, float], ...]
+
+
 @dataclass(frozen=True)
 class AdapterSet:
     """The LoRA adapters one sequence is evaluated under.
@@ -27,7 +31,7 @@ class AdapterSet:
     adapters: tuple[AppliedAdapter, ...] = ()
 
     @property
-    def key(self) -> tuple[tuple[str, float], ...]:
+    def key(self) -> AdapterKey:
         return tuple((a.content_hash, a.scale) for a in self.adapters)
 
     def __bool__(self) -> bool:
