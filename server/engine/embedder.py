@@ -238,7 +238,7 @@ class Embedder:
         cparams.n_threads = cparams.n_threads_batch = spec.n_threads
         cparams.no_perf = True
         spec.kv_types.apply(cparams)
-        ctx = llama_cpp.llama_init_from_model(self.model.model, cparams)
+        ctx: llama_cpp.llama_context_p = llama_cpp.llama_init_from_model(self.model.model, cparams)
         if not ctx:
             raise EngineError(f"llama.cpp could not create an embeddings context for model {spec.name!r} "
                               f"(n_ctx={self.n_ctx}, n_batch={n_batch})")
@@ -276,14 +276,18 @@ class Embedder:
         if rc != 0:
             raise EngineError(f"llama_decode failed while computing embeddings (code {rc})")
         states = llama_cpp.llama_get_embeddings(self._ctx)
-        return np.ctypeslib.as_array(states, shape=(n, self.n_embd)).copy()
+        copied: np.ndarray = np.ctypeslib.as_array(states, shape=(n, self.n_embd)).copy()
+        return copied
 
     def _pool(self, rows: np.ndarray) -> np.ndarray:
+        pooled: np.ndarray
         if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_CLS:
-            return rows[0]
-        if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_LAST:
-            return rows[-1]
-        return rows.mean(axis=0, dtype=np.float64)
+            pooled = rows[0]
+        elif self.pooling == llama_cpp.LLAMA_POOLING_TYPE_LAST:
+            pooled = rows[-1]
+        else:
+            pooled = rows.mean(axis=0, dtype=np.float64)
+        return pooled
 
 
 def _settle(future: concurrent.futures.Future[Embeddings], *, result: Embeddings | None = None,

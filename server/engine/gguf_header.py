@@ -103,10 +103,12 @@ class _Cursor:
         self._stream.seek(self.pos)
 
     def u32(self, what: str) -> int:
-        return struct.unpack(self.order + "I", self.take(4, what))[0]
+        value: int = struct.unpack(self.order + "I", self.take(4, what))[0]
+        return value
 
     def u64(self, what: str) -> int:
-        return struct.unpack(self.order + "Q", self.take(8, what))[0]
+        value: int = struct.unpack(self.order + "Q", self.take(8, what))[0]
+        return value
 
     def name(self, what: str) -> str:
         length = self.u64(f"the length of {what}")

@@ -125,7 +125,8 @@ class GrammarGuard:
         if self._stacks is None:
             return None
         vector = _Vector.from_address(self._stacks)
-        return (vector.end - vector.begin) // _VECTOR_SIZE
+        live: int = (vector.end - vector.begin) // _VECTOR_SIZE
+        return live
 
     def check(self, started: float) -> None:
         """Raise GrammarTooCostly past either bound; `started` is when this token's grammar work began."""

@@ -300,7 +300,7 @@ class LoadedModel:
 
     def new_context(self) -> llama_cpp.llama_context_p | None:
         """Another context on the same weights with the same settings (its own KV and compute buffer)."""
-        ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
+        ctx: llama_cpp.llama_context_p | None = llama_cpp.llama_init_from_model(self.model, self._cparams)
         if ctx:
             self.contexts.append(ctx)
         return ctx

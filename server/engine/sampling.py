@@ -6,6 +6,7 @@ import ctypes
 import math
 import random
 import time
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
@@ -35,7 +36,10 @@ class SamplerChain:
         self._n_vocab = n_vocab
         self.seed = params.seed if params.seed is not None else random.getrandbits(32)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+
+        def add(smpl: llama_cpp.llama_sampler_p) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, smpl)
+
         if params.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias.items()):
@@ -57,7 +61,7 @@ class SamplerChain:
                                    "(its reason is in the server log)", subject="grammar")
             self._grammar = grammar
             self._guard = GrammarGuard(grammar, vocab, params.grammar.encode())
-            self.eos = llama_cpp.llama_vocab_eos(vocab)
+            self.eos: int = llama_cpp.llama_vocab_eos(vocab)
             self._cand = (llama_cpp.llama_token_data * n_vocab)()
             self._cand_np = np.ctypeslib.as_array(self._cand)
             self._ids = np.arange(n_vocab, dtype=np.int32)
@@ -80,7 +84,8 @@ class SamplerChain:
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Sample from the logits of batch position `index`; the samplers accept the token themselves."""
         if self._grammar is None:
-            return llama_cpp.llama_sampler_sample(self._chain, ctx, index)
+            sampled: int = llama_cpp.llama_sampler_sample(self._chain, ctx, index)
+            return sampled
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         token = self._pick(logits, with_grammar=False)
         started = time.perf_counter()
@@ -130,10 +135,11 @@ def log_softmax_row(ctx: llama_cpp.llama_context_p, index: int, n_vocab: int) ->
     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
     logits = logits.astype(np.float64)
     top = logits.max()
-    return logits - (top + np.log(np.exp(logits - top).sum()))
+    row: np.ndarray = logits - (top + np.log(np.exp(logits - top).sum()))
+    return row
 
 
-def top_logprobs(logprobs: np.ndarray, n: int, piece) -> list[TopLogprob]:
+def top_logprobs(logprobs: np.ndarray, n: int, piece: Callable[[int], bytes]) -> list[TopLogprob]:
     """The `n` most likely tokens, best first, with their text and bytes."""
     if n <= 0:
         return []
@@ -146,7 +152,8 @@ def top_logprobs(logprobs: np.ndarray, n: int, piece) -> list[TopLogprob]:
     return out
 
 
-def token_event(token: int, piece: bytes, text: str, logprobs: np.ndarray | None, n_top: int, pieces) -> TokenEvent:
+def token_event(token: int, piece: bytes, text: str, logprobs: np.ndarray | None, n_top: int,
+                pieces: Callable[[int], bytes]) -> TokenEvent:
     """The event for one sampled token: the text it releases, its bytes and, when asked, its logprobs."""
     return TokenEvent(
         text=text,
