@@ -150,13 +150,13 @@ class Grammar(GrammarRules):
         return self._typed(types, schema, doc, path)
 
     @staticmethod
-    def _infer_type(schema: dict) -> str | None:
+    def _infer_type(schema: dict[str, Any]) -> str | None:
         for type_ in ("object", "array", "string", "number"):
             if any(k in schema for k in _BY_TYPE[type_]):
                 return type_
         return None
 
-    def _typed(self, type_: Any, schema: dict, doc: str, path: str) -> str:
+    def _typed(self, type_: Any, schema: dict[str, Any], doc: str, path: str) -> str:
         if not isinstance(type_, str) or type_ not in _BY_TYPE:
             raise self.fail(path, f"has unknown type {type_!r:.40}")
         if type_ == "object":
@@ -169,7 +169,7 @@ class Grammar(GrammarRules):
             return self._number(schema, path, integer=type_ == "integer")
         return self.base(type_)
 
-    def _ref(self, schema: dict, doc: str, path: str) -> str:
+    def _ref(self, schema: dict[str, Any], doc: str, path: str) -> str:
         ref = schema["$ref"]
         key = (doc, str(ref))  # a ref that is no string fails in _resolve
         if key in self._bare:
@@ -194,7 +194,7 @@ class Grammar(GrammarRules):
                                "oneOf alone; a schema may refer to itself only inside an object's properties "
                                "or an array's items")
 
-    def _all_of(self, schema: dict, doc: str, path: str) -> str:
+    def _all_of(self, schema: dict[str, Any], doc: str, path: str) -> str:
         """allOf: its parts merged into one schema, with the $refs they follow bare until JSON is written."""
         followed: list[str] = []
         merged = self._merge_all_of(self._all_of_parts(schema, doc, path, (), followed))
@@ -205,7 +205,7 @@ class Grammar(GrammarRules):
         finally:
             self._bare -= added
 
-    def _merge_all_of(self, parts: list[tuple[dict, str]]) -> dict:
+    def _merge_all_of(self, parts: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for part, where in parts:
             for key, value in part.items():
@@ -222,12 +222,13 @@ class Grammar(GrammarRules):
 
     def _differ(self, a: Any, b: Any, path: str) -> bool:
         try:
-            return a != b
+            differ: bool = a != b
         except RecursionError:
             raise self.fail(path, "has a value nested too deeply to compare") from None
+        return differ
 
     def _all_of_parts(self, schema: Any, doc: str, path: str, refs: tuple[str, ...],
-                      followed: list[str]) -> list[tuple[dict, str]]:
+                      followed: list[str]) -> list[tuple[dict[str, Any], str]]:
         """The schemas an allOf merges, its own keys first, with the $refs and allOfs in it resolved.
 
         `refs` are the $refs followed to get here: meeting one again is a loop. Every $ref
@@ -272,7 +273,7 @@ class Grammar(GrammarRules):
             target = target[part]
         return target
 
-    def _object(self, schema: dict, doc: str, path: str) -> str:
+    def _object(self, schema: dict[str, Any], doc: str, path: str) -> str:
         props = schema.get("properties", {})
         if not isinstance(props, dict):
             raise self.fail(path, "'properties' must be an object")
@@ -329,7 +330,7 @@ class Grammar(GrammarRules):
                 rest[(i, first)] = self.add(body)
         return rest[(0, True)]
 
-    def _array(self, schema: dict, doc: str, path: str) -> str:
+    def _array(self, schema: dict[str, Any], doc: str, path: str) -> str:
         items = schema.get("items", {})
         if isinstance(items, list):
             raise self.fail(path, "has 'items' as a list (tuple validation), which is not supported")
@@ -339,7 +340,7 @@ class Grammar(GrammarRules):
         body = repeat(item, lo, hi, f'"," {ws}')
         return self.add(f'"[" {ws} {body} {ws} "]"')
 
-    def _string(self, schema: dict, path: str) -> str:
+    def _string(self, schema: dict[str, Any], path: str) -> str:
         fmt = schema.get("format")
         if fmt is not None:
             if not isinstance(fmt, str) or fmt not in FORMATS:
@@ -351,7 +352,7 @@ class Grammar(GrammarRules):
         char = self.base("char")
         return self.add(f'"\\"" {char}{{{lo},{"" if hi is None else hi}}} "\\""')
 
-    def _bounds(self, schema: dict, lo_key: str, hi_key: str, path: str) -> tuple[int, int | None]:
+    def _bounds(self, schema: dict[str, Any], lo_key: str, hi_key: str, path: str) -> tuple[int, int | None]:
         lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
         for key, value in ((lo_key, lo), (hi_key, hi)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -362,7 +363,7 @@ class Grammar(GrammarRules):
             raise self.fail(path, f"has {lo_key} {lo} greater than {hi_key} {hi}")
         return lo, hi
 
-    def _number(self, schema: dict, path: str, *, integer: bool) -> str:
+    def _number(self, schema: dict[str, Any], path: str, *, integer: bool) -> str:
         bounds = {k: schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
         for key, value in bounds.items():
             if isinstance(value, bool) or not isinstance(value, (int, float, type(None))) or value in (math.inf, -math.inf):

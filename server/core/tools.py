@@ -28,7 +28,8 @@ from typing import Any
 from ..engine.types import ChatPrompt
 from ..errors import InvalidRequestError
 from ..wire.body import bounded_loads
-from .structured import Grammar, literal, response_rule
+from .gbnf import literal
+from .structured import Grammar, response_rule
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # Parallel calls a forced grammar allows: one per tool, and never more than this.
