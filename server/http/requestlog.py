@@ -87,7 +87,7 @@ def request_id_from(scope: Scope) -> str:
     """The client's x-request-id when it is a plain token, else a new one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _CLIENT_ID.fullmatch(candidate):
                 return candidate
             break

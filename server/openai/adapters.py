@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from starlette.requests import Request
@@ -25,7 +26,7 @@ class LoadAdapterRequest(Lenient):
     replace: bool = False
 
 
-def _describe(entry: AdapterEntry) -> dict:
+def _describe(entry: AdapterEntry) -> dict[str, Any]:
     return {
         "id": entry.name, "object": "adapter", "base": entry.base, "scale": entry.scale,
         "source": str(entry.adapter.source), "sha256": entry.adapter.content_hash,

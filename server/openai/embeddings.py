@@ -103,4 +103,5 @@ def _shortened(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
 def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":  # little-endian float32 bytes, what the openai SDK decodes
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    floats: list[float] = vector.tolist()
+    return floats

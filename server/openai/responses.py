@@ -28,8 +28,9 @@ from ..registry import Target
 from ..wire.errors import answer_for
 from ..wire.limits import RequestLimits
 from ..wire.routes import Handler
+from .response_db import Viewer
 from .response_items import PageQuery, page, stored_items
-from .response_store import Conversation, ResponseStore, Viewer
+from .response_store import Conversation, ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
 from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages
 from .sampling import grammar_refusal, request_grammar, sampling_params

@@ -146,7 +146,9 @@ class Residency:
             deadline = time.monotonic() + EVICT_WAIT_SECONDS
             while True:
                 async with self.lock:
-                    if self.residents.get(resident.name) is not resident or resident.status == "loaded":
+                    # Read through `current`: other tasks change the status across the awaits in this loop.
+                    current = self.residents.get(resident.name)
+                    if current is not resident or current.status == "loaded":
                         return
                     try:
                         footprint = await asyncio.to_thread(estimate_footprint, resident.config)
