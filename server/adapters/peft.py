@@ -296,7 +296,7 @@ def _load_tensors(adapter: PeftAdapter) -> dict[str, np.ndarray]:
     # deserialize (not safetensors.numpy) because numpy has no bfloat16, a common adapter dtype.
     try:
         with open_regular(adapter.weights_path, param=_PARAM) as stream:
-            entries = dict(deserialize(stream.read()))
+            entries = dict(deserialize(stream.read()))  # type: ignore[no-untyped-call]  # untyped in safetensors
     except (SafetensorError, OSError) as exc:
         _refuse(adapter.weights_path, f"cannot be read ({exc})")
     tensors: dict[str, np.ndarray] = {}

@@ -29,7 +29,7 @@ _LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _last_level = [logging.DEBUG]
 
 
-@llama_cpp.llama_log_callback
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE, untyped in llama_cpp
 def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp is chatty at INFO; keep its warnings and errors, the rest only at debug.
     py_level = _last_level[0] if level == 5 else _LEVELS.get(level, logging.DEBUG)

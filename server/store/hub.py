@@ -158,7 +158,7 @@ class _LoggedProgress(tqdm):
         self._total = kwargs.get("total")
         self._tenth = -1
         kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped in huggingface_hub
 
     def update(self, n: float | None = 1) -> bool | None:
         self._done += int(n or 0)
