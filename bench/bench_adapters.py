@@ -19,9 +19,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from lora_factory import DIMS, write_lora  # noqa: E402
+from lora_factory import DIMS, write_lora
 
-from bench.common import NO_EOG, Nomoat, models_toml, stream_chat  # noqa: E402
+from bench.common import NO_EOG, Nomoat, models_toml, stream_chat
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
 

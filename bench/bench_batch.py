@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import llama_cpp  # noqa: E402
-from lora_factory import write_lora  # noqa: E402
+import llama_cpp
+from lora_factory import write_lora
 
-from nomoat.config import embedded_model_path  # noqa: E402
+from nomoat.config import embedded_model_path
 
 N_SEQ = 8
 SHUFFLED = [5, 2, 7, 0, 1, 3, 4, 6]  # what admission order leaves after a few requests come and go

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import llama_cpp  # noqa: E402
+import llama_cpp
 
-from bench.common import NO_EOG, Nomoat, models_toml, stream_chat  # noqa: E402
-from nomoat.config import embedded_model_path  # noqa: E402
+from bench.common import NO_EOG, Nomoat, models_toml, stream_chat
+from nomoat.config import embedded_model_path
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
 

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nomoat.config import embedded_model_path  # noqa: E402
-from nomoat.core.structured import Grammar  # noqa: E402
-from nomoat.engine.model import install_llama_logging  # noqa: E402
+from nomoat.config import embedded_model_path
+from nomoat.core.structured import Grammar
+from nomoat.engine.model import install_llama_logging
 
 
 def shapes(n: int) -> dict[str, tuple[dict, str]]:

@@ -22,9 +22,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Nomoat, stream_chat  # noqa: E402
-from nomoat.config import ModelConfig, embedded_model_path  # noqa: E402
-from nomoat.residency.footprint import estimate  # noqa: E402
+from bench.common import Nomoat, stream_chat
+from nomoat.config import ModelConfig, embedded_model_path
+from nomoat.residency.footprint import estimate
 
 BODY = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 4, "temperature": 0}
 

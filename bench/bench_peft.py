@@ -20,13 +20,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peft_factory import write_peft_adapter  # noqa: E402
+from peft_factory import write_peft_adapter
 
-from bench.common import Nomoat, models_toml  # noqa: E402
-from nomoat.adapters.files import prepare_adapter  # noqa: E402
-from nomoat.adapters.peft import convert_peft_to_gguf  # noqa: E402
-from nomoat.config import embedded_model_path  # noqa: E402
-from nomoat.engine.base_info import BaseModelInfo  # noqa: E402
+from bench.common import Nomoat, models_toml
+from nomoat.adapters.files import prepare_adapter
+from nomoat.adapters.peft import convert_peft_to_gguf
+from nomoat.config import embedded_model_path
+from nomoat.engine.base_info import BaseModelInfo
 
 
 def timed(fn: Callable[[], object]) -> float:

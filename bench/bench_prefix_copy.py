@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import llama_cpp  # noqa: E402
+import llama_cpp
 
-from nomoat.config import embedded_model_path  # noqa: E402
-from nomoat.engine.model import LoadedModel, ModelSpec  # noqa: E402
+from nomoat.config import embedded_model_path
+from nomoat.engine.model import LoadedModel, ModelSpec
 
 
 def decode(ctx, batch, tokens: list[int], seq: int, start: int) -> None:

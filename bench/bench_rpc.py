@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import NO_EOG, Nomoat, free_port, stream_chat  # noqa: E402
-from nomoat.rpc.ggml import supports_rpc  # noqa: E402
+from bench.common import NO_EOG, Nomoat, free_port, stream_chat
+from nomoat.rpc.ggml import supports_rpc
 
 
 def start_worker(port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:

@@ -19,7 +19,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import NO_EOG, Nomoat, models_toml  # noqa: E402
+from bench.common import NO_EOG, Nomoat, models_toml
 
 STORY = {"type": "object", "properties": {"story": {"type": "string", "minLength": 2000, "maxLength": 4000}},
          "required": ["story"]}

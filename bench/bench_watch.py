@@ -21,9 +21,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from lora_factory import write_lora  # noqa: E402
+from lora_factory import write_lora
 
-from bench.common import Nomoat, models_toml  # noqa: E402
+from bench.common import Nomoat, models_toml
 
 
 def seconds_until(condition: Callable[[], bool], limit: float = 120.0) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import tempfile
@@ -13,8 +14,8 @@ import httpx
 
 # One server-process helper for the tests and the benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.process import NO_EOS as NO_EOG  # noqa: E402,F401  (the benchmarks' end-of-generation ban)
-from support.process import ServerProcess, free_port, wait_healthy  # noqa: E402,F401
+from support.process import NO_EOS as NO_EOG  # noqa: F401  (the benchmarks' end-of-generation ban)
+from support.process import ServerProcess, free_port, wait_healthy  # noqa: F401
 
 
 class Nomoat:
@@ -78,7 +79,7 @@ def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> Str
                 if choice["delta"].get("content"):
                     times.append(time.perf_counter() - start)
     times = times or [time.perf_counter() - start]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return StreamTiming(times[0], times[-1], tokens, gaps, times, start, evaluated)
 
 

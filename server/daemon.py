@@ -169,7 +169,7 @@ class Daemon:
         return 0
 
     async def _announce_ready(self, server: uvicorn.Server) -> None:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110  (uvicorn.Server sets a flag when it starts, and has no event to wait on)
             await asyncio.sleep(0.05)
         log.info("serving %s on http://%s:%d/v1 (loaded: %s)", ", ".join(self.registry.residency.residents),
                  self.settings.host, self.settings.port, ", ".join(self.registry.engines()) or "none")

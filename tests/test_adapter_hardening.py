@@ -294,7 +294,7 @@ def test_deeply_nested_adapter_config_through_the_api_is_a_400(fake_api: httpx.C
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_gguf_alpha_is_refused(tmp_path: Path, base: BaseModelInfo, alpha: float) -> None:
     path = write_lora(tmp_path / "alpha.gguf", seed=4, alpha=alpha)
-    with pytest.raises(AdapterError, match="adapter.lora.alpha") as refused:
+    with pytest.raises(AdapterError, match=r"adapter\.lora\.alpha") as refused:
         check_adapter_gguf(path, base)
     assert str(path) in refused.value.message
 

@@ -26,7 +26,7 @@ def test_a_blocked_loop_is_recorded_as_lag_and_the_monitor_stops_when_cancelled(
             assert time.monotonic() < deadline, "the monitor recorded nothing"
             await asyncio.sleep(0.01)
         before = sample(metrics, "nomoat_event_loop_lag_seconds_count")
-        time.sleep(BLOCK_SECONDS)  # blocks the loop: the monitor's sleep ends late by about this much
+        time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251  blocks the loop on purpose: the monitor's sleep ends late by about this much
         while sample(metrics, "nomoat_event_loop_lag_seconds_count") <= before:
             assert time.monotonic() < deadline, "the monitor recorded nothing after the block"
             await asyncio.sleep(0.01)

@@ -153,7 +153,7 @@ def test_a_lying_header_is_refused_naming_the_field_and_its_bound(tmp_path: Path
 
 def test_an_adapters_base_is_read_through_the_same_checks(tmp_path: Path):
     bad = tiny_model(attention__head_count=(V.STRING, "nine")).write(tmp_path / "bad.gguf")
-    with pytest.raises(ModelFileError, match="llama.attention.head_count is 'nine', not an integer"):
+    with pytest.raises(ModelFileError, match=r"llama\.attention\.head_count is 'nine', not an integer"):
         BaseModelInfo.from_gguf(bad)
     base = BaseModelInfo.from_gguf(tiny_model().write(tmp_path / "good.gguf"))
     assert (base.n_layer, base.n_embd, base.n_head, base.n_head_kv, base.head_dim_k) == (2, 8, 2, 1, 4)

@@ -72,7 +72,7 @@ def test_a_forced_call_cut_by_max_tokens_is_a_partial_call_with_length(fake, cho
     assert message["content"] is None
     (call,) = message["tool_calls"]
     assert call["function"]["name"] == "get_weather"
-    assert call["function"]["arguments"] and '"city"'.startswith(call["function"]["arguments"][:7].strip()[:7]) \
+    assert (call["function"]["arguments"] and '"city"'.startswith(call["function"]["arguments"][:7].strip()[:7])) \
         or call["function"]["arguments"].startswith("{")
     streamed = stream_chunks(fake.client, CHAT, body)
     assert streamed[-1]["choices"][0]["finish_reason"] == "length"

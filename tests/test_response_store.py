@@ -4,6 +4,7 @@ file answers (503 or response.failed, never a 500 or a cut stream; store: false 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ def test_a_chain_grows_the_store_by_each_turn_alone(fake_factory, tmp_path):
         body = create(srv, padded(f"SAY:turn {turn}", 20_000), previous_response_id=previous)
         previous = body["id"]
         sizes.append(stored_bytes(tmp_path))
-    growth = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+    growth = [b - a for a, b in itertools.pairwise(sizes)]
     # Linear: the twelfth turn costs what the first did (stored whole each turn, it would cost 12 times as much).
     assert max(growth) < 1.2 * min(growth), growth
     assert sizes[-1] < 12 * 1.2 * growth[0]

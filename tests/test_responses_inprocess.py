@@ -143,7 +143,7 @@ def test_max_output_tokens_makes_an_incomplete_response(srv):
 
 def test_a_think_block_becomes_a_reasoning_item_first(srv):
     body = create(srv, "SAY:<think>\nweighing it\n</think>\n\nThe answer.")
-    reasoning, message = body["output"]
+    reasoning, _ = body["output"]
     assert reasoning["type"] == "reasoning" and reasoning["id"].startswith("rs_") and reasoning["summary"] == []
     assert reasoning["content"] == [{"type": "reasoning_text", "text": "weighing it"}]
     assert output_text(body) == "The answer."

@@ -130,7 +130,8 @@ def test_a_function_without_parameters_is_called_with_empty_arguments(sdk):
 def test_follow_up_with_tool_results_is_answered(sdk):
     first = sdk.chat.completions.create(model="smollm2-135m", messages=ASK, tools=[WEATHER], tool_choice=NAMED,
                                         temperature=0, max_tokens=80).choices[0].message
-    messages = ASK + [
+    messages = [
+        *ASK,
         {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in first.tool_calls]},
         {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "18 degrees and sunny"},
     ]
@@ -157,7 +158,7 @@ def test_tool_choice_none_answers_in_text(sdk):
         "type": "object", "properties": {"x": {"type": "string", "pattern": "a"}}}}}], "tool_choice": "required"},
      "tools[0].function.parameters"),
     ({"functions": [{"name": "f"}]}, "functions"),
-    ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]},
+    ({"messages": [*ASK, {"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]}]},
      "messages[1].tool_calls[0].function"),
 ])
 def test_bad_tool_requests_are_400_naming_the_field(fake, body, param):

@@ -365,7 +365,7 @@ class AdapterCatalogue:
             return  # detached: its base is not loaded, there is nothing to free
         async def unload() -> None:
             deadline = time.monotonic() + REPLACED_UNLOAD_WAIT_SECONDS
-            while engine.outstanding and time.monotonic() < deadline:
+            while engine.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110  (#29's lifecycle redesign gives per-model idle events)
                 await asyncio.sleep(0.05)
             engine.unload_adapter(adapter)
 

@@ -117,6 +117,16 @@ def peft_readiness(directory: Path) -> Readiness:
     return Readiness("incomplete", f"no {WEIGHTS_NAME} yet")
 
 
+def entry_readiness(entry: Path) -> Readiness:
+    """Whether a drop-in entry, a PEFT directory or a GGUF file, can be loaded now."""
+    return peft_readiness(entry) if entry.is_dir() else gguf_readiness(entry)
+
+
+def _name_and_source(entry: Path) -> tuple[str, Path]:
+    """The adapter's name (a file's stem, a directory's name) and the real path it is read from."""
+    return (entry.stem if entry.is_file() else entry.name), Path(os.path.realpath(entry))
+
+
 @dataclass(frozen=True)
 class _Served:
     name: str
@@ -245,9 +255,13 @@ class AdapterWatcher:
                 return real
         return None
 
-    async def _reconcile(self, entry: Path) -> None:
+    def _inspect(self, entry: Path) -> tuple[bool, Path | None]:
+        """Whether the entry could be an adapter, and where it resolves to when that is outside (reads the disk)."""
         is_candidate = entry.is_dir() or (entry.suffix.lower() == ".gguf" and entry.is_file())
-        escaped = self._escapes(entry) if is_candidate else None
+        return is_candidate, self._escapes(entry) if is_candidate else None
+
+    async def _reconcile(self, entry: Path) -> None:
+        is_candidate, escaped = await asyncio.to_thread(self._inspect, entry)
         if escaped is not None:  # a symlink out: nothing outside the adapter directories is opened
             self._note(entry, ("escapes", escaped), logging.WARNING,
                        "drop-in adapter %s: skipped: it resolves to %s, outside the adapter directories", entry,
@@ -265,17 +279,17 @@ class AdapterWatcher:
             return
         if self._failed.get(entry) == sig:
             return
-        readiness = await asyncio.to_thread(peft_readiness if entry.is_dir() else gguf_readiness, entry)
-        if readiness.state == "incomplete":  # an adapter it served before serves on meanwhile
-            self._note(entry, "incomplete", logging.INFO, "drop-in adapter %s: waiting (%s)", entry, readiness.reason)
+        ready = await asyncio.to_thread(entry_readiness, entry)
+        if ready.state == "incomplete":  # an adapter it served before serves on meanwhile
+            self._note(entry, "incomplete", logging.INFO, "drop-in adapter %s: waiting (%s)", entry, ready.reason)
             return
-        if readiness.state == "bad":
-            await self._reject(entry, sig, readiness.reason)
+        if ready.state == "bad":
+            await self._reject(entry, sig, ready.reason)
             return
         await self._load(entry, sig)
 
     async def _load(self, entry: Path, sig: Signature) -> None:
-        name, source = entry.stem if entry.is_file() else entry.name, Path(os.path.realpath(entry))
+        name, source = await asyncio.to_thread(_name_and_source, entry)
         if any(ch.isspace() for ch in name):
             await self._reject(entry, sig, f"its name {name!r} contains whitespace, which a model id cannot")
             return

@@ -191,7 +191,7 @@ class BlockStream:
         out = self._close()
         self._index += 1
         self._open = kind
-        return out + [{"type": "content_block_start", "index": self._index, "content_block": {"type": kind, **fields}}]
+        return [*out, {"type": "content_block_start", "index": self._index, "content_block": {"type": kind, **fields}}]
 
     def _close(self) -> list[dict[str, Any]]:
         if self._open is None:

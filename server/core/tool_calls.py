@@ -214,7 +214,7 @@ class ToolStream:
         out: list[dict[str, Any]] = []
         while True:
             if self._open is None:
-                if len(self.calls) >= self.plan.max_calls or not self.plan.parallel and self.calls:
+                if len(self.calls) >= self.plan.max_calls or (not self.plan.parallel and self.calls):
                     self.buf = ""
                     return out
                 start = self.buf.find(OPEN)

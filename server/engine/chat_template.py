@@ -17,7 +17,7 @@ from .errors import InvalidInput, TemplateError
 class _IgnoreGenerationTags(jinja2.ext.Extension):
     """Pass-through for Hugging Face's `{% generation %}` tag."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012  (jinja2.ext.Extension declares tags as a plain class-level set)
 
     def parse(self, parser: Any) -> Any:
         parser.stream.skip(1)

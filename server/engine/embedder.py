@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import queue
 import threading
@@ -255,7 +256,7 @@ class Embedder:
             return [np.concatenate(chunks)]
         rows = self._decode([(seq, tokens, 0) for seq, tokens in enumerate(inputs)], job)
         bounds = np.cumsum([0, *(len(t) for t in inputs)])
-        return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+        return [rows[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _decode(self, pieces: list[tuple[int, list[int], int]], job: _Job) -> np.ndarray:
         """One llama_decode of (sequence, tokens, first position) pieces; the states of every token, in order."""

@@ -22,7 +22,7 @@ def fetch_models(settings: Settings, timeout: float = 10.0) -> list[dict[str, An
     key = settings.admin_key or settings.api_key
     if key is not None:
         request.add_header("Authorization", "Bearer " + key.get_secret_value().split(",")[0].strip())
-    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - a URL built from settings
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
         return list(json.load(answer)["data"])
 
 

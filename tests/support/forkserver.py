@@ -117,7 +117,7 @@ def _read_all(conn: socket.socket) -> bytes:
 def _serve(socket_path: str) -> None:
     import nomoat.cli
     import nomoat.daemon
-    import nomoat.http.app  # noqa: F401  (imported to be inherited)
+    import nomoat.http.app  # imported so that every forked child inherits it
 
     # Read at import from the environment: a child must import it with its own (HF_ENDPOINT, offline mode).
     assert "huggingface_hub" not in sys.modules, "the fork server must not import huggingface_hub"
