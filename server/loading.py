@@ -20,7 +20,7 @@ from .residency.resident import ServedModel
 from .rpc.host import ChildModel
 from .settings import Settings, default_threads
 
-log = logging.getLogger("nomoat.registry")  # the name these lines had before they moved here from registry.py
+log = logging.getLogger(__name__)
 
 
 def model_spec(config: ModelConfig, settings: Settings) -> ModelSpec:

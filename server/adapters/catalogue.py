@@ -24,7 +24,7 @@ from ..metrics import Metrics
 from ..models_toml import ModelsFile
 from .files import prepare_adapter
 
-log = logging.getLogger("nomoat.registry")
+log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "watch"]
 # A replaced adapter is unloaded once its engine has no request in flight, so that no request which
