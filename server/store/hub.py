@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-# huggingface_hub 2.4+ sends its requests through httpx2; its errors reach here unconverted.
-from httpx2 import HTTPError
 from huggingface_hub import HfApi, constants, hf_hub_download
-from huggingface_hub.errors import (
+from huggingface_hub.errors import (  # type: ignore[attr-defined]  # HTTPError: re-exported, not in __all__
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HTTPError,  # huggingface_hub 2.4+ sends its requests through httpx2, whose errors reach here unconverted
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
