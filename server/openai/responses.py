@@ -106,11 +106,7 @@ class Responses:
                 "list_response_input_items": self.input_items, "count_response_tokens": self.input_tokens}
 
     async def create(self, request: Request) -> Response:
-        req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
-        viewer = self._viewer(request)
-        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
-        plan = tool_plan(req)
-        earlier = await self._earlier(req.previous_response_id, viewer)
+        req, viewer, target, plan, earlier = await self._read(request)
         own = stored_items(req.items())
         turn = Turn(item_id("resp"), int(time.time()), target.model_id, req, own, viewer.key_id)
         # Refused before any token is spent: what could not be answered as JSON or stored in the limits.
@@ -190,15 +186,19 @@ class Responses:
 
     async def input_tokens(self, request: Request) -> Response:
         """The prompt tokens a request would have: the same conversation through the same template."""
-        req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
-        viewer = self._viewer(request)
-        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
-        plan = tool_plan(req)
-        earlier = await self._earlier(req.previous_response_id, viewer)
+        req, _, target, plan, earlier = await self._read(request)
         items = (earlier.items() if earlier else []) + stored_items(req.items())
         count = await target.engine.count_tokens(conversation_prompt(req, target, plan, items))
         return JSONResponse({"object": "response.input_tokens", "input_tokens": count},
                             headers={"x-nomoat-adapters": target.adapters.label()})
+
+    async def _read(self, request: Request) -> tuple[ResponsesRequest, Viewer, Target, ToolPlan, Conversation | None]:
+        """What creating a response and counting its tokens both start from: the request, who asks, the model it
+        resolves to, its tool plan and the conversation it continues (checked against who asks)."""
+        req: ResponsesRequest = parse(ResponsesRequest, await self.core.body(request, "input"))
+        viewer = self._viewer(request)
+        target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
+        return req, viewer, target, tool_plan(req), await self._earlier(req.previous_response_id, viewer)
 
     def _viewer(self, request: Request) -> Viewer:
         """Who asks: the auth middleware's key id, and whether that key is an admin's."""
