@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert-lora":
         return convert_lora(args)
     if args.command in ("pull", "ls", "rm"):
-        from .store import commands as models_cli
+        from . import commands as models_cli
 
         settings_cli = {k: v for k, v in cli.items() if k in _PULL_FLAGS}
         if args.command == "ls":

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .child import ChildModel
 from .engine.engine import Engine
 from .engine.errors import ModelFileError
 from .engine.model import LoadedModel, ModelSpec
@@ -17,7 +18,6 @@ from .quantities import format_size
 from .residency.footprint import Footprint
 from .residency.manager import Residency
 from .residency.resident import ServedModel
-from .rpc.host import ChildModel
 from .settings import Settings, default_threads
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from .adapters.catalogue import AdapterCatalogue
+from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
@@ -20,7 +21,6 @@ from .metrics import Metrics
 from .models_toml import ModelConfig, ModelsFile
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
-from .rpc.host import ChildModel, start_child
 from .settings import Settings
 
 log = logging.getLogger("nomoat.registry")
@@ -102,7 +102,7 @@ class ModelRegistry:
         self.ready = True
 
     def _open(self, config: ModelConfig, models_file: ModelsFile | None = None) -> Engine | ChildModel:
-        """A model with `rpc` runs in a child process of its own (server/rpc/host.py says why), but in the child.
+        """A model with `rpc` runs in a child process of its own (server/child.py says why), but in the child.
         `models_file`: the one being applied, whose adapters the child serves (default: the current one)."""
         if config.rpc and not self._settings.rpc_in_process:
             return self._start_child(config, models_file or self._file)

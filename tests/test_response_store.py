@@ -333,7 +333,7 @@ def test_the_store_threads_are_daemons_and_end_with_their_executor():
 
 
 # --- a split model's child process ---------------------------------------------------------------
-# Its one key is the parent's (server/rpc/host.py); the parent names its client's key in x-nomoat-caller.
+# Its one key is the parent's (server/child.py); the parent names its client's key in x-nomoat-caller.
 
 
 def test_a_child_process_stores_and_shows_responses_as_the_key_its_parent_names(fake_factory, tmp_path):

@@ -33,6 +33,7 @@ from starlette.testclient import TestClient
 from support.process import NO_EOS, THREADS, ServerProcess, free_port
 
 from nomoat import config
+from nomoat.child import ChildModel
 from nomoat.errors import ConfigError
 from nomoat.http.app import build_app
 from nomoat.metrics import Metrics
@@ -41,7 +42,6 @@ from nomoat.registry import ModelRegistry
 from nomoat.residency.footprint import estimate
 from nomoat.rpc.endpoints import parse_endpoint
 from nomoat.rpc.ggml import supports_rpc
-from nomoat.rpc.host import ChildModel
 from nomoat.rpc.worker import is_loopback
 from nomoat.settings import Settings
 from nomoat.wire.auth import key_id

@@ -161,7 +161,7 @@ class AdapterCatalogue:
                 raise ConflictError(f"the id {name!r} is already in use{hint}", param="name")
             base_name, started = self._bases.base_name(base), time.perf_counter()
             if self._bases.in_child(base_name):
-                # Its own process serves it from the models.toml it was started with (server/rpc/host.py).
+                # Its own process serves it from the models.toml it was started with (server/child.py).
                 raise InvalidRequestError(f"{base_name!r} is split across RPC workers and runs in its own process: "
                                           "its adapters come from models.toml (add it there and reload)",
                                           param="base")

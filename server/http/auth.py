@@ -11,7 +11,7 @@ class AuthMiddleware:
     """Pure ASGI: refuses requests whose key may not use the route, and records in scope state the key's id
     (`key_id`) and whether it is an admin key (`admin`): what a stored response's owner check reads.
 
-    `trust_forwarded_caller` is for the child process of a split model (server/rpc/host.py) alone: its one key is
+    `trust_forwarded_caller` is for the child process of a split model (server/child.py) alone: its one key is
     the parent's, so the parent names the key its client used in CALLER_HEADER, and that is the caller here.
     """
 

@@ -1,4 +1,4 @@
-"""Requests for a model that a child process serves (a model with `rpc`, server/rpc/host.py) forwarded to that process,
+"""Requests for a model that a child process serves (a model with `rpc`, server/child.py) forwarded to that process,
 the body and the answer streamed through; the child dying mid-answer ends it with an error in the route's shape."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import httpx
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..child import ChildModel
 from ..core.fields import KeepAlive
 from ..errors import ServiceUnavailableError
 from ..registry import ModelRegistry
-from ..rpc.host import ChildModel
 from ..wire.body import receive_body, replaying
 from ..wire.errors import answer_for
 from ..wire.limits import RequestLimits

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from ..child import ChildModel
 from ..engine.engine import Engine
 from ..engine.errors import ModelFileError
 from ..errors import (
@@ -30,7 +31,6 @@ from ..errors import (
 from ..metrics import Metrics
 from ..models_toml import ModelConfig
 from ..quantities import format_size, parse_duration
-from ..rpc.host import ChildModel
 from ..settings import Settings
 from .footprint import Footprint
 from .footprint import estimate as estimate_footprint
@@ -218,7 +218,7 @@ class Residency:
         resident.status, resident.error = "failed", reason
         resident.failed_key = None if resident.config.rpc and not by_file else file_key(resident.config)
 
-    # --- a model's child process (server/rpc/host.py) -------------------------------------
+    # --- a model's child process (server/child.py) -------------------------------------
 
     def child_exited(self, child: ChildModel, reason: str) -> None:
         """From the child's watcher thread: its process ended unasked (a worker went away, or it crashed)."""

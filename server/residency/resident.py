@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..child import ChildModel
 from ..engine.embedder import Embedder
 from ..engine.engine import Engine
 from ..errors import ServiceUnavailableError
 from ..models_toml import ModelConfig
-from ..rpc.host import ChildModel
 from .footprint import Footprint
 
 log = logging.getLogger("nomoat.residency")

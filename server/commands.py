@@ -6,18 +6,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from ..errors import ConfigError
-from ..models_toml import EMBEDDED, HF_PREFIX, ModelsFile
-from ..settings import Settings, format_validation_error
-from .available import AvailableModel, discovered_models
-from .models_dir import files_size
-from .pulled import PulledManifest, PulledModel
+from . import config
+from .errors import ConfigError
+from .models_toml import EMBEDDED, HF_PREFIX, ModelsFile
+from .settings import Settings, format_validation_error
+from .store.available import AvailableModel, discovered_models
+from .store.models_dir import files_size
+from .store.pulled import PulledManifest, PulledModel
 
 
 def pull(cli: dict[str, Any], name: str) -> int:
     """Download OWNER/REPO[:QUANT] into the Hugging Face cache and list it as a pulled model."""
-    from .hub import Hub, parse_ref
+    from .store.hub import Hub, parse_ref
 
     try:
         settings, _, _ = config.load_settings(cli)
@@ -50,7 +50,7 @@ def rm(cli: dict[str, Any], name: str) -> int:
         print(f"nomoat: {name!r} is not a pulled model (pulled models: {pulled}); "
               "models.toml and models-dir models are removed by editing those", file=sys.stderr)
         return 1
-    from .hub import Hub
+    from .store.hub import Hub
 
     shared = {f for m in entries if m is not entry and (m.repo, m.commit) == (entry.repo, entry.commit) for f in m.files}
     freed = Hub().remove(entry.repo, entry.commit, [f for f in entry.files if f not in shared])
@@ -105,7 +105,7 @@ def _configured(settings: Settings, config_path: Path | None, data: dict[str, An
 
 def _locate(name: str, path: str, base: Path) -> AvailableModel | tuple[str, str, str, str]:
     if path.startswith(HF_PREFIX):
-        from .hub import Hub, HubError, parse_ref
+        from .store.hub import Hub, HubError, parse_ref
 
         try:
             cached = Hub().cached(parse_ref(path))

@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
-from ..errors import ConfigError
-from ..models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
-from ..settings import Settings
-from .endpoints import WorkerUnreachable, check_reachable, parse_endpoint
+from .errors import ConfigError
+from .models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
+from .rpc.endpoints import WorkerUnreachable, check_reachable, parse_endpoint
+from .settings import Settings
 
 log = logging.getLogger("nomoat.rpc")
 
@@ -89,7 +89,7 @@ class ChildModel:
 
     def start(self) -> None:
         """Spawn the child and wait until it serves; ConfigError with the reason when it cannot."""
-        from .ggml import RpcUnavailable, require_rpc  # llama_cpp: only once an rpc model loads
+        from .rpc.ggml import RpcUnavailable, require_rpc  # llama_cpp: only once an rpc model loads
 
         try:
             require_rpc()
