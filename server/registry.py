@@ -14,7 +14,7 @@ from .adapters.catalogue import AdapterCatalogue
 from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
-from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter
+from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .loading import close_all, load_engine, open_all
 from .metrics import Metrics
@@ -34,6 +34,11 @@ class Target:
     base_id: str
     engine: Engine
     adapters: AdapterSet = NO_ADAPTERS
+
+    @property
+    def info(self) -> ModelInfo:
+        """What the protocols read of the model (its vocabulary, context, template's tool support...)."""
+        return self.engine.info
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from .sampling import SamplerChain, log_softmax_row, token_event
 from .sequences import Phase, Sequence
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
-from .types import AdapterKey, GenerationRequest, Prompt, RenderedPrompt, TokenEvent, Usage
+from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, RenderedPrompt, TokenEvent, Usage
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -46,6 +46,8 @@ class Engine:
     def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True,
                  max_prompt_tokens: int | None = None) -> None:
         self.model = model
+        self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
+                              model.chat_template.supports_tools, model.spec.reasoning_format)
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx)
         self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()

@@ -7,6 +7,19 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What the protocols need to know of a loaded model, read once when its engine starts: handlers read
+    this, never the engine's llama.cpp model."""
+
+    name: str
+    n_vocab: int
+    n_ctx: int  # tokens per sequence
+    parallel: int  # sequences decoded at once
+    supports_tools: bool  # the chat template renders `tools` itself
+    reasoning_format: str  # models.toml's: "auto", "none", ...
+
+
+@dataclass(frozen=True)
 class AppliedAdapter:
     """One loaded LoRA adapter at one scale. `handle` is the engine's opaque llama.cpp pointer."""
 

@@ -20,7 +20,7 @@ from nomoat.engine.chat_template import CHATML, ChatTemplate
 from nomoat.engine.embedder import Embeddings
 from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
 from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
-from nomoat.engine.types import ChatPrompt, GenerationRequest, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
+from nomoat.engine.types import ChatPrompt, GenerationRequest, ModelInfo, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
 
 N_VOCAB = 0x3000
 N_CTX = 4096
@@ -87,6 +87,7 @@ class FakeEngine:
     name: str
     capacity: int = 16
     model: FakeModel = field(init=False)
+    info: ModelInfo = field(init=False)
     stats: EngineStats = field(default_factory=EngineStats)
     outstanding: int = 0
     aborted: str | None = None
@@ -100,6 +101,8 @@ class FakeEngine:
 
     def __post_init__(self) -> None:
         self.model = FakeModel(self.name)
+        self.info = ModelInfo(self.name, N_VOCAB, N_CTX, self.model.spec.parallel,
+                              self.model.chat_template.supports_tools, self.model.spec.reasoning_format)
 
     @property
     def waiting(self) -> int:
