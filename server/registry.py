@@ -19,6 +19,7 @@ from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, Servic
 from .loading import close_all, load_engine, open_all
 from .metrics import Metrics
 from .models_toml import ModelConfig, ModelsFile
+from .residency.lease import Lease
 from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
 from .settings import Settings
@@ -33,6 +34,7 @@ class Target:
     model_id: str
     base_id: str
     engine: Engine
+    lease: Lease  # keeps the model loaded until released: the request's end
     adapters: AdapterSet = NO_ADAPTERS
 
     @property
@@ -48,6 +50,7 @@ class EmbeddingTarget:
     model_id: str
     base_id: str
     embedder: Embedder
+    lease: Lease  # keeps the model loaded until released: the request's end
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ class ModelRegistry:
     def hold_engine(self, base: str) -> tuple[Engine | None, Callable[[], None]]:
         """The base's engine, kept loaded until the returned release; None (nothing held) while it is not loaded."""
         engine = self.engine_of(base)
-        return (engine, self.residency.hold(base)) if engine is not None else (None, lambda: None)
+        return (engine, self.residency.hold(base).release) if engine is not None else (None, lambda: None)
 
     def is_model_id(self, name: str) -> bool:
         return name in self._ids
@@ -249,9 +252,13 @@ class ModelRegistry:
         base, default_set = self._lookup(requested)
         pairs = default_set if lora is None else list(lora)
         self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
-        served = await self.residency.acquire(base, keep_alive)
-        return Target(model_id=requested, base_id=base, engine=served.local_engine(),
-                      adapters=self._adapters(base, pairs, lora is not None))
+        lease = await self.residency.acquire(base, keep_alive)
+        try:
+            return Target(model_id=requested, base_id=base, engine=lease.served.local_engine(), lease=lease,
+                          adapters=self._adapters(base, pairs, lora is not None))
+        except BaseException:
+            lease.release()
+            raise
 
     def _adapters(self, base: str, pairs: list[tuple[str, float]], explicit: bool) -> AdapterSet:
         applied = []
@@ -283,11 +290,16 @@ class ModelRegistry:
                 f"model {base!r} does not support embeddings (embeddings = false in models.toml)",
                 param="model", code="model_not_supported",
             )
-        served = await self.residency.acquire(base, keep_alive)
-        if served.embedder is None:
-            served.embedder = Embedder(served.local_engine().model, queue_size=self._settings.queue_size,
-                                       max_input_tokens=self._settings.max_prompt_tokens or None)
-        return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder)
+        lease = await self.residency.acquire(base, keep_alive)
+        served = lease.served
+        try:
+            if served.embedder is None:
+                served.embedder = Embedder(served.local_engine().model, queue_size=self._settings.queue_size,
+                                           max_input_tokens=self._settings.max_prompt_tokens or None)
+        except BaseException:
+            lease.release()
+            raise
+        return EmbeddingTarget(model_id=requested, base_id=base, embedder=served.embedder, lease=lease)
 
     def check_known(self, model_id: str) -> None:
         """ModelNotFoundError (listing the ids there are) unless `model_id` names a model, alias, adapter or stack;

@@ -137,7 +137,10 @@ def test_concurrent_requests_share_one_load(fake_factory, loader, monkeypatch):
             await asyncio.sleep(0.01)
         assert registry.residency.residents["a"].status == "loading"
         loader.gate.set()  # type: ignore[union-attr]
-        return [t.base_id for t in await asyncio.gather(*waiting)]
+        targets = await asyncio.gather(*waiting)
+        for target in targets:
+            target.lease.release()
+        return [t.base_id for t in targets]
 
     assert asyncio.run(scenario()) == ["a"] * 5 and loader.loads == ["a"]
     registry.close()
@@ -340,7 +343,7 @@ def test_reload_changes_unloaded_models_without_loading_them(fake_factory, loade
     registry = fake_registry(Settings(), monkeypatch, models("a", "b", "c"), loader)
 
     async def scenario() -> None:
-        await registry.resolve("a")
+        (await registry.resolve("a")).lease.release()
         changed = models("a", "b", "c", "d", pinned=("d",), a={"n_ctx": 512}, b={"n_ctx": 512},
                          c={"aliases": ["see"]})
         result = await registry.apply(changed, drain_timeout=1)
@@ -358,7 +361,7 @@ def test_a_reload_whose_new_models_do_not_fit_the_budget_changes_nothing(fake_fa
     registry = fake_registry(Settings(memory_budget=int(FOOTPRINT * 1.5)), monkeypatch, models("a", "b"), loader)
 
     async def scenario() -> None:
-        await registry.resolve("a")
+        (await registry.resolve("a")).lease.release()
         with pytest.raises(ConfigError, match=r"loading d needs an estimated .* memory_budget .* left"):
             await registry.apply(models("a", "b", "d", pinned=("d",)), drain_timeout=1)
         assert {n: r.status for n, r in registry.residency.residents.items()} == {"a": "loaded", "b": "unloaded"}

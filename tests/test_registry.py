@@ -106,7 +106,9 @@ def engine(reg: ModelRegistry, name: str = "base") -> FakeEngine:
 
 
 async def handle(reg: ModelRegistry, model_id: str) -> LoraAdapter:
-    [applied] = (await reg.resolve(model_id)).adapters.adapters
+    target = await reg.resolve(model_id)
+    target.lease.release()
+    [applied] = target.adapters.adapters
     return applied.handle
 
 
@@ -239,7 +241,9 @@ def test_reload_swaps_a_changed_config_adapter_in_one_step(loras, tmp_path, monk
     async def scenario() -> None:
         old = await handle(reg, "cfg")
         await reg.apply(models_file(loras, scale=0.25), drain_timeout=5)
-        assert await handle(reg, "cfg") is old and (await reg.resolve("cfg")).adapters.adapters[0].scale == 0.25
+        target = await reg.resolve("cfg")
+        target.lease.release()
+        assert await handle(reg, "cfg") is old and target.adapters.adapters[0].scale == 0.25
         fake.hold = True
         reloading = asyncio.create_task(reg.apply(models_file(loras, file="b.gguf"), drain_timeout=5))
         await settle(lambda: fake.pending, "the changed adapter is loading")

@@ -57,7 +57,7 @@ class ForwardMiddleware:
         if base is None:
             await self.app(scope, replaying(messages, receive), send)
             return
-        served = await self.registry.residency.acquire(base, _keep_alive(data))
+        served = (await self.registry.residency.acquire(base, _keep_alive(data))).served
         assert served.child is not None
         child = served.child
         child.outstanding += 1

@@ -34,6 +34,7 @@ from ..quantities import format_size, parse_duration
 from ..settings import Settings
 from .footprint import Footprint
 from .footprint import estimate as estimate_footprint
+from .lease import Lease
 from .resident import Hooks, ModelState, Resident, ServedModel, current_scope, file_key
 
 log = logging.getLogger("nomoat.residency")
@@ -84,11 +85,10 @@ class Residency:
 
     # --- requests ----------------------------------------------------------------------
 
-    async def acquire(self, name: str, keep_alive: float | None = None) -> ServedModel:
-        """The loaded model `name`, loaded first if it is not (one load shared by every request waiting).
-
-        Inside `lease_scope()` the model stays busy until the scope ends. `keep_alive` (seconds,
-        math.inf for never) sets how long it stays loaded once idle, as Ollama's request field does.
+    async def acquire(self, name: str, keep_alive: float | None = None) -> Lease:
+        """A lease on the loaded model `name`, loaded first if it is not (one load shared by every request
+        waiting): the model stays busy until the lease is released. `keep_alive` (seconds, math.inf for
+        never) sets how long it stays loaded once idle, as Ollama's request field does.
         """
         resident = self.residents[name]
         self._loop = asyncio.get_running_loop()
@@ -102,22 +102,21 @@ class Residency:
             if self.residents.get(name) is not resident:  # a reload replaced it meanwhile
                 raise ServiceUnavailableError(f"model {name!r} was reconfigured while it loaded; retry", retry_after=1)
         resident.last_used = time.monotonic()
+        resident.idle_since = None
+        lease = self.hold(name)
         held = current_scope()
-        if held is not None:
-            resident.leases += 1
-            resident.idle_since = None
-            self._cancel_timer(resident)
-            held.append(lambda: self._release(resident))
-        else:
-            self.reschedule(resident)
-        return resident.served
+        if held is not None:  # until http/ releases the leases it holds itself: the scope's end releases it
+            held.append(lease.release)
+        return lease
 
-    def hold(self, name: str) -> Callable[[], None]:
-        """Keep a loaded model busy until the returned call (work outside a request, e.g. an adapter load)."""
+    def hold(self, name: str) -> Lease:
+        """Keep a loaded model busy until the lease is released (a request, or work outside one: an adapter
+        load)."""
         resident = self.residents[name]
+        assert resident.served is not None, f"{name} is not loaded"
         resident.leases += 1
         self._cancel_timer(resident)
-        return lambda: self._release(resident)
+        return Lease(resident.served, lambda: self._release(resident))
 
     async def _wait_loaded(self, resident: Resident) -> None:
         if resident.loading is None:
