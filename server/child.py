@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from .engine.in_flight import InFlight
 from .errors import ConfigError
 from .models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from .rpc.endpoints import WorkerUnreachable, check_reachable, parse_endpoint
@@ -78,12 +79,25 @@ class ChildModel:
         self._load_timeout = load_timeout
         self.api_key = secrets.token_urlsafe(32)
         self.base_url = ""
-        self.outstanding = 0  # forwarded requests in flight (counted on the event loop by the forwarder)
+        self._in_flight = InFlight()  # forwarded requests, counted on the event loop by the forwarder
         self._dir = Path(tempfile.mkdtemp(prefix=f"nomoat-{_safe(config.name)}-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._stopping = False
         self._reader: threading.Thread | None = None
+
+    @property
+    def outstanding(self) -> int:
+        """Forwarded requests in flight (http/forward.py counts them)."""
+        return self._in_flight.count
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self._in_flight.count = value
+
+    async def wait_idle(self) -> None:
+        """Return once no forwarded request is in flight (at once when none is), woken where the last one ends."""
+        await self._in_flight.wait_idle()
 
     # --- start ---------------------------------------------------------------------
 

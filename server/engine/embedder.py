@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 
 from .errors import Busy, EngineError, InvalidInput, PromptTooLong, ShuttingDown
+from .in_flight import InFlight
 from .model import LoadedModel
 from .types import TextPrompt, TokenPrompt
 
@@ -78,7 +79,7 @@ class Embedder:
         self.max_input_tokens = max_input_tokens
         self.capacity = queue_size + 1
         self._whole_inputs = model.metadata(f"{model.architecture}.attention.causal") == "false"
-        self._outstanding = 0  # event loop only
+        self._in_flight = InFlight()  # requests being embedded or queued
         self._stopping = False
         self._lock = threading.Lock()  # a job is queued before the stop sentinel or refused, never after it
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -94,17 +95,21 @@ class Embedder:
 
     @property
     def outstanding(self) -> int:
-        return self._outstanding
+        return self._in_flight.count
+
+    async def wait_idle(self) -> None:
+        """Return once no request is outstanding (at once when none is), woken where the last one ends."""
+        await self._in_flight.wait_idle()
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
         """Embed every input, in order. Cancelling the awaiting task stops the work at its next decode."""
-        if self._outstanding >= self.capacity:
+        if self._in_flight.count >= self.capacity:
             raise Busy(
-                f"embeddings for model {self.model.spec.name!r} are at capacity ({self._outstanding} "
+                f"embeddings for model {self.model.spec.name!r} are at capacity ({self._in_flight.count} "
                 "requests running or queued); retry shortly", retry_after=1,
             )
         # Counted before the first await, so a reload that retires this model waits for it.
-        self._outstanding += 1
+        self._in_flight.count += 1
         job = _Job(list(inputs))
         try:
             with self._lock:
@@ -117,7 +122,7 @@ class Embedder:
             job.cancelled.set()
             raise
         finally:
-            self._outstanding -= 1
+            self._in_flight.count -= 1
             with self._lock:
                 self._unfinished.discard(job)
 

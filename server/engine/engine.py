@@ -22,6 +22,7 @@ from .contexts import Context, choose_context
 from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .grammar_guard import GrammarTooCostly
+from .in_flight import InFlight
 from .model import LoadedModel
 from .placement import PrefixReuse, place
 from .sampling import SamplerChain, log_softmax_row, token_event
@@ -53,7 +54,7 @@ class Engine:
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
         self.capacity = self.parallel + queue_size
-        self._outstanding = 0  # admitted and not yet finished; touched on the event loop only
+        self._in_flight = InFlight()  # admitted and not yet finished
         self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cv = threading.Condition()
@@ -86,7 +87,11 @@ class Engine:
     @property
     def outstanding(self) -> int:
         """Requests admitted and not yet finished, those still being tokenized included."""
-        return self._outstanding
+        return self._in_flight.count
+
+    async def wait_idle(self) -> None:
+        """Return once no request is outstanding (at once when none is), woken where the last one retires."""
+        await self._in_flight.wait_idle()
 
     def occupancy(self) -> Occupancy:
         """Running and waiting requests and the KV they hold, read on the event loop without the lock:
@@ -112,7 +117,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._loop = loop
         # Counted from admission, so a reload that retires this engine waits for its tokenizing too.
-        self._outstanding += 1
+        self._in_flight.count += 1
         with self._cv:
             self._admitting[id(request)] = request
         try:
@@ -124,7 +129,7 @@ class Engine:
                 sampler.close()
                 raise
         except BaseException:
-            self._outstanding -= 1
+            self._in_flight.count -= 1
             with self._cv:
                 del self._admitting[id(request)]
                 self._cv.notify()  # an adapter it held may be free now
@@ -143,7 +148,7 @@ class Engine:
         with self._cv:
             del self._admitting[id(request)]
             if self._stopping:  # closed while tokenizing: the worker would never see this sequence
-                self._outstanding -= 1
+                self._in_flight.count -= 1
                 seq.discard()
                 raise ShuttingDown()
             self._inbox.append(seq)
@@ -206,15 +211,15 @@ class Engine:
                 )
 
     def _check_capacity(self) -> None:
-        if self._outstanding >= self.capacity:
+        if self._in_flight.count >= self.capacity:
             raise Busy(
-                f"model {self.model.spec.name!r} is at capacity ({self._outstanding} requests "
+                f"model {self.model.spec.name!r} is at capacity ({self._in_flight.count} requests "
                 "running or queued); retry shortly",
-                retry_after=max(1, self._outstanding // max(1, self.parallel)),
+                retry_after=max(1, self._in_flight.count // max(1, self.parallel)),
             )
 
     def _retired(self, gen: Generation) -> None:
-        self._outstanding -= 1
+        self._in_flight.count -= 1
         self._generations.discard(gen)
 
     def _wake(self) -> None:

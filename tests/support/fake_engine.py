@@ -20,6 +20,7 @@ from nomoat.engine.chat_template import CHATML, ChatTemplate
 from nomoat.engine.embedder import Embeddings
 from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
 from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
+from nomoat.engine.in_flight import InFlight
 from nomoat.engine.types import ChatPrompt, GenerationRequest, ModelInfo, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
 
 N_VOCAB = 0x3000
@@ -89,7 +90,7 @@ class FakeEngine:
     model: FakeModel = field(init=False)
     info: ModelInfo = field(init=False)
     stats: EngineStats = field(default_factory=EngineStats)
-    outstanding: int = 0
+    in_flight: InFlight = field(default_factory=InFlight)
     aborted: str | None = None
     submitted: list[GenerationRequest] = field(default_factory=list)
     logprob: float = math.log(0.5)  # what every token's logprob is (NaN to mimic runaway adapter weights)
@@ -103,6 +104,17 @@ class FakeEngine:
         self.model = FakeModel(self.name)
         self.info = ModelInfo(self.name, N_VOCAB, N_CTX, self.model.spec.parallel,
                               self.model.chat_template.supports_tools, self.model.spec.reasoning_format)
+
+    @property
+    def outstanding(self) -> int:
+        return self.in_flight.count
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self.in_flight.count = value
+
+    async def wait_idle(self) -> None:
+        await self.in_flight.wait_idle()
 
     @property
     def waiting(self) -> int:
@@ -194,7 +206,10 @@ class FakeEngine:
 
 class FakeEmbedder:
     n_embd = 8
-    outstanding = 0
+    outstanding = 0  # answers at once: never busy
+
+    async def wait_idle(self) -> None:
+        pass
 
     def abort(self, reason: str) -> None:
         pass
