@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from openapi_spec_validator import validate
+from starlette.requests import Request
+from starlette.responses import Response
 
 from nomoat.http.openapi import REQUEST_MODELS
-from nomoat.wire.routes import ENDPOINTS
+from nomoat.wire.routes import ENDPOINTS, Handler, RouteWiringError, build_routes
 
 
 def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -56,3 +59,21 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [r for value in node for r in _refs(value)]
     return []
+
+
+async def _handler(request: Request) -> Response:
+    return Response()
+
+
+def test_the_table_and_the_handlers_must_agree_or_the_app_is_not_built():
+    handlers: dict[str, Handler] = {endpoint.name: _handler for endpoint in ENDPOINTS}
+    assert {route.name.split(":")[0] for route in build_routes(handlers)} == set(handlers)
+    with pytest.raises(RouteWiringError, match=r"routes without a handler: get_model \(GET /v1/models/"):
+        build_routes({name: h for name, h in handlers.items() if name != "get_model"})
+    with pytest.raises(RouteWiringError, match=r"no route in the table is named list_model$"):
+        build_routes({**handlers, "list_model": _handler})
+    with pytest.raises(RouteWiringError, match="no route in the table is named ui_page"):
+        build_routes(handlers, off=["ui_page"])
+    without_page = {name: h for name, h in handlers.items() if not name.startswith("ui_")}
+    served = {route.path for route in build_routes(without_page, off=["ui_index", "ui_file"])}
+    assert "/" not in served and "/v1/models" in served

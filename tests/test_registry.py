@@ -20,10 +20,11 @@ from nomoat.engine.generation import EngineStats
 from nomoat.errors import ConflictError, ModelNotFoundError
 from nomoat.http.boundary import ErrorBoundary
 from nomoat.models_toml import ModelConfig, ModelsFile
-from nomoat.openai.models import model_object, model_routes
+from nomoat.openai.models import model_handlers, model_object
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
 from nomoat.wire.auth import Authenticator, KeyRing
+from nomoat.wire.routes import ENDPOINTS, build_routes
 
 BASE_INFO = BaseModelInfo.from_gguf(model_path())
 
@@ -137,8 +138,9 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
 
 def test_model_routes_list_and_look_up_and_404_lists_the_ids(loras, tmp_path):
     # (The route table mounts them without /v1 too: test_protocol_inprocess.py.)
-    app = Starlette(routes=model_routes(registry(loras, tmp_path), Authenticator(KeyRing())),
-                    middleware=[Middleware(ErrorBoundary)])
+    handlers = model_handlers(registry(loras, tmp_path), Authenticator(KeyRing()))
+    routes = build_routes(handlers, off=[e.name for e in ENDPOINTS if e.name not in handlers])
+    app = Starlette(routes=routes, middleware=[Middleware(ErrorBoundary)])
     with TestClient(app) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["base", "default", "cfg", "mix"]
         assert client.get("/v1/models/mix").json()["adapters"] == [{"name": "cfg", "scale": 0.5}]

@@ -16,17 +16,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..anthropic.messages import Messages
 from ..core.generate import GenerationCore
 from ..errors import ConfigError, InvalidConfigError
 from ..metrics import Metrics
-from ..openai.adapters import adapter_routes
+from ..openai.adapters import adapter_handlers
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
-from ..openai.models import model_routes
+from ..openai.models import model_handlers
 from ..openai.response_store import ResponseStore
 from ..openai.responses import Responses
 from ..openai.tokenize import TokenizerRoutes
@@ -36,7 +35,7 @@ from ..wire.auth import Authenticator, KeyRing
 from ..wire.body import ClientDisconnected
 from ..wire.errors import answer_for, dialect_body
 from ..wire.limits import RequestLimits
-from ..wire.routes import ENDPOINTS, Handler, build_routes, match
+from ..wire.routes import Handler, build_routes, match
 from .auth import AuthMiddleware
 from .boundary import ErrorBoundary
 from .forward import ForwardMiddleware
@@ -94,7 +93,7 @@ def build_app(
         "health": health,
         "metrics": metrics_endpoint,
         "openapi": openapi,
-        **handlers_of(model_routes(registry, auth)),
+        **model_handlers(registry, auth),
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,
@@ -104,15 +103,20 @@ def build_app(
         "tokenize": tokenizer.tokenize,
         "detokenize": tokenizer.detokenize,
         "apply_template": tokenizer.apply_template,
-        **handlers_of(adapter_routes(registry, settings.adapter_dirs, settings.max_body_bytes,
-                                     settings.body_timeout_seconds)),
+        **adapter_handlers(registry, settings.adapter_dirs, settings.max_body_bytes, settings.body_timeout_seconds),
     }
     handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
+    handlers["status"] = ServerStatus(registry, metrics, auth).handle
+    # Routes the configuration turns off answer 404; any other route without a handler fails the build.
+    off: list[str] = []
     if reload is not None:
         handlers["reload"] = admin_reload
-    handlers["status"] = ServerStatus(registry, metrics, auth).handle
+    else:
+        off.append("reload")
     if settings.ui:
         handlers.update(StaticPage().handlers())
+    else:
+        off += ["ui_index", "ui_file"]
 
     # Outermost first. CORS sits above auth so preflights need no key and errors carry its
     # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
@@ -134,7 +138,7 @@ def build_app(
         Middleware(ForwardMiddleware, registry=registry, limits=limits),  # rpc models' requests, to their process
     ]
     return Starlette(
-        routes=build_routes(handlers),
+        routes=build_routes(handlers, off),
         middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
@@ -142,16 +146,6 @@ def build_app(
             Exception: _unexpected_error,
         },
     )
-
-
-def handlers_of(routes: list[Route]) -> dict[str, Handler]:
-    """Handlers a module built as starlette routes, by their name in the route table."""
-    found = {}
-    for route in routes:
-        for endpoint in ENDPOINTS:
-            if endpoint.path == route.path and endpoint.method in (route.methods or ()):
-                found[endpoint.name] = route.endpoint
-    return found
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -8,13 +8,13 @@ from typing import Any
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..adapters.catalogue import AdapterEntry
 from ..adapters.files import confine
 from ..core.fields import Lenient, parse
 from ..registry import ModelRegistry
 from ..wire.body import read_json
+from ..wire.routes import Handler
 
 
 class LoadAdapterRequest(Lenient):
@@ -34,8 +34,9 @@ def _describe(entry: AdapterEntry) -> dict[str, Any]:
     }
 
 
-def adapter_routes(registry: ModelRegistry, adapter_dirs: list[Path], max_body_bytes: int,
-                   body_timeout: float) -> list[Route]:
+def adapter_handlers(registry: ModelRegistry, adapter_dirs: list[Path], max_body_bytes: int,
+                     body_timeout: float) -> dict[str, Handler]:
+    """The adapter list, load and unload, by their names in the route table."""
     catalogue = registry.catalogue
 
     async def list_adapters(request: Request) -> Response:
@@ -51,8 +52,4 @@ def adapter_routes(registry: ModelRegistry, adapter_dirs: list[Path], max_body_b
         entry = await catalogue.unload(request.path_params["name"])
         return JSONResponse({"id": entry.name, "object": "adapter", "deleted": True})
 
-    return [
-        Route("/v1/adapters", list_adapters, methods=["GET"]),
-        Route("/v1/adapters", load, methods=["POST"]),
-        Route("/v1/adapters/{name:path}", unload, methods=["DELETE"]),
-    ]
+    return {"list_adapters": list_adapters, "load_adapter": load, "unload_adapter": unload}

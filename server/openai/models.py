@@ -8,11 +8,11 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..registry import ModelRegistry, ServedId
 from ..wire.auth import Authenticator, is_admin
 from ..wire.redact import without_paths
+from ..wire.routes import Handler
 
 
 def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = None) -> dict[str, Any]:
@@ -38,8 +38,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
     return card
 
 
-def model_routes(registry: ModelRegistry, auth: Authenticator) -> list[Route]:
-    """The model list and lookup (the route table also mounts them without /v1)."""
+def model_handlers(registry: ModelRegistry, auth: Authenticator) -> dict[str, Handler]:
+    """The model list and lookup, by their names in the route table."""
 
     def path_hider(request: Request, served: ServedId) -> Callable[[str], str] | None:
         """None for an admin key (or none configured); for any other, load errors without file paths."""
@@ -56,10 +56,7 @@ def model_routes(registry: ModelRegistry, auth: Authenticator) -> list[Route]:
         served = registry.served_id(request.path_params["model_id"])
         return JSONResponse(model_object(served, path_hider(request, served)))
 
-    return [
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
-    ]
+    return {"list_models": list_models, "get_model": get_model}
 
 
 def _seconds(timestamp: float | None) -> int | None:

@@ -7,7 +7,7 @@ table, so a new route cannot silently disagree between them.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -126,13 +126,32 @@ def _below(path: str) -> Endpoint | None:
     return None
 
 
-def build_routes(handlers: Mapping[str, Handler]) -> list[Route]:
-    """Starlette routes for every endpoint whose handler is given (a missing one is not mounted)."""
+class RouteWiringError(RuntimeError):
+    """The app's handlers and the route table disagree: a bug, found when the app is built, not at a request."""
+
+
+def build_routes(handlers: Mapping[str, Handler], off: Collection[str] = ()) -> list[Route]:
+    """Starlette routes for every endpoint, each served by the handler of its name.
+
+    `off` names the endpoints the configuration turns off (the web page, /admin/reload without a reloader):
+    those alone go unmounted. A table name with neither a handler nor a place in `off`, or a handler or
+    `off` name the table does not hold, raises: a route renamed in one place must not silently vanish.
+    """
+    names = {endpoint.name for endpoint in ENDPOINTS}
+    unknown = sorted((set(handlers) | set(off)) - names)
+    if unknown:
+        raise RouteWiringError(f"no route in the table is named {', '.join(unknown)}")
+    both = sorted(set(handlers) & set(off))
+    if both:
+        raise RouteWiringError(f"routes both served and turned off: {', '.join(both)}")
+    missing = [f"{e.name} ({e.method} {e.path})" for e in ENDPOINTS if e.name not in handlers and e.name not in off]
+    if missing:
+        raise RouteWiringError(f"routes without a handler: {', '.join(missing)}")
     routes = []
     for endpoint in ENDPOINTS:
-        handler = handlers.get(endpoint.name)
-        if handler is None:
+        if endpoint.name in off:
             continue
         for path in endpoint.paths():
-            routes.append(Route(path, handler, methods=[endpoint.method], name=f"{endpoint.name}:{path}"))
+            routes.append(Route(path, handlers[endpoint.name], methods=[endpoint.method],
+                                name=f"{endpoint.name}:{path}"))
     return routes
