@@ -65,7 +65,7 @@ def test_abort_ends_running_and_queued_generations_while_the_worker_is_busy(mode
     finally:
         release.set()
         engine.close()
-    assert not engine._thread.is_alive()
+    assert not engine._worker.thread.is_alive()
 
 
 def test_embedder_abort_fails_running_and_queued_requests_at_once(model):

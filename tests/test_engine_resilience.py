@@ -50,7 +50,7 @@ def test_a_sequence_that_cannot_start_fails_alone(engine, monkeypatch):
             assert ok[-1].finish_reason == "length" and ok[-1].error is None
 
     asyncio.run(asyncio.wait_for(both(), 60))
-    assert engine._thread.is_alive()
+    assert engine._worker.thread.is_alive()
     assert sorted(slot for context in engine._contexts for slot in context.free_ids) == [0, 1]
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import llama_cpp
@@ -20,6 +19,7 @@ from .errors import Busy, EngineError, InvalidInput, PromptTooLong, ShuttingDown
 from .in_flight import InFlight
 from .model import LoadedModel
 from .types import TextPrompt, TokenPrompt
+from .worker import Job, Worker
 
 log = logging.getLogger("nomoat.engine")
 
@@ -52,7 +52,6 @@ class _Cancelled(Exception):
 @dataclass(eq=False)
 class _Job:
     inputs: list[EmbeddingInput]
-    future: concurrent.futures.Future[Embeddings] = field(default_factory=concurrent.futures.Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -80,16 +79,12 @@ class Embedder:
         self.capacity = queue_size + 1
         self._whole_inputs = model.metadata(f"{model.architecture}.attention.causal") == "false"
         self._in_flight = InFlight()  # requests being embedded or queued
-        self._stopping = False
-        self._lock = threading.Lock()  # a job is queued before the stop sentinel or refused, never after it
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._unfinished: set[_Job] = set()  # queued or running; under _lock, for abort()
         self._ctx: llama_cpp.llama_context_p | None = None
         self._memory: llama_cpp.llama_memory_t | None = None
         self._batch: Any = None  # a llama_batch once the context exists; ctypes fields defy static types
         self._n_batch = 0
-        self._thread = threading.Thread(target=self._run, name=f"embed-{model.spec.name}", daemon=True)
-        self._thread.start()
+        # Each request is one call on the worker, run in turn; started last: its thread reads everything above.
+        self._worker = Worker(f"embed-{model.spec.name}", _run_all)
 
     # --- event loop side ---------------------------------------------------------
 
@@ -112,19 +107,12 @@ class Embedder:
         self._in_flight.count += 1
         job = _Job(list(inputs))
         try:
-            with self._lock:
-                if self._stopping:
-                    raise ShuttingDown()
-                self._jobs.put(job)
-                self._unfinished.add(job)
-            return await asyncio.wrap_future(job.future)
+            return await asyncio.wrap_future(self._worker.call(partial(self._embed, job)))
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
         finally:
             self._in_flight.count -= 1
-            with self._lock:
-                self._unfinished.discard(job)
 
     def abort(self, reason: str) -> None:
         """Fail every queued and running request now with `ShuttingDown(reason)`; admit nothing after.
@@ -132,21 +120,14 @@ class Embedder:
         For when a shutdown's grace period is over: the requests answer at once, even while the
         worker is inside a long llama_decode, which stops at its next batch. Safe from any thread.
         """
-        with self._lock:  # the worker starts a job under it too, so a job is either started or ended here
-            self._stopping = True
-            for job in self._unfinished:
-                _settle(job.future, exception=ShuttingDown(reason))
+        self._worker.abort(lambda: ShuttingDown(reason))
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stop the worker and free the context; False when the worker did not stop in time.
 
         The context points into the model's weights: free the model only after this returned True.
         """
-        with self._lock:
-            self._stopping = True
-            self._jobs.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if not self._worker.close(timeout):
             log.error("embeddings worker of %s did not stop within %.0fs", self.model.spec.name, timeout)
             return False
         if self._batch is not None:
@@ -160,19 +141,8 @@ class Embedder:
 
     # --- worker thread -----------------------------------------------------------
 
-    def _run(self) -> None:
-        # Jobs are queued before the stop sentinel or not at all (see embed and close).
-        while (job := self._jobs.get()) is not None:
-            with self._lock:
-                if job.future.done() or not job.future.set_running_or_notify_cancel():
-                    continue  # ended by abort() while queued, or cancelled
-            try:
-                _settle(job.future, result=self._embed(job))
-            except BaseException as exc:  # handed to the awaiting request
-                _settle(job.future, exception=exc)
-
     def _check_wanted(self, job: _Job) -> None:
-        if self._stopping:
+        if self._worker.stopping:
             raise ShuttingDown()
         if job.cancelled.is_set():
             raise _Cancelled
@@ -296,16 +266,10 @@ class Embedder:
         return pooled
 
 
-def _settle(future: concurrent.futures.Future[Embeddings], *, result: Embeddings | None = None,
-            exception: BaseException | None = None) -> None:
-    """Complete `future` unless abort() (or the worker) already did: the first answer wins."""
-    try:
-        if exception is not None:
-            future.set_exception(exception)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]  # None only with an exception
-    except concurrent.futures.InvalidStateError:
-        pass
+def _run_all(jobs: list[Job]) -> None:
+    """The worker's turn: the requests queued since the last one, in order (a stop ends the rest with ShuttingDown)."""
+    for job in jobs:
+        job()
 
 
 def _pooling_type(model: LoadedModel) -> int:

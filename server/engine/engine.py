@@ -7,7 +7,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from .sequences import Phase, Sequence
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
 from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, RenderedPrompt, TokenEvent, Usage
+from .worker import Job, Worker
 
 log = logging.getLogger("nomoat.engine")
 T = TypeVar("T")
@@ -57,7 +57,6 @@ class Engine:
         self._in_flight = InFlight()  # admitted and not yet finished
         self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cv = threading.Condition()
         self._inbox: collections.deque[Sequence] = collections.deque()
         self._admitting: dict[int, GenerationRequest] = {}  # being tokenized: their adapters are held
         self._active: list[Sequence] = []
@@ -65,14 +64,14 @@ class Engine:
         # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
         self.max_contexts = max(1, model.spec.adapter_contexts)
         self._contexts = [Context.open(0, model.ctx, self.parallel)]
-        self._stopping = False
-        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._to_free: list[LoraAdapter] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
         self._pacer = PrefillPacer()
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
-        self._thread = threading.Thread(target=self._run, name=f"engine-{model.spec.name}", daemon=True)
-        self._thread.start()
+        # Started last: its thread reads everything above.
+        self._worker = Worker(f"engine-{model.spec.name}", self._turn, has_work=self._has_work,
+                              on_stop=self._stopped)
+        self._cv = self._worker.cv
 
     # --- event loop side ---------------------------------------------------------
 
@@ -107,7 +106,7 @@ class Engine:
         An adapter the request resolved holds from here on: one unloaded (or replaced) while the
         request is tokenized serves it to its end, as it does a request already running.
         """
-        if self._stopping:
+        if self._worker.stopping:
             raise ShuttingDown()
         self._check_capacity()
         speculation = self.model.spec.speculation_for(request.speculative)
@@ -147,7 +146,7 @@ class Engine:
         )
         with self._cv:
             del self._admitting[id(request)]
-            if self._stopping:  # closed while tokenizing: the worker would never see this sequence
+            if self._worker.stopping:  # closed while tokenizing: the worker would never see this sequence
                 self._in_flight.count -= 1
                 seq.discard()
                 raise ShuttingDown()
@@ -162,21 +161,7 @@ class Engine:
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `fn` on the engine thread between two steps; await it with asyncio.wrap_future."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def job() -> None:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # handed to whoever waits on the future
-                    future.set_exception(exc)
-
-        with self._cv:
-            if self._stopping:
-                raise ShuttingDown()
-            self._jobs.append(job)
-            self._cv.notify()
-        return future
+        return self._worker.call(fn)
 
     def load_adapter(self, name: str, source: Any, gguf_path: Any, content_hash: str) -> concurrent.futures.Future[LoraAdapter]:
         """Load an adapter file on this model (on the engine thread)."""
@@ -194,9 +179,14 @@ class Engine:
     async def vocabulary(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the tokenizer pool: tokenizing, detokenizing and template rendering read only
         the vocabulary and never need a generation slot, but a megabyte of text must not stall the loop."""
-        if self._stopping:
+        if self._worker.stopping:
             raise ShuttingDown()
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer, partial(fn, *args))
+
+    async def read_vocabulary(self, fn: Callable[[LoadedModel], T]) -> T:
+        """`fn` over this model's vocabulary and chat template, in the tokenizer pool: the engine face's way
+        (engine/face.py) for handlers to read them without holding the llama.cpp model themselves."""
+        return await self.vocabulary(fn, self.model)
 
     def _prepare(self, request: GenerationRequest) -> tuple[RenderedPrompt, SamplerChain]:
         """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
@@ -223,8 +213,7 @@ class Engine:
         self._generations.discard(gen)
 
     def _wake(self) -> None:
-        with self._cv:
-            self._cv.notify()
+        self._worker.wake()
 
     def abort(self, reason: str) -> None:
         """End every running and queued generation now with `ShuttingDown(reason)`; admit nothing after.
@@ -234,10 +223,9 @@ class Engine:
         its next turn, and `close()` still frees the model. Safe from any thread.
         """
         with self._cv:
-            self._stopping = True
+            self._worker.stop()
             queued = list(self._inbox)
             self._inbox.clear()
-            self._cv.notify()
         for seq in queued:
             seq.discard()
         self._generations.end_all(self._loop, ShuttingDown(reason))
@@ -245,12 +233,9 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker and free the model; a worker still inside one llama.cpp call after `timeout`
         seconds is left to it (a daemon thread: it does not keep the process alive), with the model."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        self._thread.join(timeout)
+        stopped = self._worker.close(timeout)
         self._tokenizer.shutdown(wait=False, cancel_futures=True)
-        if self._thread.is_alive():
+        if not stopped:
             log.error("model %s: its engine thread is still inside a llama.cpp call after %gs; "
                       "leaving it and the model allocated", self.model.spec.name, timeout)
             return
@@ -259,42 +244,39 @@ class Engine:
 
     # --- worker thread -----------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            # Under the lock only moves between the deques; every llama.cpp call follows it.
-            with self._cv:
-                while not (self._stopping or self._inbox or self._active or self._jobs or self._to_free):
-                    self._cv.wait()
-                if self._stopping:
-                    break
-                jobs = list(self._jobs)
-                self._jobs.clear()
-                unused = self._take_unused_adapters()
-                starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
-            for adapter in unused:
-                free_lora(adapter, self._contexts, self.model.spec.name)
-            for seq in starting:
-                try:
-                    self._start(seq)
-                except Exception as exc:  # a sequence that cannot start fails alone; the worker lives on
-                    log.exception("could not start a sequence")
-                    self._abandon(seq, exc)
-            for job in jobs:
-                job()
-            if not self._active:
-                continue
+    def _has_work(self) -> bool:
+        return bool(self._inbox or self._active or self._to_free)
+
+    def _turn(self, jobs: list[Job]) -> None:
+        # Under the lock only moves between the deques; every llama.cpp call follows it.
+        with self._cv:
+            unused = self._take_unused_adapters()
+            starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
+        for adapter in unused:
+            free_lora(adapter, self._contexts, self.model.spec.name)
+        for seq in starting:
             try:
-                self._step()
-            except Exception as exc:  # never let the worker die: fail what was running, keep serving
-                log.exception("engine step failed")
-                self._fail_all(EngineError(f"generation failed: {exc}"))
+                self._start(seq)
+            except Exception as exc:  # a sequence that cannot start fails alone; the worker lives on
+                log.exception("could not start a sequence")
+                self._abandon(seq, exc)
+        for job in jobs:
+            job()
+        if not self._active:
+            return
+        try:
+            self._step()
+        except Exception as exc:  # never let the worker die: fail what was running, keep serving
+            log.exception("engine step failed")
+            self._fail_all(EngineError(f"generation failed: {exc}"))
+
+    def _stopped(self) -> None:
+        """On the worker once it stops: what runs and what waits ends with ShuttingDown (adapter loads still
+        queued run after this, rather than hang their callers)."""
         self._fail_all(ShuttingDown())
         with self._cv:
-            jobs, queued = list(self._jobs), list(self._inbox)
-            self._jobs.clear()
+            queued = list(self._inbox)
             self._inbox.clear()
-        for job in jobs:
-            job()  # adapter loads still waiting: let them finish rather than hang their callers
         for seq in queued:
             seq.discard()
         self._emit([(seq.gen, TokenEvent(error=ShuttingDown())) for seq in queued])

@@ -1,0 +1,81 @@
+"""engine/worker.py: the one thread a model's engine and embedder each run on, and the calls handed to it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nomoat.engine.errors import ShuttingDown
+from nomoat.engine.worker import Job, Worker
+
+WAIT = 60  # a fail-safe against a hang, never reached when the worker works
+
+
+def run_all(jobs: list[Job]) -> None:
+    for job in jobs:
+        job()
+
+
+def test_calls_run_on_the_named_thread_in_order() -> None:
+    worker = Worker("engine-test", run_all)
+    try:
+        futures = [worker.call(lambda i=i: (i, threading.current_thread().name)) for i in range(3)]
+        assert [f.result(WAIT) for f in futures] == [(0, "engine-test"), (1, "engine-test"), (2, "engine-test")]
+        failing = worker.call(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(WAIT)
+        assert worker.call(lambda: "alive").result(WAIT) == "alive"  # a failed call leaves the worker serving
+    finally:
+        assert worker.close(WAIT)
+
+
+def test_abort_ends_running_and_queued_calls_at_once_and_refuses_new_ones() -> None:
+    worker = Worker("embed-test", run_all)
+    entered, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    running = worker.call(lambda: (entered.set(), release.wait(WAIT)))
+    assert entered.wait(WAIT)
+    queued = worker.call(lambda: ran.append("queued"))
+    worker.abort(lambda: ShuttingDown("grace period over"))
+    for future in (running, queued):
+        with pytest.raises(ShuttingDown, match="grace period over"):
+            future.result(0)  # already ended, while the running call is still inside its work
+    with pytest.raises(ShuttingDown):
+        worker.call(lambda: None)
+    release.set()
+    assert worker.close(WAIT)
+    assert ran == [], "a call ended by abort never runs"
+
+
+def test_a_stop_runs_on_stop_then_the_calls_still_queued() -> None:
+    order: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+    worker = Worker("engine-test", run_all, on_stop=lambda: order.append("on_stop"))
+    worker.call(lambda: (entered.set(), release.wait(WAIT)))
+    assert entered.wait(WAIT)
+    queued = worker.call(lambda: order.append("queued"))
+    worker.stop()
+    release.set()
+    assert worker.close(WAIT)
+    queued.result(0)
+    assert order == ["on_stop", "queued"]
+
+
+def test_the_owner_work_wakes_the_worker() -> None:
+    pending: list[int] = []
+    done = threading.Event()
+
+    def turn(jobs: list[Job]) -> None:
+        with worker.cv:
+            pending.clear()
+        done.set()
+
+    worker = Worker("engine-test", turn, has_work=lambda: bool(pending))
+    try:
+        with worker.cv:
+            pending.append(1)
+        worker.wake()
+        assert done.wait(WAIT)
+    finally:
+        assert worker.close(WAIT)
