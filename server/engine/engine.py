@@ -9,26 +9,25 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
 import llama_cpp
 
 from .adapters import LoraAdapter, free_lora, load_lora, split_unused
+from .admission import Admission
 from .batching import PrefillPacer, Work, fill_batch, plan_step
 from .contexts import Context, choose_context
-from .errors import AdapterUnloaded, Busy, EngineError, PromptTooLong, ShuttingDown
+from .errors import AdapterUnloaded, EngineError, ShuttingDown
 from .generation import EngineStats, Generation, Occupancy, OpenGenerations, adapter_names, deliver
 from .grammar_guard import GrammarTooCostly
-from .in_flight import InFlight
 from .model import LoadedModel
 from .placement import PrefixReuse, place
-from .sampling import SamplerChain, log_softmax_row, token_event
+from .sampling import log_softmax_row, token_event
 from .sequences import Phase, Sequence
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
-from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, RenderedPrompt, TokenEvent, Usage
+from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, TokenEvent, Usage
 from .worker import Job, Worker
 
 log = logging.getLogger("nomoat.engine")
@@ -50,15 +49,11 @@ class Engine:
         self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
                               model.chat_template.supports_tools, model.spec.reasoning_format)
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx)
-        self.max_prompt_tokens = max_prompt_tokens
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
-        self.capacity = self.parallel + queue_size
-        self._in_flight = InFlight()  # admitted and not yet finished
         self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Sequence] = collections.deque()
-        self._admitting: dict[int, GenerationRequest] = {}  # being tokenized: their adapters are held
         self._active: list[Sequence] = []
         # Context 0 is the model's own; more open, up to max_contexts, when several adapter sets
         # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
@@ -67,13 +62,18 @@ class Engine:
         self._to_free: list[LoraAdapter] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
         self._pacer = PrefillPacer()
-        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tok-{model.spec.name}")
-        # Started last: its thread reads everything above.
+        # Its thread reads everything above; the admission below is first read once a request arrives.
         self._worker = Worker(f"engine-{model.spec.name}", self._turn, has_work=self._has_work,
                               on_stop=self._stopped)
         self._cv = self._worker.cv
+        self._admission = Admission(model, self._cv, capacity=self.parallel + queue_size,
+                                    max_prompt_tokens=max_prompt_tokens)
 
     # --- event loop side ---------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._admission.capacity
 
     @property
     def waiting(self) -> int:
@@ -86,17 +86,17 @@ class Engine:
     @property
     def outstanding(self) -> int:
         """Requests admitted and not yet finished, those still being tokenized included."""
-        return self._in_flight.count
+        return self._admission.in_flight.count
 
     async def wait_idle(self) -> None:
         """Return once no request is outstanding (at once when none is), woken where the last one retires."""
-        await self._in_flight.wait_idle()
+        await self._admission.in_flight.wait_idle()
 
     def occupancy(self) -> Occupancy:
         """Running and waiting requests and the KV they hold, read on the event loop without the lock:
         copies of what the worker changes, so at most one step old (for gateway metrics)."""
         active = list(self._active)
-        waiting = [*self._admitting.values(), *(seq.request for seq in list(self._inbox))]
+        waiting = [*self._admission.admitting.values(), *(seq.request for seq in list(self._inbox))]
         return Occupancy(len(active), len(waiting), sum(seq.n_past for seq in active), self.model.n_ctx * self.parallel,
                          adapter_names(seq.request for seq in active), adapter_names(waiting), self.max_contexts)
 
@@ -108,31 +108,14 @@ class Engine:
         """
         if self._worker.stopping:
             raise ShuttingDown()
-        self._check_capacity()
+        self._admission.check_capacity()
         speculation = self.model.spec.speculation_for(request.speculative)
         for applied in request.adapters.adapters:
             if applied.handle.unloading:
                 raise AdapterUnloaded(applied.name)
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        # Counted from admission, so a reload that retires this engine waits for its tokenizing too.
-        self._in_flight.count += 1
-        with self._cv:
-            self._admitting[id(request)] = request
-        try:
-            rendered, sampler = await loop.run_in_executor(self._tokenizer, self._prepare, request)
-            prompt = rendered.tokens
-            try:
-                self._check_prompt_length(request, len(prompt))
-            except BaseException:
-                sampler.close()
-                raise
-        except BaseException:
-            self._in_flight.count -= 1
-            with self._cv:
-                del self._admitting[id(request)]
-                self._cv.notify()  # an adapter it held may be free now
-            raise
+        self._loop = asyncio.get_running_loop()
+        rendered, sampler = await self._admission.prepare(request)
+        prompt = rendered.tokens
         room = self.model.n_ctx - len(prompt)
         max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         gen = Generation(request, len(prompt), wake=self._wake, on_done=self._retired, prompt_text=rendered.text)
@@ -145,9 +128,9 @@ class Engine:
             drafter=drafter_for(speculation, self.model.draft),
         )
         with self._cv:
-            del self._admitting[id(request)]
+            del self._admission.admitting[id(request)]
             if self._worker.stopping:  # closed while tokenizing: the worker would never see this sequence
-                self._in_flight.count -= 1
+                self._admission.in_flight.count -= 1
                 seq.discard()
                 raise ShuttingDown()
             self._inbox.append(seq)
@@ -181,35 +164,15 @@ class Engine:
         the vocabulary and never need a generation slot, but a megabyte of text must not stall the loop."""
         if self._worker.stopping:
             raise ShuttingDown()
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, partial(fn, *args))
+        return await self._admission.vocabulary(fn, *args)
 
     async def read_vocabulary(self, fn: Callable[[LoadedModel], T]) -> T:
         """`fn` over this model's vocabulary and chat template, in the tokenizer pool: the engine face's way
         (engine/face.py) for handlers to read them without holding the llama.cpp model themselves."""
         return await self.vocabulary(fn, self.model)
 
-    def _prepare(self, request: GenerationRequest) -> tuple[RenderedPrompt, SamplerChain]:
-        """Tokenize and build the sampler chain (grammars are parsed here), off the event loop."""
-        rendered = self.model.render(request.prompt)
-        return rendered, SamplerChain(request.sampling, self.model.n_vocab, self.model.vocab)
-
-    def _check_prompt_length(self, request: GenerationRequest, n_prompt: int) -> None:
-        if self.max_prompt_tokens and n_prompt > self.max_prompt_tokens:
-            raise PromptTooLong(
-                f"The prompt has {n_prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
-                "prompt tokens per request (max_prompt_tokens).",
-                )
-
-    def _check_capacity(self) -> None:
-        if self._in_flight.count >= self.capacity:
-            raise Busy(
-                f"model {self.model.spec.name!r} is at capacity ({self._in_flight.count} requests "
-                "running or queued); retry shortly",
-                retry_after=max(1, self._in_flight.count // max(1, self.parallel)),
-            )
-
     def _retired(self, gen: Generation) -> None:
-        self._in_flight.count -= 1
+        self._admission.in_flight.count -= 1
         self._generations.discard(gen)
 
     def _wake(self) -> None:
@@ -234,7 +197,7 @@ class Engine:
         """Stop the worker and free the model; a worker still inside one llama.cpp call after `timeout`
         seconds is left to it (a daemon thread: it does not keep the process alive), with the model."""
         stopped = self._worker.close(timeout)
-        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        self._admission.close()
         if not stopped:
             log.error("model %s: its engine thread is still inside a llama.cpp call after %gs; "
                       "leaving it and the model allocated", self.model.spec.name, timeout)
@@ -397,7 +360,7 @@ class Engine:
         """Take the adapters marked for unloading that no admitted request uses (lock held)."""
         if not self._to_free:
             return []
-        requests = [*(s.request for s in (*self._active, *self._inbox)), *self._admitting.values()]
+        requests = [*(s.request for s in (*self._active, *self._inbox)), *self._admission.admitting.values()]
         unused, self._to_free = split_unused(self._to_free, requests)
         return unused
 
