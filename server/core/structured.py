@@ -12,11 +12,10 @@ The JSON written is compact: one optional space after `:` and `,`, no newlines.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-from .gbnf import FORMATS, LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES, GrammarRules, SchemaError, literal, repeat
-from .numbers import MAX_DIGITS, integer_bound, number_range
+from .gbnf import LIMIT_WHY, MAX_ALTERNATIVES, MAX_GRAMMAR_BYTES, GrammarRules, SchemaError, literal, repeat
+from .scalars import count_bounds, number_rule, string_rule
 
 # Keywords that describe, not constrain: accepted and ignored.
 _ANNOTATIONS = frozenset({
@@ -35,8 +34,6 @@ _BY_TYPE = {
 _GENERIC = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"}
 _KNOWN = _GENERIC | set().union(*_BY_TYPE.values())
 
-# Longest repetition a grammar may spell out: llama.cpp expands `x{0,n}` into n nested rules.
-MAX_REPEAT = 4096
 # Deepest schema nesting converted (each level is a few Python calls; real schemas stay far below).
 MAX_DEPTH = 64
 # Subschemas a conversion may visit, copies included: anyOf/oneOf visit their siblings once per
@@ -164,9 +161,9 @@ class Grammar(GrammarRules):
         if type_ == "array":
             return self._array(schema, doc, path)
         if type_ == "string":
-            return self._string(schema, path)
+            return string_rule(self, schema, path)
         if type_ in ("integer", "number"):
-            return self._number(schema, path, integer=type_ == "integer")
+            return number_rule(self, schema, path, integer=type_ == "integer")
         return self.base(type_)
 
     def _ref(self, schema: dict[str, Any], doc: str, path: str) -> str:
@@ -335,59 +332,10 @@ class Grammar(GrammarRules):
         if isinstance(items, list):
             raise self.fail(path, "has 'items' as a list (tuple validation), which is not supported")
         item = self._inside(items, doc, f"{path}/items")
-        lo, hi = self._bounds(schema, "minItems", "maxItems", path)
+        lo, hi = count_bounds(self, schema, "minItems", "maxItems", path)
         ws = self.base("ws")
         body = repeat(item, lo, hi, f'"," {ws}')
         return self.add(f'"[" {ws} {body} {ws} "]"')
-
-    def _string(self, schema: dict[str, Any], path: str) -> str:
-        fmt = schema.get("format")
-        if fmt is not None:
-            if not isinstance(fmt, str) or fmt not in FORMATS:
-                raise self.fail(path, f"has format {fmt!r:.40}; supported formats: {', '.join(FORMATS)}")
-            return self.quoted_format(fmt)
-        lo, hi = self._bounds(schema, "minLength", "maxLength", path)
-        if lo == 0 and hi is None:
-            return self.base("string")
-        char = self.base("char")
-        return self.add(f'"\\"" {char}{{{lo},{"" if hi is None else hi}}} "\\""')
-
-    def _bounds(self, schema: dict[str, Any], lo_key: str, hi_key: str, path: str) -> tuple[int, int | None]:
-        lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
-        for key, value in ((lo_key, lo), (hi_key, hi)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise self.fail(path, f"has {key} {value!r}: it must be a non-negative integer")
-            if value is not None and value > MAX_REPEAT:
-                raise self.fail(path, f"has {key} {value}: a grammar can enforce at most {MAX_REPEAT}")
-        if hi is not None and lo > hi:
-            raise self.fail(path, f"has {lo_key} {lo} greater than {hi_key} {hi}")
-        return lo, hi
-
-    def _number(self, schema: dict[str, Any], path: str, *, integer: bool) -> str:
-        bounds = {k: schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
-        for key, value in bounds.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, type(None))) or value in (math.inf, -math.inf):
-                raise self.fail(path, f"has {key} {value!r:.40}: it must be a finite number")
-            if isinstance(value, float) and math.isnan(value):
-                raise self.fail(path, f"has {key} NaN: it must be a finite number")
-        if all(v is None for v in bounds.values()):
-            return self.base("integer" if integer else "number")
-        lo, lo_ex = integer_bound(bounds["minimum"], bounds["exclusiveMinimum"], upper=False)
-        hi, hi_ex = integer_bound(bounds["maximum"], bounds["exclusiveMaximum"], upper=True)
-        # Without bounds numbers have at most MAX_DIGITS digits: a bound past that bounds nothing,
-        # and one that asks for more digits is refused rather than spelled out.
-        huge = 10 ** MAX_DIGITS
-        lo = None if lo is not None and lo <= -huge else lo
-        hi = None if hi is not None and hi >= huge else hi
-        if (lo is not None and lo >= huge) or (hi is not None and hi <= -huge):
-            raise self.fail(path, f"asks for numbers of more than {MAX_DIGITS} digits, which a grammar does not write")
-        if integer:  # integers: an exclusive bound is the next integer in
-            lo, lo_ex = (None if lo is None else lo + lo_ex), False
-            hi, hi_ex = (None if hi is None else hi - hi_ex), False
-        body = number_range(lo, lo_ex, hi, hi_ex, fractions=not integer)
-        if not body:
-            raise self.fail(path, "allows no number at all (its minimum is above its maximum)")
-        return self.add(body)
 
 
 def _some(names: list[str]) -> str:
