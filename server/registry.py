@@ -130,7 +130,7 @@ class ModelRegistry:
 
     def hosted(self, model_id: str | None) -> str | None:
         """The base model a request's `model` runs on when a child process serves it (its requests are forwarded
-        there, server/rpc/forward.py), else None."""
+        there, server/http/forward.py), else None."""
         if not self.hosts_children():
             return None
         try:

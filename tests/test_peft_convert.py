@@ -1,4 +1,4 @@
-"""Unit tests of server/peft.py: PEFT LoRA directories converted to llama.cpp GGUF adapters."""
+"""Unit tests of server/adapters/peft.py: PEFT LoRA directories converted to llama.cpp GGUF adapters."""
 
 from __future__ import annotations
 

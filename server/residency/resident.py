@@ -42,7 +42,7 @@ def lease_scope() -> Iterator[None]:
 @dataclass(eq=False)
 class ServedModel:
     """A loaded model: its engine, and its embedder once an embeddings request asked for one; or, for a model
-    with `rpc`, the child process that serves it (requests are forwarded there: server/rpc/forward.py)."""
+    with `rpc`, the child process that serves it (requests are forwarded there: server/http/forward.py)."""
 
     config: ModelConfig
     engine: Engine | None  # None: `child` serves it
