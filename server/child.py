@@ -36,7 +36,7 @@ from .models_toml import AdapterConfig, ModelConfig, ModelsFile, StackConfig
 from .rpc.endpoints import WorkerUnreachable, check_reachable, parse_endpoint
 from .settings import Settings
 
-log = logging.getLogger("nomoat.rpc")
+log = logging.getLogger(__name__)
 
 _STOP_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1

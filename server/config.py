@@ -17,7 +17,7 @@ from .models_toml import EMBEDDED, HF_PREFIX, AdapterConfig, ModelConfig, Models
 from .settings import Settings, format_validation_error
 from .store.available import discovered_models
 
-log = logging.getLogger("nomoat.config")
+log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -27,7 +27,7 @@ from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings
 from .wire.auth import Authenticator, KeyRing, exposure_warning
 
-log = logging.getLogger("nomoat.daemon")
+log = logging.getLogger(__name__)
 
 ConfigLoader = Callable[[], tuple[Settings, ModelsFile]]
 

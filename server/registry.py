@@ -24,7 +24,7 @@ from .residency.manager import Residency
 from .residency.resident import ModelState, Resident, ServedModel
 from .settings import Settings
 
-log = logging.getLogger("nomoat.registry")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 
-log = logging.getLogger("nomoat.sdnotify")
+log = logging.getLogger(__name__)
 
 
 class Notifier:

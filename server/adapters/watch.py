@@ -20,7 +20,7 @@ from .gguf_check import TruncatedGGUFError, check_gguf_layout
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
 from .regular_files import open_regular
 
-log = logging.getLogger("nomoat.watch")
+log = logging.getLogger(__name__)
 
 ORIGIN: Final = "watch"
 # A file must keep its size and mtime this long before it is read: most copies finish well within it,

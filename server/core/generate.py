@@ -26,7 +26,7 @@ from ..wire.body import ClientDisconnected, read_json
 from ..wire.limits import RequestLimits
 from .reasoning import opens_reasoning
 
-log = logging.getLogger("nomoat.generate")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

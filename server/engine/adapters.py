@@ -13,7 +13,7 @@ from .contexts import Context
 from .errors import AdapterRejected
 from .types import GenerationRequest
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)

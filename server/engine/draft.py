@@ -22,7 +22,7 @@ from .contexts import common_prefix
 from .drafting import Drafter, DraftRound, DraftView
 from .errors import ModelFileError
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 
 # As llama.cpp's common_speculative_are_compatible: vocabularies may differ by a few added tokens at
 # the end, and the first few ids (control tokens, often renamed) are not compared.

@@ -21,7 +21,7 @@ from .model import LoadedModel
 from .types import TextPrompt, TokenPrompt
 from .worker import Job, Worker
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 
 EmbeddingInput = TextPrompt | TokenPrompt
 

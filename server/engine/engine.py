@@ -30,7 +30,7 @@ from .stops import TextAssembler
 from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, TokenEvent, Usage
 from .worker import Job, Worker
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

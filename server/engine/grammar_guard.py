@@ -27,7 +27,7 @@ import llama_cpp
 
 from .errors import InvalidInput
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 
 # The most parse stacks a grammar may keep alive after a token. A legitimate grammar stays far
 # below: the JSON-schema grammars in the test suite keep at most about 20, an enum of 256 values

@@ -22,7 +22,7 @@ from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, 
 if TYPE_CHECKING:
     from ..rpc.ggml import Offload
 
-log = logging.getLogger("nomoat.engine")
+log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("nomoat.llama_cpp")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
 _LEVELS = {3: logging.WARNING, 4: logging.ERROR}

@@ -46,7 +46,7 @@ from .requestlog import RequestLogMiddleware
 from .status import ServerStatus
 from .ui import StaticPage
 
-log = logging.getLogger("nomoat.http")
+log = logging.getLogger(__name__)
 
 Reloader = Callable[[], Awaitable[ReloadResult]]
 

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..settings import Settings
 from ..wire.errors import error_body
 
-log = logging.getLogger("nomoat.connections")
+log = logging.getLogger(__name__)
 
 # Descriptors kept free for what the server opens besides connections: model files, the response store,
 # logs, thread pools' pipes, an adapter being loaded.

@@ -22,7 +22,7 @@ from ..wire.limits import RequestLimits
 from ..wire.routes import Endpoint, match
 from .auth import CALLER_HEADER, caller_header
 
-log = logging.getLogger("nomoat.http")
+log = logging.getLogger(__name__)
 
 # The endpoints whose body names a model; the rest (lists, adapters, lifecycle) the parent answers itself.
 FORWARDED = frozenset({"chat", "completions", "embeddings", "create_response", "count_response_tokens", "messages",

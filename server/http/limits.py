@@ -12,7 +12,7 @@ from ..wire.body import receive_body, replaying
 from ..wire.limits import RequestLimits
 from ..wire.routes import match
 
-log = logging.getLogger("nomoat.limits")
+log = logging.getLogger(__name__)
 
 
 class ConcurrencyLimiter:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..metrics import Metrics
 from ..wire.routes import match
 
-log = logging.getLogger("nomoat.access")
+log = logging.getLogger("nomoat.access")  # the access log's name: README.md and tests/test_requestlog.py pin it
 
 # A client's id is echoed only if it is short and plain: it goes into headers and log lines.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")

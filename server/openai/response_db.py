@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger("nomoat.store")  # the store's subsystem name: tests/test_response_store.py filters on it
 
 _TABLE = "responses"
 # The format before rows were linked (each row held its whole history): set aside, never read.

@@ -26,7 +26,7 @@ from . import response_db as db
 from .response_db import Head, Retention, Turn, Viewer
 from .store_threads import StoreThreads
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger("nomoat.store")  # the store's subsystem name: tests/test_response_store.py filters on it
 
 FILE_NAME = "responses.sqlite3"
 # Two threads: one request's write never queues a GET behind it; more buy nothing on one SQLite file.

@@ -37,7 +37,7 @@ from .footprint import estimate as estimate_footprint
 from .lease import Lease
 from .resident import Hooks, ModelState, Resident, ServedModel, current_scope, file_key
 
-log = logging.getLogger("nomoat.residency")
+log = logging.getLogger(__name__)
 
 # How long a load waits for busy models to go idle before it answers 503: a request that just
 # finished releases its model a moment after its client has read the last byte.

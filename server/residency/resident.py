@@ -19,7 +19,7 @@ from ..errors import ServiceUnavailableError
 from ..models_toml import ModelConfig
 from .footprint import Footprint
 
-log = logging.getLogger("nomoat.residency")
+log = logging.getLogger(__name__)
 
 Status = Literal["unloaded", "loading", "loaded", "failed"]
 

@@ -11,7 +11,7 @@ from ..settings import Settings
 from .models_dir import files_size, scan_models_dir
 from .pulled import PulledManifest
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger(__name__)
 
 Source = Literal["models.toml", "models-dir", "pulled"]
 

@@ -35,7 +35,7 @@ from ..settings import DEFAULT_PULL_TIMEOUT_SECONDS
 from .download_limits import DownloadLimits, DownloadRefused
 from .models_dir import is_gguf, is_projector, model_stem, split_part
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf:"
 DEFAULT_QUANT = "Q4_K_M"

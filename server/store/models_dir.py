@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger(__name__)
 
 # llama.cpp's gguf-split names its parts `NAME-00001-of-00003.gguf` and loads the model from the first.
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")

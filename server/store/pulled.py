@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-log = logging.getLogger("nomoat.store")
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "pulled.json"
 

@@ -15,7 +15,7 @@ from ..errors import AuthenticationError, ConfigError, NomoatError, PermissionDe
 from ..settings import Settings
 from .routes import Access, match
 
-log = logging.getLogger("nomoat.auth")
+log = logging.getLogger(__name__)
 
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # An admin route whose answer tells whether the caller's key is an admin key (nothing is changed:

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from .routes import Dialect
 
-log = logging.getLogger("nomoat.http")
+log = logging.getLogger(__name__)
 
 # Most specific first: the first class an error is an instance of decides.
 _TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
