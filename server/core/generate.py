@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import Request
@@ -21,13 +21,13 @@ from starlette.types import Receive, Scope, Send
 from ..engine.generation import Generation
 from ..engine.types import GenerationRequest, TokenEvent, Usage
 from ..metrics import GenerationTimer, Metrics
-from ..registry import ModelRegistry, Target
-from ..wire.body import ClientDisconnected, read_json
+from ..registry import EmbeddingTarget, ModelRegistry, Target
+from ..wire.body import ClientDisconnected, race_disconnect, read_json
+from ..wire.context import RequestContext
 from ..wire.limits import RequestLimits
 from .reasoning import opens_reasoning
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class GenerationCore:
         A `model` that names nothing served is a 404 before any other field is checked, as OpenAI answers a
         body with no `messages` and an unknown model (nothing is loaded here: `route()` does that).
         """
-        request.state.prompt_field = prompt_field
+        RequestContext.of(request).prompt_field = prompt_field
         data = await read_json(request, self.limits.max_body_bytes, self.limits.body_timeout)
         model = data.get("model") if isinstance(data, dict) else None
         if isinstance(model, str) and model:
@@ -84,9 +84,20 @@ class GenerationCore:
     async def route(self, request: Request, model: str | None, lora: list[tuple[str, float]] | None,
                     keep_alive: float | None = None) -> Target:
         """Resolve the model and adapters (loading the model if need be: `keep_alive` is how long it then stays
-        loaded once idle), and label the request for its log line and metrics."""
+        loaded once idle), held busy until the request's last byte, and label the request for its log line and
+        metrics."""
         target = await self.registry.resolve(model, lora, keep_alive)
-        label_request(request, target.model_id, target.base_id, adapter_label(target))
+        context = RequestContext.of(request)
+        context.hold(target.lease)
+        label(context, target.model_id, target.base_id, adapter_label(target))
+        return target
+
+    async def embedding_target(self, request: Request, model: str | None, keep_alive: float | None) -> EmbeddingTarget:
+        """`route()` for embeddings: the model's embedder, held and labelled the same way."""
+        target = await self.registry.embedder(model, keep_alive)
+        context = RequestContext.of(request)
+        context.hold(target.lease)
+        label(context, target.model_id, target.base_id, "")
         return target
 
     async def start(self, request: Request, target: Target, requests: list[GenerationRequest]) -> Run:
@@ -133,7 +144,7 @@ class Run:
             yield i, event
             if event.error is not None:
                 return
-        self.request.state.ttft = self.timer.ttft
+        RequestContext.of(self.request).ttft = self.timer.ttft
 
     async def collect(self, on_event: Callable[[TokenEvent], object] | None = None) -> list[Choice]:
         """Run every generation to its end; the client going away first cancels them all.
@@ -150,7 +161,7 @@ class Run:
                     on_event(event)
 
         try:
-            await race_disconnect(self.request, consume())
+            await race_disconnect(self.request.receive, consume())
         except ClientDisconnected:
             self.cancel()
             raise
@@ -186,19 +197,18 @@ class Run:
 
 def count_tokens(metrics: Metrics, request: Request, totals: Totals) -> None:
     """Token counters by model and adapter, and the access log's token fields."""
-    labels = (request.state.base_model, request.state.adapter)
+    context = RequestContext.of(request)
+    labels = (context.base_model, context.adapter)
     metrics.prompt_tokens.labels(*labels).inc(totals.prompt_tokens)
     metrics.cached_prompt_tokens.labels(*labels).inc(totals.cached_tokens)
     metrics.completion_tokens.labels(*labels).inc(totals.completion_tokens)
     metrics.recent_tokens.add(totals.completion_tokens)
-    request.state.tokens = (totals.prompt_tokens, totals.completion_tokens)
+    context.tokens = (totals.prompt_tokens, totals.completion_tokens)
 
 
-def label_request(request: Request, model_id: str, base_id: str, adapter: str) -> None:
+def label(context: RequestContext, model_id: str, base_id: str, adapter: str) -> None:
     """What the access log and request metrics say of this request."""
-    request.state.model = model_id
-    request.state.base_model = base_id
-    request.state.adapter = adapter
+    context.model, context.base_model, context.adapter = model_id, base_id, adapter
 
 
 def adapter_label(target: Target) -> str:
@@ -243,26 +253,6 @@ async def merged(gens: list[Generation], timeout: float | None = None) -> AsyncI
             timer.cancel()
         for task in tasks:
             task.cancel()
-
-
-async def race_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, unless the client disconnects first: then it is cancelled (ClientDisconnected)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientDisconnected
-    return task.result()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def event_stream(run: Run, chunks: AsyncIterator[dict[str, str]]) -> Response:

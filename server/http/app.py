@@ -39,7 +39,7 @@ from ..wire.routes import Handler, build_routes, match
 from .auth import AuthMiddleware
 from .boundary import ErrorBoundary
 from .forward import ForwardMiddleware
-from .lifecycle import LeaseMiddleware, lifecycle_handlers
+from .lifecycle import lifecycle_handlers
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware
 from .openapi import openapi
 from .requestlog import RequestLogMiddleware
@@ -118,8 +118,9 @@ def build_app(
     else:
         off += ["ui_index", "ui_file"]
 
-    # Outermost first. CORS sits above auth so preflights need no key and errors carry its
-    # headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
+    # Outermost first. The request log owns each request's RequestContext: it releases the models the
+    # request resolved once the last byte is sent. CORS sits above auth so preflights need no key and errors
+    # carry its headers; errors raised below ErrorBoundary are rendered there alone, and logged above it.
     middleware = [Middleware(RequestLogMiddleware, metrics=metrics)]
     if settings.cors_origin_list:
         middleware.append(Middleware(
@@ -134,7 +135,6 @@ def build_app(
         Middleware(ErrorBoundary),
         Middleware(AuthMiddleware, auth=auth, trust_forwarded_caller=settings.rpc_in_process),
         Middleware(ConcurrencyMiddleware, limiter=limiter, limits=limits),
-        Middleware(LeaseMiddleware),
         Middleware(ForwardMiddleware, registry=registry, limits=limits),  # rpc models' requests, to their process
     ]
     return Starlette(

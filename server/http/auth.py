@@ -5,11 +5,12 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..wire.auth import Authenticator
+from ..wire.context import RequestContext
 
 
 class AuthMiddleware:
-    """Pure ASGI: refuses requests whose key may not use the route, and records in scope state the key's id
-    (`key_id`) and whether it is an admin key (`admin`): what a stored response's owner check reads.
+    """Pure ASGI: refuses requests whose key may not use the route, and records on the RequestContext the key's
+    id (`key_id`) and whether it is an admin key (`admin`): what a stored response's owner check reads.
 
     `trust_forwarded_caller` is for the child process of a split model (server/child.py) alone: its one key is
     the parent's, so the parent names the key its client used in CALLER_HEADER, and that is the caller here.
@@ -25,13 +26,13 @@ class AuthMiddleware:
             authorization, api_key = _header(scope, b"authorization"), _header(scope, b"x-api-key")
             found = self.auth.check(scope["method"], scope["path"], authorization, api_key)
             if found is not None:
-                state = scope.setdefault("state", {})
+                context = RequestContext.of(scope)
                 forwarded = _header(scope, CALLER_HEADER.encode()) if self.trust_forwarded_caller else None
                 if forwarded is not None:
                     key, _, role = forwarded.partition(";")
-                    state["key_id"], state["admin"] = key or None, role == "admin"
+                    context.key_id, context.admin = key or None, role == "admin"
                 else:
-                    state["key_id"], state["admin"] = found, self.auth.is_admin_key(authorization, api_key)
+                    context.key_id, context.admin = found, self.auth.is_admin_key(authorization, api_key)
         await self.app(scope, receive, send)
 
 
@@ -40,10 +41,9 @@ class AuthMiddleware:
 CALLER_HEADER = "x-nomoat-caller"
 
 
-def caller_header(state: dict[str, object]) -> str:
-    """CALLER_HEADER's value for the caller AuthMiddleware recorded in `state`."""
-    key = state.get("key_id")
-    return (key if isinstance(key, str) else "") + (";admin" if state.get("admin") else "")
+def caller_header(context: RequestContext) -> str:
+    """CALLER_HEADER's value for the caller AuthMiddleware recorded on `context`."""
+    return (context.key_id or "") + (";admin" if context.admin else "")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelLoadError
 from ..wire.body import ClientDisconnected
+from ..wire.context import RequestContext
 from ..wire.errors import answer_for, is_client_error
 from ..wire.redact import without_paths
 from ..wire.routes import match
@@ -42,10 +43,10 @@ class ErrorBoundary:
         except Exception as exc:
             if started or not is_client_error(exc):
                 raise
-            state = scope.get("state", {})
-            if isinstance(exc, ModelLoadError) and state.get("key_id") is not None and not state.get("admin"):
+            context = RequestContext.of(scope)
+            if isinstance(exc, ModelLoadError) and context.key_id is not None and not context.admin:
                 # llama.cpp's reason names the model's file: a key that is not an admin's is not shown where it is.
                 exc = copy.copy(exc)
                 exc.message = without_paths(exc.message, *([exc.path] if exc.path else []))
-            answer = answer_for(exc, state.get("prompt_field", "prompt"), match(scope["method"], scope["path"]).dialect)
+            answer = answer_for(exc, context.prompt_field, match(scope["method"], scope["path"]).dialect)
             await JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)(scope, receive, send)

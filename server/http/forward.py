@@ -10,13 +10,14 @@ from typing import Any
 
 import httpx
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..child import ChildModel
 from ..core.fields import KeepAlive
-from ..errors import ServiceUnavailableError
+from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..registry import ModelRegistry
-from ..wire.body import receive_body, replaying
+from ..wire.body import ClientDisconnected, kept_json, race_disconnect, take_body
+from ..wire.context import RequestContext
 from ..wire.errors import answer_for
 from ..wire.limits import RequestLimits
 from ..wire.routes import Endpoint, match
@@ -35,7 +36,7 @@ _DROPPED_RESPONSE = frozenset({"transfer-encoding", "connection", "keep-alive", 
 
 
 class ForwardMiddleware:
-    """Pure ASGI, inside the lease scope: a forwarded request holds its model (never unloaded under it)."""
+    """Pure ASGI: a forwarded request holds its model on its RequestContext (never unloaded under it)."""
 
     def __init__(self, app: ASGIApp, registry: ModelRegistry, limits: RequestLimits) -> None:
         self.app = app
@@ -49,15 +50,22 @@ class ForwardMiddleware:
         if endpoint is None or endpoint.name not in FORWARDED or not self.registry.hosts_children():
             await self.app(scope, receive, send)
             return
-        messages = await receive_body(receive, self.limits.max_body_bytes, self.limits.body_timeout)
-        body = b"".join(m.get("body", b"") for m in messages)
-        data = _json_object(body)
-        model = data.get("model")
+        body = await take_body(scope, receive, self.limits.max_body_bytes, self.limits.body_timeout)
+        context = RequestContext.of(scope)
+        try:
+            data = kept_json(context)
+        except InvalidRequestError:  # not JSON: the handler here refuses it with the 400 the child would send
+            await self.app(scope, receive, send)
+            return
+        fields: dict[str, Any] = data if isinstance(data, dict) else {}  # no model named: the default
+        model = fields.get("model")
         base = self.registry.hosted(model if isinstance(model, str) else None)
         if base is None:
-            await self.app(scope, replaying(messages, receive), send)
+            await self.app(scope, receive, send)
             return
-        served = (await self.registry.residency.acquire(base, _keep_alive(data))).served
+        lease = await self.registry.residency.acquire(base, _keep_alive(fields))
+        context.hold(lease)
+        served = lease.served
         assert served.child is not None
         child = served.child
         child.outstanding += 1
@@ -72,7 +80,7 @@ class ForwardMiddleware:
                    if k.decode("latin-1").lower() not in _DROPPED_REQUEST]
         headers.append(("authorization", f"Bearer {child.api_key}"))
         # The child knows only the parent's key: it stores responses under, and shows them to, the client's.
-        headers.append((CALLER_HEADER, caller_header(scope.get("state", {}))))
+        headers.append((CALLER_HEADER, caller_header(RequestContext.of(scope))))
         query = scope.get("query_string", b"").decode("latin-1")
         url = child.base_url + scope["path"] + (f"?{query}" if query else "")
         request = self.client.build_request(scope["method"], url, headers=headers, content=body)
@@ -85,7 +93,9 @@ class ForwardMiddleware:
                         "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
                                     if k.lower() not in _DROPPED_RESPONSE]})
             streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-            if not await _until_disconnect(_pump(response, send), receive):
+            try:
+                await race_disconnect(receive, _pump(response, send))
+            except ClientDisconnected:
                 return  # the client left: closing the response cancels the child's generation
             failure = None
         except httpx.HTTPError as exc:
@@ -101,29 +111,6 @@ class ForwardMiddleware:
 async def _pump(response: httpx.Response, send: Send) -> None:
     async for chunk in response.aiter_raw():
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-async def _until_disconnect(work: Any, receive: Receive) -> bool:
-    """Run `work` until it ends (True) or the client disconnects first (False, `work` cancelled)."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnect() -> None:
-        message: Message = {"type": ""}
-        while message["type"] != "http.disconnect":
-            message = await receive()
-
-    gone = asyncio.ensure_future(disconnect())
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-    await asyncio.gather(task, gone, return_exceptions=True)
-    if task.cancelled():
-        return False
-    task.result()  # the forwarding's own failure, raised
-    return True
 
 
 async def _lost(child: ChildModel, exc: httpx.HTTPError) -> ServiceUnavailableError:
@@ -150,16 +137,6 @@ def _error_event(endpoint: Endpoint, exc: ServiceUnavailableError) -> bytes:
 
 def _json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, else {} (no model named: the default; a body that is not JSON is the handler's to
-    refuse, or the child's)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # nested past the interpreter's limit: the child's 400 says so
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _keep_alive(data: dict[str, Any]) -> float | None:

@@ -8,7 +8,8 @@ from collections import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import RateLimitError
-from ..wire.body import receive_body, replaying
+from ..wire.body import take_body
+from ..wire.context import RequestContext
 from ..wire.limits import RequestLimits
 from ..wire.routes import match
 
@@ -62,19 +63,19 @@ class ConcurrencyMiddleware:
         if endpoint is None or not endpoint.generates:
             await self.app(scope, receive, send)
             return
-        body = await receive_body(receive, self.limits.max_body_bytes, self.limits.body_timeout)
+        await take_body(scope, receive, self.limits.max_body_bytes, self.limits.body_timeout)
         key = caller(scope)
         self.limiter.acquire(key)
         try:
-            await self.app(scope, replaying(body, receive), send)
+            await self.app(scope, receive, send)
         finally:
             self.limiter.release(key)
 
 
 def caller(scope: Scope) -> str:
     """Who a limit applies to: the API key's id when auth is on, else the client address."""
-    key_id = scope.get("state", {}).get("key_id")
+    key_id = RequestContext.of(scope).key_id
     if key_id:
-        return str(key_id)
+        return key_id
     client = scope.get("client")
     return f"client-{client[0]}" if client else "client-unknown"

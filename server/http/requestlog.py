@@ -6,11 +6,11 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..metrics import Metrics
+from ..wire.context import RequestContext
 from ..wire.routes import match
 
 log = logging.getLogger("nomoat.access")  # the access log's name: README.md and tests/test_requestlog.py pin it
@@ -22,8 +22,9 @@ _TEXT_ORDER = ("model", "adapter", "status", "prompt_tokens", "completion_tokens
 
 
 class RequestLogMiddleware:
-    """Outermost middleware: tags every response with x-request-id, then logs and counts the request
-    after its last byte is sent. Routes add model, adapter, tokens and ttft to the scope's state."""
+    """Outermost middleware, the owner of each request's RequestContext: tags every response with x-request-id,
+    then, once its last byte is sent (or the request failed), releases what the request held, and logs and counts
+    it. Routes add model, adapter, tokens and ttft to the context."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -35,8 +36,8 @@ class RequestLogMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what an exception escaping the app becomes
-        state: dict[str, Any] = scope.setdefault("state", {})
-        request_id = state["request_id"] = request_id_from(scope)
+        context = RequestContext.of(scope)
+        request_id = context.request_id = request_id_from(scope)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -50,23 +51,23 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            context.release()
             self.metrics.in_flight.dec()
             found = match(scope["method"], scope["path"])
             if found.endpoint is None or not found.endpoint.quiet:
-                self._record(scope, state, status, time.perf_counter() - started, found.label)
+                self._record(scope, context, status, time.perf_counter() - started, found.label)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float, endpoint: str) -> None:
+    def _record(self, scope: Scope, context: RequestContext, status: int, elapsed: float, endpoint: str) -> None:
         path = scope["path"]
-        model, adapter = state.get("model", ""), state.get("adapter", "")
-        base_model = state.get("base_model", "")  # metrics label by served model, not by alias
+        model, adapter = context.model, context.adapter
+        base_model = context.base_model  # metrics label by served model, not by alias
         self.metrics.requests.labels(base_model, adapter, endpoint, str(status)).inc()
         if base_model:
             self.metrics.request_duration.labels(base_model, adapter, endpoint).observe(elapsed)
-        tokens = state.get("tokens")
-        ttft = state.get("ttft")
+        tokens, ttft = context.tokens, context.ttft
         client = scope.get("client")
         fields = {
-            "request_id": state["request_id"],
+            "request_id": context.request_id,
             "method": scope["method"],
             "path": path,
             "status": status,
@@ -76,7 +77,7 @@ class RequestLogMiddleware:
             "completion_tokens": tokens[1] if tokens else None,
             "ttft_s": round(ttft, 4) if ttft is not None else None,
             "duration_s": round(elapsed, 4),
-            "key_id": state.get("key_id"),
+            "key_id": context.key_id,
             "client": client[0] if client else None,
         }
         text = " ".join(f"{k}={fields[k]}" for k in _TEXT_ORDER if fields[k] is not None)

@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.fields import KeepAlive, parse
-from ..core.generate import GenerationCore, Totals, count_tokens, label_request, race_disconnect
+from ..core.generate import GenerationCore, Totals, count_tokens
 from ..engine.embedder import EmbeddingInput
 from ..engine.types import TextPrompt, TokenPrompt
 from ..errors import InvalidRequestError
+from ..wire.body import race_disconnect
 
 # OpenAI's limit on the number of inputs in one request.
 MAX_INPUTS = 2048
@@ -69,15 +70,14 @@ class Embeddings:
         req: EmbeddingRequest = parse(EmbeddingRequest, await self.core.body(request, "input"))
         if req.lora:
             raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")
-        target = await self.core.registry.embedder(req.model, req.keep_alive)
-        label_request(request, target.model_id, target.base_id, "")
+        target = await self.core.embedding_target(request, req.model, req.keep_alive)
         n_embd = target.embedder.n_embd
         if req.dimensions is not None and req.dimensions > n_embd:
             raise InvalidRequestError(
                 f"dimensions must be between 1 and {n_embd} for model {target.model_id!r}, got {req.dimensions}",
                 param="dimensions", code="invalid_value",
             )
-        result = await race_disconnect(request, target.embedder.embed(req.inputs()))
+        result = await race_disconnect(request.receive, target.embedder.embed(req.inputs()))
         vectors = _shortened(result.vectors, req.dimensions)
         count_tokens(self.core.metrics, request, Totals(result.prompt_tokens, 0, 0))
         return JSONResponse({

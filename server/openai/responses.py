@@ -25,6 +25,7 @@ from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import InvalidRequestError, NomoatError, NotFoundError
 from ..registry import Target
+from ..wire.context import RequestContext
 from ..wire.errors import answer_for
 from ..wire.limits import RequestLimits
 from ..wire.routes import Handler
@@ -202,9 +203,8 @@ class Responses:
 
     def _viewer(self, request: Request) -> Viewer:
         """Who asks: the auth middleware's key id, and whether that key is an admin's."""
-        state = request.scope.get("state", {})
-        key_id = state.get("key_id")
-        return Viewer(key_id, key_id is not None and bool(state.get("admin")))
+        context = RequestContext.of(request)
+        return Viewer(context.key_id, context.key_id is not None and context.admin)
 
 
 async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],

@@ -1,4 +1,5 @@
-"""Reading a request body: bounded in size and in time, JSON that any later step can serialise again."""
+"""Reading a request body (bounded in size and in time, received once, JSON that any later step can serialise
+again), and racing work against the client going away."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import asyncio
 import json
 import math
 import re
-from typing import Any, NoReturn
+from collections.abc import Awaitable
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from .context import RequestContext
+
+T = TypeVar("T")
 
 # How deep arrays and objects may nest in a request body, and in a JSON string inside one that nomoat parses
 # (tool-call arguments): one rule for every route. Real requests stay far below it (a JSON schema ten
@@ -30,11 +35,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 async def receive_body(receive: Receive, limit: int, timeout: float) -> list[Message]:
-    """Every message of a request body, received within `timeout` seconds and `limit` bytes.
-
-    The concurrency limiter calls this before it grants a generation slot, so a client that
-    sends its body slowly holds nothing while it dawdles.
-    """
+    """Every message of a request body, received within `timeout` seconds and `limit` bytes."""
     messages: list[Message] = []
 
     async def gather() -> None:
@@ -57,14 +58,22 @@ async def receive_body(receive: Receive, limit: int, timeout: float) -> list[Mes
     return messages
 
 
-def replaying(messages: list[Message], receive: Receive) -> Receive:
-    """A receive that hands out `messages` first, then whatever the client sends next (a disconnect)."""
-    pending = list(messages)
+async def take_body(scope: Scope, receive: Receive, limit: int, timeout: float) -> bytes:
+    """The request's body, received from the client once and kept on its RequestContext: 413 past `limit`
+    bytes, 408 when it takes longer than `timeout` seconds to arrive.
 
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return replay
+    The first step that needs the body takes it: the concurrency limiter before it grants a generation slot
+    (a client that sends its body slowly holds nothing while it dawdles), else the forwarder, else the handler.
+    Later steps read the kept bytes; what they `receive` next is the client going away.
+    """
+    context = RequestContext.of(scope)
+    if context.body is None:
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body is {declared.decode()} bytes; the limit is {limit}")
+        messages = await receive_body(receive, limit, timeout)
+        context.body = b"".join(m.get("body", b"") for m in messages)
+    return context.body
 
 
 def _too_slow(timeout: float) -> RequestTimeoutError:
@@ -72,27 +81,41 @@ def _too_slow(timeout: float) -> RequestTimeoutError:
 
 
 async def read_json(request: Request, limit: int, timeout: float) -> Any:
-    """The body as JSON: 413 past `limit` bytes, 408 when it takes longer than `timeout` seconds
-    to arrive (a slow sender must not hold a generation slot), 400 when it is not JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
+    """The body as JSON (`take_body`'s bounds; 400 when it is not JSON), parsed once and kept."""
+    await take_body(request.scope, request.receive, limit, timeout)
+    return kept_json(RequestContext.of(request))
+
+
+def kept_json(context: RequestContext) -> Any:
+    """The body `take_body` kept, as JSON (400 when it is not), parsed on the first call."""
+    if not context.is_parsed:
+        assert context.body is not None, "take_body first"
+        context.parsed = parse_json(context.body)
+        context.is_parsed = True
+    return context.parsed
+
+
+async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client disconnects first: then `work` is cancelled, and once it has
+    wound down, ClientDisconnected is raised. Reads `receive` until the disconnect, so the body must have
+    been taken already (`take_body`)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(disconnect())
     try:
-        body = await asyncio.wait_for(_receive(request, limit), timeout)
-    except TimeoutError:
-        raise _too_slow(timeout) from None
-    except ClientDisconnect:
-        raise ClientDisconnected from None
-    return parse_json(body)
-
-
-async def _receive(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnected
+    return task.result()
 
 
 def parse_json(body: bytes) -> Any:
