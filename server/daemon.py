@@ -10,8 +10,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -25,6 +24,7 @@ from .models_toml import ModelsFile
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings
+from .tasks import Supervisor
 from .wire.auth import Authenticator, KeyRing, exposure_warning
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Daemon:
         """Raises ConfigError for settings that cannot work (an unreadable key file, a required key missing)."""
         self.settings = settings
         self.metrics = Metrics()
+        self.tasks = Supervisor()  # the watchdog, the loop monitor, readiness, grace and SIGHUP reloads
         self.registry = ModelRegistry(models, settings, self.metrics)
         self.notifier = Notifier(settings.notify_socket)
         self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
@@ -90,7 +91,6 @@ class Daemon:
         self._server: _Server | None = None
         self._stopping = False
         self._reload_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def run(self) -> int:
         """Serve until stopped; the process exit code (0 after a clean drain). Once the models are closed
@@ -102,7 +102,7 @@ class Daemon:
         self._install_signal_handlers(loop)
         interval = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
         if interval is not None:
-            self._spawn(self._watchdog(interval))
+            self.tasks.spawn(self._watchdog(interval), name="watchdog")
         try:
             self.notifier.status("loading models")
             try:
@@ -112,7 +112,7 @@ class Daemon:
                 return 2
             if self._stopping:
                 return 0
-            self._spawn(EventLoopMonitor(self.metrics).run())
+            self.tasks.spawn(EventLoopMonitor(self.metrics).run(), name="event loop monitor")
             watcher = (AdapterWatcher(self.registry.catalogue, self.settings.adapter_dirs)
                        if self.settings.watch_adapters else None)
             if watcher is not None:
@@ -125,9 +125,7 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.tasks.aclose()
             if self.registry.ready:
                 await self.registry.aclose()
             self.notifier.close()
@@ -156,7 +154,7 @@ class Daemon:
             timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace_seconds + _CANCEL_MARGIN_SECONDS),
         )
         server = self._server = _Server(config)
-        self._spawn(self._announce_ready(server))
+        self.tasks.spawn(self._announce_ready(server), name="announce ready")
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptFailureHandler())  # out of descriptors: one line per interval
         try:
@@ -195,7 +193,7 @@ class Daemon:
         self.notifier.stopping()
         if self._server is not None:
             self._server.should_exit = True
-            self._spawn(self._abort_after_grace())
+            self.tasks.spawn(self._abort_after_grace(), name="abort after grace")
 
     async def _abort_after_grace(self) -> None:
         """End the generations still running when the grace period is over, each with an error its
@@ -213,7 +211,7 @@ class Daemon:
             # Reloading now would report READY=1 before the first load has finished.
             log.warning("SIGHUP ignored: still starting; send it again once the server is ready")
             return
-        self._spawn(self._reload_quietly())
+        self.tasks.spawn(self._reload_quietly(), name="reload on SIGHUP")
 
     async def _reload_quietly(self) -> None:
         with contextlib.suppress(Exception):  # reload() has logged it; the old config serves on
@@ -276,8 +274,3 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
