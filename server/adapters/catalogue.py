@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from ..engine.adapters import LoraAdapter
 from ..engine.base_info import BaseModelInfo
@@ -22,36 +22,21 @@ from ..engine.engine import Engine
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..metrics import Metrics
 from ..models_toml import ModelsFile
+from ..tasks import Supervisor
+from .claims import Claims
+from .entries import AdapterEntry, Origin, StackEntry, stacks_of
 from .files import prepare_adapter
+from .reload_plan import Load, plan
+
+# AdapterEntry and StackEntry live in entries.py; importers of the catalogue get them here too.
+__all__ = ["REPLACED_UNLOAD_WAIT_SECONDS", "AdapterCatalogue", "AdapterEntry", "Bases", "DropListener", "Origin",
+           "StackEntry"]
 
 log = logging.getLogger(__name__)
 
-Origin = Literal["config", "api", "watch"]
 # A replaced adapter is unloaded once its engine has no request in flight, so that no request which
 # resolved the old adapter just before the swap is refused; under steady traffic, after this long.
 REPLACED_UNLOAD_WAIT_SECONDS = 5.0
-
-
-@dataclass
-class AdapterEntry:
-    """An adapter served by name: on which base, at which default scale, from where."""
-
-    name: str
-    base: str
-    scale: float
-    adapter: LoraAdapter
-    origin: Origin  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
-    created: int = field(default_factory=lambda: int(time.time()))
-    path: str | None = None  # as models.toml gave it, to tell a changed entry on reload
-
-
-@dataclass(frozen=True)
-class StackEntry:
-    """A named mix of adapters on one base, served as a model id."""
-
-    name: str
-    base: str
-    adapters: tuple[tuple[str, float], ...]
 
 
 class Bases(Protocol):
@@ -70,42 +55,32 @@ class Bases(Protocol):
     def in_child(self, base: str) -> bool: ...
 
 
-@dataclass(frozen=True)
-class _Load:
-    """An adapter a reload loads before the swap, and the entry it becomes."""
-
-    name: str
-    base: str
-    scale: float
-    origin: Origin
-    source: Path
-    engine: Engine | None  # None: the base is not loaded, the adapter is checked and kept detached
-    base_path: Path
-    path: str | None = None
-
-    def entry(self, adapter: LoraAdapter) -> AdapterEntry:
-        return AdapterEntry(self.name, self.base, self.scale, adapter, self.origin, path=self.path)
-
-
 DropListener = Callable[[AdapterEntry], None]
 
 
 class AdapterCatalogue:
-    """Adapters and stacks by name. Loads, replaces and unloads take one lock; lookups never wait.
+    """Adapters and stacks by name. Loads, replaces and unloads claim their name; lookups never wait.
 
     A name changes what it points at in one step on the event loop, so a request sees the old
     adapter or the new one, never neither.
     """
 
-    def __init__(self, bases: Bases, cache_dir: Path, metrics: Metrics | None = None) -> None:
+    def __init__(self, bases: Bases, cache_dir: Path, metrics: Metrics | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self._bases = bases
         self._cache_dir = cache_dir
         self._metrics = metrics
         self._entries: dict[str, AdapterEntry] = {}
         self._stacks: dict[str, StackEntry] = {}
-        self._lock = asyncio.Lock()  # serialises runtime loads, unloads and reloads
+        # No lock is held across file I/O or llama.cpp: a load or unload claims its name and a reload every
+        # name (claims.py), checks and opens with nothing held, and commits in one step on the loop.
+        # attach() and detach() claim nothing, so a model load never waits for an adapter's conversion.
+        # Lock order: Residency.lock may be held when the catalogue is called (attach, reconcile); the
+        # catalogue never takes it, so no claim is ever held while waiting for it.
+        self._claims = Claims()
+        self._attaching: set[str] = set()  # bases whose attach() runs: it opens what is listed meanwhile
         self._drop_listeners: list[DropListener] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = supervisor if supervisor is not None else Supervisor()  # unloads of replaced adapters
 
     # --- lookups -------------------------------------------------------------------
 
@@ -143,7 +118,7 @@ class AdapterCatalogue:
             lora = self._open(spec.name, Path(spec.path), self._bases.engine_of(base),
                               self._bases.base_path(base)).result()
             self._register(AdapterEntry(spec.name, base, spec.scale, lora, "config", path=spec.path), started)
-        self._stacks = _stacks_of(models_file)
+        self._stacks = stacks_of(models_file)
 
     # --- runtime -------------------------------------------------------------------
 
@@ -154,7 +129,7 @@ class AdapterCatalogue:
         With `replace`, an adapter already named so serves until the new one is loaded, then the name
         points at the new one; otherwise the name must be new.
         """
-        async with self._lock:
+        async with self._claims.name(name):
             old = self._entries.get(name)
             if self._bases.is_model_id(name) or name in self._stacks or (old is not None and not replace):
                 hint = "; DELETE it first or load with replace: true" if old is not None else ""
@@ -168,14 +143,9 @@ class AdapterCatalogue:
             if old is not None and old.base != base_name and self._stack_users(name):
                 raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(self._stack_users(name))} "
                                     f"on {old.base!r}; it cannot move to {base_name!r}", param="base")
-            # Held loaded while the adapter opens on it; an unloaded base gets a detached adapter, opened
-            # when it loads (attach() waits for this lock, so it sees the entry).
-            engine, release = self._bases.hold_engine(base_name)
-            try:
-                future = await asyncio.to_thread(self._open, name, source, engine, self._bases.base_path(base_name))
-                lora = await asyncio.wrap_future(future)
-            finally:
-                release()
+            lora = await self._open_on(base_name, name, source)
+            # From here to the return no await: attach() may have swapped the old entry's handle meanwhile.
+            old = self._entries.get(name)
             entry = self._register(AdapterEntry(name, base_name, scale, lora, origin), started)
             if old is not None:
                 self._unload_when_idle(self._bases.engine_of(old.base), old.adapter)
@@ -183,9 +153,31 @@ class AdapterCatalogue:
                          lora.content_hash[:12])
             return entry
 
+    async def _open_on(self, base: str, name: str, source: Path) -> LoraAdapter:
+        """`source` opened on the base's engine, held loaded meanwhile; detached while the base is not loaded.
+
+        A base that loaded while its adapter was checked detached had its attach() run before this adapter
+        was listed, so the adapter is opened on it here; while attach() still runs, it opens it itself.
+        """
+        engine, release = self._bases.hold_engine(base)
+        try:
+            future = await asyncio.to_thread(self._open, name, source, engine, self._bases.base_path(base))
+            lora = await asyncio.wrap_future(future)
+        finally:
+            release()
+        if lora.ptr is not None or base in self._attaching:
+            return lora
+        engine, release = self._bases.hold_engine(base)
+        try:
+            if engine is not None:
+                lora = await asyncio.wrap_future(engine.load_adapter(name, source, lora.gguf_path, lora.content_hash))
+        finally:
+            release()
+        return lora
+
     async def unload(self, name: str) -> AdapterEntry:
         """Runtime unload: new requests stop at once; running ones finish under the adapter."""
-        async with self._lock:
+        async with self._claims.name(name):
             entry = self._entries.get(name)
             if entry is None:
                 raise NotFoundError(f"no adapter named {name!r}", param="name")
@@ -212,14 +204,17 @@ class AdapterCatalogue:
         while the old set serves; `commit()` swaps the models in the same step as the adapters. Old
         adapters on engines that stay are unloaded after the swap; one that fails to load is logged
         and left out, and the drop listeners hear of every runtime adapter that did not come back.
+
+        It claims every name: runtime loads and unloads wait for it, and it for those already running.
+        attach() claims nothing; Residency holds its lock across a reload, so no base loads meanwhile.
         """
-        async with self._lock:
-            kept, loads = self._plan(models_file, engines, retired)
+        async with self._claims.every():
+            kept, loads = plan(self._entries, models_file, engines, retired)
             loaded = await asyncio.to_thread(self._load_all, loads)
             entries = {**kept, **{e.name: e for e in loaded}}
             old = self._entries
             commit()
-            self._entries, self._stacks = entries, _stacks_of(models_file)
+            self._entries, self._stacks = entries, stacks_of(models_file)
             live = {id(e.adapter) for e in entries.values()}
             for entry in old.values():
                 if id(entry.adapter) in live or entry.base in retired:
@@ -238,36 +233,7 @@ class AdapterCatalogue:
                         for listener in list(self._drop_listeners):
                             listener(entry)
 
-    def _plan(self, models_file: ModelsFile, engines: Mapping[str, Engine | None],
-              retired: set[str]) -> tuple[dict[str, AdapterEntry], list[_Load]]:
-        """Which entries stay as they are, and which load anew, for the new model set."""
-        wanted = {a.name: a for a in models_file.adapters}
-        paths = {m.name: Path(m.path) for m in models_file.models}
-        kept: dict[str, AdapterEntry] = {}
-        loads: list[_Load] = []
-        for name, entry in self._entries.items():
-            if name in wanted:
-                continue  # models.toml decides below
-            if entry.origin == "config" or entry.base not in engines:
-                continue  # gone from models.toml, or its model is
-            if entry.base in retired:
-                loads.append(_Load(name, entry.base, entry.scale, entry.origin, entry.adapter.source,
-                                   engines[entry.base], paths[entry.base]))
-            else:
-                kept[name] = entry
-        for spec in models_file.adapters:
-            base, existing = models_file.base_of(spec.base), self._entries.get(spec.name)
-            same_file = (existing is not None and existing.origin == "config" and existing.path == spec.path
-                         and existing.base == base and base not in retired)
-            if same_file and existing is not None:
-                kept[spec.name] = (dataclasses.replace(existing, scale=spec.scale) if existing.scale != spec.scale
-                                   else existing)
-            else:
-                loads.append(_Load(spec.name, base, spec.scale, "config", Path(spec.path), engines[base], paths[base],
-                                   spec.path))
-        return kept, loads
-
-    def _load_all(self, loads: list[_Load]) -> list[AdapterEntry]:
+    def _load_all(self, loads: list[Load]) -> list[AdapterEntry]:
         """Load each planned adapter (blocking); one that fails is logged and left out."""
         loaded = []
         for load in loads:
@@ -302,24 +268,35 @@ class AdapterCatalogue:
         One that no longer opens (its file gone or changed into something the base refuses) is dropped
         and logged, as a reload drops it; the model serves without it.
         """
-        async with self._lock:
-            entries = [e for e in self._entries.values() if e.base == base]
-            if not entries:
-                return
-            path = self._bases.base_path(base)
-            opened = await asyncio.to_thread(self._reopen_all, entries, engine, path)
-            for entry, result in opened:
-                if isinstance(result, LoraAdapter):
-                    if result.content_hash != entry.adapter.content_hash:
-                        log.warning("adapter %s changed on disk while %s was unloaded (sha256 %s -> %s)", entry.name,
-                                    base, entry.adapter.content_hash[:12], result.content_hash[:12])
-                    self._entries[entry.name] = dataclasses.replace(entry, adapter=result)
-                    continue
-                log.error("adapter %s dropped: it did not open again on %s: %s", entry.name, base, result)
-                del self._entries[entry.name]
-                if entry.origin != "config":
-                    for listener in list(self._drop_listeners):
-                        listener(entry)
+        self._attaching.add(base)
+        try:
+            # Until none is left: a runtime load that finishes meanwhile lists its adapter detached (the base
+            # is not marked loaded yet) and leaves it to this loop.
+            while entries := [e for e in self._entries.values() if e.base == base and e.adapter.ptr is None]:
+                path = self._bases.base_path(base)
+                opened = await asyncio.to_thread(self._reopen_all, entries, engine, path)
+                for entry, result in opened:
+                    self._reattach(entry, result, engine)
+        finally:
+            self._attaching.discard(base)
+
+    def _reattach(self, entry: AdapterEntry, result: LoraAdapter | Exception, engine: Engine) -> None:
+        """Commit one adapter attach() opened again, unless a load or unload changed its name meanwhile."""
+        if self._entries.get(entry.name) is not entry:
+            if isinstance(result, LoraAdapter):
+                engine.unload_adapter(result)  # the name points elsewhere now; its new entry is opened next
+            return
+        if isinstance(result, LoraAdapter):
+            if result.content_hash != entry.adapter.content_hash:
+                log.warning("adapter %s changed on disk while %s was unloaded (sha256 %s -> %s)", entry.name,
+                            entry.base, entry.adapter.content_hash[:12], result.content_hash[:12])
+            self._entries[entry.name] = dataclasses.replace(entry, adapter=result)
+            return
+        log.error("adapter %s dropped: it did not open again on %s: %s", entry.name, entry.base, result)
+        del self._entries[entry.name]
+        if entry.origin != "config":
+            for listener in list(self._drop_listeners):
+                listener(entry)
 
     def _reopen_all(self, entries: list[AdapterEntry], engine: Engine,
                     base_path: Path) -> list[tuple[AdapterEntry, LoraAdapter | Exception]]:
@@ -364,22 +341,16 @@ class AdapterCatalogue:
         if engine is None:
             return  # detached: its base is not loaded, there is nothing to free
         async def unload() -> None:
-            deadline = time.monotonic() + REPLACED_UNLOAD_WAIT_SECONDS
-            while engine.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110  (#29's lifecycle redesign gives per-model idle events)
-                await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.wait_idle(), REPLACED_UNLOAD_WAIT_SECONDS)
             engine.unload_adapter(adapter)
 
-        task = asyncio.create_task(unload(), name=f"unload replaced adapter {adapter.name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(unload(), name=f"unload replaced adapter {adapter.name}")
 
     async def aclose(self) -> None:
-        """Stop pending unloads of replaced adapters: their engines are closing."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop pending unloads of replaced adapters: their engines are closing.
 
+        A supervisor shared with the registry is closed here too: this runs as the registry closes, and
+        closing one twice is harmless."""
+        await self._tasks.aclose()
 
-def _stacks_of(models_file: ModelsFile) -> dict[str, StackEntry]:
-    return {s.name: StackEntry(s.name, models_file.base_of(s.base), tuple(s.adapters.items()))
-            for s in models_file.stacks}

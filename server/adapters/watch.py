@@ -15,7 +15,9 @@ from typing import Final, Literal
 import watchfiles
 
 from ..errors import AdapterError, NomoatError
-from .catalogue import AdapterCatalogue, AdapterEntry
+from ..tasks import Supervisor
+from .catalogue import AdapterCatalogue
+from .entries import AdapterEntry
 from .gguf_check import TruncatedGGUFError, check_gguf_layout
 from .peft import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, read_config_json
 from .regular_files import open_regular
@@ -153,9 +155,9 @@ class AdapterWatcher:
         self._failed: dict[Path, Signature] = {}
         self._noted: dict[Path, object] = {}  # the last thing logged per entry, so nothing repeats
         self._dirty: set[Path] = set()
-        self._workers: dict[Path, asyncio.Task[None]] = {}
+        self._workers: dict[Path, asyncio.Task[None]] = {}  # one check at a time per candidate
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Supervisor()  # the directory watch and the workers
         self._stop_hearing_drops: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -176,20 +178,17 @@ class AdapterWatcher:
         self._stop_hearing_drops = self._catalogue.on_dropped(self._dropped)
         for entry in entries:
             self._touch(entry)
-        self._task = asyncio.create_task(self._watch(), name="adapter-watch")
+        self._tasks.spawn(self._watch(), name="adapter-watch")
 
     async def stop(self) -> None:
         self._stop.set()
         if self._stop_hearing_drops is not None:
             self._stop_hearing_drops()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=5)
-            self._task.cancel()
-        workers = list(self._workers.values())
-        if workers:
-            _, pending = await asyncio.wait(workers, timeout=5)
-            for task in pending:
-                task.cancel()
+        # The stop event ends the watch and each worker after its current check; one still busy after
+        # this long (a slow PEFT conversion) is cancelled.
+        if self._tasks.active:
+            await asyncio.wait(self._tasks.active, timeout=5)
+        await self._tasks.aclose()
 
     async def _watch(self) -> None:
         try:
@@ -212,7 +211,7 @@ class AdapterWatcher:
             return
         self._dirty.add(entry)
         if entry not in self._workers:
-            self._workers[entry] = asyncio.create_task(self._work(entry), name=f"adapter-watch {entry.name}")
+            self._workers[entry] = self._tasks.spawn(self._work(entry), name=f"adapter-watch {entry.name}")
 
     def _dropped(self, gone: AdapterEntry) -> None:
         """A reload took one of our adapters away (its model went, or it failed to load on the new one):
