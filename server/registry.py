@@ -14,6 +14,7 @@ from .adapters.catalogue import AdapterCatalogue
 from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
+from .engine.face import EngineFace
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .loading import close_all, load_engine, open_all
@@ -33,7 +34,7 @@ class Target:
 
     model_id: str
     base_id: str
-    engine: Engine
+    engine: EngineFace  # its face alone: handlers and the core never hold the llama.cpp model
     lease: Lease  # keeps the model loaded until released: the request's end
     adapters: AdapterSet = NO_ADAPTERS
 

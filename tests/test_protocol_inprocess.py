@@ -217,3 +217,12 @@ def test_an_unknown_model_is_404_before_the_rest_of_the_body_is_checked(fake, pa
 def test_a_known_model_without_messages_is_still_400(fake):
     assert_error(fake.client.post(CHAT, json={"model": MODEL}), 400, "messages", "missing_required_parameter")
     assert_error(fake.client.post(CHAT, json={}), 400, "messages")  # no model: the default's request
+
+
+def test_echo_writes_token_prompts_back_as_text_for_every_copy(fake):
+    # The fake's tokens are character codes: [72, 105] is "Hi".
+    body = {"prompt": [[72, 105], [79, 75]], "echo": True, "n": 2, "max_tokens": 3}
+    choices = fake.client.post("/v1/completions", json=body).json()["choices"]
+    assert [c["text"] for c in sorted(choices, key=lambda c: c["index"])] == ["HiYou", "HiYou", "OKYou", "OKYou"]
+    streamed = fake.client.post("/v1/completions", json={**body, "prompt": [72, 105], "stream": True}).text
+    assert '"text":"Hi"' in streamed.replace(" ", "")

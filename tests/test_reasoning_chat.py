@@ -90,7 +90,7 @@ def test_reasoning_format_none_leaves_the_block_in_the_content(fake) -> None:
     text = "<think>hm</think>Yes."
     assert answer(fake.client, body(text, reasoning_format="none"))["message"]["content"] == text
     assert streamed(fake.client, body(text, reasoning_format="none"))[:2] == ("", text)
-    fake.engine.model.spec.reasoning_format = "none"  # as models.toml's reasoning_format = "none"
+    fake.engine.reasoning_format = "none"  # as models.toml's reasoning_format = "none"
     assert answer(fake.client, body(text))["message"]["content"] == text
     assert answer(fake.client, body(text, reasoning_format="auto"))["message"]["reasoning_content"] == "hm"
 
@@ -163,7 +163,7 @@ def test_every_protocol_splits_a_block_the_template_opened(fake) -> None:
     assert r.status_code == 200, r.text
     assert [(b["type"], b.get("thinking", b.get("text"))) for b in r.json()["content"]] == \
         [("thinking", "Mulling it over."), ("text", "Yes.")]
-    fake.engine.model.spec.reasoning_format = "none"
+    fake.engine.reasoning_format = "none"
     r = fake.client.post("/v1/messages", json={"model": MODEL, "max_tokens": 64,
                                               "messages": [{"role": "user", "content": say}]})
     assert [b["type"] for b in r.json()["content"]] == ["text"]

@@ -66,7 +66,7 @@ class Messages:
     async def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
         target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         plan = tool_plan(req)
-        native = target.engine.model.chat_template.supports_tools
+        native = target.info.supports_tools
         return target, plan, tool_prompt(req.template_messages(), plan, native)
 
 

@@ -171,7 +171,7 @@ class Run:
         """How to split this run's thinking block (server/core/reasoning.py's `started`): None, not at all
         (`reasoning_format` "none" by request or model, or output the server constrains: JSON, forced
         calls); else whether the rendered prompt left a block open."""
-        if (reasoning_format or self.target.engine.model.spec.reasoning_format) == "none" or constrained:
+        if (reasoning_format or self.target.info.reasoning_format) == "none" or constrained:
             return None
         return opens_reasoning(self.gens[0].prompt_text)
 

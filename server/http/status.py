@@ -80,7 +80,7 @@ class ServerStatus:
                 else without_paths(state.error, str(self.registry.base_path(served.id))),
                 "active_sequences": engine.active if engine is not None else 0,
                 "queue_depth": engine.waiting if engine is not None else 0,
-                "parallel": engine.model.spec.parallel if engine is not None else None,
+                "parallel": engine.info.parallel if engine is not None else None,
                 "max_model_len": served.max_model_len,
                 "adapters": sorted(e.name for e in catalogue.entries() if e.base == served.id),
                 "stacks": sorted(s.name for s in catalogue.stacks() if s.base == served.id),

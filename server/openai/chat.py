@@ -35,11 +35,11 @@ class ChatCompletions:
         # hop for the plain chats that need none).
         grammar = await asyncio.to_thread(chat_grammar, req, plan) if _server_grammar(req, plan) else None
         grammar = grammar or await request_grammar(req)
-        prompt = chat_prompt(req, plan, target.engine.model.chat_template.supports_tools)
+        prompt = chat_prompt(req, plan, target.info.supports_tools)
         max_tokens = self.core.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         )
-        n_vocab = target.engine.model.n_vocab
+        n_vocab = target.info.n_vocab
         with grammar_refusal(req):
             run = await self.core.start(request, target, [
                 GenerationRequest(

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, Run, event_stream
+from ..engine.face import Vocabulary
 from ..engine.types import GenerationRequest, TextPrompt, TokenPrompt
 from ..registry import Target
 from .protocol import CompletionRequest
@@ -29,7 +30,7 @@ class Completions:
         prompts = req.prompts()
         logprobs = req.logprobs is not None
         max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens")
-        n_vocab = target.engine.model.n_vocab
+        n_vocab = target.info.n_vocab
         grammar = await request_grammar(req)
         with grammar_refusal(req):
             run = await self.core.start(request, target, [
@@ -46,7 +47,11 @@ class Completions:
                 for i, p in enumerate(prompts)
                 for j in range(req.n)
             ])
-        echo = [_echo_text(target, p) if req.echo else "" for p in prompts for _ in range(req.n)]
+        try:
+            echo = await _echo_texts(target, prompts, req.n) if req.echo else [""] * (len(prompts) * req.n)
+        except BaseException:
+            run.cancel()
+            raise
         if req.stream:
             return event_stream(run, _chunks(run, req, echo))
         choices = await run.collect()
@@ -103,7 +108,17 @@ async def _chunks(run: Run, req: CompletionRequest, echo: list[str]) -> AsyncIte
     yield DONE
 
 
-def _echo_text(target: Target, prompt: str | list[int]) -> str:
+async def _echo_texts(target: Target, prompts: list[str | list[int]], copies: int) -> list[str]:
+    """Each prompt as text, once per copy. Token prompts become text in the tokenizer pool, and only once
+    `start` has checked their ids against the vocabulary."""
+    if any(isinstance(p, list) for p in prompts):
+        texts = await target.engine.read_vocabulary(lambda vocab: [_text(vocab, p) for p in prompts])
+    else:
+        texts = [p for p in prompts if isinstance(p, str)]
+    return [text for text in texts for _ in range(copies)]
+
+
+def _text(vocab: Vocabulary, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
-    return b"".join(target.engine.model.piece(t) for t in prompt).decode("utf-8", "replace")
+    return b"".join(vocab.piece(t) for t in prompt).decode("utf-8", "replace")

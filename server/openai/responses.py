@@ -224,7 +224,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
     prompt = conversation_prompt(req, target, plan, items)
     asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
     return GenerationRequest(
-        prompt=prompt, sampling=sampling_params(req, target.engine.model.n_vocab, 0, grammar),
+        prompt=prompt, sampling=sampling_params(req, target.info.n_vocab, 0, grammar),
         max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
         speculative=speculation(req.speculative),
     )
@@ -232,7 +232,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
 
 def conversation_prompt(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]]) -> ChatPrompt:
     """The conversation as the chat template reads it, tools included."""
-    native = target.engine.model.chat_template.supports_tools
+    native = target.info.supports_tools
     return tool_prompt(chat_messages(req.instructions, items), plan, native)
 
 

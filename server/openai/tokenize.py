@@ -13,8 +13,7 @@ from starlette.responses import Response
 
 from ..core.fields import Lenient, parse
 from ..core.generate import GenerationCore
-from ..engine.engine import Engine
-from ..engine.model import LoadedModel
+from ..engine.face import EngineFace, Vocabulary
 from .chat import chat_prompt, read_tools
 from .protocol import ChatCompletionRequest
 
@@ -44,33 +43,34 @@ class TokenizerRoutes:
     async def tokenize(self, request: Request) -> Response:
         req: TokenizeRequest = parse(TokenizeRequest, await self.core.body(request, "content"))
         engine = (await self.core.route(request, req.model, None)).engine
-        return await _answer(engine, lambda: {"tokens": _tokens(engine.model, req)})
+        return await _answer(engine, lambda vocab: {"tokens": _tokens(vocab, req)})
 
     async def detokenize(self, request: Request) -> Response:
         req: DetokenizeRequest = parse(DetokenizeRequest, await self.core.body(request, "tokens"))
         engine = (await self.core.route(request, req.model, None)).engine
-        return await _answer(engine, lambda: {"content": engine.model.detokenize(req.tokens)})
+        return await _answer(engine, lambda vocab: {"content": vocab.detokenize(req.tokens)})
 
     async def apply_template(self, request: Request) -> Response:
         """The text a chat request's template renders, generation prompt included: what chat evaluates."""
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
         engine = (await self.core.route(request, req.model, None)).engine
-        prompt = chat_prompt(req, read_tools(req), engine.model.chat_template.supports_tools)
-        return await _answer(engine, lambda: {"prompt": engine.model.chat_text(prompt)})
+        prompt = chat_prompt(req, read_tools(req), engine.info.supports_tools)
+        return await _answer(engine, lambda vocab: {"prompt": vocab.chat_text(prompt)})
 
 
-async def _answer(engine: Engine, work: Callable[[], dict[str, Any]]) -> Response:
-    """`work()` as a JSON answer, done and encoded in the model's tokenizer pool: a body of
+async def _answer(engine: EngineFace, work: Callable[[Vocabulary], dict[str, Any]]) -> Response:
+    """`work(vocabulary)` as a JSON answer, done and encoded in the model's tokenizer pool: a body of
     megabytes is a million tokens, and their JSON alone would hold up the event loop."""
-    body = await engine.vocabulary(lambda: json.dumps(work(), ensure_ascii=False, separators=(",", ":")).encode())
+    body = await engine.read_vocabulary(
+        lambda vocab: json.dumps(work(vocab), ensure_ascii=False, separators=(",", ":")).encode())
     return Response(body, media_type="application/json")
 
 
-def _tokens(model: LoadedModel, req: TokenizeRequest) -> list[Any]:
-    tokens = model.tokenize(req.content, add_bos=req.add_special, special=req.parse_special)
+def _tokens(vocab: Vocabulary, req: TokenizeRequest) -> list[Any]:
+    tokens = vocab.tokenize(req.content, add_bos=req.add_special, special=req.parse_special)
     if not req.with_pieces:
         return tokens
-    return [{"id": t, "piece": _piece(model.token_bytes(t, special=True))} for t in tokens]
+    return [{"id": t, "piece": _piece(vocab.token_bytes(t, special=True))} for t in tokens]
 
 
 def _piece(raw: bytes) -> str | list[int]:

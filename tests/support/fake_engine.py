@@ -11,18 +11,21 @@ import asyncio
 import dataclasses
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from nomoat.engine.chat_template import CHATML, ChatTemplate
 from nomoat.engine.embedder import Embeddings
 from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
+from nomoat.engine.face import Vocabulary
 from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
 from nomoat.engine.in_flight import InFlight
 from nomoat.engine.types import ChatPrompt, GenerationRequest, ModelInfo, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
 
+T = TypeVar("T")
 N_VOCAB = 0x3000
 N_CTX = 4096
 
@@ -40,11 +43,11 @@ def script_for(request: GenerationRequest) -> str:
 
 
 class FakeModel:
-    def __init__(self, name: str) -> None:
-        self.n_vocab = N_VOCAB
-        self.n_ctx = N_CTX
+    """The fake's vocabulary (engine/face.py's Vocabulary) and chat template; a test may swap the template."""
+
+    def __init__(self) -> None:
+        self.n_ctx = N_CTX  # the registry reads a loaded model's context for /v1/models' max_model_len
         self.chat_template = ChatTemplate(CHATML, bos_token="", eos_token="<|im_end|>")
-        self.spec = type("Spec", (), {"name": name, "parallel": 4, "reasoning_format": "auto"})()
 
     def piece(self, token: int) -> bytes:
         return chr(token).encode("utf-8", "replace")
@@ -87,8 +90,8 @@ class FakeEngine:
 
     name: str
     capacity: int = 16
-    model: FakeModel = field(init=False)
-    info: ModelInfo = field(init=False)
+    model: FakeModel = field(default_factory=FakeModel)
+    reasoning_format: str = "auto"  # as models.toml's reasoning_format
     stats: EngineStats = field(default_factory=EngineStats)
     in_flight: InFlight = field(default_factory=InFlight)
     aborted: str | None = None
@@ -100,10 +103,10 @@ class FakeEngine:
     running: dict[int, GenerationRequest] = field(default_factory=dict)  # by id(Generation)
     cached_tokens: int = 0  # prompt tokens each generation reports as reused from the prefix cache
 
-    def __post_init__(self) -> None:
-        self.model = FakeModel(self.name)
-        self.info = ModelInfo(self.name, N_VOCAB, N_CTX, self.model.spec.parallel,
-                              self.model.chat_template.supports_tools, self.model.spec.reasoning_format)
+    @property
+    def info(self) -> ModelInfo:
+        # Read afresh, unlike the engine's: a test swaps the template or the reasoning format on a running fake.
+        return ModelInfo(self.name, N_VOCAB, N_CTX, 4, self.model.chat_template.supports_tools, self.reasoning_format)
 
     @property
     def outstanding(self) -> int:
@@ -141,8 +144,8 @@ class FakeEngine:
     async def count_tokens(self, prompt: Any) -> int:
         return len(self.model.prompt_tokens(prompt))
 
-    async def vocabulary(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
+    async def read_vocabulary(self, fn: Callable[[Vocabulary], T]) -> T:
+        return fn(self.model)
 
     def occupancy(self) -> Occupancy:
         """Every admitted generation runs at once here; each holds one KV cell per prompt token."""

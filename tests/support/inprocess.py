@@ -32,7 +32,9 @@ class FakeServer:
 
     @property
     def engine(self) -> FakeEngine:
-        return self.registry.engines()[MODEL]  # type: ignore[return-value]
+        engine = self.registry.engines()[MODEL]
+        assert isinstance(engine, FakeEngine), engine  # the registry types what it loads as the real Engine
+        return engine
 
 
 def fake_registry(settings: Settings, monkeypatch: pytest.MonkeyPatch, models: ModelsFile | None = None,
