@@ -1,5 +1,5 @@
 """Opening one models.toml entry: its ModelSpec, the GGUF loaded into llama.cpp and the Engine over it;
-and opening several at once, all or none, inside the memory budget (a reload's new models)."""
+and opening several at once, all or none (a reload's new models)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from .engine.model import LoadedModel, ModelSpec
 from .errors import ConfigError
 from .metrics import Metrics
 from .models_toml import ModelConfig
-from .quantities import format_size
-from .residency.footprint import Footprint
-from .residency.manager import Residency
 from .residency.resident import ServedModel
 from .settings import Settings, default_threads
 
@@ -62,23 +59,16 @@ def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None
     return engine
 
 
-def open_all(configs: list[ModelConfig], open_model: Callable[[ModelConfig], Engine | ChildModel],
-             residency: Residency, in_use: int = 0) -> dict[str, tuple[ServedModel, Footprint]]:
-    """Open each model or none: on a failure the ones opened so far are closed again. They must fit in the
-    memory budget beside `in_use` bytes of models that stay loaded (ConfigError otherwise)."""
-    footprints = {config.name: residency.estimate(config) for config in configs}
-    need = sum(f.cpu() for f in footprints.values())
-    if configs and in_use + need > residency.budget:
-        raise ConfigError(f"loading {', '.join(c.name for c in configs)} needs an estimated {format_size(need)}; "
-                          f"memory_budget {format_size(residency.budget)} has "
-                          f"{format_size(max(0, residency.budget - in_use))} left beside the models that "
-                          "stay loaded")
-    opened: dict[str, tuple[ServedModel, Footprint]] = {}
+def open_all(configs: list[ModelConfig],
+             open_model: Callable[[ModelConfig], Engine | ChildModel]) -> dict[str, ServedModel]:
+    """Open each model or none (blocking): on a failure the ones opened so far are closed again. The budget
+    is the caller's to check (residency/manager.py, a reload's plan)."""
+    opened: dict[str, ServedModel] = {}
     try:
         for config in configs:
-            opened[config.name] = (ServedModel.of(config, open_model(config)), footprints[config.name])
+            opened[config.name] = ServedModel.of(config, open_model(config))
     except BaseException:
-        close_all(served for served, _ in opened.values())
+        close_all(opened.values())
         raise
     return opened
 

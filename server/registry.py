@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,13 +16,16 @@ from .engine.engine import Engine
 from .engine.face import EngineFace
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from .loading import close_all, load_engine, open_all
+from .loading import load_engine, open_all
 from .metrics import Metrics
 from .models_toml import ModelConfig, ModelsFile
 from .residency.lease import Lease
 from .residency.manager import Residency
-from .residency.resident import ModelState, Resident, ServedModel
+from .residency.reload import apply as apply_reload
+from .residency.reload import plan_reload
+from .residency.resident import ModelState, ServedModel, Status
 from .settings import Settings
+from .tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +83,24 @@ class ModelRegistry:
     """
 
     def __init__(self, models_file: ModelsFile, settings: Settings, metrics: Metrics | None = None, *,
-                 load_model: ModelLoader | None = None, start_child: ChildLoader | None = None) -> None:
+                 load_model: ModelLoader | None = None, start_child: ChildLoader | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
         self._load_model = load_model or (lambda config: load_engine(config, settings, metrics))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
-        self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics)
-        self.residency = Residency(settings, self._open, metrics, self.catalogue)
+        # One supervisor for the background work of the models' lives: retirements, unloads, adapter unloads.
+        self._supervisor = supervisor if supervisor is not None else Supervisor()
+        self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics,
+                                          supervisor=self._supervisor)
+        self.residency = Residency(settings, self._open, metrics, self.catalogue, self._supervisor)
         self._retiring: set[ServedModel] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
         if metrics is not None:
             metrics.watch_memory(lambda: {r.name: r.memory() for r in self.residency.residents.values()
-                                          if r.status == "loaded"})
+                                          if r.status is Status.LOADED})
 
     def load(self) -> None:
         """Make every model available and load the `load = "startup"` ones (blocking: run it off the event loop)."""
@@ -151,47 +156,28 @@ class ModelRegistry:
         """
         if not self.ready:
             raise ConfigError("models are still loading; try again once they are ready")
-        async with self.residency.lock:
-            old = self.residency.residents
-            kept = {c.name: old[c.name] for c in models_file.models
-                    if c.name in old and not _needs_reload(old[c.name].config, c)}
-            to_load = [c for c in models_file.models
-                       if (c.name in kept and c.pinned and kept[c.name].status != "loaded")
-                       or (c.name not in kept and (c.pinned or (c.name in old and old[c.name].status == "loaded")))]
-            in_use = sum(r.memory("cpu") for r in kept.values() if r.status == "loaded")
-            loaded = await asyncio.to_thread(open_all, to_load, lambda c: self._open(c, models_file), self.residency,
-                                             in_use)
-            residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in models_file.models}
-            retired = {n for n, r in old.items() if r.served is not None and residents.get(n) is not r}
-            engines = {n: (loaded[n][0].engine if n in loaded else r.served.engine if r.served is not None else None)
-                       for n, r in residents.items()}
 
-            def commit() -> None:
-                for config in models_file.models:
-                    residents[config.name].config = config  # ids, keep_alive, load may change without a reload
-                for name, (served, footprint) in loaded.items():
-                    self.residency.mark_loaded(residents[name], served, footprint)
-                self.residency.residents = residents
-                self._file, self._ids = models_file, _id_map(models_file)
+        def on_commit() -> None:
+            self._file, self._ids = models_file, _id_map(models_file)
 
-            try:
-                await self.catalogue.reconcile(models_file, engines, retired | set(loaded), commit)
-            except BaseException:
-                if self.residency.residents is not residents:  # not swapped in: the new engines serve nobody
-                    await asyncio.to_thread(close_all, [served for served, _ in loaded.values()])
-                raise
-        for name in retired:
-            served = old[name].served
-            assert served is not None
+        async def swap(engines: Mapping[str, Engine | None], changed: set[str], commit: Callable[[], None]) -> None:
+            def both() -> None:
+                commit()
+                on_commit()
+            await self.catalogue.reconcile(models_file, engines, changed, both)
+
+        async with self.residency.reloading():
+            old = set(self.residency.residents)
+            plan = plan_reload(self.residency.residents, models_file.models)
+            retired = await apply_reload(self.residency, plan,
+                                         lambda configs: open_all(configs, lambda c: self._open(c, models_file)), swap)
+        for served in retired:
             self._retiring.add(served)
-            task = asyncio.create_task(self._retire(served, drain_timeout))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        for resident in residents.values():
-            self.residency.reschedule(resident)
-        result = ReloadResult(loaded=sorted(loaded), removed=sorted(set(old) - set(residents)),
-                              unchanged=sorted(n for n in kept if n not in loaded),
-                              reconfigured=sorted(n for n in residents if n in old and n not in kept and n not in loaded))
+            self._supervisor.spawn(self._retire(served, drain_timeout), name=f"retire {served.config.name}")
+        new, loaded = {c.name for c in plan.configs}, {c.name for c in plan.load}
+        result = ReloadResult(loaded=sorted(loaded), removed=sorted(old - new),
+                              unchanged=sorted(n for n in plan.kept if n not in loaded),
+                              reconfigured=sorted(n for n in new if n in old and n not in plan.kept and n not in loaded))
         log.info("models.toml applied: loaded %s, removed %s, unchanged %s, reconfigured while unloaded %s",
                  result.loaded or "none", result.removed or "none", result.unchanged or "none",
                  result.reconfigured or "none")
@@ -199,10 +185,9 @@ class ModelRegistry:
 
     async def _retire(self, served: ServedModel, timeout: float) -> None:
         """Close an engine nobody can reach any more, after its admitted requests end."""
-        deadline = time.monotonic() + timeout
-        while served.outstanding and time.monotonic() < deadline:  # noqa: ASYNC110  (#29's lifecycle redesign gives per-model idle events)
-            await asyncio.sleep(0.1)
-        if served.outstanding:
+        try:
+            await asyncio.wait_for(served.wait_idle(), timeout)
+        except TimeoutError:
             log.warning("closing model %s with %d requests still running after %.0fs",
                         served.config.name, served.outstanding, timeout)
         self._retiring.discard(served)
@@ -374,18 +359,15 @@ class ModelRegistry:
     def close(self) -> None:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""
         retiring, self._retiring = list(self._retiring), set()
-        for served in [*self.residency.loaded().values(), *retiring]:
+        self.residency.close()
+        for served in retiring:
             served.close()
-        for resident in self.residency.residents.values():
-            resident.status, resident.served = "unloaded", None
         self.ready = False
 
     async def aclose(self) -> None:
         """close() from the event loop: stop pending retirements and unloads first so no engine closes twice."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.residency.aclose()
+        await self._supervisor.aclose()
         await self.catalogue.aclose()
         await asyncio.to_thread(self.close)
 
@@ -402,11 +384,3 @@ class ReloadResult:
 
 def _id_map(models_file: ModelsFile) -> dict[str, str]:
     return {model_id: config.name for config in models_file.models for model_id in config.ids()}
-
-
-_ROUTING_ONLY = {"aliases", "load", "keep_alive"}
-
-
-def _needs_reload(old: ModelConfig, new: ModelConfig) -> bool:
-    """Anything but the ids and residency changes how the model is loaded; those only change routing and unloads."""
-    return old.model_dump(exclude=_ROUTING_ONLY) != new.model_dump(exclude=_ROUTING_ONLY)

@@ -82,6 +82,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
         time.sleep(0.02)
 
 
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """call()'s answer, which must come within `seconds` (it runs in a thread: a call that hangs fails the test)."""
+    answer: list[Any] = []
+    thread = threading.Thread(target=lambda: answer.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert answer, f"no answer within {seconds}s"
+    return answer[0]
+
+
 def held_stream(srv: FakeServer, model: str) -> tuple[FakeEngine, threading.Thread, list[Any]]:
     """A stream on `model` that holds after its first token until `engine.hold` is set."""
     assert chat(srv, model).status_code == 200
@@ -394,3 +404,26 @@ def test_the_estimate_splits_ram_and_gpu_by_offloaded_layers():
     assert full.cpu() == cpu_only.compute_per_context and full.total() == FOOTPRINT
     two = estimate(ModelConfig(name="x", path=PATH, parallel=8))
     assert two.kv_per_context == 2 * cpu_only.kv_per_context, "KV grows with n_ctx × parallel"
+
+
+def test_a_load_that_blocks_holds_up_no_unload_expiry_or_listing(serve, loader):
+    """No lock is held across llama.cpp: while one model opens, another unloads (asked to, or idle past its
+    keep_alive) and the listing answers."""
+    srv = serve(models("a", "b", "c"))
+    assert chat(srv, "b").status_code == 200 and chat(srv, "c").status_code == 200
+    loader.gate = threading.Event()
+    answers: list[Any] = []
+    load = threading.Thread(target=lambda: answers.append(chat(srv, "a")))
+    load.start()
+    try:
+        wait_until(lambda: loader.loads[-1:] == ["a"], "a is opening")
+        assert within(10, lambda: srv.client.post("/models/unload", json={"model": "c"})).status_code == 200
+        assert within(10, lambda: chat(srv, "b", keep_alive=0)).status_code == 200
+        wait_until(lambda: within(10, lambda: cards(srv))["b"]["status"] == "unloaded", "b unloaded", timeout=10)
+        listed = within(10, lambda: srv.client.get("/v1/models").json())
+        status = {m["id"]: m["status"] for m in listed["data"]}
+        assert status == {"a": "loading", "b": "unloaded", "c": "unloaded"}
+    finally:
+        loader.gate.set()
+        load.join(30)
+    assert answers[0].status_code == 200, answers[0].text

@@ -17,6 +17,7 @@ from nomoat.adapters import catalogue as catalogue_module
 from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.generation import EngineStats
+from nomoat.engine.in_flight import InFlight
 from nomoat.errors import ConflictError, ModelNotFoundError
 from nomoat.http.boundary import ErrorBoundary
 from nomoat.models_toml import ModelConfig, ModelsFile
@@ -43,15 +44,27 @@ class FakeEngine:
     def __init__(self, config: ModelConfig) -> None:
         self.model = FakeModel(config.n_ctx)
         self.stats = EngineStats()
-        self.outstanding = 0
+        self.in_flight = InFlight()
         self.hold = False
         self.pending: list[tuple[concurrent.futures.Future[LoraAdapter], LoraAdapter]] = []
         self.loaded: list[LoraAdapter] = []
         self.unloaded: list[LoraAdapter] = []
         self.closed = False
 
+    @property
+    def outstanding(self) -> int:
+        return self.in_flight.count
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self.in_flight.count = value  # what a test sets wakes wait_idle() as a real engine's count does
+
+    async def wait_idle(self) -> None:
+        await self.in_flight.wait_idle()
+
     def load_adapter(self, name: str, source: Path, gguf_path: Path, content_hash: str) -> concurrent.futures.Future:
-        adapter = LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash)
+        # Opened on this engine, as llama.cpp's would be: a handle (a detached adapter has none).
+        adapter = LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=object())
         self.loaded.append(adapter)
         future: concurrent.futures.Future[LoraAdapter] = concurrent.futures.Future()
         if self.hold:

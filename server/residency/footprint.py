@@ -10,6 +10,7 @@ footprint with one context of the same geometry. Checked against the measured RS
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
 from ..engine.kv import row_bytes
 from ..engine.model_dims import model_dims, model_keys, split_tensor_count
 from ..models_toml import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,14 @@ def estimate(config: ModelConfig) -> Footprint:
     return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,
                      compute_per_context=compute, gpu_share=share, draft=draft)
 
+
+def estimate_or_size(config: ModelConfig) -> Footprint:
+    """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
+    try:
+        return estimate(config)
+    except ModelFileError as exc:
+        log.debug("no memory estimate for %s: %s", config.name, exc)
+        try:
+            return Footprint(weights=Path(config.path).stat().st_size, kv_per_context=0, compute_per_context=0)
+        except OSError:
+            return Footprint(weights=0, kv_per_context=0, compute_per_context=0)

@@ -1,68 +1,76 @@
 """Which models are loaded: each model's state (unloaded, loading, loaded, failed), one shared load per model
-on demand, keep-alive unloads once idle, and room made under the memory budget by unloading idle models.
+on demand, keep-alive unloads once idle, room made under the memory budget by unloading idle models.
 
-A model is busy while a request holds it (from resolve to its last byte, `lease_scope()`), while one
-waits for its load, or while its engine has generations outstanding; a busy model is never unloaded.
-Every load and unload takes one lock, so memory accounting sees one change at a time.
+A model is busy while a lease holds it (a request, from resolve to its last byte; an adapter opening on it),
+while a request waits for its load, or while its engine has generations outstanding; a busy model is never
+unloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Coroutine
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from ..child import ChildModel
 from ..engine.engine import Engine
 from ..engine.errors import ModelFileError
-from ..errors import (
-    ConfigError,
-    ConflictError,
-    MaxLoadedModelsError,
-    ModelBusyError,
-    ModelLoadError,
-    ModelTooLargeError,
-    ServiceUnavailableError,
-)
+from ..errors import ConfigError, ConflictError, ModelBusyError, ModelLoadError, ServiceUnavailableError
 from ..metrics import Metrics
 from ..models_toml import ModelConfig
-from ..quantities import format_size, parse_duration
+from ..quantities import format_size
 from ..settings import Settings
-from .footprint import Footprint
+from ..tasks import Supervisor
+from .footprint import Footprint, estimate_or_size
 from .footprint import estimate as estimate_footprint
+from .keepalive import KeepAlive
 from .lease import Lease
-from .resident import Hooks, ModelState, Resident, ServedModel, current_scope, file_key
+from .resident import Hooks, ModelState, Resident, ServedModel, Status, file_key
+from .room import Budget, Closing, Wakeup
 
 log = logging.getLogger(__name__)
 
 # How long a load waits for busy models to go idle before it answers 503: a request that just
 # finished releases its model a moment after its client has read the last byte.
 EVICT_WAIT_SECONDS = 30.0
-_POLL_SECONDS = 0.05
 
 
 class Residency:
-    """Every available model's state; `acquire()` hands out a loaded model, loading it first if need be."""
+    """Every available model's state; `acquire()` hands out a lease on a loaded model, loading it first if need be.
+
+    Locks: none guards a model's state. Every change of it is a synchronous method run on the event loop
+    (reserve, commit, mark unloaded, release), so none is seen half-done, and the I/O between them (a
+    header read, llama.cpp opening or closing a model, its adapters opening) runs holding nothing. A load's
+    footprint counts from its reservation until its model's close returns, so overlapping loads never
+    overcommit the budget. Reloads do not interleave with loads: `reloading()` waits (on events) for the
+    reload before it and for the loads already opening, and a load reserves only while no reload is under
+    way. Lock order: Residency holds nothing while it calls the catalogue (attach, a reload's reconcile),
+    whose name claims (adapters/claims.py) are the only ones on this path, so no order can invert.
+    """
 
     def __init__(self, settings: Settings, open_engine: Callable[[ModelConfig], Engine | ChildModel],
-                 metrics: Metrics | None, hooks: Hooks) -> None:
-        self._settings = settings
+                 metrics: Metrics | None, hooks: Hooks, supervisor: Supervisor | None = None) -> None:
         self._open_engine = open_engine
         self._metrics = metrics
         self._hooks = hooks
+        self._own_supervisor = supervisor is None  # else its owner closes it
+        self._supervisor = supervisor if supervisor is not None else Supervisor()
         self.residents: dict[str, Resident] = {}
-        self.lock = asyncio.Lock()
-        self.budget = settings.memory_budget_bytes()
-        self.gpu_budget = settings.gpu_memory_budget_bytes()
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._budget = Budget(settings)
+        self.keep_alive = KeepAlive(settings, self._supervisor, self._expire)
+        self._closing: list[Closing] = []
+        self._room = Wakeup()  # a lease released, a load ended, a close returned: a waiting load looks again
+        self._reload: asyncio.Future[None] | None = None  # set while a reload runs
         self.on_change: Callable[[], None] | None = None  # a model loaded or unloaded (sd_notify's STATUS)
         self._loop: asyncio.AbstractEventLoop | None = None  # where a child process's exit is handled
         if metrics is not None:
             metrics.memory_budget.set(self.budget)
+
+    @property
+    def budget(self) -> int:
+        return self._budget.cpu
 
     def add(self, config: ModelConfig) -> Resident:
         resident = self.residents[config.name] = Resident(config, int(time.time()))
@@ -73,15 +81,15 @@ class Residency:
     def load_startup(self) -> None:
         """Load every `load = "startup"` model (blocking); ConfigError when one cannot be served."""
         for resident in self.residents.values():
-            if resident.config.pinned and resident.status != "loaded":
-                footprint = self.estimate(resident.config)
-                used = sum(r.memory("cpu") for r in self.residents.values() if r.status == "loaded")
+            if resident.config.pinned and resident.status is not Status.LOADED:
+                footprint = estimate_or_size(resident.config)
+                used = self.used()
                 if used + footprint.cpu() > self.budget:
                     raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
                                       f"{format_size(footprint.total())}; memory_budget {format_size(self.budget)} "
                                       f"has {format_size(self.budget - used)} left")
-                self.mark_loaded(resident, ServedModel.of(resident.config, self._open_engine(resident.config)),
-                                 footprint)
+                self._mark_loaded(resident, ServedModel.of(resident.config, self._open_engine(resident.config)),
+                                  footprint)
 
     # --- requests ----------------------------------------------------------------------
 
@@ -97,17 +105,13 @@ class Residency:
         child = resident.served.child if resident.served is not None else None
         if child is not None and not child.alive:  # it ended while nobody could be told (no loop yet)
             self._child_lost(child, child.exit_reason())
-        while resident.status != "loaded" or resident.served is None:
+        while resident.status is not Status.LOADED or resident.served is None:
             await self._wait_loaded(resident)
             if self.residents.get(name) is not resident:  # a reload replaced it meanwhile
                 raise ServiceUnavailableError(f"model {name!r} was reconfigured while it loaded; retry", retry_after=1)
         resident.last_used = time.monotonic()
         resident.idle_since = None
-        lease = self.hold(name)
-        held = current_scope()
-        if held is not None:  # until http/ releases the leases it holds itself: the scope's end releases it
-            held.append(lease.release)
-        return lease
+        return self.hold(name)
 
     def hold(self, name: str) -> Lease:
         """Keep a loaded model busy until the lease is released (a request, or work outside one: an adapter
@@ -115,12 +119,18 @@ class Residency:
         resident = self.residents[name]
         assert resident.served is not None, f"{name} is not loaded"
         resident.leases += 1
-        self._cancel_timer(resident)
+        self.keep_alive.cancel(resident)
         return Lease(resident.served, lambda: self._release(resident))
+
+    def _release(self, resident: Resident) -> None:
+        resident.leases -= 1
+        resident.last_used = time.monotonic()
+        self.keep_alive.reschedule(resident)
+        self._room.notify()
 
     async def _wait_loaded(self, resident: Resident) -> None:
         if resident.loading is None:
-            if resident.status == "failed" and resident.failed_key == file_key(resident.config):
+            if resident.status is Status.FAILED and resident.failed_key == file_key(resident.config):
                 raise ModelLoadError(f"model {resident.name!r} failed to load: {resident.error}; it is retried "
                                      "once its file or configuration changes", param="model",
                                      path=resident.config.path)
@@ -131,48 +141,70 @@ class Residency:
             await asyncio.shield(resident.loading)
         finally:
             resident.waiting -= 1
+            self._room.notify()
 
-    def _release(self, resident: Resident) -> None:
-        resident.leases -= 1
-        resident.last_used = time.monotonic()
-        self.reschedule(resident)
-
-    # --- loads and unloads ---------------------------------------------------------------
+    # --- loads ---------------------------------------------------------------------------
 
     async def _load(self, resident: Resident) -> None:
-        previous, resident.status = resident.status, "loading"
+        previous = resident.start_loading()
         try:
-            deadline = time.monotonic() + EVICT_WAIT_SECONDS
-            while True:
-                async with self.lock:
-                    # Read through `current`: other tasks change the status across the awaits in this loop.
-                    current = self.residents.get(resident.name)
-                    if current is not resident or current.status == "loaded":
-                        return
-                    try:
-                        footprint = await asyncio.to_thread(estimate_footprint, resident.config)
-                    except ModelFileError as exc:
-                        # A header the bounded walk refuses never reaches llama.cpp, whose own checks may abort.
-                        self._failed(resident, str(exc), by_file=True)
-                        raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
+            try:
+                footprint = await asyncio.to_thread(estimate_footprint, resident.config)
+            except ModelFileError as exc:
+                # A header the bounded walk refuses never reaches llama.cpp, whose own checks may abort.
+                self._failed(resident, str(exc), by_file=True)
+                raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
                                      path=resident.config.path) from None
-                    busy = await self._make_room(resident, footprint)
-                    if not busy:
-                        await self._open(resident, footprint)
-                        return
-                # Busy models hold the memory: wait for them without the lock, so loads that fit and
-                # unloads go on meanwhile.
-                if time.monotonic() >= deadline:
-                    raise ModelBusyError(f"model {resident.name!r} needs {format_size(footprint.cpu())}, held by "
-                                         f"busy models ({', '.join(busy)}); retry once they finish", retry_after=5)
-                await asyncio.sleep(_POLL_SECONDS)
+            if await self._make_room(resident, footprint):
+                resident.reserve(footprint)  # no await since room was made: nothing else took it
+                await self._open(resident, footprint)
         finally:
             resident.loading = None
-            if resident.status == "loading":
-                resident.status = "failed" if previous == "failed" and resident.error else "unloaded"
+            resident.load_ended(previous)
+            self._room.notify()
+
+    async def _make_room(self, resident: Resident, footprint: Footprint) -> bool:
+        """Unload idle models, least recently used first, until `footprint` fits, waiting for busy ones to go
+        idle for up to EVICT_WAIT_SECONDS (503 then). False when the load is no longer needed: a reload
+        replaced the model or loaded it meanwhile."""
+        deadline = time.monotonic() + EVICT_WAIT_SECONDS
+        while True:
+            while self._reload is not None:  # a reload counts the budget with no load opening beside it
+                await asyncio.shield(self._reload)
+            if self.residents.get(resident.name) is not resident or resident.status is Status.LOADED:
+                return False
+            room = self._budget.room(resident, footprint, self.residents.values(), self._closing)
+            if room.evict:
+                closing = [self._mark_unloaded(r, "evicted to make room for " + resident.name) for r in room.evict]
+                if self._metrics is not None:
+                    for victim in room.evict:
+                        self._metrics.evictions.labels(victim.name).inc()
+                await asyncio.gather(*(self._close(c) for c in closing))
+                continue
+            if room.refusal is not None:
+                raise room.refusal
+            if room.fits:
+                return True
+            if time.monotonic() >= deadline:
+                raise ModelBusyError(f"model {resident.name!r} needs {format_size(footprint.cpu())}, held by "
+                                     f"busy models ({', '.join(room.holders)}); retry once they finish",
+                                     retry_after=5)
+            await self._wait_for_room(room.holders, deadline)
+
+    async def _wait_for_room(self, holders: list[str], deadline: float) -> None:
+        """Until a lease is released, a load ends, a close returns or a holder's engine goes idle; or the deadline."""
+        waits: list[asyncio.Future[None]] = [self._room.waiter()]
+        waits += [asyncio.ensure_future(r.served.wait_idle()) for r in self.residents.values()
+                  if r.name in holders and r.served is not None and r.served.outstanding]
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _open(self, resident: Resident, footprint: Footprint) -> None:
-        """Open the model's engine (or child process) and its adapters (lock held, room made)."""
+        """Open the model's engine (or child process) and its adapters (room reserved, nothing held)."""
         started = time.perf_counter()
         self._loop = asyncio.get_running_loop()
         try:
@@ -180,7 +212,7 @@ class Residency:
         except ConfigError as exc:
             self._failed(resident, str(exc))
             raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
-                                     path=resident.config.path) from None
+                                 path=resident.config.path) from None
         served = ServedModel.of(resident.config, opened)
         try:
             if served.engine is not None:  # a child process opens its adapters itself
@@ -188,34 +220,20 @@ class Residency:
         except BaseException:
             await asyncio.to_thread(served.close)
             raise
-        self.mark_loaded(resident, served, footprint)
+        self._mark_loaded(resident, served, footprint)
         log.info("loaded %s on demand in %.2fs (estimated %s; %s of %s budget in use)", resident.name,
                  time.perf_counter() - started, format_size(footprint.total()), format_size(self.used()),
                  format_size(self.budget))
 
-    def estimate(self, config: ModelConfig) -> Footprint:
-        """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
-        try:
-            return estimate_footprint(config)
-        except ModelFileError as exc:
-            log.debug("no memory estimate for %s: %s", config.name, exc)
-            try:
-                return Footprint(weights=Path(config.path).stat().st_size, kv_per_context=0, compute_per_context=0)
-            except OSError:
-                return Footprint(weights=0, kv_per_context=0, compute_per_context=0)
-
-    def mark_loaded(self, resident: Resident, served: ServedModel, footprint: Footprint) -> None:
-        resident.served, resident.footprint, resident.status = served, footprint, "loaded"
-        resident.error = resident.failed_key = None
-        resident.loaded_at, resident.last_used = time.time(), time.monotonic()
-        self.reschedule(resident)
+    def _mark_loaded(self, resident: Resident, served: ServedModel, footprint: Footprint) -> None:
+        resident.mark_loaded(served, footprint, time.time(), time.monotonic())
+        self.keep_alive.reschedule(resident)
         self._changed()
 
     def _failed(self, resident: Resident, reason: str, *, by_file: bool = False) -> None:
         log.error("model %s failed to load: %s", resident.name, reason)
         # An `rpc` model fails on its workers, not its file: the next request tries again (a cheap connect first).
-        resident.status, resident.error = "failed", reason
-        resident.failed_key = None if resident.config.rpc and not by_file else file_key(resident.config)
+        resident.mark_failed(reason, None if resident.config.rpc and not by_file else file_key(resident.config))
 
     # --- a model's child process (server/child.py) -------------------------------------
 
@@ -231,85 +249,48 @@ class Residency:
         resident = next((r for r in self.residents.values() if r.served is not None and r.served.child is child), None)
         if resident is None:
             return  # unloaded or replaced meanwhile
-        self._cancel_timer(resident)
+        self.keep_alive.cancel(resident)
         log.error("model %s stopped: %s", resident.name, reason)
-        resident.served, resident.loaded_at, resident.idle_since, resident.keep_alive = None, None, None, None
-        resident.status, resident.error, resident.failed_key = "failed", reason, None
+        resident.mark_lost(reason)
         self._hooks.detach(resident.name)
         self._changed()
-        self._spawn(asyncio.to_thread(child.close))  # its files; the process has ended
+        self._room.notify()
+        self._supervisor.spawn(asyncio.to_thread(child.close), name=f"close {resident.name}'s child")  # its files
         if resident.config.pinned:
-            self._spawn(self._reload_pinned(resident))
+            self._supervisor.spawn(self._reload_pinned(resident), name=f"reload pinned {resident.name}")
 
     async def _reload_pinned(self, resident: Resident) -> None:
         delay = 1.0
-        while self.residents.get(resident.name) is resident and resident.status == "failed":
-            await asyncio.sleep(delay)
+        while self.residents.get(resident.name) is resident and resident.status is Status.FAILED:
+            await asyncio.sleep(delay)  # backoff between tries, not a poll: each try is a load
             try:
                 await self._wait_loaded(resident)
             except ServiceUnavailableError as exc:
                 log.warning("model %s: loading again in %.0fs: %s", resident.name, min(delay * 2, 60), exc)
                 delay = min(delay * 2, 60.0)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # --- unloads -------------------------------------------------------------------------
 
-    async def _make_room(self, resident: Resident, footprint: Footprint) -> list[str]:
-        """Unload idle models, least recently used first, until `footprint` fits (lock held): [] once it
-        fits, else the busy models that hold the memory."""
-        need, gpu_need = footprint.cpu(), footprint.gpu()
-        limit = self._settings.max_loaded_models
-        if need > self.budget or (self.gpu_budget is not None and gpu_need > self.gpu_budget):
-            raise ModelTooLargeError(
-                f"model {resident.name!r} needs an estimated {format_size(need)}"
-                + (f" ({format_size(gpu_need)} on the GPU)" if gpu_need else "")
-                + f"; memory_budget is {format_size(self.budget)}"
-                + (f", gpu_memory_budget {format_size(self.gpu_budget)}" if self.gpu_budget is not None else ""),
-                param="model")
-        while True:
-            loaded = [r for r in self.residents.values() if r.status == "loaded" and r is not resident]
-            if self._fits(loaded, need, gpu_need, limit):
-                return []
-            idle = sorted((r for r in loaded if not r.config.pinned and not r.busy), key=lambda r: r.last_used)
-            if not idle:
-                break
-            await self._unload(idle[0], "evicted to make room for " + resident.name)
-            if self._metrics is not None:
-                self._metrics.evictions.labels(idle[0].name).inc()
-        pinned = [r for r in loaded if r.config.pinned]
-        if limit and len(pinned) >= limit:
-            raise MaxLoadedModelsError(
-                f"model {resident.name!r} cannot be loaded: max_loaded_models ({limit}) is reached by pinned models "
-                f"({', '.join(r.name for r in pinned)}), which never unload; raise max_loaded_models or pin fewer "
-                "models", param="model")
-        if not self._fits(pinned, need, gpu_need, limit):
-            raise ModelTooLargeError(
-                f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
-                f"{format_size(self.budget)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
-                f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model")
-        return [r.name for r in loaded if not r.config.pinned]
-
-    def _fits(self, loaded: list[Resident], need: int, gpu_need: int, limit: int) -> bool:
-        if limit and len(loaded) >= limit:
-            return False
-        if sum(r.memory("cpu") for r in loaded) + need > self.budget:
-            return False
-        gpu_used = sum(r.memory("gpu") for r in loaded)
-        return self.gpu_budget is None or gpu_used + gpu_need <= self.gpu_budget
-
-    async def _unload(self, resident: Resident, why: str) -> None:
-        """Unload an idle model (lock held; the caller checked it is idle, with no await since)."""
-        served = resident.served
-        assert served is not None and not resident.busy
-        self._cancel_timer(resident)
-        resident.status, resident.served, resident.loaded_at, resident.idle_since = "unloaded", None, None, None
-        resident.keep_alive = None
+    def _mark_unloaded(self, resident: Resident, why: str) -> Closing:
+        """Unload an idle model: its state now, its close to follow (`_close`), its memory counted until then."""
+        assert resident.served is not None and not resident.busy
+        self.keep_alive.cancel(resident)
+        cpu, gpu = resident.memory("cpu"), resident.memory("gpu")
+        served = resident.mark_unloaded()
+        assert served is not None
+        closing = Closing(cpu, gpu, resident.name, served, why)
+        self._closing.append(closing)
         self._hooks.detach(resident.name)
         self._changed()
-        await asyncio.to_thread(served.close)
-        log.info("unloaded %s (%s)", resident.name, why)
+        return closing
+
+    async def _close(self, closing: Closing) -> None:
+        try:
+            await asyncio.to_thread(closing.served.close)
+        finally:
+            self._closing.remove(closing)
+            self._room.notify()
+        log.info("unloaded %s (%s)", closing.name, closing.why)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -322,109 +303,97 @@ class Residency:
         if resident.config.pinned:
             raise ConflictError(f"model {name!r} is pinned (load = \"startup\" in models.toml): it stays loaded",
                                 param="model")
-        if resident.status == "loading":
-            # The load goes on for the requests waiting on it (the lock is the load's until it ends);
-            # keep_alive 0 unloads the model as soon as they are answered.
+        if resident.status is Status.LOADING:
+            # The load goes on for the requests waiting on it; keep_alive 0 unloads the model as soon as
+            # they are answered.
             resident.keep_alive = 0.0
             return False
-        async with self.lock:
-            resident = self.residents[name]
-            if resident.status != "loaded":
-                return True
-            if not resident.busy:
-                await self._unload(resident, "asked to")
-                return True
-            resident.keep_alive = 0.0
-            return False
-
-    # --- keep-alive ----------------------------------------------------------------------
-
-    def ttl(self, resident: Resident) -> float:
-        """Seconds a loaded model stays once idle (math.inf: until asked or evicted; pinned: for ever)."""
-        if resident.config.pinned:
-            return math.inf
-        if resident.keep_alive is not None:
-            return resident.keep_alive
-        if resident.config.keep_alive is not None:
-            return parse_duration(resident.config.keep_alive)
-        return self._settings.keep_alive_seconds()
-
-    def expires_at(self, resident: Resident) -> float | None:
-        """Wall-clock time a loaded idle model unloads; None while busy, or never."""
-        ttl = self.ttl(resident)
-        if resident.status != "loaded" or resident.idle_since is None or math.isinf(ttl):
-            return None
-        return resident.idle_since + ttl
-
-    def reschedule(self, resident: Resident) -> None:
-        """Arm the keep-alive timer of a loaded model that is idle (poll while its engine still drains)."""
-        self._cancel_timer(resident)
-        if resident.status != "loaded" or resident.leases or resident.waiting:
-            return
-        loop = asyncio.get_running_loop() if _in_loop() else None
-        if loop is None:
-            return
-        if resident.busy:  # generations outstanding: a cancelled stream is still draining
-            resident.timer = loop.call_later(0.1, self.reschedule, resident)
-            return
-        if resident.idle_since is None:
-            resident.idle_since = time.time()
-        ttl = self.ttl(resident)
-        if not math.isinf(ttl):
-            delay = max(0.0, resident.idle_since + ttl - time.time())
-            resident.timer = loop.call_later(delay, self._expire, resident)
+        if resident.status is not Status.LOADED:
+            return True
+        if not resident.busy:
+            await self._close(self._mark_unloaded(resident, "asked to"))
+            return True
+        resident.keep_alive = 0.0
+        return False
 
     def _expire(self, resident: Resident) -> None:
-        resident.timer = None
-        self._spawn(self._unload_expired(resident))
+        """Its keep-alive timer fired: unload it if it is still idle and still the model of that name."""
+        expires = self.keep_alive.expires_at(resident)
+        if self.residents.get(resident.name) is resident and not resident.busy and expires is not None \
+                and expires <= time.time() + 0.01:
+            closing = self._mark_unloaded(resident, f"idle past keep_alive {self.keep_alive.ttl(resident):g}s")
+            self._supervisor.spawn(self._close(closing), name=f"unload {resident.name}")
 
-    async def _unload_expired(self, resident: Resident) -> None:
-        async with self.lock:
-            expires = self.expires_at(resident)
-            if self.residents.get(resident.name) is resident and not resident.busy and expires is not None \
-                    and expires <= time.time() + 0.01:
-                await self._unload(resident, f"idle past keep_alive {self.ttl(resident):g}s")
+    # --- reloads -------------------------------------------------------------------------
 
-    def _cancel_timer(self, resident: Resident) -> None:
-        if resident.timer is not None:
-            resident.timer.cancel()
-            resident.timer = None
+    @contextlib.asynccontextmanager
+    async def reloading(self) -> AsyncIterator[None]:
+        """One reload at a time, with no load opening beside it: waits for the reload before it and for the
+        loads already opening; a load that comes later waits for this one to end before it reserves room."""
+        while self._reload is not None:
+            await asyncio.shield(self._reload)
+        reload = self._reload = asyncio.get_running_loop().create_future()
+        try:
+            opening = [r.loading for r in self.residents.values() if r.reserved and r.loading is not None]
+            if opening:
+                await asyncio.wait(opening)
+            yield
+        finally:
+            self._reload = None
+            reload.set_result(None)
+
+    def swap_in(self, residents: dict[str, Resident], opened: Mapping[str, tuple[ServedModel, Footprint]]) -> \
+            list[ServedModel]:
+        """A reload's commit (inside `reloading()`, one step on the loop): `residents` serve from now on, the
+        `opened` models loaded. Returns the engines it retires: loaded before, reached by nobody now."""
+        assert self._reload is not None, "a reload's swap runs inside reloading()"
+        for name, (served, footprint) in opened.items():
+            residents[name].mark_loaded(served, footprint, time.time(), time.monotonic())
+        retired = []
+        for name, resident in self.residents.items():
+            if resident.served is not None and residents.get(name) is not resident:
+                self.keep_alive.cancel(resident)
+                gone = resident.mark_unloaded()
+                assert gone is not None
+                retired.append(gone)
+        self.residents = residents
+        self._changed()
+        return retired
 
     # --- views ---------------------------------------------------------------------------
 
     def state(self, resident: Resident) -> ModelState:
         return ModelState(resident.status, resident.config.pinned, resident.memory() or None, resident.loaded_at,
-                          self.expires_at(resident), resident.busy, resident.error)
+                          self.keep_alive.expires_at(resident), resident.busy, resident.error)
 
     async def estimate_all(self) -> None:
         """Estimate the footprint of every model that has none yet (a header read each, off the loop); one whose
         file cannot be read or whose header is refused is failed with the reason, as its load would be."""
         for resident in [r for r in self.residents.values() if r.footprint is None]:
-            if resident.status == "failed" and resident.failed_key == file_key(resident.config):
+            if resident.status is Status.FAILED and resident.failed_key == file_key(resident.config):
                 continue  # failed for this very file: neither a header read nor a log line per listing
             try:
                 resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config)
             except ModelFileError as exc:
-                if resident.status in ("unloaded", "failed") and resident.loading is None:
+                if resident.status in (Status.UNLOADED, Status.FAILED) and resident.loading is None:
                     self._failed(resident, str(exc), by_file=True)
 
     def used(self) -> int:
-        return sum(r.memory("cpu") for r in self.residents.values() if r.status == "loaded")
+        return sum(r.memory("cpu") for r in self.residents.values() if r.status is Status.LOADED)
 
     def loaded(self) -> dict[str, ServedModel]:
-        return {n: r.served for n, r in self.residents.items() if r.status == "loaded" and r.served is not None}
+        return {n: r.served for n, r in self.residents.items() if r.status is Status.LOADED and r.served is not None}
+
+    def close(self) -> None:
+        """Close every loaded model (blocking: at shutdown, or when startup fails); every model ends unloaded."""
+        for resident in self.residents.values():
+            served = resident.mark_unloaded()
+            if served is not None:
+                served.close()
 
     async def aclose(self) -> None:
-        for resident in self.residents.values():
-            self._cancel_timer(resident)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop the keep-alive timers, and the background tasks (unloads, drains) when the supervisor is ours."""
+        self.keep_alive.cancel_all()
+        if self._own_supervisor:
+            await self._supervisor.aclose()
 
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -1,14 +1,12 @@
-"""One available model's state (Resident), what a loaded one holds (ServedModel), and the request scope that
-keeps the models it resolved busy (lease_scope)."""
+"""One available model's state (Resident, its Status and transitions), and what a loaded one holds open
+(ServedModel)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -21,22 +19,15 @@ from .footprint import Footprint
 
 log = logging.getLogger(__name__)
 
-Status = Literal["unloaded", "loading", "loaded", "failed"]
 
-_held: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("nomoat_leases", default=None)
+class Status(StrEnum):
+    """Where a model stands (llama.cpp's server has its `slot_state`); only Residency moves a model between them.
+    The values are what GET /models shows."""
 
-
-@contextlib.contextmanager
-def lease_scope() -> Iterator[None]:
-    """Models resolved inside stay busy (never unloaded) until the scope ends: one HTTP request's life."""
-    held: list[Callable[[], None]] = []
-    token = _held.set(held)
-    try:
-        yield
-    finally:
-        _held.reset(token)
-        for release in held:
-            release()
+    UNLOADED = "unloaded"
+    LOADING = "loading"  # a load is under way: waiting for room, or opening (`Resident.reserved`)
+    LOADED = "loaded"
+    FAILED = "failed"  # its last load failed; tried again once its file or configuration changes
 
 
 @dataclass(eq=False)
@@ -62,6 +53,13 @@ class ServedModel:
     @property
     def outstanding(self) -> int:
         return sum(part.outstanding for part in (self.engine, self.embedder, self.child) if part is not None)
+
+    async def wait_idle(self) -> None:
+        """Return once none of its parts has a request outstanding (an embedder may be added meanwhile)."""
+        while self.outstanding:
+            for part in (self.engine, self.embedder, self.child):
+                if part is not None:
+                    await part.wait_idle()
 
     def abort(self, reason: str) -> None:
         """End every generation and embeddings request still running, each with ShuttingDown(reason)."""
@@ -106,15 +104,16 @@ class ModelState:
 
 @dataclass(eq=False)
 class Resident:
-    """One available model and where it stands."""
+    """One available model and where it stands. Residency alone calls the methods that change its status."""
 
     config: ModelConfig
     created: int
-    status: Status = "unloaded"
+    status: Status = Status.UNLOADED
     served: ServedModel | None = None
     error: str | None = None
     failed_key: tuple[Any, ...] | None = None
     footprint: Footprint | None = None
+    reserved: bool = False  # loading, with its footprint counted against the budget while it opens
     keep_alive: float | None = None  # the last request's, else models.toml's, else the server's
     leases: int = 0
     waiting: int = 0
@@ -122,7 +121,6 @@ class Resident:
     idle_since: float | None = None  # wall clock, while loaded and idle
     loaded_at: float | None = None
     loading: asyncio.Future[None] | None = None
-    timer: asyncio.TimerHandle | None = None
 
     @property
     def name(self) -> str:
@@ -131,6 +129,11 @@ class Resident:
     @property
     def busy(self) -> bool:
         return bool(self.leases or self.waiting or (self.served is not None and self.served.outstanding))
+
+    @property
+    def holds_memory(self) -> bool:
+        """Loaded, or opening with its footprint reserved."""
+        return self.status is Status.LOADED or (self.status is Status.LOADING and self.reserved)
 
     def memory(self, part: Literal["total", "cpu", "gpu"] = "total") -> int:
         """The estimate for what is open now (one context per running adapter set, one for embeddings):
@@ -143,10 +146,43 @@ class Resident:
             contexts += self.served.embedder is not None
         return int(getattr(self.footprint, part)(contexts))
 
+    # --- transitions (Residency's) ------------------------------------------------------
 
-def current_scope() -> list[Callable[[], None]] | None:
-    """The releases of the request scope this code runs in, if any."""
-    return _held.get()
+    def start_loading(self) -> Status:
+        """Loading begins (waiting for room first); returns the status to go back to if it ends unloaded."""
+        previous, self.status = self.status, Status.LOADING
+        return previous
+
+    def reserve(self, footprint: Footprint) -> None:
+        """Room is made: its footprint counts against the budget while it opens."""
+        self.footprint, self.reserved = footprint, True
+
+    def load_ended(self, previous: Status) -> None:
+        """A load ended without a model (failed or cancelled): back where it stood, or failed."""
+        self.reserved = False
+        if self.status is Status.LOADING:
+            self.status = Status.FAILED if previous is Status.FAILED and self.error else Status.UNLOADED
+
+    def mark_loaded(self, served: ServedModel, footprint: Footprint, now: float, monotonic: float) -> None:
+        self.served, self.footprint, self.status, self.reserved = served, footprint, Status.LOADED, False
+        self.error = self.failed_key = None
+        self.loaded_at, self.last_used = now, monotonic
+
+    def mark_failed(self, reason: str, key: tuple[Any, ...] | None) -> None:
+        """Failed with `reason`; `key` (file_key) is what must change before a load is tried again (None: any)."""
+        self.status, self.error, self.failed_key, self.reserved = Status.FAILED, reason, key, False
+
+    def mark_unloaded(self) -> ServedModel | None:
+        """Unloaded (asked to, idle past keep_alive, evicted, or at shutdown): returns what is left to close."""
+        served = self.served
+        self.status, self.served, self.loaded_at, self.idle_since, self.keep_alive = (Status.UNLOADED, None, None,
+                                                                                      None, None)
+        return served
+
+    def mark_lost(self, reason: str) -> None:
+        """Its child process ended unasked: failed with the reason, retried on the next request."""
+        self.served, self.loaded_at, self.idle_since, self.keep_alive = None, None, None, None
+        self.mark_failed(reason, None)
 
 
 def file_key(config: ModelConfig) -> tuple[Any, ...]:

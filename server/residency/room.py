@@ -1,0 +1,109 @@
+"""The memory budget: whether a model fits beside the models loaded, opening and still closing, and which idle
+models to unload, least recently used first, to make it fit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import MaxLoadedModelsError, ModelTooLargeError, NomoatError
+from ..quantities import format_size
+from ..settings import Settings
+from .footprint import Footprint
+from .resident import Resident, ServedModel, Status
+
+
+@dataclass(frozen=True, eq=False)
+class Closing:
+    """An unloaded model's engine on its way out: its memory counts against the budget until its close returns."""
+
+    cpu: int
+    gpu: int
+    name: str
+    served: ServedModel
+    why: str  # for the log line once it is closed
+
+
+@dataclass(frozen=True)
+class Room:
+    """What a load needs done before it may open: unload `evict` (idle, least recently used first); then it
+    fits, or waits for `holders` (busy models holding the memory), or is refused (`refusal`)."""
+
+    evict: list[Resident] = field(default_factory=list)
+    fits: bool = False
+    holders: list[str] = field(default_factory=list)
+    refusal: NomoatError | None = None
+
+
+class Budget:
+    """memory_budget, gpu_memory_budget and max_loaded_models, and what they let a load do."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.cpu = settings.memory_budget_bytes()
+        self.gpu = settings.gpu_memory_budget_bytes()
+        self.max_loaded = settings.max_loaded_models
+
+    def room(self, resident: Resident, footprint: Footprint, residents: Iterable[Resident],
+             closing: Iterable[Closing]) -> Room:
+        """What loading `resident` takes; ModelTooLargeError when it could never fit."""
+        need, gpu_need = footprint.cpu(), footprint.gpu()
+        if need > self.cpu or (self.gpu is not None and gpu_need > self.gpu):
+            raise ModelTooLargeError(
+                f"model {resident.name!r} needs an estimated {format_size(need)}"
+                + (f" ({format_size(gpu_need)} on the GPU)" if gpu_need else "")
+                + f"; memory_budget is {format_size(self.cpu)}"
+                + (f", gpu_memory_budget {format_size(self.gpu)}" if self.gpu is not None else ""),
+                param="model")
+        holders = [r for r in residents if r.holds_memory and r is not resident]
+        freeing = list(closing)
+        evict: list[Resident] = []
+        while True:
+            kept = [r for r in holders if r not in evict]
+            if self._fits(kept, freeing, need, gpu_need):
+                return Room(evict, fits=True)
+            idle = sorted((r for r in kept if r.status is Status.LOADED and not r.config.pinned and not r.busy),
+                          key=lambda r: r.last_used)
+            if not idle:
+                break
+            evict.append(idle[0])
+        pinned = [r for r in holders if r.config.pinned]
+        if self.max_loaded and len(pinned) >= self.max_loaded:
+            return Room(evict, refusal=MaxLoadedModelsError(
+                f"model {resident.name!r} cannot be loaded: max_loaded_models ({self.max_loaded}) is reached by "
+                f"pinned models ({', '.join(r.name for r in pinned)}), which never unload; raise "
+                "max_loaded_models or pin fewer models", param="model"))
+        if not self._fits(pinned, [], need, gpu_need):
+            return Room(evict, refusal=ModelTooLargeError(
+                f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
+                f"{format_size(self.cpu)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
+                f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model"))
+        return Room(evict, holders=[r.name for r in kept if not r.config.pinned])
+
+    def _fits(self, holders: list[Resident], closing: list[Closing], need: int, gpu_need: int) -> bool:
+        if self.max_loaded and len(holders) + len(closing) >= self.max_loaded:
+            return False
+        if sum(r.memory("cpu") for r in holders) + sum(h.cpu for h in closing) + need > self.cpu:
+            return False
+        gpu_used = sum(r.memory("gpu") for r in holders) + sum(h.gpu for h in closing)
+        return self.gpu is None or gpu_used + gpu_need <= self.gpu
+
+
+class Wakeup:
+    """Wakes every task waiting at the moment `notify()` is called (room may have been freed). Used on the
+    event loop only; each waiter is a future of its own running loop (engine/in_flight.py says why)."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done at the next `notify()`: registered now, so a notify before it is awaited is not lost."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        waiter.add_done_callback(self._waiters.discard)
+        return waiter
+
+    def notify(self) -> None:
+        for waiter in list(self._waiters):
+            if not waiter.done():
+                waiter.set_result(None)
