@@ -427,3 +427,25 @@ def test_a_load_that_blocks_holds_up_no_unload_expiry_or_listing(serve, loader):
         loader.gate.set()
         load.join(30)
     assert answers[0].status_code == 200, answers[0].text
+
+
+def test_a_reload_whose_open_blocks_holds_up_no_unload_or_listing(fake_factory, loader, monkeypatch):
+    """A reload opens its new models holding no lock: a model it removes unloads meanwhile, the listing answers."""
+    registry = fake_registry(Settings(), monkeypatch, models("a", "c"), loader)
+
+    async def scenario() -> None:
+        (await registry.resolve("c")).lease.release()
+        loader.gate = threading.Event()
+        reload = asyncio.ensure_future(registry.apply(models("a", "d", pinned=("d",)), drain_timeout=1))
+        try:
+            await asyncio.to_thread(wait_until, lambda: loader.loads[-1:] == ["d"], "d is opening")
+            assert await asyncio.wait_for(registry.residency.unload("c"), 10) is True
+            assert {s.id: s.state.status for s in registry.served_ids() if s.state} == {"a": "unloaded",
+                                                                                       "c": "unloaded"}
+        finally:
+            loader.gate.set()
+        assert (await reload).loaded == ["d"]
+        assert {s.id: s.state.status for s in registry.served_ids() if s.state} == {"a": "unloaded", "d": "loaded"}
+        await registry.aclose()
+
+    asyncio.run(scenario())
