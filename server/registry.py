@@ -157,14 +157,11 @@ class ModelRegistry:
         if not self.ready:
             raise ConfigError("models are still loading; try again once they are ready")
 
-        def on_commit() -> None:
-            self._file, self._ids = models_file, _id_map(models_file)
-
         async def swap(engines: Mapping[str, Engine | None], changed: set[str], commit: Callable[[], None]) -> None:
-            def both() -> None:
+            def commit_all() -> None:  # models, ids and adapters change in one step on the loop
                 commit()
-                on_commit()
-            await self.catalogue.reconcile(models_file, engines, changed, both)
+                self._file, self._ids = models_file, _id_map(models_file)
+            await self.catalogue.reconcile(models_file, engines, changed, commit_all)
 
         async with self.residency.reloading():
             old = set(self.residency.residents)
