@@ -40,11 +40,13 @@ class Loader:
 
     def __init__(self) -> None:
         self.loads: list[str] = []
+        self.opening = threading.Event()  # set once a load has begun opening its model
         self.gate: threading.Event | None = None
         self.fail: set[str] = set()
 
     def __call__(self, config: ModelConfig) -> FakeEngine:
         self.loads.append(config.name)
+        self.opening.set()
         if self.gate is not None:
             assert self.gate.wait(30)
         if config.name in self.fail:
@@ -143,9 +145,9 @@ def test_concurrent_requests_share_one_load(fake_factory, loader, monkeypatch):
 
     async def scenario() -> list[str]:
         waiting = [asyncio.ensure_future(registry.resolve("a")) for _ in range(5)]
-        while registry.residency.residents["a"].waiting < 5:  # noqa: ASYNC110  (the resident exposes a count, not an event)
-            await asyncio.sleep(0.01)
-        assert registry.residency.residents["a"].status == "loading"
+        # The load's open starts after all five resolves took their first step: each waits on it by then.
+        assert await asyncio.to_thread(loader.opening.wait, 30)
+        assert registry.residency.residents["a"].waiting == 5 and registry.residency.residents["a"].status == "loading"
         loader.gate.set()  # type: ignore[union-attr]
         targets = await asyncio.gather(*waiting)
         for target in targets:
