@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from nomoat.engine.adapters import LoraAdapter
+from nomoat.engine.engine import Engine
 from nomoat.engine.errors import ShuttingDown
+from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
 from nomoat.engine.worker import Job, Worker
 
 WAIT = 60  # a fail-safe against a hang, never reached when the worker works
@@ -79,3 +85,17 @@ def test_the_owner_work_wakes_the_worker() -> None:
         assert done.wait(WAIT)
     finally:
         assert worker.close(WAIT)
+
+
+def test_an_adapter_held_by_a_request_being_tokenized_is_not_work() -> None:
+    """The engine's worker sleeps while the only adapter marked for unloading is used by a request still being
+    tokenized (it spun on it before: `_has_work` counted any adapter waiting to be freed); it is work once freed."""
+    adapter = LoraAdapter("a", Path("a.gguf"), Path("a.gguf"), "0" * 64)
+    request = GenerationRequest(prompt=TextPrompt("hi"), sampling=SamplingParams(),
+                                adapters=AdapterSet((AppliedAdapter("a", 1.0, adapter.content_hash, adapter),)))
+    engine = object.__new__(Engine)  # only the queues `_has_work` reads: no model, no thread
+    engine._inbox, engine._active, engine._to_free = collections.deque(), [], [adapter]
+    engine._admission = SimpleNamespace(admitting={id(request): request})  # type: ignore[assignment]
+    assert not engine._has_work()
+    engine._admission.admitting.clear()
+    assert engine._has_work()

@@ -208,7 +208,10 @@ class Engine:
     # --- worker thread -----------------------------------------------------------
 
     def _has_work(self) -> bool:
-        return bool(self._inbox or self._active or self._to_free)
+        """(Lock held.) An adapter still used by a request being tokenized is not work: the worker would spin on
+        it; the admission that lets it go notifies the condition."""
+        return bool(self._inbox or self._active) or bool(self._to_free and split_unused(self._to_free,
+                                                                                         self._requests())[0])
 
     def _turn(self, jobs: list[Job]) -> None:
         # Under the lock only moves between the deques; every llama.cpp call follows it.
@@ -360,9 +363,12 @@ class Engine:
         """Take the adapters marked for unloading that no admitted request uses (lock held)."""
         if not self._to_free:
             return []
-        requests = [*(s.request for s in (*self._active, *self._inbox)), *self._admission.admitting.values()]
-        unused, self._to_free = split_unused(self._to_free, requests)
+        unused, self._to_free = split_unused(self._to_free, self._requests())
         return unused
+
+    def _requests(self) -> list[GenerationRequest]:
+        """Every admitted request: running, waiting, or being tokenized (lock held)."""
+        return [*(s.request for s in (*self._active, *self._inbox)), *self._admission.admitting.values()]
 
     def _emit(self, events: list[tuple[Generation, TokenEvent]]) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
