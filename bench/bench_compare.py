@@ -32,7 +32,7 @@ from bench.common import Nomoat, models_toml  # noqa: E402
 def absolute(argv: list[str]) -> list[str]:
     """The command with a relative interpreter path made absolute: servers start in their own workdir."""
     if argv and "/" in argv[0] and not argv[0].startswith("/"):
-        return [str(Path(argv[0]).resolve()), *argv[1:]]
+        return [str(Path(argv[0]).absolute()), *argv[1:]]  # not resolve(): a venv's python is a symlink
     return argv
 
 
