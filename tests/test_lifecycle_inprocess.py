@@ -228,7 +228,7 @@ def test_a_running_stream_is_never_cut_by_a_load_that_needs_its_memory(serve, mo
     second = threading.Thread(target=lambda: waiting.append(chat(srv, "b")))
     second.start()
     wait_until(lambda: cards(srv)["b"]["status"] == "loading", "b waits for memory")
-    # ... without holding the residency lock: other loads and unloads go on meanwhile.
+    # ... holding nothing while it opens: other loads and unloads go on meanwhile.
     assert srv.client.post("/models/unload", json={"model": "c"}).status_code == 200
     assert cards(srv)["b"]["status"] == "loading"
     assert engine.hold is not None

@@ -75,8 +75,8 @@ class AdapterCatalogue:
         # No lock is held across file I/O or llama.cpp: a load or unload claims its name and a reload every
         # name (claims.py), checks and opens with nothing held, and commits in one step on the loop.
         # attach() and detach() claim nothing, so a model load never waits for an adapter's conversion.
-        # Lock order: Residency.lock may be held when the catalogue is called (attach, reconcile); the
-        # catalogue never takes it, so no claim is ever held while waiting for it.
+        # Lock order: Residency holds no lock (residency/manager.py), so the claims are the only ones on this
+        # path; the catalogue never waits for residency while it holds one.
         self._claims = Claims()
         self._attaching: set[str] = set()  # bases whose attach() runs: it opens what is listed meanwhile
         self._drop_listeners: list[DropListener] = []
