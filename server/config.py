@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .models_toml import EMBEDDED, HF_PREFIX, AdapterConfig, ModelConfig, ModelsFile
 from .settings import Settings, format_validation_error
 from .store.available import discovered_models
+from .store.models_dir import is_gguf, model_stem
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,9 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
     assert settings.model is not None
     given = str(settings.model)
     path = resolve_model_path(given, Path.cwd(), "--model")
-    name = settings.model_name or single_model_name(given if given.startswith(HF_PREFIX) else str(path))
+    # The name the user gave, not its target's: in the Hugging Face cache a snapshot's model.gguf links to a
+    # blob named by its sha256. The embedded model has no file name of its own to give.
+    name = settings.model_name or single_model_name(str(path) if given == EMBEDDED else given)
     fields: dict[str, Any] = {"name": name, "path": str(path), "load": "startup"}
     if settings.n_ctx is not None:
         fields["n_ctx"] = settings.n_ctx
@@ -151,8 +154,11 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
 
 def single_model_name(given: str) -> str:
     """--model's id without --model-name: OWNER/REPO[:QUANT] for a Hub model (as `nomoat pull` names it), else
-    the file name less .gguf."""
-    return given.removeprefix(HF_PREFIX) if given.startswith(HF_PREFIX) else Path(given).name.removesuffix(".gguf")
+    the file's own name (a symlink's, not its target's) less .gguf and a split suffix, as in a models dir."""
+    if given.startswith(HF_PREFIX):
+        return given.removeprefix(HF_PREFIX)
+    filename = Path(given).name
+    return model_stem(filename) if is_gguf(filename) else filename
 
 
 def embedded_default() -> ModelsFile:

@@ -197,12 +197,31 @@ def test_model_file_mode_ignores_the_config(tmp_path, monkeypatch):
     assert [m.name for m in models.models] == ["tiny"]
 
 
+def test_model_file_mode_names_a_symlink_by_its_own_name(tmp_path, monkeypatch):
+    """As in the Hugging Face cache: snapshots/REV/NAME.gguf links to blobs/SHA256. The id is the name given."""
+    monkeypatch.chdir(tmp_path)
+    blob = tmp_path / "blobs" / ("ab" * 32)
+    blob.parent.mkdir()
+    blob.write_bytes(b"GGUF")  # naming reads no header: the model loads when the server starts
+    snapshot = tmp_path / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    for link, name in [("Tiny-Q8_0.gguf", "Tiny-Q8_0"), ("big-00001-of-00002.gguf", "big"), ("weights.bin", "weights.bin")]:
+        (snapshot / link).symlink_to(blob)
+        [only] = config.load({"model": snapshot / link})[1].models
+        assert (only.name, Path(only.path)) == (name, blob)
+    [embedded] = config.load({"model": "embedded:smollm2-135m"})[1].models
+    assert embedded.name == "SmolLM2-135M-Instruct.Q4_1"
+
+
 # --- real servers configured by flags and variables -----------------------------------------------
 
 
-def test_model_file_mode_serves_one_gguf(start_server):
-    srv = start_server("this file is ignored with --model: [[[ not toml", "--model", str(model_path()),
-                       "--model-name", "tiny", "--n-ctx", "256", "--parallel", "1")
+def test_model_file_mode_serves_one_gguf(start_server, tmp_path):
+    link = tmp_path / "snapshot" / "tiny.gguf"  # a symlink is served under its own name (as in the HF cache)
+    link.parent.mkdir()
+    link.symlink_to(model_path())
+    srv = start_server("this file is ignored with --model: [[[ not toml", "--model", str(link),
+                       "--n-ctx", "256", "--parallel", "1")
     with httpx.Client(base_url=srv.base_url, timeout=120) as client:
         cards = client.get("/v1/models").json()["data"]
         assert [(c["id"], c["max_model_len"]) for c in cards] == [("tiny", 256)]
