@@ -25,6 +25,7 @@ def _check_id(value: str) -> str:
 
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
 ModelId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_id)]
 
 
@@ -148,6 +149,22 @@ class ModelConfig(BaseModel):
         return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "speculative": self.speculative, "speculative_n_max": self.speculative_n_max,
                 "draft_model": Path(self.draft_model) if self.draft_model else None}
+    # Sampling defaults: what a request that leaves the field out gets. Flat keys like every other knob here (and
+    # like Ollama's PARAMETER lines), each named as the request field it fills in; None: the GGUF's
+    # general.sampling.* value, else llama.cpp's server default (engine/sampling_defaults.py).
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default temperature (GGUF's, else 0.8).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Default top_p (GGUF's, else 0.95).")
+    top_k: int | None = Field(None, ge=0, description="Default top_k, 0 = off (GGUF's, else 40).")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Default min_p (GGUF's, else 0.05).")
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Default repeat_penalty (GGUF's, else 1.0).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Default completion tokens (capped by max_tokens_limit; default: max_tokens_limit).",
+    )
+
+    def sampling_overrides(self) -> dict[str, float | int | None]:
+        """The sampling defaults models.toml sets (None: unset), by their request field names."""
+        return {name: getattr(self, name) for name in SAMPLING_KEYS}
+
     load: Literal["on_demand", "startup"] = Field(
         "on_demand",
         description=(

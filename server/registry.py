@@ -14,6 +14,7 @@ from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.face import EngineFace
+from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, read_gguf_sampling, resolve_defaults
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .loading import load_engine, open_all
@@ -39,6 +40,7 @@ class Target:
     engine: EngineFace  # its face alone: handlers and the core never hold the llama.cpp model
     lease: Lease  # keeps the model loaded until released: the request's end
     adapters: AdapterSet = NO_ADAPTERS
+    sampling: SamplingDefaults = SERVER_DEFAULTS  # for the fields a request leaves out
 
     @property
     def info(self) -> ModelInfo:
@@ -69,6 +71,7 @@ class ServedId:
     state: ModelState | None = None  # models and aliases: loaded or not, memory, when it unloads
     model_adapters: tuple[str, ...] = ()  # models: the adapters registered on it
     adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
+    sampling: SamplingDefaults | None = None  # models and aliases
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
@@ -91,6 +94,7 @@ class ModelRegistry:
         self._load_model = load_model or (lambda config: load_engine(config, settings, metrics))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
+        self._file_sampling: dict[str, dict[str, float | int]] = {}  # GGUF path → its sampling defaults
         # One supervisor for the background work of the models' lives: retirements, unloads, adapter unloads.
         self._supervisor = supervisor if supervisor is not None else Supervisor()
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics,
@@ -237,8 +241,11 @@ class ModelRegistry:
         self._adapters(base, pairs, lora is not None)  # an unknown adapter loads nothing
         lease = await self.residency.acquire(base, keep_alive)
         try:
-            return Target(model_id=requested, base_id=base, engine=lease.served.local_engine(), lease=lease,
-                          adapters=self._adapters(base, pairs, lora is not None))
+            engine = lease.served.local_engine()
+            # Read per request from the current config: a reload that changes only these keeps the model open.
+            sampling = resolve_defaults(engine.info.gguf_sampling, self.residency.residents[base].config.sampling_overrides())
+            return Target(model_id=requested, base_id=base, engine=engine, lease=lease,
+                          adapters=self._adapters(base, pairs, lora is not None), sampling=sampling)
         except BaseException:
             lease.release()
             raise
@@ -318,13 +325,22 @@ class ModelRegistry:
             config, served = resident.config, resident.served
             n_ctx = served.engine.model.n_ctx if served is not None and served.engine is not None else config.n_ctx
             state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
+            gguf = served.engine.info.gguf_sampling if served is not None and served.engine is not None \
+                else self._file_sampling.get(config.path, {})
+            sampling = resolve_defaults(gguf, config.sampling_overrides())
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
-                             max_model_len=n_ctx, state=state, model_adapters=adapters) for model_id in config.ids()]
+                             max_model_len=n_ctx, state=state, model_adapters=adapters, sampling=sampling)
+                    for model_id in config.ids()]
         created = {r.name: r.created for r in self.residency.residents.values()}
         out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]
         out += [ServedId(s.name, "stack", created[s.base], s.base, s.base, adapters=s.adapters)
                 for s in self.catalogue.stacks()]
         return out
+
+    async def read_sampling(self) -> None:
+        """Each model file's sampling defaults from its header, for the listings (off the loop; cached per version)."""
+        for path in {r.config.path for r in self.residency.residents.values()}:
+            self._file_sampling[path] = await asyncio.to_thread(read_gguf_sampling, Path(path))
 
     def served_id(self, model_id: str) -> ServedId:
         """One served id; ModelNotFoundError lists the ids there are."""

@@ -18,6 +18,8 @@ from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.engine.generation import EngineStats
 from nomoat.engine.in_flight import InFlight
+from nomoat.engine.sampling_defaults import SERVER_DEFAULTS
+from nomoat.engine.types import ModelInfo
 from nomoat.errors import ConflictError, ModelNotFoundError
 from nomoat.http.boundary import ErrorBoundary
 from nomoat.models_toml import ModelConfig, ModelsFile
@@ -43,6 +45,7 @@ class FakeEngine:
 
     def __init__(self, config: ModelConfig) -> None:
         self.model = FakeModel(config.n_ctx)
+        self.info = ModelInfo(config.name, 0, config.n_ctx, config.parallel, False, config.reasoning_format)
         self.stats = EngineStats()
         self.in_flight = InFlight()
         self.hold = False
@@ -142,7 +145,8 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
     residency = {"status", "pinned", "busy", "memory_bytes", "loaded_at", "expires_at", "adapters"}
     assert {k: v for k, v in cards["base"].items() if k not in residency} == {
         "id": "base", "object": "model", "created": cards["base"]["created"],
-        "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256}
+        "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256,
+        "sampling_defaults": SERVER_DEFAULTS.as_json()}
     assert cards["base"]["status"] == "loaded" and cards["base"]["adapters"] == ["cfg", "mix"]
     assert cards["default"]["root"] == "base" and cards["default"]["max_model_len"] == 256
     assert cards["cfg"]["parent"] == "base" and "max_model_len" not in cards["cfg"]

@@ -36,10 +36,12 @@ class Messages:
         grammar = await asyncio.to_thread(output_grammar, plan, "json_schema" if schema is not None else None, schema,
                                           Grammar("output_config.format.schema"), "output_config.format.schema") \
             if constrained else None
+        defaults = target.sampling  # max_tokens is required here: only the sampling fields have defaults
         sampling = SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
+            temperature=defaults.temperature if req.temperature is None else req.temperature,
+            top_p=defaults.top_p if req.top_p is None else req.top_p,
+            top_k=defaults.top_k if req.top_k is None else req.top_k,
+            min_p=defaults.min_p, repeat_penalty=defaults.repeat_penalty,
             grammar=grammar,
         )
         run = await self.core.start(request, target, [GenerationRequest(

@@ -24,6 +24,7 @@ from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
 from .placement import PrefixReuse, place
 from .sampling import log_softmax_row, token_event
+from .sampling_defaults import gguf_sampling
 from .sequences import Phase, Sequence
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
@@ -47,7 +48,8 @@ class Engine:
                  max_prompt_tokens: int | None = None) -> None:
         self.model = model
         self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
-                              model.chat_template.supports_tools, model.spec.reasoning_format)
+                              model.chat_template.supports_tools, model.spec.reasoning_format,
+                              gguf_sampling(model.metadata))
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx)
         self.stats = EngineStats()
         self.parallel = model.spec.parallel

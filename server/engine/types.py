@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ class ModelInfo:
     parallel: int  # sequences decoded at once
     supports_tools: bool  # the chat template renders `tools` itself
     reasoning_format: str  # models.toml's: "auto", "none", ...
+    # The file's general.sampling.* values (engine/sampling_defaults.py), under models.toml's per request.
+    gguf_sampling: Mapping[str, float | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

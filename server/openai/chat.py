@@ -37,14 +37,15 @@ class ChatCompletions:
         grammar = grammar or await request_grammar(req)
         prompt = chat_prompt(req, plan, target.info.supports_tools)
         max_tokens = self.core.limits.completion_tokens(
-            req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
+            target.sampling.max_tokens,
         )
         n_vocab = target.info.n_vocab
         with grammar_refusal(req):
             run = await self.core.start(request, target, [
                 GenerationRequest(
                     prompt=prompt,
-                    sampling=sampling_params(req, n_vocab, i, grammar),
+                    sampling=sampling_params(req, n_vocab, i, grammar, target.sampling),
                     max_tokens=max_tokens,
                     stop=req.stop_list(),
                     adapters=target.adapters,

@@ -29,14 +29,14 @@ class Completions:
         target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         prompts = req.prompts()
         logprobs = req.logprobs is not None
-        max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens")
+        max_tokens = self.core.limits.completion_tokens(req.max_tokens, "max_tokens", target.sampling.max_tokens)
         n_vocab = target.info.n_vocab
         grammar = await request_grammar(req)
         with grammar_refusal(req):
             run = await self.core.start(request, target, [
                 GenerationRequest(
                     prompt=TextPrompt(p) if isinstance(p, str) else TokenPrompt(p),
-                    sampling=sampling_params(req, n_vocab, i * req.n + j, grammar),
+                    sampling=sampling_params(req, n_vocab, i * req.n + j, grammar, target.sampling),
                     max_tokens=max_tokens,
                     stop=req.stop_list(),
                     adapters=target.adapters,

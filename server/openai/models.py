@@ -18,7 +18,8 @@ from ..wire.routes import Handler
 def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = None) -> dict[str, Any]:
     """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks,
     and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
-    `loaded_at`, `expires_at` (unix seconds or null), `pinned`, `busy`, `adapters` (names on it), `error` when failed
+    `loaded_at`, `expires_at` (unix seconds or null), `sampling_defaults` (each value a request that leaves it out
+    gets, and its source: models.toml, gguf or server), `pinned`, `busy`, `adapters` (names on it), `error` when failed
     (through `hide_paths` for a caller who may not see the server's files)."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
@@ -26,6 +27,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
     }
     if served.kind in ("model", "alias"):
         card["max_model_len"] = served.max_model_len
+    if served.sampling is not None:
+        card["sampling_defaults"] = served.sampling.as_json()
     if served.state is not None:
         state = served.state
         card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,
@@ -49,10 +52,12 @@ def model_handlers(registry: ModelRegistry, auth: Authenticator) -> dict[str, Ha
 
     async def list_models(request: Request) -> Response:
         await registry.residency.estimate_all()
+        await registry.read_sampling()
         return JSONResponse({"object": "list", "data": [model_object(s, path_hider(request, s))
                                                         for s in registry.served_ids()]})
 
     async def get_model(request: Request) -> Response:
+        await registry.read_sampling()
         served = registry.served_id(request.path_params["model_id"])
         return JSONResponse(model_object(served, path_hider(request, served)))
 

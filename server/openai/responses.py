@@ -224,8 +224,9 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
     prompt = conversation_prompt(req, target, plan, items)
     asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
     return GenerationRequest(
-        prompt=prompt, sampling=sampling_params(req, target.info.n_vocab, 0, grammar),
-        max_tokens=limits.completion_tokens(asked, "max_output_tokens"), stop=req.stop_list(), adapters=target.adapters,
+        prompt=prompt, sampling=sampling_params(req, target.info.n_vocab, 0, grammar, target.sampling),
+        max_tokens=limits.completion_tokens(asked, "max_output_tokens", target.sampling.max_tokens),
+        stop=req.stop_list(), adapters=target.adapters,
         speculative=speculation(req.speculative),
     )
 

@@ -8,13 +8,15 @@ from contextlib import contextmanager
 
 from ..core.user_grammar import GrammarError, check_grammar
 from ..engine.errors import InvalidInput
+from ..engine.sampling_defaults import SamplingDefaults
 from ..engine.types import SamplingParams
 from ..errors import InvalidRequestError
 from .protocol import _SamplingFields
 
 
-def sampling_params(req: _SamplingFields, n_vocab: int, seed_offset: int,
-                    grammar: str | None = None) -> SamplingParams:
+def sampling_params(req: _SamplingFields, n_vocab: int, seed_offset: int, grammar: str | None,
+                    defaults: SamplingDefaults) -> SamplingParams:
+    """A field the request leaves out (None) takes the model's default; one it sends, even 0 or 1.0, is kept."""
     bias = {}
     for key, value in (req.logit_bias or {}).items():
         token = int(key)  # the protocol model admits only ASCII integers
@@ -22,11 +24,11 @@ def sampling_params(req: _SamplingFields, n_vocab: int, seed_offset: int,
             raise InvalidRequestError(f"logit_bias token id {token} is outside the vocabulary", param="logit_bias")
         bias[token] = value
     return SamplingParams(
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
-        repeat_penalty=req.repeat_penalty or 1.0,
+        temperature=defaults.temperature if req.temperature is None else req.temperature,
+        top_p=defaults.top_p if req.top_p is None else req.top_p,
+        top_k=defaults.top_k if req.top_k is None else req.top_k,
+        min_p=defaults.min_p if req.min_p is None else req.min_p,
+        repeat_penalty=defaults.repeat_penalty if req.repeat_penalty is None else req.repeat_penalty,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         # Choices of one request must differ, and stay reproducible for a given seed.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..engine.engine import Engine
 from ..errors import ConfigError
-from ..models_toml import ModelConfig
+from ..models_toml import SAMPLING_KEYS, ModelConfig
 from ..quantities import format_size
 from .footprint import Footprint, estimate_or_size
 from .manager import Residency
@@ -20,7 +20,8 @@ from .resident import Resident, ServedModel, Status
 # catalogue, which opens their adapters and calls the commit in the same step as its own.
 Swap = Callable[[Mapping[str, Engine | None], set[str], Callable[[], None]], Awaitable[None]]
 
-_ROUTING_ONLY = {"aliases", "load", "keep_alive"}
+# The sampling defaults are read per request from the config (registry.resolve), so they change without a reload.
+_ROUTING_ONLY = {"aliases", "load", "keep_alive", *SAMPLING_KEYS}
 
 
 @dataclass(frozen=True)

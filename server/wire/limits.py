@@ -28,13 +28,14 @@ class RequestLimits:
             timeout=settings.request_timeout_seconds or None,
         )
 
-    def completion_tokens(self, asked: int | None, param: str) -> int:
-        """The tokens to generate at most: what was asked, or the limit when nothing was (400 past it).
+    def completion_tokens(self, asked: int | None, param: str, default: int | None = None) -> int:
+        """The tokens to generate at most: what was asked, or the model's `default` (models.toml's max_tokens) or the
+        limit when nothing was (400 past it; a default past it is capped).
 
         The engine lowers it further to what fits in the model's context after the prompt.
         """
         if asked is None:
-            return self.max_tokens
+            return self.max_tokens if default is None else min(default, self.max_tokens)
         if asked > self.max_tokens:
             raise InvalidRequestError(
                 f"{param} is too large: {asked}. This server generates at most {self.max_tokens} "

@@ -92,6 +92,7 @@ class FakeEngine:
     capacity: int = 16
     model: FakeModel = field(default_factory=FakeModel)
     reasoning_format: str = "auto"  # as models.toml's reasoning_format
+    gguf_sampling: dict[str, float | int] = field(default_factory=dict)  # as a GGUF's general.sampling.* keys
     stats: EngineStats = field(default_factory=EngineStats)
     in_flight: InFlight = field(default_factory=InFlight)
     aborted: str | None = None
@@ -106,7 +107,8 @@ class FakeEngine:
     @property
     def info(self) -> ModelInfo:
         # Read afresh, unlike the engine's: a test swaps the template or the reasoning format on a running fake.
-        return ModelInfo(self.name, N_VOCAB, N_CTX, 4, self.model.chat_template.supports_tools, self.reasoning_format)
+        return ModelInfo(self.name, N_VOCAB, N_CTX, 4, self.model.chat_template.supports_tools, self.reasoning_format,
+                         self.gguf_sampling)
 
     @property
     def outstanding(self) -> int:
