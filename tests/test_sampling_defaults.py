@@ -3,9 +3,14 @@ on every protocol; shown in /v1/models/{id}; a change of them alone keeps the mo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import gguf
+import httpx
 import pytest
+from conftest import TEST_THREADS, model_path
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 from support.fake_engine import FakeEngine
 from support.inprocess import MODEL, FakeServer
 
@@ -103,3 +108,30 @@ def test_a_files_values_outside_the_protocols_range_are_ignored() -> None:
 def test_models_toml_refuses_values_a_request_could_not_send(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         ModelConfig(name="m", **bad)
+
+
+@pytest.fixture(scope="module")
+def model_with_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test model copied with `general.sampling.temp = 0.7`, as llama.cpp's converter writes it."""
+    source = model_path()
+    path = tmp_path_factory.mktemp("sampling") / "with-temp.gguf"
+    reader = gguf.GGUFReader(source)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert arch is not None
+    writer = gguf.GGUFWriter(path, arch.contents(), endianess=reader.endianess)
+    temp = MetadataDetails(gguf.GGUFValueType.FLOAT32, 0.7)
+    copy_with_new_metadata(reader, writer, {gguf.Keys.General.SAMPLING_TEMP: temp}, [])
+    return path
+
+
+def test_a_gguf_sampling_key_is_the_models_default_loaded_or_not(start_server: Any, model_with_temp: Path) -> None:
+    entry = f'path = "{model_with_temp}"\nn_ctx = 256\nparallel = 1\nn_threads = {TEST_THREADS}\n'
+    srv = start_server(f'[[models]]\nname = "loaded"\naliases = ["alias"]\nload = "startup"\ntop_k = 12\n{entry}'
+                       f'[[models]]\nname = "unloaded"\n{entry}')
+    for model_id in ("loaded", "alias", "unloaded"):  # llama.cpp's metadata, or the header read without a load
+        card = httpx.get(f"{srv.base_url}/v1/models/{model_id}").json()
+        assert card["sampling_defaults"]["temperature"] == {"value": 0.7, "source": "gguf"}, card
+        assert card["sampling_defaults"]["top_p"] == {"value": 0.95, "source": "server"}
+    assert httpx.get(f"{srv.base_url}/v1/models/unloaded").json()["status"] == "unloaded"
+    assert httpx.get(f"{srv.base_url}/v1/models/loaded").json()["sampling_defaults"]["top_k"] == {
+        "value": 12, "source": "models.toml"}

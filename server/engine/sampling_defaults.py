@@ -75,7 +75,8 @@ def gguf_sampling(lookup: Callable[[str], Any]) -> dict[str, float | int]:
     for name, (key, kind) in GGUF_KEYS.items():
         raw = lookup(key)
         try:
-            value = kind(float(raw)) if raw is not None and not isinstance(raw, bool) else None
+            # Six decimals, as llama.cpp prints a float32 key: 0.7 read from the header or from llama.cpp is 0.7.
+            value = kind(round(float(raw), 6)) if raw is not None and not isinstance(raw, bool) else None
         except (TypeError, ValueError, OverflowError):
             value = None
         low, high = _BOUNDS[name]
