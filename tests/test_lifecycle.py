@@ -1,10 +1,10 @@
-"""Residency on the real model over HTTP: two models (the embedded file and a copy) under a budget that holds
-one, loaded on demand, unloaded after keep_alive 0, switched without failing a request, never under a
-running stream; a corrupt GGUF fails alone; adapters outlive their base; the estimate against RSS."""
+"""Residency on real models over HTTP: two different models (SmolLM2 and Gemma 3 270M) under a budget that
+holds either alone, loaded on demand, unloaded after keep_alive 0, switched without failing a request, never
+under a running stream; a corrupt GGUF fails alone; adapters outlive their base; the estimate against RSS.
+The same server shows what two models keep their own: context lengths, embedding widths, chat templates."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 from conftest import model_path
 from lora_factory import write_lora
 from streams import long_completion, start_streams, wait_for
+from support.model import gemma_model_path
 from support.process import THREADS, ServerProcess, free_port
 
 from nomoat.models_toml import ModelConfig
@@ -21,25 +22,30 @@ from nomoat.residency.footprint import estimate
 from nomoat.residency.ps import ps
 from nomoat.settings import Settings
 
-N_CTX, PARALLEL = 512, 2
+N_CTX, GEMMA_N_CTX, PARALLEL = 512, 1024, 2
+# Gemma's logits for a full batch (262k vocabulary × n_batch floats) are its compute buffer: 64 keeps it small.
+GEMMA_N_BATCH = 64
 ESTIMATE = estimate(ModelConfig(name="x", path=str(model_path()), n_ctx=N_CTX, parallel=PARALLEL))
-BUDGET = int(ESTIMATE.total() * 1.5)  # one model fits, two do not
+GEMMA = estimate(ModelConfig(name="x", path=str(gemma_model_path()), n_ctx=GEMMA_N_CTX, parallel=PARALLEL,
+                             n_batch=GEMMA_N_BATCH))
+# Either model fits alone, both do not.
+BUDGET = max(ESTIMATE.total(), GEMMA.total()) + min(ESTIMATE.total(), GEMMA.total()) // 2
 
 
-def _model(name: str, path: Path) -> str:
-    return (f'[[models]]\nname = "{name}"\npath = "{path}"\nn_ctx = {N_CTX}\nparallel = {PARALLEL}\n'
-            f"n_threads = {THREADS}\n")
+def _model(name: str, path: Path, n_ctx: int = N_CTX, n_batch: int = 512) -> str:
+    return (f'[[models]]\nname = "{name}"\npath = "{path}"\nn_ctx = {n_ctx}\nn_batch = {n_batch}\n'
+            f"parallel = {PARALLEL}\nn_threads = {THREADS}\n")
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("lifecycle")
-    copy = shutil.copy(model_path(), root / "copy.gguf")
     (root / "garbage.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     lora = write_lora(root / "lo.gguf", seed=7)
     write_lora(root / "rt.gguf", seed=8)
     config = (f'default_model = "a"\n[server]\nmemory_budget = {BUDGET}\nadapter_dirs = ["{root}"]\n'
-              + _model("a", model_path()) + _model("b", Path(copy)) + _model("junk", root / "garbage.gguf")
+              + _model("a", model_path()) + _model("b", gemma_model_path(), GEMMA_N_CTX, GEMMA_N_BATCH)
+              + _model("junk", root / "garbage.gguf")
               + f'[[adapters]]\nname = "lo"\nbase = "a"\npath = "{lora}"\n')
     proc = ServerProcess(config, root).wait_ready()
     yield proc
@@ -118,12 +124,12 @@ def test_adapters_outlive_their_base(srv):
     # Registered on an unloaded base: checked now, opened when the base loads for a request naming it.
     unload_all(srv)
     root = srv.config.parent
-    r = httpx.post(srv.base_url + "/v1/adapters", json={"name": "rt", "path": str(root / "rt.gguf"), "base": "b"},
+    r = httpx.post(srv.base_url + "/v1/adapters", json={"name": "rt", "path": str(root / "rt.gguf"), "base": "a"},
                    timeout=60)
-    assert r.status_code == 201 and statuses(srv)["b"] == "unloaded", r.text
-    on_b = chat(srv, "rt")
-    assert on_b.status_code == 200 and on_b.headers["x-nomoat-adapters"] == "rt@1", on_b.text
-    assert statuses(srv)["b"] == "loaded"
+    assert r.status_code == 201 and statuses(srv)["a"] == "unloaded", r.text
+    on_a = chat(srv, "rt")
+    assert on_a.status_code == 200 and on_a.headers["x-nomoat-adapters"] == "rt@1", on_a.text
+    assert statuses(srv)["a"] == "loaded"
 
 
 def test_the_estimate_bounds_the_measured_memory(srv):
@@ -145,3 +151,21 @@ def test_nomoat_ps_asks_the_running_server(srv):
     assert "lo" in text.splitlines()[1]
     code, text = ps(Settings(port=free_port()))
     assert code == 1 and "no server answers" in text
+
+
+def test_two_models_keep_their_own_context_and_embedding_width(srv):
+    cards = {c["id"]: c for c in httpx.get(srv.base_url + "/v1/models", timeout=30).json()["data"]}
+    assert (cards["a"]["max_model_len"], cards["b"]["max_model_len"]) == (N_CTX, GEMMA_N_CTX)
+    for model, width in (("a", 576), ("b", 640)):  # each GGUF's embedding_length
+        r = httpx.post(srv.base_url + "/v1/embeddings", json={"model": model, "input": "hello"}, timeout=120)
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == width, r.text
+
+
+def test_a_model_without_a_chat_template_chats_in_chatml(srv):
+    """Gemma 3 270M is a base model: its GGUF has no template, so chat renders ChatML (as llama.cpp does)."""
+    messages = [{"role": "user", "content": "Say hi"}]
+    r = httpx.post(srv.base_url + "/v1/apply-template", json={"model": "b", "messages": messages}, timeout=120)
+    assert r.status_code == 200 and r.json()["prompt"] == "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+    answer = chat(srv, "b", logit_bias={"1": -100, "106": -100})  # <eos> and <end_of_turn> banned: it writes
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] and answer.json()["choices"][0]["finish_reason"] == "length"
