@@ -14,6 +14,7 @@ from .engine.model import LoadedModel, ModelSpec
 from .errors import ConfigError
 from .metrics import Metrics
 from .models_toml import ModelConfig
+from .residency.footprint import estimate_or_size
 from .residency.resident import ServedModel
 from .settings import Settings, default_threads
 
@@ -29,7 +30,7 @@ def model_spec(config: ModelConfig, settings: Settings) -> ModelSpec:
         n_batch=config.n_batch,
         parallel=config.parallel,
         n_threads=config.n_threads or settings.threads or default_threads(),
-        n_gpu_layers=config.n_gpu_layers,
+        n_gpu_layers=estimate_or_size(config).gpu_layers if config.n_gpu_layers == "auto" else config.n_gpu_layers,
         repack=config.repack,
         chat_template=config.chat_template,
         reasoning_format=config.reasoning_format,

@@ -42,7 +42,13 @@ class ModelConfig(BaseModel):
     )
     n_ctx: int = Field(4096, ge=16, description="Context length of each sequence (tokens).")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: the `threads` setting).")
-    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 for all.")
+    n_gpu_layers: Annotated[int, Field(ge=-1)] | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Layers offloaded to the GPU: `auto` as many as fit its free memory (none in a build without a GPU "
+            "backend), 0 none, -1 all."
+        ),
+    )
     n_batch: int = Field(512, ge=1, description="Most prompt tokens evaluated in one llama_decode.")
     parallel: int = Field(4, ge=1, le=256, description="Sequences generated at once.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's.")
@@ -133,7 +139,7 @@ class ModelConfig(BaseModel):
             raise ValueError("tensor_split weights the rpc workers: set rpc too")
         if any(w < 0 for w in self.tensor_split) or (self.tensor_split and not sum(self.tensor_split)):
             raise ValueError("tensor_split: weights must be >= 0 and not all 0")
-        if self.rpc and "n_gpu_layers" not in self.model_fields_set:
+        if self.rpc and ("n_gpu_layers" not in self.model_fields_set or self.n_gpu_layers == "auto"):
             self.n_gpu_layers = -1
         return self
 

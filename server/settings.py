@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     n_ctx: int | None = Field(
         None, ge=16, description="Context length per sequence for --model (default 4096, capped by the model's)."
     )
-    n_gpu_layers: int | None = Field(
-        None, description="Layers to offload to the GPU for --model (-1: all; needs a CUDA/Metal build)."
+    n_gpu_layers: str | int | None = Field(
+        None, description="Layers to offload to the GPU for --model: auto (as many as fit; default), 0 none, -1 all."
     )
     rpc: str | None = Field(
         None, description="For --model: `nomoat worker`s that hold its layers, HOST:PORT,HOST:PORT (llama.cpp's --rpc)."

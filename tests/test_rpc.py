@@ -54,7 +54,8 @@ def test_rpc_endpoints_are_checked_and_default_every_layer_to_the_workers() -> N
     assert model.rpc == ["10.0.0.2:50052", "[::1]:50053"]
     assert model.n_gpu_layers == -1
     assert ModelConfig(name="m", rpc=["h:1"], n_gpu_layers=10).n_gpu_layers == 10
-    assert ModelConfig(name="m").n_gpu_layers == 0
+    assert ModelConfig(name="m").n_gpu_layers == "auto"
+    assert ModelConfig(name="m", rpc=["h:1"], n_gpu_layers="auto").n_gpu_layers == -1
     assert parse_endpoint("[fe80::1]:9").host == "fe80::1"
 
 

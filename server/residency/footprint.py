@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ..engine.errors import ModelFileError
 from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
 from ..engine.kv import row_bytes
 from ..engine.model_dims import model_dims, model_keys, split_tensor_count
+from ..engine.offload import MIB, fit_layers, gpu_device
 from ..models_toml import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class Footprint:
     kv_per_context: int
     compute_per_context: int
     gpu_share: float = 0.0  # of weights and KV, on the GPU (n_gpu_layers / layers)
+    gpu_layers: int = 0  # n_gpu_layers as the load gets it ("auto" resolved; -1: all)
     draft: Footprint | None = None  # the draft model's, with its one context (however many the model opens)
 
     @property
@@ -67,7 +70,7 @@ def estimate(config: ModelConfig) -> Footprint:
     path = Path(config.path)
     try:
         stat = path.stat()
-        values, tensors = _header(str(path), (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        values, tensors = _header(str(path), stamp_of(stat))
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except GGUFLayoutError as exc:
@@ -94,16 +97,39 @@ def estimate(config: ModelConfig) -> Footprint:
     # Worst-case graph: n_batch rows of logits, the attention mask over n_ctx, activations; plus the
     # output buffer (one row of logits per sequence).
     compute = 4 * (n_batch * (n_vocab + n_ctx + n_embd) + config.parallel * n_vocab)
-    if config.rpc and config.n_gpu_layers < 0:
+    if config.rpc and config.n_gpu_layers == -1:
         # Every layer and its KV cache live on the RPC workers; this host keeps only the input embeddings (llama.cpp
         # never offloads the input layer) and its compute buffer, so only those count against memory_budget.
         input_layer = tensors.get("token_embd.weight")
         return Footprint(weights=input_layer[0] if input_layer is not None else 0, kv_per_context=0,
-                         compute_per_context=compute)
-    offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
+                         compute_per_context=compute, gpu_layers=-1)
+    weights = sum(size for size, _ in tensors.values())
+    gpu_layers = config.n_gpu_layers
+    if gpu_layers == "auto":
+        gpu_layers = _auto_layers(config.name, str(path), stamp_of(stat), n_layer, (weights + kv) // max(1, n_layer),
+                                  compute)
+    offloaded = n_layer if gpu_layers < 0 else min(gpu_layers, n_layer)
     share = offloaded / n_layer if n_layer else 0.0
-    return Footprint(weights=sum(size for size, _ in tensors.values()), kv_per_context=kv,
-                     compute_per_context=compute, gpu_share=share, draft=draft)
+    return Footprint(weights=weights, kv_per_context=kv, compute_per_context=compute, gpu_share=share,
+                     gpu_layers=gpu_layers, draft=draft)
+
+
+@functools.lru_cache(maxsize=64)
+def _auto_layers(name: str, path: str, stamp: tuple[int, int, int], n_layer: int, per_layer: int, fixed: int) -> int:
+    """n_gpu_layers = "auto" for one model file and geometry, decided once (a cached answer): the budget check
+    before the load and the load itself must see the same number, though the load changes the free memory."""
+    device = gpu_device()
+    layers = fit_layers("auto", n_layer, per_layer, fixed, device)
+    if device is None:
+        log.info("model %s runs on the CPU (n_gpu_layers auto: no GPU backend in this build of llama.cpp)", name)
+    else:
+        log.info("model %s: %d of %d layers on %s (auto: %d MiB free, %d MiB needed per layer)", name,
+                 n_layer if layers < 0 else layers, n_layer, device.name, device.free // MIB, per_layer // MIB)
+    return layers
+
+
+def stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def estimate_or_size(config: ModelConfig) -> Footprint:
