@@ -11,8 +11,8 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-# Left free on the device, as llama.cpp's --fit does (common/arg.cpp: --fit-target, 1024 MiB per device): the
-# estimate misses the CUDA context, cuBLAS workspaces and the graph's own growth.
+# Left free on the device, as llama.cpp's --fit does (--fit-target; common/common.h: fit_params_target, 1024 MiB
+# per device): the estimate misses the CUDA context, cuBLAS workspaces and the graph's own growth.
 MARGIN = 1024 * MIB
 # ggml_backend_dev_type (ggml-backend.h): CPU, GPU, IGPU (integrated, as Apple's), ACCEL (BLAS, AMX: host memory).
 _GPU_TYPES = (1, 2)
