@@ -30,6 +30,7 @@ def model_spec(config: ModelConfig, settings: Settings) -> ModelSpec:
         n_batch=config.n_batch,
         parallel=config.parallel,
         n_threads=config.n_threads or settings.threads or default_threads(),
+        # Residency resolves "auto" before it opens (residency/footprint.py: as_placed); other callers get it here.
         n_gpu_layers=estimate_or_size(config).gpu_layers if config.n_gpu_layers == "auto" else config.n_gpu_layers,
         repack=config.repack,
         chat_template=config.chat_template,

@@ -323,7 +323,7 @@ class ModelRegistry:
         out = []
         for resident in self.residency.residents.values():
             config, served = resident.config, resident.served
-            n_ctx = served.engine.model.n_ctx if served is not None and served.engine is not None else config.n_ctx
+            n_ctx = served.engine.info.n_ctx if served is not None and served.engine is not None else config.n_ctx
             state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
             gguf = served.engine.info.gguf_sampling if served is not None and served.engine is not None \
                 else self._file_sampling.get(config.path, {})

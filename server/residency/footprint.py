@@ -132,6 +132,14 @@ def stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+def as_placed(config: ModelConfig, footprint: Footprint) -> ModelConfig:
+    """`config` as its load opens it: n_gpu_layers "auto" replaced by the number its footprint was estimated with,
+    so the load neither walks the header again nor decides anything the budget check did not see."""
+    if config.n_gpu_layers != "auto":
+        return config
+    return config.model_copy(update={"n_gpu_layers": footprint.gpu_layers})
+
+
 def estimate_or_size(config: ModelConfig) -> Footprint:
     """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
     try:

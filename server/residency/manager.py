@@ -23,7 +23,7 @@ from ..models_toml import ModelConfig
 from ..quantities import format_size
 from ..settings import Settings
 from ..tasks import Supervisor
-from .footprint import Footprint, estimate_or_size
+from .footprint import Footprint, as_placed, estimate_or_size
 from .footprint import estimate as estimate_footprint
 from .keepalive import KeepAlive
 from .lease import Lease
@@ -88,8 +88,8 @@ class Residency:
                     raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
                                       f"{format_size(footprint.total())}; memory_budget {format_size(self.budget)} "
                                       f"has {format_size(self.budget - used)} left")
-                self._mark_loaded(resident, ServedModel.of(resident.config, self._open_engine(resident.config)),
-                                  footprint)
+                opened = self._open_engine(as_placed(resident.config, footprint))
+                self._mark_loaded(resident, ServedModel.of(resident.config, opened), footprint)
 
     # --- requests ----------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class Residency:
         started = time.perf_counter()
         self._loop = asyncio.get_running_loop()
         try:
-            opened = await asyncio.to_thread(self._open_engine, resident.config)
+            opened = await asyncio.to_thread(self._open_engine, as_placed(resident.config, footprint))
         except ConfigError as exc:
             self._failed(resident, str(exc))
             raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",

@@ -12,7 +12,7 @@ from ..engine.engine import Engine
 from ..errors import ConfigError
 from ..models_toml import SAMPLING_KEYS, ModelConfig
 from ..quantities import format_size
-from .footprint import Footprint, estimate_or_size
+from .footprint import Footprint, as_placed, estimate_or_size
 from .manager import Residency
 from .resident import Resident, ServedModel, Status
 
@@ -65,7 +65,7 @@ async def apply(residency: Residency, plan: ReloadPlan,
     try:
         footprints = await asyncio.to_thread(lambda: {c.name: estimate_or_size(c) for c in plan.load})
         _check_fits(residency.budget, plan, kept, footprints)
-        opened = await asyncio.to_thread(open_all, list(plan.load))
+        opened = await asyncio.to_thread(open_all, [as_placed(c, footprints[c.name]) for c in plan.load])
         residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in plan.configs}
         engines = {n: (opened[n].engine if n in opened else r.served.engine if r.served is not None else None)
                    for n, r in residents.items()}
