@@ -29,6 +29,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("metrics", "settings", "models_toml"),
     ("gateway_metrics",),
     ("engine",),
+    ("formats",),  # each model family's chat format: tool-call and reasoning markers, detected from its template
     ("rpc",),
     ("errors", "quantities", "logs", "sdnotify", "tasks", "nomoat"),
 )
