@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, event_stream
 from ..core.structured import Grammar
-from ..core.tools import Tool, ToolPlan, make_plan, output_grammar, tool_prompt
+from ..core.tools import Tool, ToolPlan, call_syntax, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
 from ..registry import Target
 from .protocol import CountTokensRequest, MessagesRequest
@@ -34,7 +34,8 @@ class Messages:
         # A large schema takes a while to turn into a grammar: never on the event loop.
         constrained = plan.mode == "forced" or schema is not None
         grammar = await asyncio.to_thread(output_grammar, plan, "json_schema" if schema is not None else None, schema,
-                                          Grammar("output_config.format.schema"), "output_config.format.schema") \
+                                          Grammar("output_config.format.schema"), "output_config.format.schema",
+                                          call_syntax(target.info)) \
             if constrained else None
         defaults = target.sampling  # max_tokens is required here: only the sampling fields have defaults
         sampling = SamplingParams(
@@ -52,11 +53,11 @@ class Messages:
             adapters=target.adapters,
             speculative=speculation(req.speculative),
         )])
-        started = run.thinking(None, constrained)
+        reading = run.reading(None, constrained)
         if req.stream:
-            return event_stream(run, stream_events(run, plan, started))
+            return event_stream(run, stream_events(run, plan, reading))
         (choice,) = await run.collect()
-        return JSONResponse(message_json(run, choice, plan, started), headers=run.headers)
+        return JSONResponse(message_json(run, choice, plan, reading), headers=run.headers)
 
     async def count_tokens(self, request: Request) -> Response:
         """The prompt's tokens as a generation would count them: the same messages through the chat template."""
@@ -68,8 +69,7 @@ class Messages:
     async def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
         target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         plan = tool_plan(req)
-        native = target.info.supports_tools
-        return target, plan, tool_prompt(req.template_messages(), plan, native)
+        return target, plan, tool_prompt(req.template_messages(), plan, target.info)
 
 
 def tool_plan(req: CountTokensRequest) -> ToolPlan:

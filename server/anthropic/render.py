@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..core.generate import Choice, Run, Totals
-from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
-from ..core.tool_calls import ToolCall, ToolStream, parse_output
+from ..core.reading import Reading
+from ..core.reasoning import Kind
+from ..core.tool_calls import ToolCall
 from ..core.tools import ToolPlan
 from ..engine.types import TokenEvent
 from ..wire.errors import answer_for
@@ -40,11 +41,11 @@ def stop_reason(finish: str | None, calls: bool, stop_sequence: str | None) -> s
     return "stop_sequence" if stop_sequence is not None else "end_turn"
 
 
-def message_json(run: Run, choice: Choice, plan: ToolPlan, started: bool | None) -> dict[str, Any]:
-    """The answer to a finished, non-streamed request; `started` is Run.thinking's answer."""
+def message_json(run: Run, choice: Choice, plan: ToolPlan, reading: Reading) -> dict[str, Any]:
+    """The answer to a finished, non-streamed request; `reading` is Run.reading's answer."""
     cut = choice.finish_reason == "length"
-    reasoning, text = split_reasoning(choice.text, started)
-    content, calls = parse_output(text, plan, cut=cut)
+    reasoning, text = reading.split(choice.text)
+    content, calls = reading.parse(text, plan, cut=cut)
     blocks: list[dict[str, Any]] = []
     if reasoning is not None:
         blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
@@ -84,14 +85,14 @@ def sse(payload: dict[str, Any]) -> dict[str, str]:
     return {"event": payload["type"], "data": json.dumps(payload, ensure_ascii=False, separators=(",", ":"))}
 
 
-async def stream_events(run: Run, plan: ToolPlan, started: bool | None) -> AsyncIterator[dict[str, str]]:
+async def stream_events(run: Run, plan: ToolPlan, reading: Reading) -> AsyncIterator[dict[str, str]]:
     """message_start, ping, each block's start/deltas/stop, message_delta, message_stop; an engine error
     ends the stream with an `error` event in Anthropic's error shape.
 
     message_start waits for the engine's first event, which says how much of the prompt came from the
     prefix cache: its usage splits input_tokens and cache_read_input_tokens as message_delta's does.
     """
-    blocks = BlockStream(plan, started)
+    blocks = BlockStream(plan, reading)
     opened = False
     async for _, event in run.events():
         if not opened:
@@ -122,16 +123,16 @@ def _started(run: Run, first: TokenEvent) -> dict[str, Any]:
 
 
 class BlockStream:
-    """A streamed output as content-block events, as it arrives: a leading `<think>` block becomes a
-    thinking block, tool calls (server/core/tool_calls.py's ToolStream) tool_use blocks, the rest text.
+    """A streamed output as content-block events, as it arrives: a leading thinking block (as the model's
+    family marks it) becomes a thinking block, tool calls (server/core/tool_calls.py's ToolStream) tool_use blocks, the rest text.
 
     Whitespace before a text block is held until text follows, so that the blank between a thought and a
     tool call opens no block (a finished message leaves it out the same way).
     """
 
-    def __init__(self, plan: ToolPlan, started: bool | None) -> None:
-        self._reasoning = ReasoningSplitter(started)
-        self._tools = ToolStream(plan) if plan.active else None
+    def __init__(self, plan: ToolPlan, reading: Reading) -> None:
+        self._reasoning = reading.splitter()
+        self._tools = reading.tool_stream(plan)
         self._index = -1
         self._open: str | None = None  # the type of the block being streamed
         self._blank = ""

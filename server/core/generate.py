@@ -25,7 +25,7 @@ from ..registry import EmbeddingTarget, ModelRegistry, Target
 from ..wire.body import ClientDisconnected, race_disconnect, read_json
 from ..wire.context import RequestContext
 from ..wire.limits import RequestLimits
-from .reasoning import opens_reasoning
+from .reading import Reading
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,14 @@ class Run:
             raise
         return self.choices
 
-    def thinking(self, reasoning_format: str | None, constrained: bool) -> bool | None:
-        """How to split this run's thinking block (server/core/reasoning.py's `started`): None, not at all
-        (`reasoning_format` "none" by request or model, or output the server constrains: JSON, forced
-        calls); else whether the rendered prompt left a block open."""
-        if (reasoning_format or self.target.info.reasoning_format) == "none" or constrained:
-            return None
-        return opens_reasoning(self.gens[0].prompt_text)
+    def reading(self, reasoning_format: str | None, constrained: bool) -> Reading:
+        """How to read this run's output (core/reading.py). Its thinking block is split off unless
+        `reasoning_format` is "none" (by request or model) or the server constrains the output (JSON,
+        forced calls); it starts in the block when the rendered prompt left one open."""
+        info = self.target.info
+        if (reasoning_format or info.reasoning_format) == "none" or constrained:
+            return Reading.of(info, None)
+        return Reading.of(info, info.chat_format.starts_in_reasoning(self.gens[0].prompt_text))
 
     def cancel(self) -> None:
         """Stop every generation at the engine's next step (a disconnect, or a stream that ended)."""

@@ -1,10 +1,13 @@
-"""A thinking block out of model text: `<think>...</think>` becomes reasoning, the rest content.
+"""A thinking block out of model text: the reasoning split from the answer, whole or streamed.
 
-Reasoning models (Qwen3, DeepSeek-R1 distills, SmolLM3) write their thoughts first, inside
-`<think>` tags; some chat templates open the tag in the prompt already, so the output starts
-inside it (`started`). As llama.cpp's server (`--reasoning-format deepseek`), a block counts only
+Reasoning models write their thoughts first, inside their family's markers (`<think>` for Qwen3,
+DeepSeek-R1 and SmolLM3, `[THINK]` for Mistral, `<|START_THINKING|>` for Command R: the model's
+ChatFormat, server/formats/); some chat templates open the block in the prompt already, so the output
+starts inside it (`started`). As llama.cpp's server (`--reasoning-format deepseek`), a block counts only
 at the start of the output; a block never closed (max_tokens cut it) is all reasoning. Whitespace
-around the block is dropped, so a streamed answer and a finished one say the same.
+around the block is dropped, so a streamed answer and a finished one say the same. A family's answer
+markers (Command R's `<|START_RESPONSE|>`) are dropped from the content; a family with its own channels
+(gpt-oss) brings its own splitter.
 
 Each wire protocol shows the two parts its own way: chat `reasoning_content`, a Responses
 `reasoning` item, an Anthropic `thinking` block.
@@ -12,28 +15,34 @@ Each wire protocol shows the two parts its own way: chat `reasoning_content`, a 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
-OPEN, CLOSE = "<think>", "</think>"
+from ..formats import GENERIC, ChatFormat
+from ..formats.base import partial_suffix
+
 Kind = Literal["reasoning", "content"]
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """The length of the longest end of `text` that begins `tag` (text that may become the tag)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
+class Splitter(Protocol):
+    @property
+    def in_reasoning(self) -> bool: ...
+    def feed(self, text: str) -> list[tuple[Kind, str]]: ...
+    def finish(self) -> list[tuple[Kind, str]]: ...
 
 
 class ReasoningSplitter:
-    """Splits streamed text into (kind, text) pieces, holding back what may still become a tag."""
+    """Splits streamed text into (kind, text) pieces, holding back what may still become a marker."""
 
-    def __init__(self, started: bool | None = False) -> None:
+    def __init__(self, started: bool | None = False, fmt: ChatFormat = GENERIC) -> None:
         """`started`: the prompt left a block open; None: no splitting, everything is content."""
+        markers = fmt.reasoning
+        self._open, self._close = (markers.open, markers.close) if markers else ("", "")
+        if markers is None:
+            started = None
         self._state = "content" if started is None else "reasoning" if started else "start"
         self._lead = True  # at the start of the reasoning: leading whitespace is dropped
         self._buf = ""
+        self._content = _Unwrap(fmt.wrappers)
 
     @property
     def in_reasoning(self) -> bool:
@@ -45,23 +54,23 @@ class ReasoningSplitter:
         while True:
             if self._state == "start":
                 stripped = self._buf.lstrip()
-                if stripped.startswith(OPEN):
-                    self._buf, self._state = stripped[len(OPEN):], "reasoning"
+                if stripped.startswith(self._open):
+                    self._buf, self._state = stripped[len(self._open):], "reasoning"
                     continue
-                if OPEN.startswith(stripped):  # nothing yet, or the tag's beginning
+                if self._open.startswith(stripped):  # nothing yet, or the marker's beginning
                     return out
                 self._state = "content"
             elif self._state == "reasoning":
                 if self._lead:
                     self._buf = self._buf.lstrip()
                     self._lead = not self._buf
-                end = self._buf.find(CLOSE)
+                end = self._buf.find(self._close)
                 if end >= 0:
                     _emit(out, "reasoning", self._buf[:end].rstrip())
-                    self._buf, self._state = self._buf[end + len(CLOSE):], "after"
+                    self._buf, self._state = self._buf[end + len(self._close):], "after"
                     continue
-                # Hold back a partial closing tag and the whitespace before it (dropped if the tag comes).
-                keep = _partial_suffix(self._buf, CLOSE)
+                # Hold back a partial closing marker and the whitespace before it (dropped if it comes).
+                keep = partial_suffix(self._buf, self._close)
                 body = self._buf[:len(self._buf) - keep]
                 ready = body.rstrip()
                 _emit(out, "reasoning", ready)
@@ -73,7 +82,7 @@ class ReasoningSplitter:
                     return out
                 self._state = "content"
             else:
-                _emit(out, "content", self._buf)
+                _emit(out, "content", self._content.feed(self._buf))
                 self._buf = ""
                 return out
 
@@ -83,9 +92,32 @@ class ReasoningSplitter:
         if self._state == "reasoning":
             _emit(out, "reasoning", self._buf.rstrip())
         elif self._state in ("start", "content"):
-            _emit(out, "content", self._buf)
+            _emit(out, "content", self._content.feed(self._buf))
         self._buf = ""
+        _emit(out, "content", self._content.finish())
         return out
+
+
+class _Unwrap:
+    """Content with a family's answer markers dropped, a partial one held back until it is known."""
+
+    def __init__(self, markers: tuple[str, ...]) -> None:
+        self._markers = markers
+        self._buf = ""
+
+    def feed(self, text: str) -> str:
+        if not self._markers:
+            return text
+        self._buf += text
+        for m in self._markers:
+            self._buf = self._buf.replace(m, "")
+        keep = max(partial_suffix(self._buf, m) for m in self._markers)
+        ready, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+        return ready
+
+    def finish(self) -> str:
+        rest, self._buf = self._buf, ""
+        return rest
 
 
 def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
@@ -97,19 +129,24 @@ def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
         out.append((kind, text))
 
 
-def opens_reasoning(prompt: str) -> bool:
-    """Whether a rendered chat prompt ends inside an open thinking block (DeepSeek-R1 distills,
-    Qwen3 with thinking on): the output then starts in the reasoning (`started`)."""
-    return prompt.rstrip().endswith(OPEN)
+def splitter(started: bool | None, fmt: ChatFormat = GENERIC) -> Splitter:
+    """The splitter for a model's format: its own (gpt-oss's channels) or the markers'."""
+    if fmt.splitter is not None:
+        custom: Splitter = fmt.splitter(started)
+        return custom
+    return ReasoningSplitter(started, fmt)
 
 
-def split_reasoning(text: str, started: bool | None = False) -> tuple[str | None, str]:
+def split_reasoning(text: str, started: bool | None = False,
+                    fmt: ChatFormat = GENERIC) -> tuple[str | None, str]:
     """A finished output's reasoning (None when it has no thinking block) and content."""
-    if started is None:
-        return None, text
-    splitter = ReasoningSplitter(started)
-    pieces = splitter.feed(text) + splitter.finish()
+    s = splitter(started, fmt)
+    pieces = s.feed(text) + s.finish()
     reasoning = "".join(t for k, t in pieces if k == "reasoning")
     content = "".join(t for k, t in pieces if k == "content")
-    has_block = started or text.lstrip().startswith(OPEN)
+    if started is None and fmt.splitter is None:
+        return None, content
+    has_block = bool(reasoning) or started or (fmt.reasoning is not None and text.lstrip().startswith(fmt.reasoning.open))
     return (reasoning if has_block else None), content
+
+

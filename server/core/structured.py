@@ -70,6 +70,11 @@ class Grammar(GrammarRules):
         self._docs[doc_id] = schema
         return self._visit(schema, doc_id, path)
 
+    def property_rule(self, schema: Any, *, doc_id: str, path: str) -> str:
+        """A rule for a part of a document schema_rule already added (one property's value): its `$ref`s
+        resolve in that document."""
+        return self._inside(schema, doc_id, path)
+
     # --- schemas ------------------------------------------------------------------------
 
     def _enter(self, path: str) -> None:

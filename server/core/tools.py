@@ -20,18 +20,19 @@ Hermes and Qwen, which many fine-tunes know):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.types import ChatPrompt
+from ..engine.types import ChatPrompt, ModelInfo
 from ..errors import InvalidRequestError
+from ..formats import GENERIC, HERMES, ToolRule, ToolSyntax
+from ..formats.hermes import CLOSE, OPEN
 from ..wire.body import bounded_loads
-from .gbnf import literal
 from .structured import Grammar, response_rule
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # Parallel calls a forced grammar allows: one per tool, and never more than this.
 MAX_FORCED_CALLS = 8
 
@@ -73,38 +74,42 @@ class ToolPlan:
             return 1
         return min(len(self.forced), MAX_FORCED_CALLS)
 
-    def calls_rule(self, g: Grammar) -> str:
-        """A grammar rule for 1..max_calls blocks calling the allowed tools with valid arguments."""
+    def calls_rule(self, g: Grammar, syntax: ToolSyntax = HERMES) -> str:
+        """A grammar rule for 1..max_calls calls to the allowed tools with valid arguments, written in
+        `syntax` (the model family's own, so the model writes what it was trained to write)."""
         names = self.forced if self.mode == "forced" else tuple(t.name for t in self.tools)
-        ws = g.base("ws")
-        alts = []
+        rules = []
         for i, tool in enumerate(self.tools):
             if tool.name not in names:
                 continue
-            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=self.tool_param(i, self.schema_key))
-            alts.append(g.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(tool.name))} "," {ws} '
-                              f'"\\"arguments\\"" {ws} ":" {ws} {args} {ws} "}}"'))
-        block = g.add(f'{literal(OPEN + chr(10))} ({" | ".join(alts)}) {literal(chr(10) + CLOSE)}')
-        if self.max_calls == 1:
-            return block
-        return g.add(f'{block} ("\\n" {block}){{0,{self.max_calls - 1}}}')
+            param = self.tool_param(i, self.schema_key)
+            args = g.schema_rule(tool.parameters, doc_id=f"tool{i}", path="", param=param)
+            rules.append(ToolRule(tool.name, args, tool.parameters or {},
+                                  functools.partial(_property_rule, g, f"tool{i}", param)))
+        return syntax.calls_rule(g, rules, self.max_calls)
+
+
+def _property_rule(g: Grammar, doc_id: str, param: str, schema: Any, key: str) -> str:
+    g.param = param
+    return g.property_rule(schema, doc_id=doc_id, path=f"/properties/{key}")
 
 
 def output_grammar(plan: ToolPlan, kind: str | None, schema: Any, g: Grammar,
-                   format_param: str | None = None) -> str | None:
+                   format_param: str | None = None, syntax: ToolSyntax = HERMES) -> str | None:
     """The grammar a request's output must follow, if any (slow for large schemas: run it in a thread).
 
     A forced tool call: the calls. JSON output (`kind` "json_object" or "json_schema", `schema` None
     for any object): that JSON, or (tools offered with `auto`) a call instead of it. Otherwise none.
-    The plan names its tools' schemas in errors; `format_param` names the format's schema.
+    The plan names its tools' schemas in errors; `format_param` names the format's schema. Calls are
+    written in `syntax`, the model family's (call_syntax).
     """
     if plan.mode == "forced":
-        return g.text(plan.calls_rule(g))
+        return g.text(plan.calls_rule(g, syntax))
     if kind is None or kind == "text":
         return None
     rule = response_rule(g, kind, schema, format_param)
     if plan.active:
-        rule = g.add(f"{plan.calls_rule(g)} | {rule}")
+        rule = g.add(f"{plan.calls_rule(g, syntax)} | {rule}")
     return g.text(rule)
 
 
@@ -168,12 +173,21 @@ def system_text(plan: ToolPlan) -> str:
     )
 
 
-def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool) -> list[dict[str, Any]]:
-    """Messages for the chat template; without native tool support, calls and results become text."""
+def call_syntax(info: ModelInfo) -> ToolSyntax:
+    """How a model writes calls: its family's own syntax where its template renders tools, else the
+    <tool_call> blocks nomoat's system message describes (or a bare JSON call)."""
+    fmt = info.chat_format
+    return fmt.tools if info.supports_tools and fmt.native_tools else GENERIC.tools
+
+
+def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool,
+                    object_arguments: bool = True) -> list[dict[str, Any]]:
+    """Messages for the chat template; without native tool support, calls and results become text.
+    `object_arguments`: the template wants a call's arguments as a mapping, not OpenAI's JSON string."""
     out = []
     for m in messages:
         if native:
-            if m.get("tool_calls"):
+            if m.get("tool_calls") and object_arguments:
                 m = {**m, "tool_calls": [_native_call(c) for c in m["tool_calls"]]}
             out.append(m)
             continue
@@ -193,11 +207,12 @@ def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool
     return out
 
 
-def tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan, native: bool,
+def tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan, info: ModelInfo,
                 variables: dict[str, Any] | None = None) -> ChatPrompt:
-    """A conversation and its tools as the chat template's prompt: `native`, the template renders the
-    tools itself; otherwise they are text (prompt_messages)."""
-    return ChatPrompt(prompt_messages(messages, plan, native),
+    """A conversation and its tools as the model's chat template's prompt: where the template renders
+    tools itself (`info.supports_tools`) they go there; otherwise they are text (prompt_messages)."""
+    native = info.supports_tools
+    return ChatPrompt(prompt_messages(messages, plan, native, info.chat_format.object_arguments),
                       tools=[t.openai() for t in plan.tools] if native and plan.active else None,
                       variables=variables or {})
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import llama_cpp
 
+from ..formats import ChatFormat
+from ..formats import detect as detect_format
 from .base_info import BaseModelInfo
 from .chat_template import CHATML, ChatTemplate
 from .draft import DraftModel
@@ -157,7 +159,11 @@ class LoadedModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
         self._pieces: dict[int, bytes] = {}
-        self.chat_template = self._load_chat_template(spec.chat_template)
+        self.chat_template, self.chat_format = self._load_chat_template(spec.chat_template)
+        # Control tokens that carry its family's calls or thinking ([TOOL_CALLS], <|channel|>) render as
+        # text, as llama.cpp's server renders a format's preserved_tokens; other special tokens as nothing.
+        self._preserved = self._control_tokens(self.chat_format.preserved)
+        log.info("%s: chat format %s (%s)", spec.name, self.chat_format.name, self.chat_format.note or "no note")
         self.load_seconds = time.perf_counter() - started
         log.info("%s: %s", spec.name, spec.kv_types.describe(self.base_info(), self.n_ctx * spec.parallel))
 
@@ -214,7 +220,7 @@ class LoadedModel:
         """The bytes a token stands for when generated (special tokens render as nothing)."""
         cached = self._pieces.get(token)
         if cached is None:
-            cached = self._pieces[token] = self.token_bytes(token, special=False)
+            cached = self._pieces[token] = self.token_bytes(token, special=token in self._preserved)
         return cached
 
     def token_bytes(self, token: int, *, special: bool) -> bytes:
@@ -266,14 +272,25 @@ class LoadedModel:
             )
         return RenderedPrompt(tokens, text)
 
-    def _load_chat_template(self, override: str | None) -> ChatTemplate:
+    def _load_chat_template(self, override: str | None) -> tuple[ChatTemplate, ChatFormat]:
+        """The model's template (models.toml's, the GGUF's, or ChatML) and the family format it marks."""
         source = override
         if source is None:
             raw = llama_cpp.llama_model_chat_template(self.model, None)
             source = raw.decode("utf-8") if raw else CHATML
         bos = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
         eos = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
-        return ChatTemplate(source, bos_token=bos, eos_token=eos)
+        return ChatTemplate(source, bos_token=bos, eos_token=eos), detect_format(source)
+
+    def _control_tokens(self, markers: tuple[str, ...]) -> frozenset[int]:
+        """The ids of those markers that are one special token here (a marker the vocabulary spells in
+        ordinary tokens renders as text anyway)."""
+        ids = set()
+        for marker in markers:
+            tokens = self.tokenize(marker, add_bos=False, special=True)
+            if len(tokens) == 1 and not self.token_bytes(tokens[0], special=False):
+                ids.add(tokens[0])
+        return frozenset(ids)
 
     def _token_text(self, token: int) -> str:
         if token < 0:

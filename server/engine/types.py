@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..formats import GENERIC, ChatFormat
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -18,6 +20,8 @@ class ModelInfo:
     parallel: int  # sequences decoded at once
     supports_tools: bool  # the chat template renders `tools` itself
     reasoning_format: str  # models.toml's: "auto", "none", ...
+    # Its family's tool-call and reasoning markers, detected from its chat template (server/formats/).
+    chat_format: ChatFormat = GENERIC
     # The file's general.sampling.* values (engine/sampling_defaults.py), under models.toml's per request.
     gguf_sampling: Mapping[str, float | int] = field(default_factory=dict)
 

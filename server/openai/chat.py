@@ -11,11 +11,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.fields import parse, speculation
 from ..core.generate import Choice, GenerationCore, Run, event_stream
-from ..core.reasoning import Kind, ReasoningSplitter, split_reasoning
+from ..core.reading import Reading
+from ..core.reasoning import Kind
 from ..core.structured import Grammar
-from ..core.tool_calls import ToolStream, parse_output
-from ..core.tools import ToolPlan, check_history, output_grammar, plan_tools, tool_prompt
-from ..engine.types import ChatPrompt, GenerationRequest
+from ..core.tools import ToolPlan, call_syntax, check_history, output_grammar, plan_tools, tool_prompt
+from ..engine.types import ChatPrompt, GenerationRequest, ModelInfo
 from .protocol import ChatCompletionRequest
 from .render import DONE, chat_logprob_entry, error_event, new_id, now, sse, usage_dict
 from .sampling import grammar_refusal, request_grammar, sampling_params
@@ -33,9 +33,9 @@ class ChatCompletions:
         plan = read_tools(req)
         # A large schema takes a while to turn into a grammar: never on the event loop (and no thread
         # hop for the plain chats that need none).
-        grammar = await asyncio.to_thread(chat_grammar, req, plan) if _server_grammar(req, plan) else None
+        grammar = await asyncio.to_thread(chat_grammar, req, plan, target.info) if _server_grammar(req, plan) else None
         grammar = grammar or await request_grammar(req)
-        prompt = chat_prompt(req, plan, target.info.supports_tools)
+        prompt = chat_prompt(req, plan, target.info)
         max_tokens = self.core.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
             target.sampling.max_tokens,
@@ -55,9 +55,9 @@ class ChatCompletions:
                 )
                 for i in range(req.n)
             ])
-        started = run.thinking(req.reasoning_format, _server_grammar(req, plan))
+        reading = run.reading(req.reasoning_format, _server_grammar(req, plan))
         if req.stream:
-            return event_stream(run, _chunks(run, req, plan, started))
+            return event_stream(run, _chunks(run, req, plan, reading))
         choices = await run.collect()
         usage = usage_dict(run.record_usage(copies=len(choices)))
         return JSONResponse({
@@ -69,7 +69,7 @@ class ChatCompletions:
             "choices": [
                 {
                     "index": c.index,
-                    **chat_message(c, plan, started),
+                    **chat_message(c, plan, reading),
                     "logprobs": {"content": [chat_logprob_entry(t) for t in c.tokens], "refusal": None}
                     if req.logprobs else None,
                 }
@@ -80,7 +80,7 @@ class ChatCompletions:
 
 
 async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan,
-                  started: bool | None) -> AsyncIterator[dict[str, str]]:
+                  reading: Reading) -> AsyncIterator[dict[str, str]]:
     cid, created, model = new_id("chatcmpl"), now(), run.target.model_id
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, str]:
@@ -95,7 +95,7 @@ async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan,
     first = {"role": "assistant", "content": None if plan.mode == "forced" else "", "refusal": None}
     for i in range(len(run.gens)):
         yield chunk(i, first)
-    streams = [ChoiceDeltas(plan, started) for _ in run.gens]
+    streams = [ChoiceDeltas(plan, reading) for _ in run.gens]
     async for i, event in run.events():
         if event.error is not None:
             yield error_event(event.error, "messages")
@@ -124,12 +124,12 @@ async def _chunks(run: Run, req: ChatCompletionRequest, plan: ToolPlan,
 
 
 class ChoiceDeltas:
-    """One streamed choice's text as chat deltas: the thinking block split off first (`started`
-    None: no split), tool calls then parsed out of what follows it."""
+    """One streamed choice's text as chat deltas: the thinking block split off first, tool calls then
+    parsed out of what follows it, both as the model's family writes them (`reading`)."""
 
-    def __init__(self, plan: ToolPlan, started: bool | None) -> None:
-        self._splitter = ReasoningSplitter(started)
-        self._tools = ToolStream(plan) if plan.active else None
+    def __init__(self, plan: ToolPlan, reading: Reading) -> None:
+        self._splitter = reading.splitter()
+        self._tools = reading.tool_stream(plan)
 
     @property
     def n_calls(self) -> int:
@@ -162,19 +162,20 @@ def _refusal_null(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**d, "refusal": None} if "content" in d else d for d in deltas]
 
 
-def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> str | None:
-    """The grammar a chat request's output must follow, if any (core/tools.py's output_grammar)."""
+def chat_grammar(req: ChatCompletionRequest, plan: ToolPlan, info: ModelInfo) -> str | None:
+    """The grammar a chat request's output must follow, if any (core/tools.py's output_grammar); forced
+    calls in the model family's own syntax."""
     fmt = req.response_format
     return output_grammar(plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
-                          Grammar("response_format"))
+                          Grammar("response_format"), syntax=call_syntax(info))
 
 
-def chat_message(choice: Choice, plan: ToolPlan, started: bool | None = None) -> dict[str, Any]:
-    """`message` and `finish_reason` of a finished chat choice: its thinking block split off first
-    (`started` None: no split), then its tool calls parsed out of the rest."""
+def chat_message(choice: Choice, plan: ToolPlan, reading: Reading) -> dict[str, Any]:
+    """`message` and `finish_reason` of a finished chat choice: its thinking block split off first,
+    then its tool calls parsed out of the rest (`reading`: as its model's family writes them)."""
     cut = choice.finish_reason == "length"
-    reasoning, text = split_reasoning(choice.text, started)
-    content, calls = parse_output(text, plan, cut=cut)
+    reasoning, text = reading.split(choice.text)
+    content, calls = reading.parse(text, plan, cut=cut)
     thought = {"reasoning_content": reasoning} if reasoning else {}
     if not calls:
         return {"message": {"role": "assistant", "content": content, **thought, "refusal": None},
@@ -193,10 +194,9 @@ def read_tools(req: ChatCompletionRequest) -> ToolPlan:
     return plan
 
 
-def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, native: bool) -> ChatPrompt:
-    """What the chat template renders for this request (POST /apply-template shows the same text);
-    `native`: the template renders tools itself."""
-    return tool_prompt(req.template_messages(), plan, native, req.template_variables())
+def chat_prompt(req: ChatCompletionRequest, plan: ToolPlan, info: ModelInfo) -> ChatPrompt:
+    """What the model's chat template renders for this request (POST /apply-template shows the same text)."""
+    return tool_prompt(req.template_messages(), plan, info, req.template_variables())
 
 
 def _server_grammar(req: ChatCompletionRequest, plan: ToolPlan) -> bool:

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, Run, Totals, event_stream
 from ..core.structured import Grammar
-from ..core.tools import ToolPlan, make_plan, output_grammar, tool_prompt
+from ..core.tools import ToolPlan, call_syntax, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
 from ..errors import InvalidRequestError, NomoatError, NotFoundError
 from ..registry import Target
@@ -116,7 +116,7 @@ class Responses:
         with grammar_refusal(req):
             run = await self.core.start(request, target, [await generation(req, target, plan, items, self.core.limits)])
         fmt = req.format
-        writer = OutputWriter(plan, run.thinking(None, plan.mode == "forced" or (fmt is not None and fmt.type != "text")))
+        writer = OutputWriter(plan, run.reading(None, plan.mode == "forced" or (fmt is not None and fmt.type != "text")))
         if req.stream:
             return event_stream(run, self._events(run, turn, writer))
         await run.collect(writer.feed)
@@ -216,7 +216,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         # A large schema takes a while to turn into a grammar: never on the event loop.
         grammar = await asyncio.to_thread(
             output_grammar, plan, fmt.type if fmt else None, fmt.schema_to_enforce if fmt else None,
-            Grammar("text.format"), "text.format.schema")
+            Grammar("text.format"), "text.format.schema", call_syntax(target.info))
     if grammar is not None and req.grammar is not None:
         raise InvalidRequestError("'grammar' and a JSON 'text.format' or a forced tool call both constrain the "
                                   "output: send one of them", param="grammar")
@@ -233,8 +233,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
 
 def conversation_prompt(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]]) -> ChatPrompt:
     """The conversation as the chat template reads it, tools included."""
-    native = target.info.supports_tools
-    return tool_prompt(chat_messages(req.instructions, items), plan, native)
+    return tool_prompt(chat_messages(req.instructions, items), plan, target.info)
 
 
 def tool_plan(req: ResponsesRequest) -> ToolPlan:

@@ -12,8 +12,7 @@ import json
 import uuid
 from typing import Any
 
-from ..core.reasoning import ReasoningSplitter
-from ..core.tool_calls import ToolStream
+from ..core.reading import Reading
 from ..core.tools import ToolPlan
 from ..engine.types import TokenEvent
 
@@ -50,12 +49,13 @@ class OutputWriter:
     items never opens a message of its own.
     """
 
-    def __init__(self, plan: ToolPlan, started: bool | None = False) -> None:
-        """`started`: Run.thinking's answer (None: no thinking block is split off)."""
+    def __init__(self, plan: ToolPlan, reading: Reading | None = None) -> None:
+        """`reading`: Run.reading's answer, how the model's family writes thinking and calls."""
+        reading = reading or Reading()
         self.items: list[dict[str, Any]] = []
         self.reasoning_tokens = 0
-        self._splitter = ReasoningSplitter(started)
-        self._tools = ToolStream(plan) if plan.active else None
+        self._splitter = reading.splitter()
+        self._tools = reading.tool_stream(plan)
         self._open: dict[str, Any] | None = None  # the item whose content is still being written
         self._pending = ""  # whitespace not yet in any message
 

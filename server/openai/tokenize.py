@@ -54,7 +54,7 @@ class TokenizerRoutes:
         """The text a chat request's template renders, generation prompt included: what chat evaluates."""
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.core.body(request, "messages"))
         engine = (await self.core.route(request, req.model, None)).engine
-        prompt = chat_prompt(req, read_tools(req), engine.info.supports_tools)
+        prompt = chat_prompt(req, read_tools(req), engine.info)
         return await _answer(engine, lambda vocab: {"prompt": vocab.chat_text(prompt)})
 
 

@@ -24,6 +24,7 @@ from nomoat.engine.face import Vocabulary
 from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
 from nomoat.engine.in_flight import InFlight
 from nomoat.engine.types import ChatPrompt, GenerationRequest, ModelInfo, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
+from nomoat.formats import GENERIC, ChatFormat
 
 T = TypeVar("T")
 N_VOCAB = 0x3000
@@ -103,12 +104,13 @@ class FakeEngine:
     hold: threading.Event | None = None
     running: dict[int, GenerationRequest] = field(default_factory=dict)  # by id(Generation)
     cached_tokens: int = 0  # prompt tokens each generation reports as reused from the prefix cache
+    chat_format: ChatFormat = GENERIC  # the family format a test gives the fake (server/formats/)
 
     @property
     def info(self) -> ModelInfo:
         # Read afresh, unlike the engine's: a test swaps the template or the reasoning format on a running fake.
         return ModelInfo(self.name, N_VOCAB, N_CTX, 4, self.model.chat_template.supports_tools, self.reasoning_format,
-                         self.gguf_sampling)
+                         chat_format=self.chat_format, gguf_sampling=self.gguf_sampling)
 
     @property
     def outstanding(self) -> int:
