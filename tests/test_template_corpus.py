@@ -61,16 +61,24 @@ def test_the_corpus_is_there() -> None:
     assert set(REFUSED) <= set(NAMES)
 
 
+def render_or_refuse(name: str, kind: str, messages: list[dict[str, Any]], **kwargs: Any) -> str | None:
+    """The template's render of a conversation, or None where REFUSED lists its refusal (checked here)."""
+    tmpl = template(name)
+    refusal = REFUSED.get(name, {}).get(kind)
+    if not refusal:
+        return tmpl.render(messages, **kwargs)
+    with pytest.raises(InvalidInput, match=refusal):
+        tmpl.render(messages, **kwargs)
+    return None
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_renders_the_tool_conversation(name: str) -> None:
-    tmpl = template(name)
-    refusal = REFUSED.get(name, {}).get("tool")
-    if refusal:
-        with pytest.raises(InvalidInput, match=refusal):
-            tmpl.render(TOOL_CONVERSATION, tools=[TOOL])
+    text = render_or_refuse(name, "tool", TOOL_CONVERSATION, tools=[TOOL])
+    if text is None:
         return
-    text = tmpl.render(TOOL_CONVERSATION, tools=[TOOL])
     assert "Please call the function." in text
+    tmpl = template(name)
     if tmpl.supports_tools:
         assert "special_function" in text
         # The tool's name from its definition alone, not from the call in the history.
@@ -79,13 +87,9 @@ def test_renders_the_tool_conversation(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_renders_the_plain_conversation(name: str) -> None:
-    tmpl = template(name)
-    refusal = REFUSED.get(name, {}).get("plain")
-    if refusal:
-        with pytest.raises(InvalidInput, match=refusal):
-            tmpl.render(PLAIN_CONVERSATION)
+    text = render_or_refuse(name, "plain", PLAIN_CONVERSATION)
+    if text is None:
         return
-    text = tmpl.render(PLAIN_CONVERSATION)
     assert "How are you?" in text
     assert "You are a helpful assistant." in text  # merged into the user's turn where there is no system role
 
@@ -102,8 +106,10 @@ def test_a_template_may_grow_its_own_lists_but_not_the_callers() -> None:
     source = ("{% set ns = namespace(ids=[]) %}{% set _ = ns.ids.append('a') %}{% set _ = ns.ids.append('b') %}"
               "{{ ns.ids.pop(0) }}{{ ns.ids | length }}{% set _ = messages.append({'role': 'x'}) %}")
     messages = [{"role": "user", "content": "Hi"}]
-    assert render(source, messages) == "a1"
+    variables = {"queue": [1]}
+    assert render(source + "{% set _ = queue.append(2) %}", messages, variables=variables) == "a1"
     assert messages == [{"role": "user", "content": "Hi"}]
+    assert variables == {"queue": [1]}
 
 
 def test_the_sandbox_still_holds() -> None:
@@ -119,6 +125,7 @@ def test_tojson_takes_a_filtered_sequence() -> None:
     # llama.cpp's DeepSeek R1 template writes `tools | map(attribute='function') | tojson`.
     text = render("{{ tools | map(attribute='function') | map(attribute='name') | tojson(indent=2) }}", tools=[TOOL])
     assert text == '[\n  "special_function"\n]'
+    assert render("{{ missing | tojson }}") == "null"
 
 
 def test_null_content_is_an_empty_string() -> None:

@@ -54,6 +54,8 @@ class _TemplateEnvironment(ImmutableSandboxedEnvironment):
 def _json_default(x: Any) -> Any:
     # jinja2's map/select/reject filters yield generators where llama.cpp's engine yields lists
     # (llama.cpp's DeepSeek R1 template writes `tools | map(attribute='function') | tojson`).
+    if isinstance(x, jinja2.Undefined):
+        return None
     if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
         return list(x)
     raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
@@ -209,7 +211,8 @@ class ChatTemplate:
         if clash:
             raise InvalidInput(f"chat template variable {clash[0]!r} is set by the server, not the request")
         try:
-            return self._render(shape_messages(messages, self.caps), tools, add_generation_prompt, variables or {})
+            return self._render(shape_messages(messages, self.caps), tools, add_generation_prompt,
+                                copy.deepcopy(variables or {}))
         except InvalidInput:
             raise
         except Exception as exc:  # a template bug must be a clear 400, not a 500
