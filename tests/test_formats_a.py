@@ -9,15 +9,10 @@ the format's splitter (core/reasoning.py) first, then the sections of calls in t
 format's ToolSyntax (`read` below). That test-chat.cpp has no Llama 3.x call case; the ones here are written
 from the template's own words (`{"name": ..., "parameters": ...}`, `<|python_tag|>`).
 
-Left out:
-- the continuation cases (continue_final_message with a prefilled assistant message): a prompt feature,
-  not a parse of the model's output;
-- cases that differ only in reasoning_format (Ministral 2606, Gemma 4 3012: `none` keeps the block as
-  content): the core's option, not the format's;
-- json_schema cases (Ministral 2646, Llama 3.1 6302-6315: a ```json fence stripped from a response_format
-  answer): response_format handling, not a chat format;
-- expect_reconstruction is checked only for the call cases (the template renders the parsed call back
-  to the model's text, `test_history_renders_what_the_model_wrote`), not for plain content.
+Left out: the continuation cases (continue_final_message: a prompt feature, not a parse); reasoning_format
+`none` (Ministral 2606, Gemma 4 3012: the core's option, not the format's); json_schema answers in a ```json
+fence (Ministral 2646, Llama 3.1 6302-6315: response_format handling). expect_reconstruction is checked for the
+call cases only (test_history_renders_what_the_model_wrote).
 """
 
 from __future__ import annotations
@@ -101,6 +96,7 @@ def read(fmt: ChatFormat, output: str, *, cut: bool = False) -> Read:
 
 
 def sections(fmt: ChatFormat, text: str, *, cut: bool = False, content: list[str]) -> list[ToolCall]:
+    """The calls in `text` (content after the splitter), by the ToolSyntax contract; the rest into `content`."""
     syntax = fmt.tools
     if syntax.bare_json and text.strip()[:1] in ("{", "["):  # the whole output is the call (Llama 3)
         obj = json.loads(text)
@@ -145,13 +141,10 @@ def test_plain_answers_are_content(fmt: ChatFormat) -> None:  # every family's f
     (GEMMA4, f"<|channel>thought\n<channel|>{HELLO}<channel|>", ("", HELLO, [])),  # 3146
     (GEMMA4, f"<|channel>thought\n<channel|>{HELLO}<|channel>thought\n<channel|>", ("", HELLO, [])),  # 3151
     (GEMMA4, f"<|channel>thought\n<channel|>{HELLO}<|channel>thought\n<channel|><channel|>", ("", HELLO, [])),  # 3156
+    (GEMMA4, f"<|channel><|channel>thought\n<channel|>{HELLO}", (None, HELLO, [])),  # 3161: stray markers dropped
 ])
 def test_reasoning(fmt: ChatFormat, output: str, expected: Read) -> None:
     assert read(fmt, output) == expected
-
-
-def test_gemma4_stray_channel_before_the_block() -> None:  # 3161: no block at the start, the markers dropped
-    assert read(GEMMA4, f"<|channel><|channel>thought\n<channel|>{HELLO}")[1:] == (HELLO, [])
 
 
 # --- calls, whole -----------------------------------------------------------------------------------
@@ -306,11 +299,9 @@ def test_history_renders_what_the_model_wrote(name: str, output: str) -> None:
                 "function": {"name": c.name, "arguments": json.loads(c.arguments) if fmt.object_arguments
                              else c.arguments}} for c in calls]
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": history}]
-    assert output in tmpl.render(messages, tools=[tool(c.name) for c in calls], add_generation_prompt=False)
-
-
-def tool(name: str) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "description": name, "parameters": SCHEMAS[name]}}
+    tools = [{"type": "function", "function": {"name": c.name, "description": "", "parameters": SCHEMAS[c.name]}}
+             for c in calls]
+    assert output in tmpl.render(messages, tools=tools, add_generation_prompt=False)
 
 
 # --- forced calls: the grammar writes the native syntax, and what it writes parses back ------------
@@ -370,27 +361,28 @@ def test_forced_calls_parse_back(fmt: ChatFormat, output: str, calls: list[tuple
     assert read(fmt, output)[1:] == ("", calls)
 
 
-# One forced call to special_function, and what a second one adds, in each syntax.
-ONE_AND_MORE = {
-    LLAMA3: ('{"name": "special_function", "parameters": {"arg1": 1}}', "="),
-    FIREFUNCTION: (' functools[{"name": "special_function", "arguments": {"arg1": 1}}]', None),
-    MISTRAL_NEMO: ('[TOOL_CALLS][{"name": "special_function", "arguments": {"arg1": 1}, "id": "a1b2c3d4e"}]', None),
-    MISTRAL_SMALL: ('[TOOL_CALLS]special_function[CALL_ID]a1b2c3d4e[ARGS]{"arg1": 1}', "="),
-    MINISTRAL: ('[TOOL_CALLS]special_function[ARGS]{"arg1": 1}', "="),
-    DEVSTRAL: ('[TOOL_CALLS]special_function[ARGS]{"arg1": 1}', "="),
-    FUNCTIONARY_V31: ('<function=special_function>{"arg1": 1}</function>', "="),
-    FUNCTIONARY_V32: ('special_function\n{"arg1": 1}', '>>>special_function\n{"arg1": 1}'),
-    GEMMA4: (G4.format("special_function{arg1:1}"), "="),
+# One forced call to special_function in each syntax.
+ONE = {
+    LLAMA3: '{"name": "special_function", "parameters": {"arg1": 1}}',
+    FIREFUNCTION: ' functools[{"name": "special_function", "arguments": {"arg1": 1}}]',
+    MISTRAL_NEMO: '[TOOL_CALLS][{"name": "special_function", "arguments": {"arg1": 1}, "id": "a1b2c3d4e"}]',
+    MISTRAL_SMALL: '[TOOL_CALLS]special_function[CALL_ID]a1b2c3d4e[ARGS]{"arg1": 1}',
+    MINISTRAL: '[TOOL_CALLS]special_function[ARGS]{"arg1": 1}',
+    DEVSTRAL: '[TOOL_CALLS]special_function[ARGS]{"arg1": 1}',
+    FUNCTIONARY_V31: '<function=special_function>{"arg1": 1}</function>',
+    FUNCTIONARY_V32: 'special_function\n{"arg1": 1}',
+    GEMMA4: G4.format("special_function{arg1:1}"),
 }
 
 
-@pytest.mark.parametrize("fmt", list(ONE_AND_MORE), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", list(ONE), ids=lambda f: f.name)
 def test_forced_grammar_counts_calls(fmt: ChatFormat) -> None:
     """max_calls bounds the calls (Llama 3 writes one whatever it is: its template takes no more)."""
-    one, more = ONE_AND_MORE[fmt]
-    two = one + (one if more == "=" else "" if more is None else more)
-    if more is None:  # one list holds every call
+    one = ONE[fmt]
+    if fmt in (FIREFUNCTION, MISTRAL_NEMO):  # one list holds every call
         two = one[:-1] + ", " + one[one.index("{"):]
+    else:
+        two = one + (">>>" if fmt is FUNCTIONARY_V32 else "") + one
     assert accepts(grammar(fmt, ["special_function"], 1), one)
     assert not accepts(grammar(fmt, ["special_function"], 1), two)
     assert accepts(grammar(fmt, ["special_function"], 2), two) is (fmt is not LLAMA3)

@@ -141,7 +141,6 @@ class RecipientSplitter:
 
     def feed(self, text: str) -> list[Piece]:
         self._buf += text
-        out = ""
         if self._first:
             nl = self._buf.find("\n")
             head = self._buf if nl < 0 else self._buf[:nl]

@@ -82,6 +82,14 @@ def _cut_call(text: str, names: set[str]) -> list[ToolCall]:
     return [ToolCall(name, text[m.end():].rstrip())] if name in names else []
 
 
+def _named_json(b: RuleBuilder, tools: Sequence[ToolRule], args_key: str) -> str:
+    """A rule for one `{"name": ..., "<args_key>": {...}}` call to any of `tools`."""
+    ws = b.base("ws")
+    alts = [b.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(t.name))} "," {ws} '
+                  f'{literal(json.dumps(args_key))} {ws} ":" {ws} {t.arguments} {ws} "}}"') for t in tools]
+    return b.add(" | ".join(alts))
+
+
 class Llama3Syntax(ToolSyntax):
     name = "llama3"
     starts = (PYTHON_TAG,)
@@ -106,10 +114,7 @@ class Llama3Syntax(ToolSyntax):
 
     def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
         # One call, bare, whatever max_calls: the template refuses a history with several.
-        ws = b.base("ws")
-        alts = [b.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(t.name))} "," {ws} '
-                      f'"\\"parameters\\"" {ws} ":" {ws} {t.arguments} {ws} "}}"') for t in tools]
-        return b.add(" | ".join(alts))
+        return _named_json(b, tools, "parameters")
 
 
 FUNCTOOLS = "functools["
@@ -153,10 +158,7 @@ class FireFunctionSyntax(ToolSyntax):
             pos = len(section) - len(rest) + 1
 
     def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
-        ws = b.base("ws")
-        alts = [b.add(f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {literal(json.dumps(t.name))} "," {ws} '
-                      f'"\\"arguments\\"" {ws} ":" {ws} {t.arguments} {ws} "}}"') for t in tools]
-        call = b.add(" | ".join(alts))
+        ws, call = b.base("ws"), _named_json(b, tools, "arguments")
         more = f' ("," {ws} {call}){{0,{max_calls - 1}}}' if max_calls > 1 else ""
         return b.add(f'{literal(" " + FUNCTOOLS)} {call}{more} "]"')
 

@@ -94,9 +94,9 @@ class NemoSyntax(ToolSyntax):
             found = loads_prefix(body, pos)
             if found is None:
                 m = _ARGS_START.match(body, pos)
-                if m is not None and json.loads(f'"{m.group(1)}"') in names:
-                    calls.append(ToolCall(json.loads(f'"{m.group(1)}"'), body[m.end():].rstrip(),
-                                          mistral_call_id()))
+                name = json.loads(f'"{m.group(1)}"') if m else None
+                if m is not None and name in names:
+                    calls.append(ToolCall(name, body[m.end():].rstrip(), mistral_call_id()))
                 return calls
             obj, pos = found
             call = as_call(obj, names)

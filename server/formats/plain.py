@@ -109,11 +109,14 @@ class _Notation:
 def gemma4_arguments(text: str) -> dict[str, Any] | None:
     """A `{...}` in Gemma 4's notation as a dict, or None if it is not one."""
     notation = _Notation(text)
-    try:
-        args, end = notation.mapping(notation.skip(0)) if text.lstrip().startswith("{") else (None, 0)
-    except (ValueError, IndexError):
+    start = notation.skip(0)
+    if not text.startswith("{", start):
         return None
-    return args if args is not None and not text[end:].strip() else None
+    try:
+        args, end = notation.mapping(start)
+    except ValueError:
+        return None
+    return args if not text[end:].strip() else None
 
 
 class Gemma4Syntax(ToolSyntax):
