@@ -72,6 +72,7 @@ class ServedId:
     model_adapters: tuple[str, ...] = ()  # models: the adapters registered on it
     adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
     sampling: SamplingDefaults | None = None  # models and aliases
+    chat_format: str | None = None  # models and aliases, once loaded: the family format its template marks
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
@@ -323,13 +324,13 @@ class ModelRegistry:
         out = []
         for resident in self.residency.residents.values():
             config, served = resident.config, resident.served
-            n_ctx = served.engine.info.n_ctx if served is not None and served.engine is not None else config.n_ctx
+            info = served.engine.info if served is not None and served.engine is not None else None
             state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
-            gguf = served.engine.info.gguf_sampling if served is not None and served.engine is not None \
-                else self._file_sampling.get(config.path, {})
+            gguf = info.gguf_sampling if info else self._file_sampling.get(config.path, {})
             sampling = resolve_defaults(gguf, config.sampling_overrides())
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
-                             max_model_len=n_ctx, state=state, model_adapters=adapters, sampling=sampling)
+                             max_model_len=info.n_ctx if info else config.n_ctx, state=state, model_adapters=adapters,
+                             sampling=sampling, chat_format=info.chat_format.name if info else None)
                     for model_id in config.ids()]
         created = {r.name: r.created for r in self.residency.residents.values()}
         out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]

@@ -15,19 +15,10 @@ Each wire protocol shows the two parts its own way: chat `reasoning_content`, a 
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
-
 from ..formats import GENERIC, ChatFormat
-from ..formats.base import partial_suffix
+from ..formats.base import Kind, Splitter, partial_suffix
 
-Kind = Literal["reasoning", "content"]
-
-
-class Splitter(Protocol):
-    @property
-    def in_reasoning(self) -> bool: ...
-    def feed(self, text: str) -> list[tuple[Kind, str]]: ...
-    def finish(self) -> list[tuple[Kind, str]]: ...
+__all__ = ["Kind", "ReasoningSplitter", "Splitter", "split_reasoning", "splitter"]
 
 
 class ReasoningSplitter:
@@ -132,8 +123,7 @@ def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
 def splitter(started: bool | None, fmt: ChatFormat = GENERIC) -> Splitter:
     """The splitter for a model's format: its own (gpt-oss's channels) or the markers'."""
     if fmt.splitter is not None:
-        custom: Splitter = fmt.splitter(started)
-        return custom
+        return fmt.splitter(started)
     return ReasoningSplitter(started, fmt)
 
 

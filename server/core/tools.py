@@ -29,6 +29,7 @@ from typing import Any
 from ..engine.types import ChatPrompt, ModelInfo
 from ..errors import InvalidRequestError
 from ..formats import GENERIC, HERMES, ToolRule, ToolSyntax
+from ..formats.base import EitherSyntax
 from ..formats.hermes import CLOSE, OPEN
 from ..wire.body import bounded_loads
 from .structured import Grammar, response_rule
@@ -174,10 +175,13 @@ def system_text(plan: ToolPlan) -> str:
 
 
 def call_syntax(info: ModelInfo) -> ToolSyntax:
-    """How a model writes calls: its family's own syntax where its template renders tools, else the
-    <tool_call> blocks nomoat's system message describes (or a bare JSON call)."""
+    """How a model writes calls: its family's own syntax where its template renders tools. Where the template
+    renders none (DeepSeek's), the tools are described in <tool_call> terms (system_text), and both that and
+    the family's own syntax are read; a family with no syntax of its own gets the <tool_call> blocks alone."""
     fmt = info.chat_format
-    return fmt.tools if info.supports_tools and fmt.native_tools else GENERIC.tools
+    if not fmt.native_tools:
+        return GENERIC.tools
+    return fmt.tools if info.supports_tools else EitherSyntax(fmt.tools, GENERIC.tools)
 
 
 def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool,

@@ -197,9 +197,9 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"chat template is not valid Jinja: {exc}") from None
         # Whether the template writes tool definitions itself (Qwen, Llama 3.1, Hermes, ...).
-        self.supports_tools = "tools" in variables
         # FireFunction v2 reads its tools as a JSON text named `functions`, not as `tools`.
         self._reads_functions = "functions" in variables
+        self.supports_tools = "tools" in variables or self._reads_functions
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.caps = probe_caps(lambda messages, tools: self._render(messages, tools, True, {}))
@@ -225,6 +225,9 @@ class ChatTemplate:
             # llama.cpp's common_chat_extra_context: Llama 3.1 reads date_string, FireFunction datetime.
             "date_string": now.strftime("%d %b %Y"),
             "datetime": now.strftime("%b %d %Y"),
+            # As llama.cpp's server passes by default: templates that test `not enable_thinking` (QwQ's and
+            # DeepSeek-R1's in its corpus) open the thinking block unless a request says false.
+            "enable_thinking": True,
             **variables,
             "messages": messages,
             "bos_token": self.bos_token,

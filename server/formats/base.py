@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # Output nested past the interpreter's limit (a grammar can make a model write it) is text, not a call: no 500.
 NOT_JSON = (json.JSONDecodeError, RecursionError, ValueError)
@@ -163,6 +163,23 @@ class ToolSyntax:
         raise NotImplementedError
 
 
+Kind = Literal["reasoning", "content"]
+
+
+class Splitter(Protocol):
+    """An output's text into (kind, text) pieces as it streams, holding back what may still become a marker
+    (core/reasoning.py's ReasoningSplitter; a family with its own framing, gpt-oss's channels, brings one)."""
+
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the text fed so far ends inside the reasoning (the Responses API counts its tokens)."""
+        ...
+
+    def feed(self, text: str) -> list[tuple[Kind, str]]: ...
+
+    def finish(self) -> list[tuple[Kind, str]]: ...
+
+
 @dataclass(frozen=True)
 class Reasoning:
     """How a family marks its thinking: a block from `open` to `close` at the start of the output."""
@@ -190,9 +207,37 @@ class ChatFormat:
     # and written as <tool_call> blocks (formats/hermes.py), as for a template that does not render tools.
     native_tools: bool = True
     # A custom splitter for the output's reasoning and content (gpt-oss's channels); None: the markers'.
-    splitter: Callable[[bool | None], Any] | None = None
+    splitter: Callable[[bool | None], Splitter] | None = None
     note: str = ""  # what docs/chat-formats.md and the log say of it
 
     def starts_in_reasoning(self, prompt: str) -> bool:
         """Whether the rendered prompt leaves a thinking block open, so the output starts inside it."""
         return self.reasoning is not None and prompt.rstrip().endswith(self.reasoning.open)
+
+
+class EitherSyntax(ToolSyntax):
+    """A family's own calls or nomoat's <tool_call> blocks, for a model whose template renders no tools: the
+    tools are described to it in <tool_call> terms, yet it was trained on its own syntax and may write that.
+    A section belongs to the syntax whose start marker opens it; forced calls are written in the family's."""
+
+    name = "either"
+
+    def __init__(self, own: ToolSyntax, described: ToolSyntax) -> None:
+        self.own, self.described = own, described
+        self.starts = own.starts + tuple(s for s in described.starts if s not in own.starts)
+        self.bare_json = own.bare_json or described.bare_json
+
+    def _of(self, section: str) -> ToolSyntax:
+        return self.own if section.startswith(self.own.starts) else self.described
+
+    def section_end(self, text: str) -> int | None:
+        return self._of(text).section_end(text)
+
+    def parse(self, section: str, names: set[str]) -> list[ToolCall] | None:
+        return self._of(section).parse(section, names)
+
+    def parse_cut(self, section: str, names: set[str]) -> list[ToolCall]:
+        return self._of(section).parse_cut(section, names)
+
+    def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
+        return self.own.calls_rule(b, tools, max_calls)

@@ -159,13 +159,13 @@ class JsonListSyntax(ToolSyntax):
         return b.add(f"{literal(self.open + lead + '[')} {items} {literal(']' + tail)}")
 
 
-COMMAND_R7B_ACTION = JsonListSyntax("command_r7b", "<|START_ACTION|>", "<|END_ACTION|>", name_key="tool_name",
+COMMAND_R7B_ACTION = JsonListSyntax("command-r7b", "<|START_ACTION|>", "<|END_ACTION|>", name_key="tool_name",
                                     args_key="parameters", id_key="tool_call_id")
 _THINKING = Reasoning("<|START_THINKING|>", "<|END_THINKING|>")
 _R7B_MARKERS = ("<|START_THINKING|>", "<|END_THINKING|>", "<|START_ACTION|>", "<|END_ACTION|>")
 
 COMMAND_R7B = ChatFormat(
-    "command_r7b", COMMAND_R7B_ACTION, _THINKING,
+    "command-r7b", COMMAND_R7B_ACTION, _THINKING,
     wrappers=("<|START_RESPONSE|>", "<|END_RESPONSE|>"),
     preserved=(*_R7B_MARKERS, "<|START_RESPONSE|>", "<|END_RESPONSE|>"),
     object_arguments=True,  # "parameters": {{ arguments|tojson }}
@@ -174,7 +174,7 @@ COMMAND_R7B = ChatFormat(
 
 # The prompt opens <|START_THINKING|> itself (closed at once when reasoning is off: reasoning_effort "none").
 COHERE2_MOE = ChatFormat(
-    "cohere2_moe", COMMAND_R7B_ACTION, _THINKING,
+    "cohere2-moe", COMMAND_R7B_ACTION, _THINKING,
     wrappers=("<|START_TEXT|>", "<|END_TEXT|>"),
     preserved=(*_R7B_MARKERS, "<|START_TEXT|>", "<|END_TEXT|>"),
     object_arguments=True,
@@ -182,8 +182,8 @@ COHERE2_MOE = ChatFormat(
 )
 
 COMMAND_R_PLUS = ChatFormat(
-    "command_r_plus",
-    JsonListSyntax("command_r_plus", "Action:", _FENCE, fenced=True, name_key="tool_name", args_key="parameters"),
+    "command-r-plus",
+    JsonListSyntax("command-r-plus", "Action:", _FENCE, fenced=True, name_key="tool_name", args_key="parameters"),
     None,
     # Special tokens, rendered as nothing by the engine; dropped here too should a model write them as text.
     wrappers=("<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"),

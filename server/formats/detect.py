@@ -3,40 +3,41 @@ module says what in a template marks it (DETECT), the most specific markers trie
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import Callable
 
+from . import (
+    apertus,
+    command_r,
+    deepseek,
+    functionary,
+    glm,
+    granite,
+    harmony,
+    hermes_family,
+    kimi,
+    llama3,
+    minimax,
+    mistral,
+    nemotron,
+    plain,
+    xml_function,
+)
 from .base import ChatFormat, Reasoning
 from .hermes import HermesSyntax
-
-log = logging.getLogger(__name__)
 
 # A template no family claims: tools in nomoat's <tool_call> blocks (or a bare JSON call), <think> blocks split.
 GENERIC = ChatFormat("generic", HermesSyntax(bare_json=True), Reasoning(),
                      note="no family recognised: <tool_call> blocks or a bare JSON call, <think> blocks")
 
-# The family modules; each holds DETECT: [(priority, test(template) -> bool, format)], lower priority first.
-_MODULES = ("hermes_family", "llama3", "mistral", "functionary", "plain", "harmony", "command_r", "granite",
-            "deepseek", "kimi", "glm", "minimax", "xml_function", "apertus", "nemotron")
-
 Detector = tuple[int, Callable[[str], bool], ChatFormat]
 
-
-def _detectors() -> list[Detector]:
-    found: list[Detector] = []
-    for name in _MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{name}":
-                raise
-            continue
-        found += module.DETECT
-    return sorted(found, key=lambda d: d[0])
-
-
-_DETECTORS = _detectors()
+# Each family module's DETECT: [(priority, test(template) -> bool, format)], tried lowest priority first (the most
+# specific markers: Qwen3-Coder's <function= before the <tool_call> that many templates write).
+_DETECTORS: list[Detector] = sorted(
+    [*apertus.DETECT, *command_r.DETECT, *deepseek.DETECT, *functionary.DETECT, *glm.DETECT, *granite.DETECT,
+     *harmony.DETECT, *hermes_family.DETECT, *kimi.DETECT, *llama3.DETECT, *minimax.DETECT, *mistral.DETECT,
+     *nemotron.DETECT, *plain.DETECT, *xml_function.DETECT],
+    key=lambda d: d[0])
 
 
 def detect(template: str | None) -> ChatFormat:

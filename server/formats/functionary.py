@@ -139,6 +139,10 @@ class RecipientSplitter:
         self._first = True
         self._buf = ""
 
+    @property
+    def in_reasoning(self) -> bool:
+        return False  # Functionary does not think
+
     def feed(self, text: str) -> list[Piece]:
         self._buf += text
         if self._first:

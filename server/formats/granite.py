@@ -28,7 +28,7 @@ GRANITE_3 = ChatFormat(
 )
 
 GRANITE_4 = ChatFormat(
-    "granite_4",
+    "granite-4",
     HermesSyntax(),
     None,
     preserved=(OPEN, CLOSE),

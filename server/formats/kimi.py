@@ -86,7 +86,9 @@ class KimiSyntax(ToolSyntax):
         return [c for c in calls if c.name in names]
 
     def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
-        alts = [b.add(f"{literal(f'functions.{t.name}:')} [0-9]+ {literal(ARGS_BEGIN)} {t.arguments}") for t in tools]
+        # The call's index: bounded, or a small model may write digits until max_tokens.
+        alts = [b.add(f"{literal(f'functions.{t.name}:')} [0-9]{{1,3}} {literal(ARGS_BEGIN)} {t.arguments}")
+                for t in tools]
         call = b.add(f'{literal(CALL_BEGIN)} ({" | ".join(alts)}) {literal(CALL_END)}', "call")
         calls = call if max_calls == 1 else f"{call}{{1,{max_calls}}}"
         return b.add(f"{literal(SECTION_BEGIN)} {calls} {literal(SECTION_END)}")

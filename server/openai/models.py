@@ -19,7 +19,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
     """OpenAI's model object, plus `root`/`parent` (vLLM's), `max_model_len` for models, `adapters` for stacks,
     and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
     `loaded_at`, `expires_at` (unix seconds or null), `sampling_defaults` (each value a request that leaves it out
-    gets, and its source: models.toml, gguf or server), `pinned`, `busy`, `adapters` (names on it), `error` when failed
+    gets, and its source: models.toml, gguf or server), `chat_format` once loaded (the family whose tool calls
+    and reasoning markers it is read with: docs/chat-formats.md), `pinned`, `busy`, `adapters` (names on it), `error` when failed
     (through `hide_paths` for a caller who may not see the server's files)."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
@@ -29,6 +30,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
         card["max_model_len"] = served.max_model_len
     if served.sampling is not None:
         card["sampling_defaults"] = served.sampling.as_json()
+    if served.chat_format is not None:
+        card["chat_format"] = served.chat_format
     if served.state is not None:
         state = served.state
         card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,
