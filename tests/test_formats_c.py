@@ -366,9 +366,6 @@ TOOLS = [{"type": "function", "function": {"name": "get_time", "description": "t
 
 def render(name: str, *, thinking: bool) -> str:
     messages = json.loads(json.dumps(CONVERSATION))
-    call = messages[2]["tool_calls"][0]["function"]
-    if not DETECTED[name].object_arguments:
-        call["arguments"] = json.dumps(call["arguments"])
     chat = ChatTemplate(template(name), bos_token="<s>", eos_token="</s>")
     return chat.render(messages, tools=TOOLS, variables={"enable_thinking": thinking})
 

@@ -185,14 +185,16 @@ def call_syntax(info: ModelInfo) -> ToolSyntax:
 
 
 def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan, native: bool,
-                    object_arguments: bool = True) -> list[dict[str, Any]]:
+                    history_id: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
     """Messages for the chat template; without native tool support, calls and results become text.
-    `object_arguments`: the template wants a call's arguments as a mapping, not OpenAI's JSON string."""
+    `history_id`: the call ids the template accepts, from the client's (the family's ChatFormat.history_id)."""
     out = []
     for m in messages:
         if native:
-            if m.get("tool_calls") and object_arguments:
-                m = {**m, "tool_calls": [_native_call(c) for c in m["tool_calls"]]}
+            if m.get("tool_calls"):
+                m = {**m, "tool_calls": [_native_call(c, history_id) for c in m["tool_calls"]]}
+            if history_id is not None and isinstance(m.get("tool_call_id"), str):
+                m = {**m, "tool_call_id": history_id(m["tool_call_id"])}
             out.append(m)
             continue
         if m["role"] == "assistant" and m.get("tool_calls"):
@@ -216,7 +218,7 @@ def tool_prompt(messages: list[dict[str, Any]], plan: ToolPlan, info: ModelInfo,
     """A conversation and its tools as the model's chat template's prompt: where the template renders
     tools itself (`info.supports_tools`) they go there; otherwise they are text (prompt_messages)."""
     native = info.supports_tools
-    return ChatPrompt(prompt_messages(messages, plan, native, info.chat_format.object_arguments),
+    return ChatPrompt(prompt_messages(messages, plan, native, info.chat_format.history_id),
                       tools=[t.openai() for t in plan.tools] if native and plan.active else None,
                       variables=variables or {})
 
@@ -231,13 +233,17 @@ def _call_json(call: Any) -> dict[str, Any]:
     return {"name": fn.get("name", ""), "arguments": args}
 
 
-def _native_call(call: Any) -> Any:
-    # Hugging Face templates expect arguments as a mapping (OpenAI sends a JSON string).
+def _native_call(call: Any, history_id: Callable[[str], str] | None) -> Any:
+    # Hugging Face templates expect arguments as a mapping (OpenAI sends a JSON string); the renderer gives a
+    # template that reads the string the string back (engine/chat_template.py's caps).
     if not isinstance(call, dict):
         return call
     fn = call.get("function", {})
     parsed = _call_json(call)
-    return {**call, "function": {**fn, "arguments": parsed["arguments"]}}
+    out = {**call, "function": {**fn, "arguments": parsed["arguments"]}}
+    if history_id is not None and isinstance(call.get("id"), str):
+        out["id"] = history_id(call["id"])
+    return out
 
 
 def check_history(messages: list[Any]) -> None:

@@ -200,9 +200,8 @@ class ChatFormat:
     # Control tokens the engine renders as text (they carry the calls or the thinking), as
     # llama.cpp's preserved_tokens: a token these name renders; other special tokens render as nothing.
     preserved: tuple[str, ...] = ()
-    # The history's call arguments as the template wants them: a mapping (Hugging Face's way) or the
-    # JSON string OpenAI sends.
-    object_arguments: bool = True
+    # Call ids the template accepts in the history (Mistral's: 9 alphanumerics), from any the client sends.
+    history_id: Callable[[str], str] | None = None
     # Whether the family has a tool syntax of its own; False: tools are described in a system message
     # and written as <tool_call> blocks (formats/hermes.py), as for a template that does not render tools.
     native_tools: bool = True

@@ -168,7 +168,6 @@ COMMAND_R7B = ChatFormat(
     "command-r7b", COMMAND_R7B_ACTION, _THINKING,
     wrappers=("<|START_RESPONSE|>", "<|END_RESPONSE|>"),
     preserved=(*_R7B_MARKERS, "<|START_RESPONSE|>", "<|END_RESPONSE|>"),
-    object_arguments=True,  # "parameters": {{ arguments|tojson }}
     note="Command R7B: <|START_THINKING|> reasoning, <|START_ACTION|>[{tool_call_id, tool_name, parameters}] calls",
 )
 
@@ -177,7 +176,6 @@ COHERE2_MOE = ChatFormat(
     "cohere2-moe", COMMAND_R7B_ACTION, _THINKING,
     wrappers=("<|START_TEXT|>", "<|END_TEXT|>"),
     preserved=(*_R7B_MARKERS, "<|START_TEXT|>", "<|END_TEXT|>"),
-    object_arguments=True,
     note="Cohere2 MoE: thinking opened by the prompt, <|START_TEXT|> answers, <|START_ACTION|> calls as R7B",
 )
 
@@ -187,7 +185,6 @@ COMMAND_R_PLUS = ChatFormat(
     None,
     # Special tokens, rendered as nothing by the engine; dropped here too should a model write them as text.
     wrappers=("<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"),
-    object_arguments=True,  # tool_call.arguments|tojson(indent=4)
     note="Command R+: `Action:` and a ```json list of {tool_name, parameters}; no reasoning",
 )
 

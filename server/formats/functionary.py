@@ -170,7 +170,7 @@ FUNCTIONARY_V31 = ChatFormat(
     "functionary-v3.1", V31Syntax(), reasoning=None, preserved=(PYTHON_TAG,),
     note="Functionary v3.1: <function=NAME>{...}</function>, or <|python_tag|> code for python")
 FUNCTIONARY_V32 = ChatFormat(
-    "functionary-v3.2", V32Syntax(), reasoning=None, object_arguments=False, splitter=RecipientSplitter,
+    "functionary-v3.2", V32Syntax(), reasoning=None, splitter=RecipientSplitter,
     note=">>>all\\n text, >>>NAME\\n{...} a call (the prompt ends with >>>)")
 
 DETECT = [

@@ -32,7 +32,6 @@ GRANITE_4 = ChatFormat(
     HermesSyntax(),
     None,
     preserved=(OPEN, CLOSE),
-    object_arguments=True,  # arguments|tojson when not already a string
     note="Granite 4.x: Hermes' <tool_call> blocks, tools in the system message; no reasoning",
 )
 

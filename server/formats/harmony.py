@@ -207,7 +207,6 @@ HARMONY = ChatFormat(
     # The analysis message as llama.cpp's thinking tags: a continued reasoning ends its prompt with it.
     Reasoning(ANALYSIS_OPEN, END),
     preserved=(START, CHANNEL, MESSAGE, CONSTRAIN, END, CALL, RETURN),
-    object_arguments=True,  # the template writes tool_call.arguments|tojson
     splitter=ChannelSplitter,
     note="gpt-oss harmony: analysis channel as reasoning, final as content, "
          "`to=functions.NAME <|constrain|>json<|message|>{...}` calls; reasoning_effort is a template variable",

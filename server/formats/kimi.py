@@ -180,7 +180,6 @@ KIMI_K2 = ChatFormat(
     "kimi-k2", KimiSyntax(), Reasoning(*THINK),
     preserved=(SECTION_BEGIN, SECTION_END, CALL_BEGIN, ARGS_BEGIN, CALL_END, *THINK),
     # The template writes a string's text as it is and a mapping through tojson: the string keeps the model's own.
-    object_arguments=False,
     splitter=calls_end_thinking(Reasoning(*THINK), (SECTION_BEGIN, CALL_BEGIN)),
     note="<|tool_calls_section_begin|> sections of functions.NAME:N calls with JSON arguments; <think> reasoning (K2-Thinking)")
 

@@ -183,10 +183,11 @@ THINK = Reasoning("[THINK]", "[/THINK]")
 _PRESERVED = (TOOL_CALLS, ARGS)
 
 MISTRAL_NEMO = ChatFormat(
-    "mistral-nemo", NemoSyntax(), reasoning=None, preserved=(TOOL_CALLS,),
+    "mistral-nemo", NemoSyntax(), reasoning=None, preserved=(TOOL_CALLS,), history_id=history_call_id,
     note='Mistral Nemo: [TOOL_CALLS][{"name", "arguments", "id"}] (ids of 9 alphanumerics)')
 MISTRAL_SMALL = ChatFormat(
     "mistral-small-3.2", BracketSyntax(call_id=True), reasoning=None, preserved=(*_PRESERVED, CALL_ID),
+    history_id=history_call_id,
     note="Mistral Small 3.2: [TOOL_CALLS]name[CALL_ID]id[ARGS]{...} per call (ids of 9 alphanumerics)")
 MINISTRAL = ChatFormat(
     "ministral-3", BracketSyntax(call_id=False), reasoning=THINK,
