@@ -254,3 +254,14 @@ def test_history_is_written_in_the_call_format_for_templates_without_tools():
     assert "<|im_start|>tool" not in rendered
     native = prompt_messages(messages, plan(), native=True)
     assert native[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}  # HF templates want a mapping
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_whitespace_around_calls_is_no_content_but_whitespace_inside_text_is(step):
+    """The newline between two calls (or before the first) streams as no content delta at all, as a finished
+    message has none; whitespace between words still reaches the text, and an answer of whitespace alone stays."""
+    content, calls = stream_all(plan(), "\n" + CALL + "\n\n" + CALL.replace("Oslo", "Rome") + "\n", step)
+    assert content == "" and len(calls) == 2
+    assert stream_all(plan(), "Hello world, " + CALL, step) == ("Hello world,", stream_all(plan(), CALL, 1)[1])
+    assert stream_all(plan(), "Hello \n world ", step) == ("Hello \n world ", [])
+    assert stream_all(plan(), "  \n", step) == ("  \n", [])

@@ -67,6 +67,7 @@ class ToolStream:
         self.calls: list[ToolCall] = []
         self._bare: bool | None = None if syntax.bare_json else False  # is the whole output a bare JSON call?
         self._in_section = False  # buf begins with a start marker
+        self._blank = ""  # whitespace content held: it goes out before more text, and not around calls
         # Hermes' forced blocks: the call whose arguments are streaming.
         self._incremental = plan.mode == "forced" and getattr(syntax, "incremental", False)
         self._open: ToolCall | None = None
@@ -117,13 +118,14 @@ class ToolStream:
                 if start < 0:
                     keep = 0 if final else max((partial_suffix(self.buf, s) for s in self.syntax.starts), default=0)
                     text = self.buf[: len(self.buf) - keep]
-                    if text:
-                        out.append({"content": text})
                     self.buf = self.buf[len(text):]
+                    out += self._content(text)
+                    if final and self._blank and not self.calls:
+                        out.append({"content": self._blank})
+                        self._blank = ""
                     return out
-                if start:
-                    out.append({"content": self.buf[:start]})
-                    self.buf = self.buf[start:]
+                out += self._content(self.buf[:start])
+                self.buf = self.buf[start:]
                 self._in_section = True
             end = self.syntax.section_end(self.buf)
             if end is None and not final:
@@ -138,12 +140,22 @@ class ToolStream:
             else:
                 found = self.syntax.parse(section, self.names) or []
                 if not found:
-                    out.append({"content": section})
+                    out += self._content(section)
                     continue
+            self._blank = ""  # the whitespace between calls, or before one, is no content
             for call in found:
                 if self._full():
                     break
                 out += self._whole(call)
+
+    def _content(self, text: str) -> list[dict[str, Any]]:
+        """Content out, its trailing whitespace held (however the text was chunked, the same goes out)."""
+        body = text.rstrip()
+        if not body:
+            self._blank += text
+            return []
+        out, self._blank = self._blank + body, text[len(body):]
+        return [{"content": out}]
 
     def _find_start(self) -> int:
         found = [i for i in (self.buf.find(s) for s in self.syntax.starts) if i >= 0]
