@@ -28,6 +28,7 @@ class ReasoningSplitter:
         """`started`: the prompt left a block open; None: no splitting, everything is content."""
         markers = fmt.reasoning
         self._open, self._close = (markers.open, markers.close) if markers else ("", "")
+        self._ends = markers.ends if markers else ()
         if markers is None:
             started = None
         self._state = "content" if started is None else "reasoning" if started else "start"
@@ -55,18 +56,8 @@ class ReasoningSplitter:
                 if self._lead:
                     self._buf = self._buf.lstrip()
                     self._lead = not self._buf
-                end = self._buf.find(self._close)
-                if end >= 0:
-                    _emit(out, "reasoning", self._buf[:end].rstrip())
-                    self._buf, self._state = self._buf[end + len(self._close):], "after"
-                    continue
-                # Hold back a partial closing marker and the whitespace before it (dropped if it comes).
-                keep = partial_suffix(self._buf, self._close)
-                body = self._buf[:len(self._buf) - keep]
-                ready = body.rstrip()
-                _emit(out, "reasoning", ready)
-                self._buf = self._buf[len(ready):]
-                return out
+                if not self._think(out):
+                    return out
             elif self._state == "after":
                 self._buf = self._buf.lstrip()
                 if not self._buf:
@@ -76,6 +67,23 @@ class ReasoningSplitter:
                 _emit(out, "content", self._content.feed(self._buf))
                 self._buf = ""
                 return out
+
+    def _think(self, out: list[tuple[Kind, str]]) -> bool:
+        """Reasoning up to the block's end if it came (then True: the close marker is dropped, a call marker that
+        ended it stays), else up to what may still become an end, and the whitespace before it."""
+        found = [(i, m) for m in (self._close, *self._ends) if (i := self._buf.find(m)) >= 0]
+        if found:
+            at, marker = min(found)
+            _emit(out, "reasoning", self._buf[:at].rstrip())
+            closed = marker == self._close
+            self._buf = self._buf[at + len(marker):] if closed else self._buf[at:]
+            self._state = "after" if closed else "content"
+            return True
+        keep = max(partial_suffix(self._buf, m) for m in (self._close, *self._ends))
+        ready = self._buf[:len(self._buf) - keep].rstrip()
+        _emit(out, "reasoning", ready)
+        self._buf = self._buf[len(ready):]
+        return False
 
     def finish(self) -> list[tuple[Kind, str]]:
         """What was held back, at the end of the output."""

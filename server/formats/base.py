@@ -186,6 +186,9 @@ class Reasoning:
 
     open: str = "<think>"
     close: str = "</think>"
+    # Markers that end the block too, and stay for the tool stream: the call markers of families that call tools
+    # without closing their thinking (Kimi K2-Thinking, DeepSeek V3.2), as llama.cpp's thinking_end_tags.
+    ends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 
 from .base import NOT_JSON, ChatFormat, Reasoning, RuleBuilder, ToolCall, ToolRule, ToolSyntax, literal
-from .kimi import calls_end_thinking
 from .minimax import THINK, InvokeSyntax
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
@@ -93,7 +92,7 @@ class DeepSeekSyntax(ToolSyntax):
 _MARKERS = (CALLS_BEGIN, CALL_BEGIN, SEP, CALL_END, CALLS_END, *THINK)
 DSML = "｜DSML｜"
 # V3.2 / V4 may call a tool before closing their thinking: the block ends at the call (llama.cpp's thinking_end_tags).
-_DSML_THINKING = calls_end_thinking(Reasoning(*THINK), (f"<{DSML}function_calls>", f"<{DSML}tool_calls>"))
+_DSML_THINKING = Reasoning(*THINK, ends=(f"<{DSML}function_calls>", f"<{DSML}tool_calls>"))
 
 DEEPSEEK_R1 = ChatFormat(
     "deepseek-r1", DeepSeekSyntax("deepseek-r1", fenced=True), Reasoning(*THINK), preserved=_MARKERS,
@@ -103,11 +102,11 @@ DEEPSEEK_V3_1 = ChatFormat(
     note="<｜tool▁calls▁begin｜> with NAME<｜tool▁sep｜>JSON calls; <think> reasoning when `thinking` is on")
 DEEPSEEK_V3_2 = ChatFormat(
     "deepseek-v3.2", InvokeSyntax("deepseek-v3.2", [f"{DSML}function_calls", f"{DSML}tool_calls"], ns=DSML, typed=True),
-    Reasoning(*THINK), preserved=(DSML, *THINK), splitter=_DSML_THINKING,
+    _DSML_THINKING, preserved=(DSML, *THINK),
     note='<｜DSML｜function_calls> blocks of invoke/parameter tags (string="true|false"); <think> reasoning')
 DEEPSEEK_V4 = ChatFormat(
     "deepseek-v4", InvokeSyntax("deepseek-v4", [f"{DSML}tool_calls", f"{DSML}function_calls"], ns=DSML, typed=True),
-    Reasoning(*THINK), preserved=(DSML, *THINK), splitter=_DSML_THINKING,
+    _DSML_THINKING, preserved=(DSML, *THINK),
     note='<｜DSML｜tool_calls> blocks of invoke/parameter tags (string="true|false"); <think> reasoning')
 
 

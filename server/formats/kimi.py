@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Literal
+from collections.abc import Sequence
 
 from .base import (
     NOT_JSON,
@@ -26,7 +24,6 @@ from .base import (
     ToolSyntax,
     json_value_end,
     literal,
-    partial_suffix,
 )
 
 SECTION_BEGIN, SECTION_END = "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>"
@@ -94,93 +91,10 @@ class KimiSyntax(ToolSyntax):
         return b.add(f"{literal(SECTION_BEGIN)} {calls} {literal(SECTION_END)}")
 
 
-Kind = Literal["reasoning", "content"]
-
-
-class CallsEndThinking:
-    """The core's <think> split (core/reasoning.py's ReasoningSplitter, same whitespace rules), where a call
-    marker ends the block too, as llama.cpp's thinking_end_tags: K2-Thinking and DeepSeek V3.2 / V4 call
-    tools without closing their thinking. The marker and what follows are content, for the tool stream."""
-
-    def __init__(self, started: bool | None, think: Reasoning, ends: tuple[str, ...]) -> None:
-        self._open, self._close, self._ends = think.open, think.close, ends
-        self._state = "content" if started is None else "reasoning" if started else "start"
-        self._lead = True
-        self._buf = ""
-
-    @property
-    def in_reasoning(self) -> bool:
-        return self._state == "reasoning"
-
-    def feed(self, text: str) -> list[tuple[Kind, str]]:
-        self._buf += text
-        out: list[tuple[Kind, str]] = []
-        while True:
-            if self._state == "start":
-                stripped = self._buf.lstrip()
-                if stripped.startswith(self._open):
-                    self._buf, self._state = stripped[len(self._open):], "reasoning"
-                elif self._open.startswith(stripped):
-                    return out
-                else:
-                    self._state = "content"
-            elif self._state == "reasoning":
-                if self._lead:
-                    self._buf = self._buf.lstrip()
-                    self._lead = not self._buf
-                if not self._think(out):
-                    return out
-            elif self._state == "after":
-                self._buf = self._buf.lstrip()
-                if not self._buf:
-                    return out
-                self._state = "content"
-            else:
-                _emit(out, "content", self._buf)
-                self._buf = ""
-                return out
-
-    def _think(self, out: list[tuple[Kind, str]]) -> bool:
-        """Reasoning up to the block's end, if it came (then True), else up to what may still become one."""
-        found = [(i, m) for m in (self._close, *self._ends) if (i := self._buf.find(m)) >= 0]
-        if found:
-            at, marker = min(found)
-            _emit(out, "reasoning", self._buf[:at].rstrip())
-            closed = marker == self._close
-            self._buf, self._state = self._buf[at + len(marker) if closed else at:], "after" if closed else "content"
-            return True
-        keep = max(partial_suffix(self._buf, m) for m in (self._close, *self._ends))
-        ready = self._buf[:len(self._buf) - keep].rstrip()
-        _emit(out, "reasoning", ready)
-        self._buf = self._buf[len(ready):]
-        return False
-
-    def finish(self) -> list[tuple[Kind, str]]:
-        out: list[tuple[Kind, str]] = []
-        _emit(out, "reasoning" if self._state == "reasoning" else "content",
-              self._buf.rstrip() if self._state == "reasoning" else self._buf)
-        self._buf = ""
-        return out
-
-
-def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
-    if text:
-        if out and out[-1][0] == kind:
-            out[-1] = (kind, out[-1][1] + text)
-        else:
-            out.append((kind, text))
-
-
-def calls_end_thinking(think: Reasoning, ends: tuple[str, ...]) -> Callable[[bool | None], CallsEndThinking]:
-    """A ChatFormat.splitter: <think> blocks that `ends` (call markers) close as well."""
-    return partial(CallsEndThinking, think=think, ends=ends)
-
-
 KIMI_K2 = ChatFormat(
-    "kimi-k2", KimiSyntax(), Reasoning(*THINK),
+    "kimi-k2", KimiSyntax(), Reasoning(*THINK, ends=(SECTION_BEGIN, CALL_BEGIN)),
     preserved=(SECTION_BEGIN, SECTION_END, CALL_BEGIN, ARGS_BEGIN, CALL_END, *THINK),
     # The template writes a string's text as it is and a mapping through tojson: the string keeps the model's own.
-    splitter=calls_end_thinking(Reasoning(*THINK), (SECTION_BEGIN, CALL_BEGIN)),
     note="<|tool_calls_section_begin|> sections of functions.NAME:N calls with JSON arguments; <think> reasoning (K2-Thinking)")
 
 DETECT = [(20, lambda src: SECTION_BEGIN in src, KIMI_K2)]
