@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.chat_formats import forced_grammar
 
-from nomoat.core.gbnf_rules import Parser
-from nomoat.core.grammar_stacks import _Machine
+from nomoat.core.grammar_stacks import accepts
 from nomoat.core.reasoning import split_reasoning
-from nomoat.core.structured import Grammar
 from nomoat.engine.chat_template import ChatTemplate
-from nomoat.formats import ChatFormat, ToolRule, detect
+from nomoat.formats import ChatFormat, detect
 from nomoat.formats.base import ToolCall, as_call
 from nomoat.formats.functionary import FUNCTIONARY_V31, FUNCTIONARY_V32
 from nomoat.formats.llama3 import FIREFUNCTION, LLAMA3
@@ -304,29 +303,11 @@ def test_history_renders_what_the_model_wrote(name: str, output: str) -> None:
 
 # --- forced calls: the grammar writes the native syntax, and what it writes parses back ------------
 
+
 def grammar(fmt: ChatFormat, names: list[str], max_calls: int) -> str:
-    g = Grammar("tools")
-    rules = []
-    for i, name in enumerate(names):
-        doc = f"tool{i}"
-        args = g.schema_rule(SCHEMAS[name], doc_id=doc, path="", param=f"tools[{i}]")
-        rules.append(ToolRule(name, args, SCHEMAS[name],
-                              lambda s, k, d=doc: g.property_rule(s, doc_id=d, path=f"/properties/{k}")))
-    text: str = g.text(fmt.tools.calls_rule(g, rules, max_calls))  # raises if it keeps many parses alive
-    return text
+    return forced_grammar(fmt, {n: SCHEMAS[n] for n in names}, max_calls)
 
 
-def accepts(text: str, output: str) -> bool:
-    """Whether llama.cpp's grammar stacks (grammar_stacks.py's model of them) accept `output` whole."""
-    parser = Parser(text)
-    machine = _Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
-    stacks = machine.start()
-    for ch in output:
-        machine.work = 0
-        stacks = machine.accept(stacks, ord(ch))
-        if not stacks:
-            return False
-    return () in stacks
 
 
 ALL = ["special_function", "special_function_with_opt", "get_time", "set_config", "todo_list", "toggle"]

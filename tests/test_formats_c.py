@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.chat_formats import forced_grammar
 
-from nomoat.core.gbnf_rules import Parser
-from nomoat.core.grammar_stacks import _Machine
+from nomoat.core.grammar_stacks import accepts
 from nomoat.core.reading import Reading
-from nomoat.core.structured import Grammar
 from nomoat.core.tool_calls import ToolStream
 from nomoat.core.tools import Tool, ToolPlan
 from nomoat.engine.chat_template import ChatTemplate
-from nomoat.formats import ChatFormat, ToolRule, detect
+from nomoat.formats import ChatFormat, detect
 from nomoat.formats.deepseek import DEEPSEEK_R1, DEEPSEEK_V3_1, DEEPSEEK_V3_2, DEEPSEEK_V4
 from nomoat.formats.glm import GLM_4_6, GLM_4_7, TAGGED
 from nomoat.formats.kimi import KIMI_K2
@@ -285,28 +284,11 @@ def test_unknown_tools_are_content() -> None:
 
 # --- forced calls: the grammar writes the native syntax, and what it writes parses back ------------
 
+
 def grammar(fmt: ChatFormat, names: list[str], max_calls: int) -> str:
-    g = Grammar("tools")
-    rules = []
-    for i, name in enumerate(names):
-        doc = f"tool{i}"
-        args = g.schema_rule(SCHEMAS[name], doc_id=doc, path="", param=f"tools[{i}]")
-        rules.append(ToolRule(name, args, SCHEMAS[name],
-                              lambda s, k, d=doc: g.property_rule(s, doc_id=d, path=f"/properties/{k}")))
-    return g.text(fmt.tools.calls_rule(g, rules, max_calls))  # raises if the grammar keeps many parses alive
+    return forced_grammar(fmt, {n: SCHEMAS[n] for n in names}, max_calls)
 
 
-def accepts(text: str, output: str) -> bool:
-    """Whether llama.cpp's grammar stacks (grammar_stacks.py's model of them) accept `output` whole."""
-    parser = Parser(text)
-    machine = _Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
-    stacks = machine.start()
-    for ch in output:
-        machine.work = 0  # the model's search budget is per search, not per string
-        stacks = machine.accept(stacks, ord(ch))
-        if not stacks:
-            return False
-    return () in stacks
 
 
 R1_FORCED = ("<｜tool▁call▁begin｜>function<｜tool▁sep｜>special_function\n```json\n{\"arg1\": 1}\n```<｜tool▁call▁end｜>")

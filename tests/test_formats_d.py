@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from nomoat.core.gbnf_rules import Parser
-from nomoat.core.grammar_stacks import _Machine
+from nomoat.core.grammar_stacks import accepts
 from nomoat.core.structured import Grammar
 from nomoat.engine.chat_template import ChatTemplate
 from nomoat.formats import ChatFormat, ToolRule, detect
@@ -275,13 +274,6 @@ def tool_rules(g: Grammar) -> list[ToolRule]:
             for name, schema in SCHEMAS.items()]
 
 
-def accepts(grammar: str, text: str) -> bool:
-    parser = Parser(grammar)
-    machine = _Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
-    stacks = machine.start()
-    for char in text:
-        stacks = machine.accept(stacks, ord(char))
-    return () in stacks
 
 
 FORCED = [  # (format, texts the grammar must accept, texts it must refuse)

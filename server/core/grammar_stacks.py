@@ -65,6 +65,20 @@ def find_blowup(text: str, limit: int = MAX_LIVE_STACKS) -> Blowup | None:
     return _find_blowup(text, limit)
 
 
+def accepts(text: str, output: str) -> bool:
+    """Whether grammar `text` accepts `output` whole, character by character as llama.cpp's stacks would (a
+    family's forced-call grammar against what its model writes: tests/test_formats_*.py)."""
+    parser = Parser(text)
+    machine = _Machine(parser.parse(), parser.ids["root"], list(parser.tokens))
+    stacks = machine.start()
+    for ch in output:
+        machine.work = 0  # the search budget is per search, not per string
+        stacks = machine.accept(stacks, ord(ch))
+        if not stacks:
+            return False
+    return () in stacks
+
+
 @functools.lru_cache(maxsize=64)  # texts up to 128 KiB each: 8 MiB at most
 def _find_blowup(text: str, limit: int) -> Blowup | None:
     try:

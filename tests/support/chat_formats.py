@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 
+from nomoat.core.structured import Grammar
+from nomoat.formats import ChatFormat, ToolRule
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "data" / "templates"
 TOOL = {"type": "function", "function": {"name": "special_function", "description": "I'm special", "parameters": {
     "type": "object", "properties": {"arg1": {"type": "integer", "description": "The arg."}}, "required": ["arg1"]}}}
@@ -176,3 +179,17 @@ def _anthropic(c: Any, fields: dict[str, Any], messages: list[Any], forced: bool
     reasoning = "".join(b.get("thinking", "") for b in content_blocks if b["type"] == "thinking")
     content = "".join(b.get("text", "") for b in content_blocks if b["type"] == "text")
     return reasoning or None, content, [(b["name"], b["input"]) for b in content_blocks if b["type"] == "tool_use"]
+
+
+def forced_grammar(fmt: ChatFormat, schemas: dict[str, Any], max_calls: int) -> str:
+    """The grammar text a forced call to these tools (name: parameters) gets in `fmt`'s syntax, as core/tools.py
+    builds it (g.text raises if it would keep many parses alive)."""
+    g = Grammar("tools")
+    rules = []
+    for i, (name, schema) in enumerate(schemas.items()):
+        doc = f"tool{i}"
+        args = g.schema_rule(schema, doc_id=doc, path="", param=f"tools[{i}]")
+        rules.append(ToolRule(name, args, schema,
+                              lambda s, k, d=doc: g.property_rule(s, doc_id=d, path=f"/properties/{k}")))
+    text: str = g.text(fmt.tools.calls_rule(g, rules, max_calls))
+    return text
