@@ -137,6 +137,7 @@ def test_status_has_the_panel_figures(fake):
     assert status["uptime_seconds"] >= 0
     assert status["admin"] is True  # no key configured: the admin routes are open
     assert status["model_lifecycle"] is True
+    assert status["runtime_adapters"] is False  # no adapter directory: POST /v1/adapters is refused
     assert status["tokens_per_second"] > 0 and status["tokens_window_seconds"] == 30
     [model] = status["models"]
     memory = model.pop("memory_bytes")
@@ -163,6 +164,10 @@ def test_status_lists_models_not_loaded_and_when_a_loaded_one_unloads(fake_facto
     assert after["b"]["status"] == "loaded" and after["b"]["pinned"] is False
     assert after["b"]["expires_at"] > time.time() + 3000  # keep_alive 1h from its last request
     assert srv.client.get("/status").json()["totals"]["models_loaded"] == 2
+
+
+def test_status_tells_when_adapters_may_be_loaded_at_runtime(fake_factory, tmp_path):
+    assert fake_factory(adapter_dirs=[tmp_path]).client.get("/status").json()["runtime_adapters"] is True
 
 
 def test_status_takes_the_model_list_access_and_tells_an_admin_key(fake_factory):

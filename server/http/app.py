@@ -106,7 +106,7 @@ def build_app(
         **adapter_handlers(registry, settings.adapter_dirs, settings.max_body_bytes, settings.body_timeout_seconds),
     }
     handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
-    handlers["status"] = ServerStatus(registry, metrics, auth).handle
+    handlers["status"] = ServerStatus(registry, metrics, auth, runtime_adapters=bool(settings.adapter_dirs)).handle
     # Routes the configuration turns off answer 404; any other route without a handler fails the build.
     off: list[str] = []
     if reload is not None:

@@ -26,12 +26,14 @@ _LIFECYCLE_ROUTE = ("POST", "/models/load")
 
 
 class ServerStatus:
-    """Builds the status document; `started` is when the server began serving."""
+    """Builds the status document; `started` is when the server began serving. `runtime_adapters`: adapter
+    directories are configured, so POST /v1/adapters may load one (the page offers it only then)."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, auth: Authenticator) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, auth: Authenticator, runtime_adapters: bool) -> None:
         self.registry = registry
         self.metrics = metrics
         self.auth = auth
+        self.runtime_adapters = runtime_adapters
         self.started = time.monotonic()
 
     async def handle(self, request: Request) -> Response:
@@ -48,6 +50,7 @@ class ServerStatus:
             "ready": self.registry.ready,
             "admin": admin,
             "model_lifecycle": match(*_LIFECYCLE_ROUTE).endpoint is not None,
+            "runtime_adapters": self.runtime_adapters,
             "tokens_per_second": round(rate.per_second(), 2),
             "tokens_window_seconds": rate.window,
             "totals": {
