@@ -21,6 +21,7 @@ from lora_factory import write_lora
 from support.fake_engine import FakeEngine
 from support.inprocess import MODEL, fake_registry
 
+from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.http.app import build_app
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
@@ -71,10 +72,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 class ThreadServer:
     """The real app over fake engines, served by uvicorn on a free port from a thread of this process."""
 
-    def __init__(self, tmp: Path, **settings: Any) -> None:
+    def __init__(self, tmp: Path, models: ModelsFile | None = None, **settings: Any) -> None:
         self.monkeypatch = pytest.MonkeyPatch()
         built = Settings(state_dir=tmp / "state", **settings)
-        self.registry: ModelRegistry = fake_registry(built, self.monkeypatch)
+        self.registry: ModelRegistry = fake_registry(built, self.monkeypatch, models)
         self.base_url = f"http://127.0.0.1:{free_port()}"
         config = uvicorn.Config(build_app(built, self.registry), host="127.0.0.1", port=int(self.base_url.rsplit(":", 1)[1]),
                                 log_level="warning")
@@ -106,7 +107,19 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServ
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    server = ThreadServer(tmp_path_factory.mktemp("ui-keyed"), api_key="user-key", admin_key="admin-key")
+    server = ThreadServer(tmp_path_factory.mktemp("ui-keyed"), api_key="user-key", admin_key="admin-key",
+                          adapter_dirs=[tmp_path_factory.mktemp("ui-keyed-adapters")])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    """Two models, `pinned` (loaded at startup, never unloaded) and `lazy` (loaded on demand), and an adapter
+    directory, so runtime adapter loading is on."""
+    path = str(embedded_model_path())
+    models = ModelsFile(models=[ModelConfig(name="pinned", path=path, load="startup"), ModelConfig(name="lazy", path=path)])
+    server = ThreadServer(tmp_path_factory.mktemp("ui-admin"), models, adapter_dirs=[tmp_path_factory.mktemp("ui-dir")])
     yield server
     server.stop()
 
@@ -192,7 +205,8 @@ def test_page_loads_with_models_adapters_and_status_and_no_console_errors(browse
              "the server panel shows the model")
     panel = browser.find_element("css selector", "#server-status").text
     assert "sea" in panel and "tok/s" in panel
-    assert browser.find_element("css selector", "#admin").is_displayed()  # no key configured: all open
+    # No key configured: the admin actions are open, but no adapter directory: no adapter loads at runtime.
+    assert browser.execute_script("return document.querySelector('#admin').hidden") is True
     assert console_errors(browser) == []
 
 
@@ -324,3 +338,41 @@ def test_with_an_api_key_the_page_asks_for_it_then_works(browser, keyed_server):
     wait_for(browser, lambda: browser.find_element("css selector", "#admin").is_displayed(), "admin actions show")
     # The only errors: the two requests the server refused before a key was given.
     assert console_errors(browser, allow=("401 (Unauthorized)",)) == []
+
+# --- the admin actions: only what the server allows, and errors that stay -------------------------
+
+def panel_refreshes(driver: Any) -> int:
+    return int(driver.execute_script("return document.querySelector('#server-status').dataset.refreshes || 0"))
+
+
+def lifecycle_buttons(driver: Any) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll('#server-status .lifecycle button')]"
+                                 ".map(b => b.textContent)")
+
+
+def test_without_adapter_dirs_or_an_unpinned_model_no_admin_action_is_offered(browser, fake_server):
+    open_page(browser, fake_server.base_url)
+    wait_for(browser, lambda: panel_refreshes(browser) >= 1, "the panel shows the status")
+    assert not browser.find_element("css selector", "#admin").is_displayed()  # runtime loading is off
+    assert lifecycle_buttons(browser) == []  # the one model is pinned: no Unload
+    assert console_errors(browser) == []
+
+
+def test_admin_errors_stay_until_dismissed_and_a_pinned_model_has_no_unload(browser, admin_server):
+    open_page(browser, admin_server.base_url)
+    wait_for(browser, lambda: lifecycle_buttons(browser), "the lifecycle buttons show")
+    assert lifecycle_buttons(browser) == ["Load lazy"]  # and no "Unload pinned": it would answer 409
+    assert browser.find_element("css selector", "#admin").is_displayed()  # adapter directories: runtime loading
+    set_value(browser, "#adapter-name", "nowhere")
+    set_value(browser, "#adapter-path", "missing.gguf")
+    click(browser, "#adapter-load button[type=submit]")
+    error = "return document.querySelector('#server-status .admin-error')?.textContent || ''"
+    wait_for(browser, lambda: "missing.gguf" in browser.execute_script(error), "the load's error shows")
+    seen = panel_refreshes(browser)
+    wait_for(browser, lambda: panel_refreshes(browser) >= seen + 2, "the panel refreshes twice")
+    assert "missing.gguf" in browser.execute_script(error)  # the refreshes kept it
+    click(browser, "#server-status .admin-error button")
+    assert browser.execute_script(error) == ""
+    wait_for(browser, lambda: panel_refreshes(browser) >= seen + 3, "the panel refreshes again")
+    assert browser.execute_script(error) == ""  # dismissed for good
+    assert console_errors(browser, allow=("404 (Not Found)", "400 (Bad Request)", "403 (Forbidden)")) == []

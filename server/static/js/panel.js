@@ -11,6 +11,9 @@ export class ServerPanel {
     Object.assign(this, { api, catalog, details, container, admin, adapterForm, currentModel, changed });
     this.status = null;
     this.timer = null;
+    // The last admin action's error: kept across refreshes until dismissed or the next action.
+    this.error = null;
+    this.refreshes = 0;
     details.addEventListener("toggle", () => this.poll());
     document.addEventListener("visibilitychange", () => this.poll());
     adapterForm.addEventListener("submit", (event) => {
@@ -30,7 +33,7 @@ export class ServerPanel {
         this.status = await this.api.json("/status");
         this.render();
       } catch (err) {
-        this.container.replaceChildren(line(`Status unavailable: ${err.message}`, "error"));
+        this.container.replaceChildren(...this.errorLine(), line(`Status unavailable: ${err.message}`, "error"));
       }
     }
     this.timer = setTimeout(() => this.poll(), POLL_MS);
@@ -40,6 +43,7 @@ export class ServerPanel {
     const s = this.status;
     const t = s.totals;
     const nodes = [
+      ...this.errorLine(),
       line(`nomoat ${s.version} · up ${duration(s.uptime_seconds)}`),
       line(`${s.tokens_per_second.toFixed(1)} tok/s (last ${s.tokens_window_seconds} s) · ${t.completion_tokens} tokens since start`, "rate"),
       line(`${t.models_loaded} loaded · ${t.active_sequences} active · ${t.queue_depth} queued`
@@ -48,7 +52,20 @@ export class ServerPanel {
     for (const m of s.models) nodes.push(this.modelCard(m));
     if (s.admin && s.model_lifecycle) nodes.push(this.lifecycleButtons());
     this.container.replaceChildren(...nodes);
-    this.admin.hidden = !s.admin;
+    // Only what the server allows: an adapter loads at runtime only from a configured adapter directory.
+    this.admin.hidden = !(s.admin && s.runtime_adapters);
+    this.refreshes += 1;
+    this.container.dataset.refreshes = String(this.refreshes);
+  }
+
+  errorLine() {
+    if (this.error === null) return [];
+    const p = line(this.error, "error admin-error");
+    p.append(" ", actionButton("Dismiss", "Dismiss this error", () => {
+      this.error = null;
+      p.remove();
+    }));
+    return [p];
   }
 
   modelCard(m) {
@@ -100,8 +117,10 @@ export class ServerPanel {
   lifecycleButtons() {
     const box = document.createElement("div");
     box.className = "lifecycle";
+    const pinned = new Set(this.status.models.filter((m) => m.pinned).map((m) => m.id));
     for (const card of this.catalog.bases()) {
       const loaded = this.catalog.status(card.id) !== "unloaded";
+      if (loaded && pinned.has(card.id)) continue; // a pinned model stays loaded: unloading it answers 409
       box.append(actionButton(`${loaded ? "Unload" : "Load"} ${card.id}`, "",
         () => this.act("POST", `/models/${loaded ? "unload" : "load"}`, { model: card.id })));
     }
@@ -116,9 +135,12 @@ export class ServerPanel {
 
   // An admin request; its error shows in the panel. True when it succeeded.
   async act(method, path, body) {
+    this.error = null;
+    this.container.querySelector(".admin-error")?.remove();
     const response = await this.api.fetch(path, { method, body });
     if (!response.ok) {
-      this.container.prepend(line(await errorMessage(response), "error"));
+      this.error = await errorMessage(response);
+      this.container.prepend(...this.errorLine());
       return false;
     }
     await this.changed();
