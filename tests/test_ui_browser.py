@@ -8,6 +8,7 @@ uvicorn thread (deterministic output for the markup test, a held stream for the 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,7 +205,7 @@ def test_page_loads_with_models_adapters_and_status_and_no_console_errors(browse
     wait_for(browser, lambda: "smollm2-135m" in browser.find_element("css selector", "#server-status .model-card").text,
              "the server panel shows the model")
     panel = browser.find_element("css selector", "#server-status").text
-    assert "sea" in panel and "tok/s" in panel
+    assert "sea" in panel and "no answer yet" in panel  # a rate only once something was generated
     # No key configured: the admin actions are open, but no adapter directory: no adapter loads at runtime.
     assert browser.execute_script("return document.querySelector('#admin').hidden") is True
     assert console_errors(browser) == []
@@ -226,6 +227,13 @@ def test_a_reply_streams_into_the_page_then_finishes(browser, real):
     assert "adapters: base" in answer["meta"] and "tok/s" in answer["meta"] and "TTFT" in answer["meta"], answer
     stored = browser.execute_script("return JSON.parse(localStorage.getItem('nomoat.conversations'))")
     assert stored[0]["messages"][-1]["content"] == answer["text"]  # kept in local storage
+    # The panel's rate is the answer's own, over its generating time, not diluted by idle wall time (a 30 s
+    # window read 1.5 tok/s beside 55.8): the two clocks differ only by the stream's delivery.
+    rate_line = "return document.querySelector('#server-status .rate').textContent"
+    wait_for(browser, lambda: "last answer" in browser.execute_script(rate_line), "the panel shows the answer's rate")
+    shown = float(re.search(r"([\d.]+) tok/s", answer["meta"]).group(1))
+    panel_rate = float(re.search(r"last answer ([\d.]+) tok/s", browser.execute_script(rate_line)).group(1))
+    assert shown / 3 < panel_rate < shown * 3, (answer["meta"], browser.execute_script(rate_line))
     assert console_errors(browser) == []
 
 

@@ -139,6 +139,7 @@ def test_status_has_the_panel_figures(fake):
     assert status["model_lifecycle"] is True
     assert status["runtime_adapters"] is False  # no adapter directory: POST /v1/adapters is refused
     assert status["tokens_per_second"] > 0 and status["tokens_window_seconds"] == 30
+    assert status["last_tokens_per_second"] > 0 and 0 <= status["generating_seconds"] <= 30
     [model] = status["models"]
     memory = model.pop("memory_bytes")
     assert memory > 50 * 2**20  # the estimate of the embedded model's footprint (weights, KV, buffers)
@@ -179,18 +180,22 @@ def test_status_takes_the_model_list_access_and_tells_an_admin_key(fake_factory)
     assert keyed.client.get("/status", headers={"x-api-key": "adm"}).json()["admin"] is True
 
 
-def test_token_rate_counts_a_rolling_window():
+def test_token_rate_is_over_the_time_tokens_were_generated_not_wall_time():
     now = [1000.0]
-    rate = TokenRate(window=10, clock=lambda: now[0])
-    rate.add(30)
+    rate = TokenRate(window=30, clock=lambda: now[0])
+    assert rate.per_second() == 0.0 and rate.last is None and rate.generating_seconds() == 0.0
+    rate.add(51, seconds=1.0)  # 50 tokens after the first in its 1 s
+    assert rate.last == 50.0 and rate.per_second() == 50.0
+    now[0] += 20  # 20 idle seconds do not dilute it (a 30 s wall-clock window read 1.7 here)
+    rate.add(21, seconds=1.0)
+    assert rate.last == 20.0 and rate.generating_seconds() == 2.0 and rate.per_second() == 35.0
     now[0] += 0.5
-    rate.add(20)  # the same second
-    assert rate.per_second() == 5.0 and rate.total == 50
-    now[0] += 5
-    rate.add(50)
-    assert rate.per_second() == 10.0
-    now[0] += 5  # the first second has left the window
-    assert rate.per_second() == 5.0
+    rate.add(31, seconds=1.0)  # ran alongside the last one for 0.5 s: their tokens add up over the union
+    assert rate.generating_seconds() == 2.5 and rate.per_second() == 100 / 2.5
+    rate.add(1, seconds=0.0)  # a one-token answer has no rate of its own
+    assert rate.last == 30.0 and rate.total == 104
+    now[0] += 15  # the first run has left the window
+    assert rate.generating_seconds() == 1.5 and rate.per_second() == 50 / 1.5
     now[0] += 100
-    assert rate.per_second() == 0.0 and rate.total == 100
-    assert len(rate._buckets) == 0
+    assert rate.per_second() == 0.0 and rate.generating_seconds() == 0.0 and rate.last == 30.0
+    assert len(rate._runs) == 0

@@ -192,18 +192,19 @@ class Run:
             completion_tokens=sum(c.usage.completion_tokens for c in self.choices if c.usage),
             cached_tokens=sum(u.cached_tokens for u in firsts),
         )
-        count_tokens(self.core.metrics, self.request, totals)
+        count_tokens(self.core.metrics, self.request, totals, self.timer.generating())
         return totals
 
 
-def count_tokens(metrics: Metrics, request: Request, totals: Totals) -> None:
-    """Token counters by model and adapter, and the access log's token fields."""
+def count_tokens(metrics: Metrics, request: Request, totals: Totals, generating: float = 0.0) -> None:
+    """Token counters by model and adapter, and the access log's token fields; `generating` is the seconds
+    from the first generated token to the last (GET /status's rates)."""
     context = RequestContext.of(request)
     labels = (context.base_model, context.adapter)
     metrics.prompt_tokens.labels(*labels).inc(totals.prompt_tokens)
     metrics.cached_prompt_tokens.labels(*labels).inc(totals.cached_tokens)
     metrics.completion_tokens.labels(*labels).inc(totals.completion_tokens)
-    metrics.recent_tokens.add(totals.completion_tokens)
+    metrics.recent_tokens.add(totals.completion_tokens, generating)
     context.tokens = (totals.prompt_tokens, totals.completion_tokens)
 
 

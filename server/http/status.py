@@ -51,8 +51,11 @@ class ServerStatus:
             "admin": admin,
             "model_lifecycle": match(*_LIFECYCLE_ROUTE).endpoint is not None,
             "runtime_adapters": self.runtime_adapters,
+            # Rates over the time tokens were being generated (metrics.TokenRate), as the page measures an answer.
             "tokens_per_second": round(rate.per_second(), 2),
             "tokens_window_seconds": rate.window,
+            "generating_seconds": round(rate.generating_seconds(), 3),
+            "last_tokens_per_second": None if rate.last is None else round(rate.last, 2),
             "totals": {
                 "models_loaded": sum(m["status"] == "loaded" for m in models),
                 "active_sequences": sum(m["active_sequences"] for m in models),

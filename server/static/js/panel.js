@@ -45,7 +45,7 @@ export class ServerPanel {
     const nodes = [
       ...this.errorLine(),
       line(`nomoat ${s.version} · up ${duration(s.uptime_seconds)}`),
-      line(`${s.tokens_per_second.toFixed(1)} tok/s (last ${s.tokens_window_seconds} s) · ${t.completion_tokens} tokens since start`, "rate"),
+      line(rate(s) + ` · ${t.completion_tokens} tokens since start`, "rate"),
       line(`${t.models_loaded} loaded · ${t.active_sequences} active · ${t.queue_depth} queued`
         + (t.memory_bytes !== null ? ` · ${bytes(t.memory_bytes)}` : ""), "totals"),
     ];
@@ -147,6 +147,15 @@ export class ServerPanel {
     await this.poll();
     return true;
   }
+}
+
+// Both rates are over time spent generating (as the tok/s beside an answer), never idle wall time.
+function rate(s) {
+  if (s.last_tokens_per_second === null) return "no answer yet";
+  const last = `last answer ${s.last_tokens_per_second.toFixed(1)} tok/s`;
+  if (!s.generating_seconds) return last;
+  return `${last} · ${s.tokens_per_second.toFixed(1)} tok/s while generating `
+    + `(${s.generating_seconds.toFixed(1)} s in the last ${s.tokens_window_seconds} s)`;
 }
 
 function line(text, className = "") {
