@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from . import (
     apertus,
+    apriel,
     command_r,
     deepseek,
     functionary,
@@ -15,8 +16,11 @@ from . import (
     harmony,
     hermes_family,
     kimi,
+    kimi_k3,
+    lfm2,
     llama3,
     minimax,
+    minimax_m1,
     mistral,
     nemotron,
     plain,
@@ -36,7 +40,8 @@ Detector = tuple[int, Callable[[str], bool], ChatFormat]
 _DETECTORS: list[Detector] = sorted(
     [*apertus.DETECT, *command_r.DETECT, *deepseek.DETECT, *functionary.DETECT, *glm.DETECT, *granite.DETECT,
      *harmony.DETECT, *hermes_family.DETECT, *kimi.DETECT, *llama3.DETECT, *minimax.DETECT, *mistral.DETECT,
-     *nemotron.DETECT, *plain.DETECT, *xml_function.DETECT],
+     *nemotron.DETECT, *plain.DETECT, *xml_function.DETECT,
+     *apriel.DETECT, *kimi_k3.DETECT, *lfm2.DETECT, *minimax_m1.DETECT],
     key=lambda d: d[0])
 
 
