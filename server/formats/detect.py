@@ -11,19 +11,26 @@ from . import (
     command_r,
     deepseek,
     functionary,
+    gigachat,
     glm,
     granite,
     harmony,
     hermes_family,
+    hy3,
     kimi,
     kimi_k3,
     lfm2,
+    ling,
     llama3,
+    minicpm,
     minimax,
     minimax_m1,
     mistral,
+    muse,
     nemotron,
     plain,
+    reka,
+    solar,
     xml_function,
 )
 from .base import ChatFormat, Reasoning
@@ -41,7 +48,8 @@ _DETECTORS: list[Detector] = sorted(
     [*apertus.DETECT, *command_r.DETECT, *deepseek.DETECT, *functionary.DETECT, *glm.DETECT, *granite.DETECT,
      *harmony.DETECT, *hermes_family.DETECT, *kimi.DETECT, *llama3.DETECT, *minimax.DETECT, *mistral.DETECT,
      *nemotron.DETECT, *plain.DETECT, *xml_function.DETECT,
-     *apriel.DETECT, *kimi_k3.DETECT, *lfm2.DETECT, *minimax_m1.DETECT],
+     *apriel.DETECT, *kimi_k3.DETECT, *lfm2.DETECT, *minimax_m1.DETECT,
+     *gigachat.DETECT, *hy3.DETECT, *ling.DETECT, *minicpm.DETECT, *muse.DETECT, *reka.DETECT, *solar.DETECT],
     key=lambda d: d[0])
 
 
