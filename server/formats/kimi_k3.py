@@ -18,8 +18,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import NOT_JSON, ChatFormat, Reasoning, RuleBuilder, ToolCall, ToolRule, ToolSyntax, literal
+from .base import NOT_JSON, ChatFormat, Reasoning, RuleBuilder, ToolRule, literal
 from .minimax import params_rule, xml_value
+from .minimax_m1 import TaggedCallsSyntax
 
 OPEN, CLOSE, SEP, END_OF_MSG = "<|open|>", "<|close|>", "<|sep|>", "<|end_of_msg|>"
 
@@ -42,48 +43,27 @@ _TYPES = {"integer": "number", "number": "number", "boolean": "boolean", "object
           "null": "null"}
 
 
-def _arguments(body: str, *, cut: bool) -> dict[str, Any] | None:
-    """A call's arguments: its argument tags (a string's text kept as it is), or a JSON block; None if neither
-    reads. `cut`: the arguments whole so far."""
-    block = _JSON.search(body)
-    if block is not None:
-        try:
-            args = json.loads(block.group(1))
-        except NOT_JSON:
-            return None
-        return args if isinstance(args, dict) else None
-    if cut and _O + "json" in body:
-        return {}
-    return {html.unescape(m.group(1)): m.group(3) if m.group(2) == "string" else xml_value(m.group(3))
-            for m in _ARG.finditer(body)}
-
-
-class XtmlSyntax(ToolSyntax):
+class XtmlSyntax(TaggedCallsSyntax):
     name = "kimi-k3"
-    starts = (TOOLS_START,)
+    starts, close, call = (TOOLS_START,), TOOLS_END, _CALL
 
-    def section_end(self, text: str) -> int | None:
-        end = text.find(TOOLS_END)
-        return None if end < 0 else end + len(TOOLS_END)
+    def call_name(self, written: str) -> str:
+        return html.unescape(written)
 
-    def _calls(self, section: str, names: set[str], *, cut: bool) -> list[ToolCall] | None:
-        calls = []
-        for m in _CALL.finditer(section):
-            name = html.unescape(m.group(1))
-            if name not in names:
-                continue
-            args = _arguments(m.group(2), cut=cut)
-            if args is None:
+    def arguments(self, body: str, *, cut: bool) -> dict[str, Any] | None:
+        """A call's arguments: its argument tags (a string's text kept as it is), or a JSON block; None if neither
+        reads. `cut`: the arguments whole so far."""
+        block = _JSON.search(body)
+        if block is not None:
+            try:
+                args = json.loads(block.group(1))
+            except NOT_JSON:
                 return None
-            calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
-        return calls
-
-    def parse(self, section: str, names: set[str]) -> list[ToolCall] | None:
-        return self._calls(section, names, cut=False) or None
-
-    def parse_cut(self, section: str, names: set[str]) -> list[ToolCall]:
-        # The last call's arguments are the ones it closed: a value cut short is not yet one.
-        return self._calls(section, names, cut=True) or []
+            return args if isinstance(args, dict) else None
+        if cut and _O + "json" in body:
+            return {}
+        return {html.unescape(m.group(1)): m.group(3) if m.group(2) == "string" else xml_value(m.group(3))
+                for m in _ARG.finditer(body)}
 
     def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
         alts = []

@@ -154,34 +154,53 @@ def _m3_arguments(body: str) -> tuple[dict[str, Any], bool]:
     return args, True
 
 
-class M3Syntax(ToolSyntax):
-    name = "minimax-m3"
-    starts = (M3_OPEN,)
+class TaggedCallsSyntax(ToolSyntax):
+    """A section from its start marker to `close`, of calls `call` finds (group 1 the name, 2 the body), each
+    body's arguments read by `arguments`. Cut short, a call's arguments are the ones it closed (M3, Kimi K3)."""
+
+    close = ""
+    call: re.Pattern[str]
+
+    def arguments(self, body: str, *, cut: bool) -> dict[str, Any] | None:
+        """A call's arguments (None: the section is not calls); `cut`: the ones whole so far."""
+        raise NotImplementedError
+
+    def call_name(self, written: str) -> str:
+        return written
 
     def section_end(self, text: str) -> int | None:
-        end = text.find(M3_CLOSE)
-        return None if end < 0 else end + len(M3_CLOSE)
+        end = text.find(self.close)
+        return None if end < 0 else end + len(self.close)
 
     def _calls(self, section: str, names: set[str], *, cut: bool) -> list[ToolCall] | None:
         calls = []
-        for m in _INVOKE.finditer(section):
-            if m.group(1) not in names:
+        for m in self.call.finditer(section):
+            name = self.call_name(m.group(1))
+            if name not in names:
                 continue
-            try:
-                args, whole = _m3_arguments(m.group(2))
-            except ValueError:
+            args = self.arguments(m.group(2), cut=cut)
+            if args is None:
                 return None
-            if not whole and not cut:
-                return None
-            calls.append(ToolCall(m.group(1), json.dumps(args, ensure_ascii=False)))
+            calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
         return calls
 
     def parse(self, section: str, names: set[str]) -> list[ToolCall] | None:
         return self._calls(section, names, cut=False) or None
 
     def parse_cut(self, section: str, names: set[str]) -> list[ToolCall]:
-        # The last call's arguments are the parameters it closed: a value cut short is not yet one.
         return self._calls(section, names, cut=True) or []
+
+
+class M3Syntax(TaggedCallsSyntax):
+    name = "minimax-m3"
+    starts, close, call = (M3_OPEN,), M3_CLOSE, _INVOKE
+
+    def arguments(self, body: str, *, cut: bool) -> dict[str, Any] | None:
+        try:
+            args, whole = _m3_arguments(body)
+        except ValueError:
+            return None
+        return args if whole or cut else None
 
     def calls_rule(self, b: RuleBuilder, tools: Sequence[ToolRule], max_calls: int) -> str:
         # Values that are not plain strings are written as JSON, which reads back the same (xml_value).
