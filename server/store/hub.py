@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (  # type: ignore[attr-defined]  # HTTPError: re-exported, not in __all__
@@ -25,7 +25,6 @@ from huggingface_hub.errors import (  # type: ignore[attr-defined]  # HTTPError:
     RepositoryNotFoundError,
 )
 from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils.tqdm import tqdm
 
 from ..engine.errors import ModelFileError
 from ..engine.gguf_header import GGUFLayoutError, check_gguf_layout
@@ -34,6 +33,7 @@ from ..errors import ConfigError
 from ..settings import DEFAULT_PULL_TIMEOUT_SECONDS
 from .download_limits import DownloadLimits, DownloadRefused
 from .models_dir import is_gguf, is_projector, model_stem, split_part
+from .progress import LoggedProgress, ProgressReport, reporting
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,15 @@ _QUANT = re.compile(
 
 class HubError(ConfigError):
     """A model name the Hub cannot answer: a bad name, no such repo or quant, no network and no cached copy."""
+
+
+class HubNotFoundError(HubError):
+    """The Hub answered, and has no such model: no such repo, no GGUF file in it, or not the quant asked."""
+
+
+class PullCancelled(HubError):
+    """The download was stopped because whoever asked for it went away (the client of a server's pull)."""
+
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ def group_ggufs(files: Iterable[tuple[str, int | None]]) -> list[GgufChoice]:
 def pick(choices: list[GgufChoice], ref: ModelRef, where: str) -> GgufChoice:
     """The file `ref` names among `choices`: its quant (any case); without one, Q4_K_M, else the smallest."""
     if not choices:
-        raise HubError(f"{where} has no GGUF model files")
+        raise HubNotFoundError(f"{where} has no GGUF model files")
     wanted = (ref.quant or DEFAULT_QUANT).upper()
     # Unsloth's "dynamic" quants (UD-Q4_K_XL) answer to their plain name too.
     matching = [c for c in choices if wanted in {(c.quant or "").upper(), (c.quant or "").upper().removeprefix("UD-")}]
@@ -129,7 +138,7 @@ def pick(choices: list[GgufChoice], ref: ModelRef, where: str) -> GgufChoice:
         return matching[0]
     if ref.quant is not None:
         quants = sorted({c.quant or model_stem(c.files[0].rsplit("/", 1)[-1]) for c in choices}, key=str.upper)
-        raise HubError(f"{where} has no {ref.quant} file; its quantisations: {', '.join(quants)}")
+        raise HubNotFoundError(f"{where} has no {ref.quant} file; its quantisations: {', '.join(quants)}")
     return min(choices, key=lambda c: (c.size is None, c.size or 0, c.files))
 
 
@@ -149,40 +158,23 @@ class PulledFiles:
 Progress = Literal["bar", "log"]
 
 
-class _LoggedProgress(tqdm):
-    """A progress "bar" for the server: a log line at every tenth of a download instead of a bar on a terminal."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._done = int(kwargs.get("initial") or 0)
-        self._total = kwargs.get("total")
-        self._tenth = -1
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped in huggingface_hub
-
-    def update(self, n: float | None = 1) -> bool | None:
-        self._done += int(n or 0)
-        if self._total:
-            tenth = min(10, self._done * 10 // self._total)
-            if tenth > self._tenth:
-                self._tenth = tenth
-                log.info("downloaded %d%% of %.1f MB", tenth * 10, self._total / 1e6)  # the file: the line before
-        return None
-
-
 class Hub:
     """Looks models up on the Hub and in its cache, and downloads them into that cache.
 
     Every argument left None takes huggingface_hub's own setting (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE).
     `timeout` bounds one `fetch` (listing and downloads): past it the download stops with a HubError.
+    `report`, when given, hears each file's progress (and the progress is logged, never drawn).
     """
 
     def __init__(self, *, endpoint: str | None = None, cache_dir: Path | None = None, offline: bool | None = None,
-                 progress: Progress = "bar", timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS) -> None:
+                 progress: Progress = "bar", timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS,
+                 report: ProgressReport | None = None) -> None:
         self.timeout = timeout
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
         self.cache_dir = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
         self.offline = constants.is_offline_mode() if offline is None else offline
-        self._tqdm = _LoggedProgress if progress == "log" else None
+        self._tqdm = LoggedProgress if progress == "log" else None
+        self._report = report
         self._api = HfApi(endpoint=self.endpoint)
 
     def fetch(self, ref: ModelRef, *, prefer_cache: bool = False) -> PulledFiles:
@@ -269,6 +261,17 @@ class Hub:
         _prune_empty(storage / "snapshots", storage)
         return freed
 
+    def discard_partial(self, repo: str) -> None:
+        """Delete `repo`'s unfinished downloads (huggingface_hub keeps them to resume): a failed server pull
+        leaves nothing behind in a cache its user cannot see into."""
+        storage = self._storage(repo)
+        for partial in (storage / "blobs").glob("*.incomplete"):
+            partial.unlink(missing_ok=True)
+        if (storage / "snapshots").is_dir():
+            _prune_empty(storage / "snapshots", storage)
+        elif storage.is_dir() and not any((storage / "blobs").glob("*")):
+            shutil.rmtree(storage)
+
     def _storage(self, repo: str) -> Path:
         return self.cache_dir / repo_folder_name(repo_id=repo, repo_type="model")
 
@@ -288,7 +291,7 @@ class Hub:
         try:
             info = self._api.model_info(repo, files_metadata=True)
         except RepositoryNotFoundError:
-            raise HubError(f"no such model repository: {repo} (on {self.endpoint}; a private repo needs HF_TOKEN)") \
+            raise HubNotFoundError(f"no such model repository: {repo} (on {self.endpoint}; a private repo needs HF_TOKEN)") \
                 from None
         except GatedRepoError:
             raise HubError(f"{repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
@@ -312,9 +315,10 @@ class Hub:
                            "downloads only files of a known size")
         log.info("pulling %s from %s/%s", filename, self.endpoint, repo)
         try:
+            tqdm_class = self._tqdm if self._report is None else reporting(filename, size, self._report)
             with limits.file(filename, size):
                 return str(hf_hub_download(repo, filename, cache_dir=self.cache_dir, endpoint=self.endpoint,
-                                           tqdm_class=self._tqdm))
+                                           tqdm_class=tqdm_class))
         except DownloadRefused as exc:
             raise HubError(f"{repo}: {exc}") from None
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
