@@ -42,6 +42,7 @@ from .forward import ForwardMiddleware
 from .lifecycle import lifecycle_handlers
 from .limits import ConcurrencyLimiter, ConcurrencyMiddleware
 from .openapi import openapi
+from .pull import store_handlers
 from .requestlog import RequestLogMiddleware
 from .status import ServerStatus
 from .ui import StaticPage
@@ -111,8 +112,9 @@ def build_app(
     off: list[str] = []
     if reload is not None:
         handlers["reload"] = admin_reload
+        handlers.update(store_handlers(registry, settings, reload))  # a pull or removal ends with a reload
     else:
-        off.append("reload")
+        off += ["reload", "pull_model", "list_store", "remove_model"]
     if settings.ui:
         handlers.update(StaticPage().handlers())
     else:

@@ -22,6 +22,7 @@ from ..openai.protocol import ChatCompletionRequest, CompletionRequest
 from ..openai.responses_protocol import ResponsesRequest
 from ..openai.tokenize import DetokenizeRequest, TokenizeRequest
 from ..wire.routes import ENDPOINTS, Access, Endpoint
+from .pull import PullBody
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -41,6 +42,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "apply_template": ChatCompletionRequest,
     "load_model": ModelRef,
     "unload_model": ModelRef,
+    "pull_model": PullBody,
 }
 
 SUMMARIES: dict[str, str] = {
@@ -74,6 +76,12 @@ SUMMARIES: dict[str, str] = {
     "load_model": "Load a model now (llama.cpp router's route; admin key); keep_alive as on requests",
     "unload_model": "Unload a model: 200 at once when idle, 202 when busy (it unloads once its requests end), "
                     "409 when pinned",
+    "pull_model": "Download OWNER/REPO[:QUANT] from the Hugging Face Hub into the server's cache and serve it "
+                  "(admin key): server-sent events, each file's progress, then the model's name and path, or an error",
+    "list_store": "Every model the server serves with its source (models.toml, models-dir, pulled), size and path "
+                  "(admin key; `nomoat ls`)",
+    "remove_model": "Forget a pulled model and delete its files (admin key; `nomoat rm`); other models are "
+                    "removed by editing models.toml or the models dir (404)",
 }
 
 ERROR_SCHEMA: dict[str, Any] = {

@@ -53,6 +53,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/openapi.json", "openapi", Access.PUBLIC),
     Endpoint("GET", "/v1/models", "list_models"),
     Endpoint("GET", "/v1/models/{model_id:path}", "get_model"),
+    # OpenAI's own delete: here a pulled model, forgotten and its files removed (`nomoat rm` through a server).
+    Endpoint("DELETE", "/v1/models/{model_id:path}", "remove_model", Access.ADMIN),
     Endpoint("POST", "/v1/chat/completions", "chat", generates=True),
     Endpoint("POST", "/v1/completions", "completions", generates=True),
     Endpoint("POST", "/v1/embeddings", "embeddings", generates=True),
@@ -71,8 +73,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
     Endpoint("DELETE", "/v1/adapters/{name:path}", "unload_adapter", Access.ADMIN),
     Endpoint("POST", "/admin/reload", "reload", Access.ADMIN),
+    # Each model the server serves, with its source, files' size and path (`nomoat ls` through a server).
+    Endpoint("GET", "/admin/store", "list_store", Access.ADMIN),
     Endpoint("POST", "/models/load", "load_model", Access.ADMIN),
     Endpoint("POST", "/models/unload", "unload_model", Access.ADMIN),
+    # Download from the Hugging Face Hub into the server's own cache, progress as SSE (`nomoat pull`, #31).
+    Endpoint("POST", "/models/pull", "pull_model", Access.ADMIN),
     # The web page (issue #17): public, as the API it calls keeps its own auth. Last, so that "/"
     # is never the endpoint an unknown path lies below when another one is (its errors' dialect).
     Endpoint("GET", "/", "ui_index", Access.PUBLIC),
