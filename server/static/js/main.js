@@ -81,6 +81,24 @@ const panel = new ServerPanel({
 function openConversation(conversation) {
   chat.open(conversation);
   conversations.render(conversation.id);
+  showDrawer("");
+}
+
+// Below 900 px the conversations and the settings are drawers shown in place of the chat (ui.css);
+// `name` is the one open, "" for none.
+function showDrawer(name) {
+  document.body.dataset.drawer = name;
+  for (const button of document.querySelectorAll(".drawers [data-drawer]")) {
+    button.setAttribute("aria-expanded", String(button.dataset.drawer === name));
+  }
+}
+
+function bindDrawers() {
+  for (const button of document.querySelectorAll(".drawers [data-drawer]")) {
+    button.addEventListener("click", () => {
+      showDrawer(document.body.dataset.drawer === button.dataset.drawer ? "" : button.dataset.drawer);
+    });
+  }
 }
 
 function showModel() {
@@ -136,6 +154,8 @@ function bindTabs() {
       $("#chat-view").hidden = !chatShown;
       $("#compare-view").hidden = chatShown;
       document.querySelector(".conversations").hidden = !chatShown;
+      $("#toggle-conversations").hidden = !chatShown;
+      showDrawer("");
       composer.attach(chatShown ? chat : compare, chatShown ? "Send" : "Compare");
     });
   }
@@ -144,6 +164,7 @@ function bindTabs() {
 function start() {
   bindSettings();
   bindTabs();
+  bindDrawers();
   composer.attach(chat, "Send");
   picker.addEventListener("change", showModel);
   $("#new-chat").addEventListener("click", () => openConversation(newConversation()));
