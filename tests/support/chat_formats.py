@@ -86,9 +86,49 @@ MORE_FAMILIES: list[tuple[str, str, str, str]] = [
      f"{THOUGHT}</think><tool_call>special_function<arg_key>arg1</arg_key><arg_value>1</arg_value></tool_call>"),
     ("gemma4", "google-gemma-4-31B-it", "gemma4", "<|tool_call>call:special_function{arg1:1}<tool_call|>"),
     ("gemma2", "google-gemma-2-2b-it", "gemma", HERMES),
+    ("lfm2", "LFM2-8B-A1B", "lfm2", "<|tool_call_start|>[special_function(arg1=1)]<|tool_call_end|>"),
+    ("lfm25-thinking", "LFM2.5-8B-A1B", "lfm2-thinking",
+     f"<think>{THOUGHT}</think><|tool_call_start|>[special_function(arg1=1)]<|tool_call_end|>"),
+    ("minimax-m1", "MiniMax-M1", "minimax-m1",
+     f'<think>\n{THOUGHT}\n</think>\n\n<tool_calls>\n{{"name": "special_function", "arguments": {{"arg1": 1}}}}\n'
+     "</tool_calls>"),
+    ("minimax-m3", "MiniMax-M3", "minimax-m3",
+     f'<mm:think>{THOUGHT}</mm:think>]<]minimax[>[<tool_call>\n]<]minimax[>[<invoke name="special_function">'
+     "]<]minimax[>[<arg1>1]<]minimax[>[</arg1>]<]minimax[>[</invoke>\n]<]minimax[>[</tool_call>"),
+    ("kimi-k3", "Kimi-K3", "kimi-k3",  # the template opens the think section
+     f"{THOUGHT}<|close|>think<|sep|><|open|>response<|sep|><|close|>response<|sep|><|open|>tools<|sep|>"
+     '<|open|>call tool="special_function" index="1"<|sep|><|open|>argument key="arg1" type="number"<|sep|>1'
+     "<|close|>argument<|sep|><|close|>call<|sep|><|close|>tools<|sep|><|close|>message<|sep|>"),
+    ("apriel-16", "Apriel-1.6-15b-Thinker-fixed", "apriel",  # the template opens the reasoning
+     f'{THOUGHT}\n[BEGIN FINAL RESPONSE]\n<tool_calls>[{{"name": "special_function", "arguments": {{"arg1": 1}}}}]'
+     "</tool_calls>"),
+    ("apriel-15", "unsloth-Apriel-1.5", "apriel",
+     f"Here are my reasoning steps:\n{THOUGHT}\n[BEGIN FINAL RESPONSE]\n<tool_calls>[{{\"name\": \"special_function\", "
+     '"arguments": {"arg1": 1}}]</tool_calls>'),
+    ("gigachat3", "GigaChat3-10B-A1.8B", "gigachat-3",
+     '<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "special_function", "arguments": {"arg1": 1}}'),
+    ("gigachat31", "GigaChat3.1-10B-A1.8B", "gigachat-3.1",
+     '<|function_call|>{"name": "special_function", "arguments": {"arg1": 1}}'),
+    ("reka", "Reka-Edge", "qwq", f"{THOUGHT}\n</think>\n\n{HERMES}"),
+    ("ling3", "inclusionai-ling-3.0-flash", "ling-3",
+     f"{THOUGHT}\n</think>\n<tool_call>special_function\n<arg_key>arg1</arg_key>\n<arg_value>1</arg_value>\n</tool_call>"),
+    ("minicpm5", "openbmb-MiniCPM5-1B", "minicpm5",
+     f'{THOUGHT}\n</think>\n\n<function name="special_function"><param name="arg1">1</param></function>'),
+    ("muse", "muse-glimmer", "muse-glimmer",
+     f" to=self<|message|>{THOUGHT}<|eom|><|start|>assistant to=special_function<|message|><atem:function_calls>\n"
+     '<atem:invoke name="special_function">\n<atem:parameter name="arg1">1</atem:parameter>\n</atem:invoke>\n'
+     "</atem:function_calls>"),
+    ("hy3", "tencent-Hy3", "hy3",
+     f"<think:opensource>{THOUGHT}</think:opensource><tool_calls:opensource>\n<tool_call:opensource>special_function"
+     "<tool_sep:opensource>\n<arg_key:opensource>arg1</arg_key:opensource>\n<arg_value:opensource>1"
+     "</arg_value:opensource>\n</tool_call:opensource>\n</tool_calls:opensource>"),
+    ("solar", "upstage-Solar-Open-100B", "solar-open",
+     f"<|think|>{THOUGHT}<|end|><|begin|>assistant<|tool_calls|><|tool_call:begin|>a1b2c3d4e5"
+     '<|tool_call:name|>special_function<|tool_call:args|>{"arg1": 1}<|tool_call:end|>'),
 ]
-THINKS = {"qwq", "smollm3", "nemotron3", "glm47", "qwen3", "qwen35", "ministral", "gpt-oss", "command-r7b",
-          "minimax-m2", "apertus", "deepseek-r1", "deepseek-v31", "seed-oss", "nemotron-v2"}
+THINKS = {"lfm25-thinking", "minimax-m1", "minimax-m3", "kimi-k3", "apriel-16", "apriel-15", "reka", "ling3",
+          "minicpm5", "muse", "hy3", "solar", "qwq", "smollm3", "nemotron3", "glm47", "qwen3", "qwen35", "ministral",
+          "gpt-oss", "command-r7b", "minimax-m2", "apertus", "deepseek-r1", "deepseek-v31", "seed-oss", "nemotron-v2"}
 APIS = ("chat", "responses", "anthropic")
 
 
