@@ -25,6 +25,7 @@ from ..openai.adapters import adapter_handlers
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
+from ..openai.index import api_index_handler
 from ..openai.models import model_handlers
 from ..openai.response_store import ResponseStore
 from ..openai.responses import Responses
@@ -94,6 +95,7 @@ def build_app(
         "health": health,
         "metrics": metrics_endpoint,
         "openapi": openapi,
+        "api_index": api_index_handler(page=settings.ui),
         **model_handlers(registry, auth),
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,

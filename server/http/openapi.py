@@ -49,6 +49,7 @@ SUMMARIES: dict[str, str] = {
     "health": "Readiness: 200 once every load = \"startup\" model is loaded, 503 while loading",
     "metrics": "Prometheus metrics",
     "openapi": "This document",
+    "api_index": "The API's index: version, the page's and this document's URLs, every endpoint below /v1",
     "list_models": "List every available model with its state (loaded or not, memory, when it unloads), and adapters",
     "get_model": "One model by id (ids may hold '/')",
     "chat": "Create a chat completion (stream: true answers server-sent events)",

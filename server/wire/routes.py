@@ -38,11 +38,12 @@ class Endpoint:
     quiet: bool = False  # scraped often: no access log line, no request metric
     unprefixed: bool = True  # also answers without its /v1 prefix, as llama.cpp's server does
     dialect: Dialect = "openai"  # the error shape of its answers, and of 404/405s on paths below it
+    slash: bool = False  # also answers with a trailing slash (a base URL, as typed into a browser)
 
     def paths(self) -> list[str]:
         if self.unprefixed and self.path.startswith("/v1/"):
             return [self.path, self.path[len("/v1"):]]
-        return [self.path]
+        return [self.path, self.path + "/"] if self.slash else [self.path]
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -51,6 +52,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # The models and their load errors, as /v1/models lists them: the same access (issue #28).
     Endpoint("GET", "/status", "status", Access.USER, quiet=True),
     Endpoint("GET", "/openapi.json", "openapi", Access.PUBLIC),
+    # The API's base URL, as clients are given it: an index, public as /openapi.json (it tells no more than that).
+    Endpoint("GET", "/v1", "api_index", Access.PUBLIC, slash=True),
     Endpoint("GET", "/v1/models", "list_models"),
     Endpoint("GET", "/v1/models/{model_id:path}", "get_model"),
     # OpenAI's own delete: here a pulled model, forgotten and its files removed (`nomoat rm` through a server).
