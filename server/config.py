@@ -37,20 +37,42 @@ def embedded_model_path() -> Path:
     return path
 
 
-def find_config_file(explicit: Path | None) -> Path | None:
-    """The models.toml to read: the explicit one, else the first that exists in the usual places."""
-    if explicit is not None:
-        return explicit
+def config_candidates() -> list[Path]:
+    """The places models.toml is looked for when no --config names one, in order."""
     candidates = [Path("models.toml"), Path("/etc/nomoat/models.toml")]
     try:
         xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         candidates.insert(1, xdg / "nomoat" / "models.toml")
     except RuntimeError:  # no HOME and no passwd entry (systemd DynamicUser): no per-user config
         pass
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
+    return candidates
+
+
+def find_config_file(explicit: Path | None) -> Path | None:
+    """The models.toml to read: the explicit one, else the first that exists in the usual places."""
+    if explicit is not None:
+        return explicit
+    return next((candidate for candidate in config_candidates() if candidate.is_file()), None)
+
+
+def config_source(settings: Settings) -> str:
+    """Where the served models were configured, for the startup log: the models.toml read, --model, or the
+    built-in model after every place searched (the models dir's and pulled models come on top of any)."""
+    if settings.model is not None:
+        return f"no models.toml read: serving --model {settings.model}"
+    found = find_config_file(settings.config)
+    if found is not None:
+        return f"models.toml: {found.absolute()}"
+    searched = ", ".join(str(candidate.absolute()) for candidate in config_candidates())
+    return f"no models.toml found (searched: {searched}): serving the built-in model {EMBEDDED_NAME}"
+
+
+def model_cache_dir() -> Path:
+    """The Hugging Face cache that pulled and hf: models live in (HF_HUB_CACHE, HF_HOME/hub or the default)."""
+    # Read when asked, not at import: huggingface_hub reads the environment once, when it is first imported.
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -9,16 +9,19 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
+from . import config
 from .adapters.watch import AdapterWatcher
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
 from .http.app import build_app
 from .http.connections import AcceptFailureHandler, ConnectionLimits, guarded_protocol
+from .http.listen import CannotListen, close_all, listening_sockets
 from .metrics import EventLoopMonitor, Metrics
 from .models_toml import ModelsFile
 from .registry import ModelRegistry, ReloadResult
@@ -89,12 +92,19 @@ class Daemon:
         self.registry.residency.on_change = self._residency_changed
         self._load_config = load_config
         self._server: _Server | None = None
+        self._listeners: list[socket.socket] = []
         self._stopping = False
         self._reload_lock = asyncio.Lock()
 
     def run(self) -> int:
         """Serve until stopped; the process exit code (0 after a clean drain). Once the models are closed
-        the process has _EXIT_SECONDS to exit before it is ended (exit code 1): a stopped server never lingers."""
+        the process has _EXIT_SECONDS to exit before it is ended (exit code 1): a stopped server never lingers.
+        The port is taken before anything loads: one in use is exit code 2 at once, not after the models load."""
+        try:
+            self._listeners = listening_sockets(self.settings.host, self.settings.port)
+        except CannotListen as exc:
+            log.error("%s", exc)
+            return 2
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
@@ -104,6 +114,7 @@ class Daemon:
         if interval is not None:
             self.tasks.spawn(self._watchdog(interval), name="watchdog")
         try:
+            self._log_locations()
             self.notifier.status("loading models")
             try:
                 await asyncio.to_thread(self.registry.load)
@@ -128,6 +139,7 @@ class Daemon:
             await self.tasks.aclose()
             if self.registry.ready:
                 await self.registry.aclose()
+            close_all(self._listeners)  # uvicorn closed them if it served; not if the load failed
             self.notifier.close()
             _exit_unless_done_within(_EXIT_SECONDS)
 
@@ -158,8 +170,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptFailureHandler())  # out of descriptors: one line per interval
         try:
-            await server.serve()
-        except SystemExit as exc:  # uvicorn's way out when it cannot start (port in use...), logged by it
+            await server.serve(sockets=self._listeners)
+        except SystemExit as exc:  # uvicorn's way out when it cannot start, logged by it
             return exc.code if isinstance(exc.code, int) else 1
         finally:
             loop.set_exception_handler(None)
@@ -169,9 +181,26 @@ class Daemon:
     async def _announce_ready(self, server: uvicorn.Server) -> None:
         while not server.started:  # noqa: ASYNC110  (uvicorn.Server sets a flag when it starts, and has no event to wait on)
             await asyncio.sleep(0.05)
-        log.info("serving %s on http://%s:%d/v1 (loaded: %s)", ", ".join(self.registry.residency.residents),
-                 self.settings.host, self.settings.port, ", ".join(self.registry.engines()) or "none")
+        base = self._base_url()
+        page = f"; the page: {base}/" if self.settings.ui else ""
+        log.info("serving %s on %s/v1 (loaded: %s)%s", ", ".join(self.registry.residency.residents), base,
+                 ", ".join(self.registry.engines()) or "none", page)
         self.notifier.ready(self._status_line())
+
+    def _base_url(self) -> str:
+        """http://HOST:PORT as listened on: the port the socket holds (--port 0 picks one), IPv6 in brackets."""
+        host = self.settings.host
+        port = self._listeners[0].getsockname()[1] if self._listeners else self.settings.port
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _log_locations(self) -> None:
+        """Where this server's configuration, state and model files are, before the models load."""
+        log.info("%s", config.config_source(self.settings))
+        try:
+            state = str(self.settings.resolved_state_dir())
+        except ConfigError as exc:
+            state = f"none ({exc})"
+        log.info("state: %s; model cache (Hugging Face): %s", state, config.model_cache_dir())
 
     # --- signals ---------------------------------------------------------------------
 
