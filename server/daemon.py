@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -63,6 +64,24 @@ def _exit_unless_done_within(seconds: float) -> None:
     timer.start()
 
 
+def _unwritable_state_dir(settings: Settings) -> str | None:
+    """Why the state dir (pulled models, converted adapters, stored responses) cannot be written, or None.
+
+    Found before anything loads, with the setting to change, instead of as a 500 on the first stored response.
+    """
+    try:
+        state_dir = settings.resolved_state_dir()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".nomoat-write-check-"):
+            pass
+    except ConfigError as exc:
+        return str(exc)
+    except OSError as exc:
+        return (f"the state dir {settings.state_dir or state_dir} is not writable ({exc.strerror or exc}): set "
+                "state_dir (--state-dir, NOMOAT_STATE_DIR) to a folder this user may write")
+    return None
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, minus its signal handlers: the Daemon owns the signals and sets the flags."""
 
@@ -100,6 +119,10 @@ class Daemon:
         """Serve until stopped; the process exit code (0 after a clean drain). Once the models are closed
         the process has _EXIT_SECONDS to exit before it is ended (exit code 1): a stopped server never lingers.
         The port is taken before anything loads: one in use is exit code 2 at once, not after the models load."""
+        problem = _unwritable_state_dir(self.settings)
+        if problem is not None:
+            log.error("cannot start: %s", problem)
+            return 2
         try:
             self._listeners = listening_sockets(self.settings.host, self.settings.port)
         except CannotListen as exc:
