@@ -131,16 +131,15 @@ class TokenRate:
         span, so a rate counts the tokens after it (as the page's tok/s beside an answer does)."""
         end = self._clock()
         self.total += tokens
-        if tokens > 1 and seconds > 0:
+        if tokens > 1 and end - seconds < end:  # a span the clock can tell from an instant
             self._runs.append((end - seconds, end, tokens - 1))
             self.last = (tokens - 1) / seconds
         self._prune(end)
 
     def generating_seconds(self) -> float:
         """The seconds within the window in which some run was generating."""
-        self._prune(self._clock())
         busy, reached = 0.0, float("-inf")
-        for start, end, _ in sorted(self._runs):
+        for start, end, _ in self._recent():
             start = max(start, reached)
             if end > start:
                 busy += end - start
@@ -148,9 +147,18 @@ class TokenRate:
         return busy
 
     def per_second(self) -> float:
-        """Tokens a second while generating, over the runs that ended within the window."""
+        """Tokens a second within the window, over the time some run was generating."""
         busy = self.generating_seconds()
-        return sum(n for _, _, n in self._runs) / busy if busy else 0.0
+        return sum(n for _, _, n in self._recent()) / busy if busy else 0.0
+
+    def _recent(self) -> list[tuple[float, float, float]]:
+        """The runs within the window, by start; a run that began before it keeps the share of its tokens
+        made inside it (as if made at an even pace), so a long answer does not count its whole span."""
+        now = self._clock()
+        self._prune(now)
+        since = now - self.window
+        return sorted((max(start, since), end, tokens * min(1.0, (end - since) / (end - start)))
+                      for start, end, tokens in self._runs)
 
     def _prune(self, now: float) -> None:
         while self._runs and self._runs[0][1] <= now - self.window:

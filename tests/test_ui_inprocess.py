@@ -199,3 +199,5 @@ def test_token_rate_is_over_the_time_tokens_were_generated_not_wall_time():
     now[0] += 100
     assert rate.per_second() == 0.0 and rate.generating_seconds() == 0.0 and rate.last == 30.0
     assert len(rate._runs) == 0
+    rate.add(101, seconds=40.0)  # began before the window: the 30 s and 75 tokens inside it count
+    assert rate.generating_seconds() == 30.0 and rate.per_second() == 2.5
