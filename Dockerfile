@@ -1,6 +1,11 @@
 # nomoat: OpenAI-compatible model server. CPU image by default; see README.md, "Running as a daemon".
 #   docker build -t nomoat .
-#   docker run -d -p 8000:8000 -e NOMOAT_API_KEY=change-me nomoat
+#   docker run -d -p 8000:8000 -e NOMOAT_API_KEY=change-me -e NOMOAT_ADMIN_KEY=change-me-too \
+#     -v nomoat-state:/data/state -v nomoat-models:/data/huggingface nomoat
+# The volumes keep the state (pulled models' list, converted adapters, stored responses) and the Hugging Face
+# cache (downloaded models) across containers; a host folder given instead must be owned by uid 10001
+# (chown -R 10001:10001 DIR). Pull into the running container: docker exec CONTAINER nomoat pull OWNER/REPO
+# (or `nomoat pull` from the host, with --port and the admin key).
 # CUDA (needs the NVIDIA container toolkit at run time: docker run --gpus all ...):
 #   docker build -t nomoat:cuda \
 #     --build-arg BUILD_BASE=nvidia/cuda:12.6.3-devel-ubuntu24.04 \
@@ -41,7 +46,11 @@ RUN apt-get update \
     && if ! command -v python3 >/dev/null 2>&1; then \
          apt-get install -y --no-install-recommends python3; fi \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/nomoat --create-home nomoat
+    && groupadd --system --gid 10001 nomoat \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/nomoat --create-home nomoat \
+    && install -d -o 10001 -g 10001 -m 0750 /data /data/state /data/huggingface
+# Declared after the folders exist with their owner: a new named volume starts as a copy of them (uid 10001).
+VOLUME ["/data/state", "/data/huggingface"]
 COPY --from=build /opt/nomoat /opt/nomoat
 COPY models.toml /etc/nomoat/models.toml
 # hadolint ignore=DL3064
@@ -50,7 +59,9 @@ ENV PATH=/opt/nomoat/bin:$PATH \
     NOMOAT_HOST=0.0.0.0 \
     NOMOAT_PORT=8000 \
     NOMOAT_REQUIRE_API_KEY=true \
-    NOMOAT_SHUTDOWN_GRACE_SECONDS=8
+    NOMOAT_SHUTDOWN_GRACE_SECONDS=8 \
+    NOMOAT_STATE_DIR=/data/state \
+    HF_HOME=/data/huggingface
 # NOMOAT_REQUIRE_API_KEY: the container listens on 0.0.0.0, so it refuses to start without
 # NOMOAT_API_KEY (or NOMOAT_API_KEY_FILE). The 8 s drain fits docker stop's default 10 s;
 # raise both together (docker run --stop-timeout 40 -e NOMOAT_SHUTDOWN_GRACE_SECONDS=30).
