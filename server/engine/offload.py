@@ -1,4 +1,16 @@
-"""Where n_gpu_layers = "auto" puts a model: the GPU device llama.cpp would offload to, and how many layers fit it."""
+"""Where n_gpu_layers = "auto" puts a model: the GPU device llama.cpp would offload to, and how many layers fit it.
+
+A model plans against what is left of the GPU when its load is decided, never the whole card:
+  room = min(device free − MARGIN − pending, budget_left) − its own compute buffer,
+where `device free` is probed at the time of the plan, so it already counts what the models loaded (and
+still closing) have allocated; `pending` is what the loads under way have reserved but the device may not
+show yet (a plan made while another model opens would otherwise count that model's memory as free: both
+would plan against the same bytes); and `budget_left` is gpu_memory_budget less what the budget has
+reserved for the models loaded, loading and closing (residency/room.py), None without a budget. The
+inputs are a `GpuRoom`, the value a plan records, so a load whose room changed before it reserved plans
+again (residency/manager.py), and every load plans anew: a model unloaded and loaded later sees the GPU
+as it is then.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +31,17 @@ _GPU_TYPES = (1, 2)
 
 
 @dataclass(frozen=True)
+class GpuRoom:
+    """What other models hold of the GPU when one plans (bytes): see the module's docstring."""
+
+    pending: int = 0  # reserved by loads under way, which the device's free memory may not show yet
+    budget_left: int | None = None  # gpu_memory_budget less what it has reserved; None without a budget
+
+
+ALONE = GpuRoom()  # no other model on the GPU, no budget: a plan outside the residency (a lone engine, a test)
+
+
+@dataclass(frozen=True)
 class GpuDevice:
     """The first GPU ggml lists, and its free memory when probed."""
 
@@ -27,15 +50,19 @@ class GpuDevice:
 
 
 def fit_layers(requested: int | Literal["auto"], n_layer: int, per_layer: int, fixed: int,
-               device: GpuDevice | None, margin: int = MARGIN) -> int:
+               device: GpuDevice | None, margin: int = MARGIN, others: GpuRoom = ALONE) -> int:
     """Layers to offload: an integer as given; for "auto", 0 without a GPU, else as many of the `n_layer` layers of
-    `per_layer` bytes (weights and KV) as fit the device's free memory less `margin` and the `fixed` bytes
-    (the compute buffer) the GPU holds once any layer is there; all of them (-1) when every one fits."""
+    `per_layer` bytes (weights and KV) as fit the room the module's docstring defines (`others`: what other
+    models hold) less the `fixed` bytes (the compute buffer) the GPU holds once any layer is there; all of them
+    (-1) when every one fits."""
     if requested != "auto":
         return requested
     if device is None or n_layer <= 0:
         return 0
-    room = device.free - margin - fixed
+    room = device.free - margin - others.pending
+    if others.budget_left is not None:
+        room = min(room, others.budget_left)
+    room -= fixed
     if room <= 0:
         return 0
     fit = n_layer if per_layer <= 0 else min(n_layer, room // per_layer)

@@ -5,6 +5,11 @@ a KV cache of n_ctx × parallel cells per context, each cell holding K and V for
 KV heads, an output buffer of one logits row per sequence, and a compute buffer that the worst
 case graph (n_batch tokens) reserves, dominated by n_batch rows of logits. A draft model adds its own
 footprint with one context of the same geometry. Checked against the measured RSS in tests/test_lifecycle.py.
+
+n_gpu_layers = "auto" is decided here, as part of the estimate, so the budget check and the load see one
+number (`as_placed` hands it to the load). Each estimate plans anew against the GPU room it is given (what
+the other models hold: engine/offload.py), and the footprint records that room (`planned`): the residency
+plans again when the room changed before the load reserved its own (residency/manager.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,7 @@ from ..engine.errors import ModelFileError
 from ..engine.gguf_header import GGUFLayoutError, read_tensor_sizes
 from ..engine.kv import row_bytes
 from ..engine.model_dims import model_dims, model_keys, split_tensor_count
-from ..engine.offload import MIB, fit_layers, gpu_device
+from ..engine.offload import ALONE, MIB, GpuRoom, fit_layers, gpu_device
 from ..models_toml import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ class Footprint:
     gpu_share: float = 0.0  # of weights and KV, on the GPU (n_gpu_layers / layers)
     gpu_layers: int = 0  # n_gpu_layers as the load gets it ("auto" resolved; -1: all)
     draft: Footprint | None = None  # the draft model's, with its one context (however many the model opens)
+    planned: GpuRoom | None = None  # the GPU room "auto" was decided in; None when nothing was planned on a GPU
 
     @property
     def per_context(self) -> int:
@@ -52,6 +59,17 @@ class Footprint:
     def cpu(self, contexts: int = 1) -> int:
         return self.total(contexts) - self.gpu(contexts)
 
+    @property
+    def gpu_compute(self) -> int:
+        """The compute buffer on the GPU, there once any layer is (it is outside `gpu()`, as the budget counts)."""
+        return (self.compute_per_context if self.gpu_share > 0 else 0) + (self.draft.gpu_compute if self.draft else 0)
+
+
+def beside(others: GpuRoom, footprint: Footprint) -> GpuRoom:
+    """The room left to plan in once `footprint` is reserved too and not yet on the device."""
+    return GpuRoom(others.pending + footprint.gpu() + footprint.gpu_compute,
+                   None if others.budget_left is None else others.budget_left - footprint.gpu())
+
 
 @functools.lru_cache(maxsize=64)
 def _header(path: str, stamp: tuple[int, int, int]) -> tuple[dict[str, Any], dict[str, tuple[int, list[int]]]]:
@@ -62,11 +80,14 @@ def _header(path: str, stamp: tuple[int, int, int]) -> tuple[dict[str, Any], dic
     return read_tensor_sizes(Path(path), model_keys)
 
 
-def estimate(config: ModelConfig) -> Footprint:
-    """The footprint of `config` loaded with one context (ModelFileError when the header cannot be read)."""
+def estimate(config: ModelConfig, others: GpuRoom = ALONE) -> Footprint:
+    """The footprint of `config` loaded with one context, "auto" planned in the GPU room `others` leave
+    (ModelFileError when the header cannot be read)."""
     draft = None
-    if config.draft_model is not None:  # loaded with the model's settings (engine/model.py)
-        draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None}))
+    own = others
+    if config.draft_model is not None:  # loaded with the model's settings (engine/model.py), placed before it
+        draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None}), others)
+        own = beside(others, draft)
     path = Path(config.path)
     try:
         stat = path.stat()
@@ -105,27 +126,29 @@ def estimate(config: ModelConfig) -> Footprint:
                          compute_per_context=compute, gpu_layers=-1)
     weights = sum(size for size, _ in tensors.values())
     gpu_layers = config.n_gpu_layers
+    planned = None
     if gpu_layers == "auto":
-        gpu_layers = _auto_layers(config.name, str(path), stamp_of(stat), n_layer, (weights + kv) // max(1, n_layer),
-                                  compute)
+        # Rounded up, so that the layers' share of the budget (Footprint.gpu) never exceeds the room they fit.
+        gpu_layers, on_gpu = _auto_layers(config.name, n_layer, -(-(weights + kv) // max(1, n_layer)), compute, own)
+        planned = others if on_gpu else None  # a CPU build has nothing to plan again
     offloaded = n_layer if gpu_layers < 0 else min(gpu_layers, n_layer)
     share = offloaded / n_layer if n_layer else 0.0
     return Footprint(weights=weights, kv_per_context=kv, compute_per_context=compute, gpu_share=share,
-                     gpu_layers=gpu_layers, draft=draft)
+                     gpu_layers=gpu_layers, draft=draft, planned=planned)
 
 
-@functools.lru_cache(maxsize=64)
-def _auto_layers(name: str, path: str, stamp: tuple[int, int, int], n_layer: int, per_layer: int, fixed: int) -> int:
-    """n_gpu_layers = "auto" for one model file and geometry, decided once (a cached answer): the budget check
-    before the load and the load itself must see the same number, though the load changes the free memory."""
+def _auto_layers(name: str, n_layer: int, per_layer: int, fixed: int, others: GpuRoom) -> tuple[int, bool]:
+    """n_gpu_layers = "auto" decided for one load (the device probed now), and whether there was a GPU."""
     device = gpu_device()
-    layers = fit_layers("auto", n_layer, per_layer, fixed, device)
     if device is None:
         log.info("model %s runs on the CPU (n_gpu_layers auto: no GPU backend in this build of llama.cpp)", name)
-    else:
-        log.info("model %s: %d of %d layers on %s (auto: %d MiB free, %d MiB needed per layer)", name,
-                 n_layer if layers < 0 else layers, n_layer, device.name, device.free // MIB, per_layer // MIB)
-    return layers
+        return 0, False
+    layers = fit_layers("auto", n_layer, per_layer, fixed, device, others=others)
+    budget = "" if others.budget_left is None else f", {others.budget_left // MIB} MiB of gpu_memory_budget left"
+    log.info("model %s: %d of %d layers on %s (auto: %d MiB free, %d MiB reserved by loads under way%s; %d MiB "
+             "needed per layer)", name, n_layer if layers < 0 else layers, n_layer, device.name, device.free // MIB,
+             others.pending // MIB, budget, per_layer // MIB)
+    return layers, True
 
 
 def stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
@@ -140,10 +163,19 @@ def as_placed(config: ModelConfig, footprint: Footprint) -> ModelConfig:
     return config.model_copy(update={"n_gpu_layers": footprint.gpu_layers})
 
 
-def estimate_or_size(config: ModelConfig) -> Footprint:
+def estimate_together(configs: Iterable[ModelConfig], others: GpuRoom) -> dict[str, Footprint]:
+    """The footprints of models opened together (a reload's): each plans beside the ones before it."""
+    footprints: dict[str, Footprint] = {}
+    for config in configs:
+        footprints[config.name] = footprint = estimate_or_size(config, others)
+        others = beside(others, footprint)
+    return footprints
+
+
+def estimate_or_size(config: ModelConfig, others: GpuRoom = ALONE) -> Footprint:
     """The footprint of `config`; for a file whose header cannot be read, its size (the load then says why)."""
     try:
-        return estimate(config)
+        return estimate(config, others)
     except ModelFileError as exc:
         log.debug("no memory estimate for %s: %s", config.name, exc)
         try:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from ..child import ChildModel
 from ..engine.engine import Engine
 from ..engine.errors import ModelFileError
+from ..engine.offload import GpuRoom
 from ..errors import ConfigError, ConflictError, ModelBusyError, ModelLoadError, ServiceUnavailableError
 from ..metrics import Metrics
 from ..models_toml import ModelConfig
@@ -82,7 +83,7 @@ class Residency:
         """Load every `load = "startup"` model (blocking); ConfigError when one cannot be served."""
         for resident in self.residents.values():
             if resident.config.pinned and resident.status is not Status.LOADED:
-                footprint = estimate_or_size(resident.config)
+                footprint = estimate_or_size(resident.config, self.gpu_room(resident))
                 used = self.used()
                 if used + footprint.cpu() > self.budget:
                     raise ConfigError(f"model {resident.name!r} (load = \"startup\") needs an estimated "
@@ -148,16 +149,16 @@ class Residency:
     async def _load(self, resident: Resident) -> None:
         previous = resident.start_loading()
         try:
-            try:
-                footprint = await asyncio.to_thread(estimate_footprint, resident.config)
-            except ModelFileError as exc:
-                # A header the bounded walk refuses never reaches llama.cpp, whose own checks may abort.
-                self._failed(resident, str(exc), by_file=True)
-                raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
-                                     path=resident.config.path) from None
-            if await self._make_room(resident, footprint):
-                resident.reserve(footprint)  # no await since room was made: nothing else took it
-                await self._open(resident, footprint)
+            footprint = None  # planned again while the GPU's room changes before room is made (a load began or ended)
+            while footprint is None or footprint.planned not in (None, self.gpu_room(resident)):
+                try:
+                    footprint = await asyncio.to_thread(estimate_footprint, resident.config, self.gpu_room(resident))
+                except ModelFileError as exc:  # a header the bounded walk refuses never reaches llama.cpp (it may abort)
+                    raise self._failed(resident, str(exc), by_file=True) from None
+                if not await self._make_room(resident, footprint):
+                    return
+            resident.reserve(footprint)  # no await since room was made: nothing else took it
+            await self._open(resident, footprint)
         finally:
             resident.loading = None
             resident.load_ended(previous)
@@ -210,9 +211,7 @@ class Residency:
         try:
             opened = await asyncio.to_thread(self._open_engine, as_placed(resident.config, footprint))
         except ConfigError as exc:
-            self._failed(resident, str(exc))
-            raise ModelLoadError(f"model {resident.name!r} failed to load: {exc}", param="model",
-                                 path=resident.config.path) from None
+            raise self._failed(resident, str(exc)) from None
         served = ServedModel.of(resident.config, opened)
         try:
             if served.engine is not None:  # a child process opens its adapters itself
@@ -230,10 +229,11 @@ class Residency:
         self.keep_alive.reschedule(resident)
         self._changed()
 
-    def _failed(self, resident: Resident, reason: str, *, by_file: bool = False) -> None:
+    def _failed(self, resident: Resident, reason: str, *, by_file: bool = False) -> ModelLoadError:
         log.error("model %s failed to load: %s", resident.name, reason)
         # An `rpc` model fails on its workers, not its file: the next request tries again (a cheap connect first).
         resident.mark_failed(reason, None if resident.config.rpc and not by_file else file_key(resident.config))
+        return ModelLoadError(f"model {resident.name!r} failed to load: {reason}", param="model", path=resident.config.path)
 
     # --- a model's child process (server/child.py) -------------------------------------
 
@@ -373,10 +373,13 @@ class Residency:
             if resident.status is Status.FAILED and resident.failed_key == file_key(resident.config):
                 continue  # failed for this very file: neither a header read nor a log line per listing
             try:
-                resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config)
+                resident.footprint = await asyncio.to_thread(estimate_footprint, resident.config, self.gpu_room(resident))
             except ModelFileError as exc:
                 if resident.status in (Status.UNLOADED, Status.FAILED) and resident.loading is None:
                     self._failed(resident, str(exc), by_file=True)
+
+    def gpu_room(self, resident: Resident | None = None) -> GpuRoom:  # for an "auto" plan: residency/room.py
+        return self._budget.gpu_room(resident, self.residents.values(), self._closing)
 
     def used(self) -> int:
         return sum(r.memory("cpu") for r in self.residents.values() if r.status is Status.LOADED)

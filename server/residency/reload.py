@@ -12,7 +12,7 @@ from ..engine.engine import Engine
 from ..errors import ConfigError
 from ..models_toml import SAMPLING_KEYS, ModelConfig
 from ..quantities import format_size
-from .footprint import Footprint, as_placed, estimate_or_size
+from .footprint import Footprint, as_placed, estimate_together
 from .manager import Residency
 from .resident import Resident, ServedModel, Status
 
@@ -63,7 +63,8 @@ async def apply(residency: Residency, plan: ReloadPlan,
     # The kept engines stay open until the swap: the catalogue opens adapters on them.
     leases = [residency.hold(n) for n, r in kept.items() if r.status is Status.LOADED and r.served is not None]
     try:
-        footprints = await asyncio.to_thread(lambda: {c.name: estimate_or_size(c) for c in plan.load})
+        # Opened together, so each plans its GPU layers beside the ones before it (residency/footprint.py).
+        footprints = await asyncio.to_thread(estimate_together, plan.load, residency.gpu_room())
         _check_fits(residency.budget, plan, kept, footprints)
         opened = await asyncio.to_thread(open_all, [as_placed(c, footprints[c.name]) for c in plan.load])
         residents = {c.name: kept.get(c.name) or Resident(c, int(time.time())) for c in plan.configs}

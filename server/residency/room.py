@@ -1,5 +1,9 @@
 """The memory budget: whether a model fits beside the models loaded, opening and still closing, and which idle
-models to unload, least recently used first, to make it fit."""
+models to unload, least recently used first, to make it fit; and the GPU room n_gpu_layers = "auto" plans in.
+
+"auto" takes what the GPU has left beside the other models (engine/offload.py), so on the GPU side it fits
+by construction and never evicts: two models share the card, the later one with fewer layers if need be. A
+fixed n_gpu_layers still makes room under gpu_memory_budget by evicting, as memory_budget does."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..engine.offload import GpuRoom
 from ..errors import MaxLoadedModelsError, ModelTooLargeError, NomoatError
 from ..quantities import format_size
 from ..settings import Settings
@@ -79,6 +84,17 @@ class Budget:
                 f"{format_size(self.cpu)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
                 f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model"))
         return Room(evict, holders=[r.name for r in kept if not r.config.pinned])
+
+    def gpu_room(self, resident: Resident | None, residents: Iterable[Resident], closing: Iterable[Closing]) -> GpuRoom:
+        """What the other models hold of the GPU, for `resident`'s "auto" plan: the loads under way (reserved, not
+        yet all on the device, whose free memory shows the loaded and closing models already) and, under
+        gpu_memory_budget, what is left of it beside every model loaded, loading or closing."""
+        holders = [r for r in residents if r.holds_memory and r is not resident and r.footprint is not None]
+        pending = sum(r.memory("gpu") + r.footprint.gpu_compute for r in holders
+                      if r.status is Status.LOADING and r.footprint is not None)
+        if self.gpu is None:
+            return GpuRoom(pending)
+        return GpuRoom(pending, self.gpu - sum(r.memory("gpu") for r in holders) - sum(c.gpu for c in closing))
 
     def _fits(self, holders: list[Resident], closing: list[Closing], need: int, gpu_need: int) -> bool:
         if self.max_loaded and len(holders) + len(closing) >= self.max_loaded:
