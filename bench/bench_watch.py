@@ -1,7 +1,7 @@
 """Drop-in adapter directories: how long from a file copied in to its first answer, and from deletion to gone.
 
 Run: .venv/bin/python bench/bench_watch.py [--runs 5]
-The goal (README, --watch-adapters): a copied GGUF LoRA answers within 2 s and a deleted one is gone
+The goal (docs/adapters.md, --watch-adapters): a copied GGUF LoRA answers within 2 s and a deleted one is gone
 within 2 s. The tests only check that both happen; the time is measured here, on a quiet machine.
 """
 

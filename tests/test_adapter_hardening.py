@@ -299,7 +299,7 @@ def test_non_finite_gguf_alpha_is_refused(tmp_path: Path, base: BaseModelInfo, a
     assert str(path) in refused.value.message
 
 
-# 7. The flag the README names.
+# 7. The flag README.md and docs/adapters.md name.
 
 def test_adapter_dir_is_a_flag_of_its_own_beside_adapter_dirs(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["serve", "--adapter-dir", "/a", "--adapter-dirs", "/b", "--adapter-dir", "/c"])

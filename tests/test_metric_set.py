@@ -1,4 +1,4 @@
-"""The full metric set after real traffic: names in the Prometheus convention, the labels the README documents."""
+"""The full metric set after real traffic: names in the Prometheus convention, the labels docs/deployment.md documents."""
 
 from __future__ import annotations
 
