@@ -19,6 +19,7 @@ from conftest import ROOT
 
 from nomoat.models_toml import ModelsFile
 from nomoat.settings import Settings
+from nomoat.wire.routes import ENDPOINTS
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ADDRESSES = ("http://localhost:8000", "http://127.0.0.1:8000")
@@ -100,3 +101,11 @@ def test_links_between_the_docs_lead_somewhere():
             assert page.exists(), f"{doc.name} links to {target}, which is not there"
             if anchor and page.suffix == ".md":
                 assert anchor in _anchors(page), f"{doc.name} links to {target}#{anchor}, a heading it lacks"
+
+
+def test_the_api_page_lists_every_endpoint():
+    text = (ROOT / "docs" / "api.md").read_text()
+    table = re.sub(r"\{[^}]*\}", "{}", text.split("## Endpoints", 1)[1].split("\n## ", 1)[0])
+    for endpoint in ENDPOINTS:
+        path = re.sub(r"\{[^}]*\}", "{}", endpoint.path)
+        assert re.search(rf"[ `]{re.escape(path)}[`,]", table), f"docs/api.md's endpoint table lacks {path}"
