@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import typing
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -21,8 +25,15 @@ class Settings(BaseSettings):
     """Every server-wide setting. Each field is a `--flag` of `nomoat serve` and a `NOMOAT_*` variable."""
 
     model_config = SettingsConfigDict(env_prefix="NOMOAT_", extra="forbid", validate_default=True)
+    _scheme: str = PrivateAttr("http")  # from a host given as a URL: the scheme the client commands use
 
-    host: str = Field("127.0.0.1", description="Address to listen on.")
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address to listen on; the client commands (ps, run, pull, ls, rm) ask the server there. As Ollama's "
+            "OLLAMA_HOST, it may carry a port (HOST:PORT) or be a URL (http://HOST:PORT); --port still wins."
+        ),
+    )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     config: Path | None = Field(
         None,
@@ -244,6 +255,20 @@ class Settings(BaseSettings):
         None, validation_alias="WATCHDOG_PID", description="The process systemd's watchdog applies to."
     )
 
+    @model_validator(mode="after")
+    def _split_host(self) -> Settings:
+        host, port, scheme = split_host(self.host)
+        self.host, self._scheme = host, scheme
+        if port is not None and "port" not in self.model_fields_set:
+            self.port = port
+        return self
+
+    def client_url(self) -> str:
+        """The URL the client commands reach this server at: a wildcard address asks the loopback."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self._scheme}://{host}:{self.port}"
+
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
@@ -300,6 +325,11 @@ class Settings(BaseSettings):
         env_values = EnvSettingsSource(cls)()
         merged = {k: v for k, v in file_values.items() if k not in env_values}
         merged.update({k: v for k, v in cli.items() if v is not None})
+        if _rank("host", cli, env_values, merged) > _rank("port", cli, env_values, merged):
+            with contextlib.suppress(ValueError):  # a bad host is reported by validation, below
+                port = split_host(str(cli.get("host", env_values.get("host", merged.get("host")))))[1]
+                if port is not None:
+                    merged["port"] = port  # HOST:PORT from a higher source beats a lower source's port
         try:
             return cls(**merged)
         except ValidationError as exc:
@@ -311,12 +341,14 @@ class Settings(BaseSettings):
                     return f"environment variable NOMOAT_{key.upper()}"
                 return source
 
-            raise ConfigError(format_validation_error(exc, source, origin)) from None
+            raise ConfigError(format_validation_error(exc, source, origin, cls)) from None
 
 
 def format_validation_error(exc: ValidationError, source: str,
-                            origin: Callable[[str], str] | None = None) -> str:
-    """One line per problem: `source: key.path: message (got value)`; `origin` names a key's source."""
+                            origin: Callable[[str], str] | None = None,
+                            schema: type[BaseModel] | None = None) -> str:
+    """One line per problem: `source: key.path: message (got value)`; `origin` names a key's source; `schema`,
+    the model validated, lets an unknown key suggest the known one it is closest to."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -324,10 +356,65 @@ def format_validation_error(exc: ValidationError, source: str,
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(schema, err["loc"]), n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
         got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        # A check across a whole table (loc empty) has the table as its input: its message says what is wrong.
+        quiet = err["type"] in ("missing", "extra_forbidden") or not err["loc"]
+        shown = "" if quiet else f" (got {got!r})"
         lines.append(f"{where}: {key}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _rank(key: str, cli: dict[str, Any], env: dict[str, Any], merged: dict[str, Any]) -> int:
+    """Where a setting came from: 3 a flag, 2 the environment, 1 the file, 0 not given."""
+    return 3 if key in cli else 2 if key in env else 1 if key in merged else 0
+
+
+def split_host(value: str) -> tuple[str, int | None, str]:
+    """HOST, HOST:PORT, [V6]:PORT or SCHEME://HOST[:PORT] as (host, port or None, scheme); a bare IPv6 stays whole."""
+    if "://" in value or value.startswith("["):
+        parts = urllib.parse.urlsplit(value if "://" in value else "//" + value)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"host {value!r}: the port is not a number from 0 to 65535") from None
+        if parts.scheme not in ("", "http", "https") or not parts.hostname:
+            raise ValueError(f"host {value!r}: expected HOST, HOST:PORT or http://HOST:PORT")
+        if port is None and parts.scheme:  # as Ollama reads OLLAMA_HOST: a URL without a port has its scheme's
+            port = 443 if parts.scheme == "https" else 80
+        return parts.hostname, port, parts.scheme or "http"
+    name, sep, port_text = value.rpartition(":")
+    if sep and ":" not in name:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            raise ValueError(f"host {value!r}: the port is not a number from 0 to 65535")
+        return name, int(port_text), "http"
+    return value, None, "http"
+
+
+def _known_keys(schema: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table holding `loc`'s last key accepts, found by walking `schema` down `loc`."""
+    model = schema
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue  # an index into a list: the list's items are the model already found
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds, directly or in a list or an optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def default_threads() -> int:
