@@ -16,9 +16,7 @@ _HEADER = ("MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS")
 
 def fetch_models(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]:
     """GET /models of the server these settings describe, with its admin key, else its first API key."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
-    host = f"[{host}]" if ":" in host else host
-    request = urllib.request.Request(f"http://{host}:{settings.port}/models")
+    request = urllib.request.Request(settings.client_url() + "/models")
     key = settings.admin_key or settings.api_key
     if key is not None:
         request.add_header("Authorization", "Bearer " + key.get_secret_value().split(",")[0].strip())
@@ -56,7 +54,11 @@ def ps(settings: Settings) -> tuple[int, str]:
     try:
         cards = fetch_models(settings)
     except urllib.error.HTTPError as exc:
-        return 1, f"nomoat ps: the server at {settings.host}:{settings.port} answered {exc.code}: {exc.reason}"
+        hint = ""
+        if exc.code in (401, 403):
+            hint = (" (it wants a key: pass --api-key or --admin-key, or set NOMOAT_API_KEY or NOMOAT_ADMIN_KEY, "
+                    "as the server was started with)") if exc.code == 401 else " (the key given is not an admin key)"
+        return 1, f"nomoat ps: the server at {settings.client_url()} answered {exc.code}: {exc.reason}{hint}"
     except (urllib.error.URLError, OSError) as exc:
-        return 1, f"nomoat ps: no server answers at {settings.host}:{settings.port} ({exc})"
+        return 1, f"nomoat ps: no server answers at {settings.client_url()} ({exc})"
     return 0, render(cards)
