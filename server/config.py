@@ -94,7 +94,7 @@ def parse_models(data: dict[str, Any], source: str, base_dir: Path) -> ModelsFil
     try:
         models_file = ModelsFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, schema=ModelsFile)) from None
     for i, model in enumerate(models_file.models):
         model.path = str(resolve_model_path(model.path, base_dir, f"{source}: models.{i}.path"))
         if model.draft_model is not None:
@@ -157,6 +157,9 @@ def models_for_single_file(settings: Settings) -> ModelsFile:
     """`nomoat serve --model FILE`: one model, no config file."""
     assert settings.model is not None
     given = str(settings.model)
+    if Path(given).is_dir():  # llama-server's -m takes a file; a folder of them is what --models-dir serves
+        raise ConfigError(f"--model {given}: is a directory, not a GGUF file; to serve every GGUF file in it, "
+                          f"use --models-dir {given}")
     path = resolve_model_path(given, Path.cwd(), "--model")
     # The name the user gave, not its target's: in the Hugging Face cache a snapshot's model.gguf links to a
     # blob named by its sha256. The embedded model has no file name of its own to give.

@@ -264,7 +264,9 @@ class ModelsFile(BaseModel):
                 raise ValueError(f"stack {stack.name!r}: base {stack.base!r} names no model")
             for name in stack.adapters:
                 if name not in adapter_base:
-                    raise ValueError(f"stack {stack.name!r}: adapter {name!r} is not declared in [[adapters]]")
+                    there = ", ".join(adapter_base) or "none"
+                    raise ValueError(f"stack {stack.name!r}: adapter {name!r} is not declared in [[adapters]] "
+                                     f"(adapters: {there})")
                 if adapter_base[name] != self.base_of(stack.base):
                     raise ValueError(f"stack {stack.name!r}: adapter {name!r} belongs to another base model")
         return self
