@@ -256,7 +256,7 @@ class ModelRegistry:
         for name, scale in pairs:
             entry = self.catalogue.get(name)
             if entry is None:
-                raise ModelNotFoundError(f"The adapter '{name}' does not exist", param="lora" if explicit else "model")
+                raise self.catalogue.not_found(name, base, param="lora" if explicit else "model")
             if entry.base != base:
                 raise InvalidRequestError(f"adapter {name!r} belongs to model {entry.base!r}, not {base!r}", param="lora")
             if scale != 0.0:  # llama.cpp drops zero scales: scale 0 is the base alone

@@ -150,6 +150,8 @@ def test_unknown_adapter_is_404_never_a_fallback(lora_server):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = chat(lora_server.base_url, "smollm2-135m", lora=[{"name": "nope"}])
     assert r.status_code == 404 and r.json()["error"]["param"] == "lora"
+    # As the model 404 lists the models, the adapter 404 lists the adapters there are (on that base).
+    assert r.json()["error"]["message"].endswith("does not exist. Available on smollm2-135m: a, b, cli")
     assert text(chat(lora_server.base_url, "a", max_tokens=4))
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 from ..engine.adapters import LoraAdapter
 from ..engine.base_info import BaseModelInfo
 from ..engine.engine import Engine
-from ..errors import ConflictError, InvalidRequestError, NotFoundError
+from ..errors import ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError
 from ..metrics import Metrics
 from ..models_toml import ModelsFile
 from ..tasks import Supervisor
@@ -98,6 +98,11 @@ class AdapterCatalogue:
 
     def names(self) -> list[str]:
         return [*self._entries, *self._stacks]
+
+    def not_found(self, name: str, base: str, param: str) -> ModelNotFoundError:
+        """An unknown adapter's 404, listing the adapters there are on `base`, as the model 404 lists the models."""
+        there = ", ".join(sorted(e.name for e in self._entries.values() if e.base == base)) or "none"
+        return ModelNotFoundError(f"The adapter '{name}' does not exist. Available on {base}: {there}", param=param)
 
     def names_on(self, base: str) -> list[str]:
         """The adapters and stacks on one base."""
@@ -180,7 +185,8 @@ class AdapterCatalogue:
         async with self._claims.name(name):
             entry = self._entries.get(name)
             if entry is None:
-                raise NotFoundError(f"no adapter named {name!r}", param="name")
+                there = ", ".join(sorted(self._entries)) or "none"
+                raise NotFoundError(f"no adapter named {name!r} (adapters: {there})", param="name")
             users = self._stack_users(name)
             if users:
                 raise ConflictError(f"adapter {name!r} is used by the stack(s) {', '.join(users)}", param="name")
