@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import threading
 from pathlib import Path
 
 from .endpoints import Endpoint
@@ -31,12 +32,29 @@ def run_worker(host: str, port: int, threads: int, cache_dir: Path | None) -> in
         print(NO_AUTH_WARNING.format(endpoint=endpoint), file=sys.stderr)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"nomoat worker: serving this machine's CPU ({threads} threads) to RPC clients on {endpoint}",
-          file=sys.stderr, flush=True)
+    # llama.cpp's server blocks in C, where Ctrl+C cannot reach Python: it runs on a thread of its own and this
+    # thread waits for it, so Ctrl+C ends the worker quietly with the shell's code for it (130), no traceback.
+    done = threading.Event()
+    failed: list[RpcUnavailable] = []
+
+    def serve() -> None:
+        try:
+            start_server(endpoint, cache_dir, threads)
+        except RpcUnavailable as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
     try:
-        start_server(endpoint, cache_dir, threads)
-    except RpcUnavailable as exc:
-        print(f"nomoat worker: {exc}", file=sys.stderr)
+        print(f"nomoat worker: serving this machine's CPU ({threads} threads) to RPC clients on {endpoint}",
+              file=sys.stderr, flush=True)
+        threading.Thread(target=serve, name="rpc server", daemon=True).start()
+        done.wait()
+    except KeyboardInterrupt:
+        print(f"nomoat worker: stopped (Ctrl+C); {endpoint} is closed", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"nomoat worker: {failed[0]}", file=sys.stderr)
         return 2
     # It serves for ever; returning means it could not start (its reason is printed above: a port in use...).
     print(f"nomoat worker: llama.cpp's RPC server on {endpoint} stopped", file=sys.stderr)
