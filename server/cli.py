@@ -18,17 +18,47 @@ from .settings import Settings, format_validation_error
 if TYPE_CHECKING:
     from .models_toml import ModelsFile
 
-# Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it.
-_FLAG_ALIASES = {"adapter_dirs": ["--adapter-dir"]}
+# Extra spellings of a setting's flag: the singular reads right when a flag is given once, and docs use it;
+# llama-server's short forms, where its flag means what ours does, so a command line people already type works.
+_FLAG_ALIASES = {
+    "adapter_dirs": ["--adapter-dir"],
+    "model": ["-m"],
+    "n_ctx": ["-c", "--ctx-size"],
+    "n_gpu_layers": ["-ngl", "--gpu-layers"],
+    "parallel": ["-np"],
+    "threads": ["-t"],
+    "model_name": ["-a", "--alias"],
+}
+# Settings only nomoat itself passes (to a child process it starts): not shown in --help.
+_INTERNAL_FLAGS = ("rpc_in_process",)
 
 
 # The settings `nomoat pull`, `ls` and `rm` read: where models.toml, the models dir and the pulled list are.
 _MODEL_STORE_FLAGS = ("config", "models_dir", "state_dir")
 _PULL_FLAGS = (*_MODEL_STORE_FLAGS, "pull_timeout_seconds")
+# Where pull, ls and rm find the running server they ask first (issue #31: the files land where it reads them).
+_SERVER_FLAGS = ("host", "port", "api_key", "admin_key")
+# serve's descriptions of those settings say what serving does with them; the store commands' say what they read.
+_MODEL_STORE_HELPS = {
+    "config": "models.toml whose models (and [server] table) to read [as serve: ./models.toml, then the XDG and "
+              "/etc ones].",
+    "models_dir": "The folder of GGUF files the server serves (each listed under its file name without .gguf).",
+    "state_dir": "Where the list of pulled models is kept (default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat).",
+}
+# The settings a client command (ps, run) reads to find the server and the key it asks with.
+_CLIENT_HELPS = {
+    "config": "models.toml whose [server] table says where the server listens [default: as serve finds it].",
+    "host": "The server's address, HOST:PORT or a URL (env NOMOAT_HOST, as Ollama's OLLAMA_HOST) [default: 127.0.0.1].",
+    "port": "The server's port [env NOMOAT_PORT; default: 8000].",
+    "api_key": "A key the server accepts (env NOMOAT_API_KEY), where it was started with keys.",
+    "admin_key": "The server's admin key (env NOMOAT_ADMIN_KEY); ps shows as much with an API key.",
+}
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """One `--flag` per Settings field (or per field in `only`), documented from its description, env var and default."""
+def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None,
+                        helps: dict[str, str] | None = None) -> None:
+    """One `--flag` per Settings field (or per field in `only`), documented from its description (or this
+    command's own text in `helps`), env var and default."""
     for name, field in Settings.model_fields.items():
         if field.validation_alias is not None or (only is not None and name not in only):
             continue  # systemd's own variables (NOTIFY_SOCKET...), not options
@@ -48,9 +78,13 @@ def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | N
             kwargs["type"] = int
         elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        default = field.default
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None or default == [] else default
+        description = (helps or {}).get(name, field.description)
         # argparse %-formats help strings: a literal % (as in "75%") must be doubled.
-        kwargs["help"] = f"{field.description} [env NOMOAT_{name.upper()}; default: {default}]".replace("%", "%%")
+        kwargs["help"] = f"{description} [env NOMOAT_{name.upper()}; default: {shown}]".replace("%", "%%")
+        if name in _INTERNAL_FLAGS:
+            kwargs["help"] = argparse.SUPPRESS
         parser.add_argument(flag, *_FLAG_ALIASES.get(name, []), **kwargs)
 
 
@@ -95,22 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     pull.add_argument("name", metavar="OWNER/REPO[:QUANT]")
-    _add_settings_flags(pull, _PULL_FLAGS)
+    _add_settings_flags(pull, _PULL_FLAGS, _MODEL_STORE_HELPS)
     ls = sub.add_parser("ls", help="list the models a server would serve: models.toml, models dir, pulled",
                         description="List available models with their source, size on disk and path.")
-    _add_settings_flags(ls, _MODEL_STORE_FLAGS)
+    _add_settings_flags(ls, _MODEL_STORE_FLAGS, _MODEL_STORE_HELPS)
     rm = sub.add_parser("rm", help="remove a pulled model and its files",
                         description="Forget a model pulled with `nomoat pull` and delete its files from the cache.")
     rm.add_argument("name", metavar="NAME", help="the name it was pulled as")
-    _add_settings_flags(rm, _MODEL_STORE_FLAGS)
+    _add_settings_flags(rm, _MODEL_STORE_FLAGS, _MODEL_STORE_HELPS)
+    for store_command in (pull, ls, rm):
+        _add_client_flags(store_command, _SERVER_FLAGS)
     ps = sub.add_parser(
         "ps",
         help="list the models a running server has loaded, their memory, adapters and when each unloads",
         description="Ask the running server (host, port and key from the settings, as serve reads them) for its models.",
     )
-    for name in ("config", "host", "api_key", "admin_key"):
-        ps.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
-    ps.add_argument("--port", type=int, default=None)
+    _add_client_flags(ps)
+    run = sub.add_parser(
+        "run",
+        help="chat with a model in the terminal (as `ollama run`), or answer one prompt and exit",
+        description=(
+            "Chat with MODEL through the running server (found as `nomoat ps` finds it); when none answers, "
+            "one is started in this process for the session. In the chat: /bye (or Ctrl+D) exits, /clear forgets "
+            "the conversation, /system TEXT sets the system prompt, and a message between two lines of \"\"\" "
+            "spans several lines. With PROMPT, or with stdin not a terminal, it answers once and exits."
+        ),
+    )
+    run.add_argument("model", metavar="MODEL", help="the model id (as GET /v1/models lists it)")
+    run.add_argument("prompt", metavar="PROMPT", nargs="?", default=None, help="answer this one prompt and exit")
+    run.add_argument("--system", default=None, help="the system prompt to start with")
+    run.add_argument("--max-tokens", type=int, default=None, metavar="N", help="end each reply after N tokens")
+    run.add_argument("-i", "--interactive", action="store_true",
+                     help="chat even when stdin is not a terminal (a script typing lines and /commands)")
+    _add_client_flags(run)
     worker = sub.add_parser(
         "worker",
         help="lend this machine's CPU to another nomoat's `rpc` models (llama.cpp's RPC server)",
@@ -128,12 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_client_flags(parser: argparse.ArgumentParser, names: Sequence[str] = tuple(_CLIENT_HELPS)) -> None:
+    """Where the server is and the key to ask it with, read as serve reads them (flags, NOMOAT_*, models.toml)."""
+    for name in names:
+        text = _CLIENT_HELPS[name]
+        kwargs: dict[str, Any] = {"type": int} if name == "port" else {}
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # as git and ollama: no command is a usage error, answered with the help
+        parser.print_help(sys.stderr)
+        return 2
     cli = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     if args.command == "serve":
         return serve(cli)
@@ -142,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("pull", "ls", "rm"):
         from . import commands as models_cli
 
-        settings_cli = {k: v for k, v in cli.items() if k in _PULL_FLAGS}
+        settings_cli = {k: v for k, v in cli.items() if k in (*_PULL_FLAGS, *_SERVER_FLAGS)}
         if args.command == "ls":
             return models_cli.ls(settings_cli)
         if args.command == "pull":
@@ -150,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return models_cli.rm(settings_cli, args.name)
     if args.command == "ps":
         return show_loaded(cli)
+    if args.command == "run":
+        from .terminal_chat import ChatOptions, run_chat
+
+        return run_chat({k: v for k, v in cli.items() if k in _CLIENT_HELPS}, args.model, args.prompt,
+                        ChatOptions(args.system, args.max_tokens, args.interactive))
     if args.command == "worker":
         return worker(args, parser)
     parser.error(f"unknown command {args.command}")  # exits

@@ -15,7 +15,7 @@ SERVER = Path(__file__).resolve().parent.parent / "server"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
-    ("commands",),  # `nomoat pull/ls/rm`: models.toml through config, the store below
+    ("commands", "terminal_chat"),  # `nomoat pull/ls/rm`; `nomoat run` (a server in process when none runs)
     ("daemon",),
     ("http",),  # composition (app.py) and middleware
     ("openai", "anthropic"),  # the wire protocols
