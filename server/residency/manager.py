@@ -1,9 +1,8 @@
 """Which models are loaded: each model's state (unloaded, loading, loaded, failed), one shared load per model
 on demand, keep-alive unloads once idle, room made under the memory budget by unloading idle models.
 
-A model is busy while a lease holds it (a request, from resolve to its last byte; an adapter opening on it),
-while a request waits for its load, or while its engine has generations outstanding; a busy model is never
-unloaded.
+A model is busy while a lease holds it (a request, from resolve to its last byte; an adapter opening on it), while
+a request waits for its load, or while its engine has generations outstanding; a busy model is never unloaded.
 """
 
 from __future__ import annotations
@@ -41,14 +40,14 @@ EVICT_WAIT_SECONDS = 30.0
 class Residency:
     """Every available model's state; `acquire()` hands out a lease on a loaded model, loading it first if need be.
 
-    Locks: none guards a model's state. Every change of it is a synchronous method run on the event loop
-    (reserve, commit, mark unloaded, release), so none is seen half-done, and the I/O between them (a
-    header read, llama.cpp opening or closing a model, its adapters opening) runs holding nothing. A load's
-    footprint counts from its reservation until its model's close returns, so overlapping loads never
-    overcommit the budget. Reloads do not interleave with loads: `reloading()` waits (on events) for the
-    reload before it and for the loads already opening, and a load reserves only while no reload is under
-    way. Lock order: Residency holds nothing while it calls the catalogue (attach, a reload's reconcile),
-    whose name claims (adapters/claims.py) are the only ones on this path, so no order can invert.
+    Locks: none guards a model's state. Every change of it is a synchronous method run on the event loop (reserve,
+    commit, mark unloaded, release), so none is seen half-done, and the I/O between them (a header read, llama.cpp
+    opening or closing a model, its adapters opening) runs holding nothing. A load's footprint counts from its
+    reservation until its model's close returns, so overlapping loads never overcommit the budget. Reloads do not
+    interleave with loads: `reloading()` waits (on events) for the reload before it and for the loads already
+    opening, and a load reserves only while no reload is under way. Lock order: Residency holds nothing while it
+    calls the catalogue (attach, a reload's reconcile), whose name claims (adapters/claims.py) are the only ones on
+    this path, so no order can invert.
     """
 
     def __init__(self, settings: Settings, open_engine: Callable[[ModelConfig], Engine | ChildModel],
@@ -133,8 +132,7 @@ class Residency:
         if resident.loading is None:
             if resident.status is Status.FAILED and resident.failed_key == file_key(resident.config):
                 raise ModelLoadError(f"model {resident.name!r} failed to load: {resident.error}; it is retried "
-                                     "once its file or configuration changes", param="model",
-                                     path=resident.config.path)
+                                     "once its file or configuration changes", param="model", path=resident.config.path)
             resident.loading = asyncio.ensure_future(self._load(resident))
             resident.loading.add_done_callback(lambda f: f.cancelled() or f.exception())
         resident.waiting += 1
