@@ -50,7 +50,7 @@ class Engine:
         self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
                               model.chat_template.supports_tools, model.spec.reasoning_format,
                               chat_format=model.chat_format, gguf_sampling=gguf_sampling(model.metadata))
-        self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx)
+        self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx, model.n_swa)
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
         self._generations = OpenGenerations()

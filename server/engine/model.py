@@ -75,6 +75,9 @@ class ModelSpec:
     rpc: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
     draft_model: Path | None = None
+    # Keep every position of sliding-window layers (llama.cpp's swa_full), so a cached prefix of any length can be
+    # continued; False keeps only the window's (less KV memory), and prefix reuse then takes only what it still holds.
+    swa_full: bool = True
 
     @property
     def speculation(self) -> Speculation:
@@ -143,6 +146,7 @@ class LoadedModel:
         cparams.n_threads = spec.n_threads
         cparams.n_threads_batch = spec.n_threads
         cparams.no_perf = True
+        cparams.swa_full = spec.swa_full  # said explicitly: llama.cpp's server defaults it to false
         spec.kv_types.apply(cparams)
         self._cparams = cparams
         self.contexts: list[llama_cpp.llama_context_p] = []
@@ -154,6 +158,7 @@ class LoadedModel:
                                  f"parallel={spec.parallel}, KV cache {spec.cache_type_k}/{spec.cache_type_v}; "
                                  "see the log)")
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_batch = cparams.n_batch
         self.draft = self._load_draft(mparams)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))

@@ -22,11 +22,26 @@ class PrefixReuse:
     enabled: bool
     # A copy moves a whole KV stream, n_ctx cells: worth it past this many tokens saved.
     copy_min_tokens: int
+    n_swa: int = 0  # the model's sliding window (0: none)
 
     @classmethod
-    def for_context(cls, enabled: bool, n_ctx: int) -> PrefixReuse:
+    def for_context(cls, enabled: bool, n_ctx: int, n_swa: int = 0) -> PrefixReuse:
         """The policy for sequences of `n_ctx` cells each."""
-        return cls(enabled=enabled, copy_min_tokens=max(1, round(COPY_BREAK_EVEN_TOKENS_PER_4K * n_ctx / 4096)))
+        return cls(enabled=enabled, copy_min_tokens=max(1, round(COPY_BREAK_EVEN_TOKENS_PER_4K * n_ctx / 4096)),
+                   n_swa=n_swa)
+
+    def holds(self, context: Context, slot: int, n: int) -> bool:
+        """Whether `slot` still holds the KV that continuing after its first `n` tokens attends to.
+
+        A sliding-window cache without swa_full drops positions older than the window as a sequence
+        grows, and llama.cpp cannot compute them again from what remains: a prefix is continued only
+        where no dropped position is within the window of its end, the check llama.cpp's server makes
+        (seq_pos_min against n_past - n_swa) before it reuses a slot. A full cache always holds them.
+        """
+        if n <= 0:
+            return True
+        oldest: int = llama_cpp.llama_memory_seq_pos_min(context.memory, slot)
+        return oldest <= max(0, n - max(1, self.n_swa))
 
 
 def place(seq: Sequence, context: Context, running: list[Sequence], reuse: PrefixReuse, stats: EngineStats) -> None:
@@ -39,15 +54,17 @@ def place(seq: Sequence, context: Context, running: list[Sequence], reuse: Prefi
     seq.place(context, slot)
     # At least the last prompt token is evaluated again: its logits start the generation.
     keep = min(cached, len(seq.prompt) - 1) if reuse.enabled else 0
+    if not reuse.holds(context, slot, keep):
+        keep = 0  # evaluated again from the start, as llama.cpp's server does
     if reuse.enabled:
-        keep = _copy_prefix(seq, context, keep, running, reuse.copy_min_tokens, stats)
+        keep = _copy_prefix(seq, context, keep, running, reuse, stats)
     llama_cpp.llama_memory_seq_rm(context.memory, slot, keep, -1)
     seq.start(keep)
     stats.prompt_tokens += len(seq.prompt)
     stats.cached_tokens += keep
 
 
-def _copy_prefix(seq: Sequence, context: Context, keep: int, running: list[Sequence], copy_min_tokens: int,
+def _copy_prefix(seq: Sequence, context: Context, keep: int, running: list[Sequence], reuse: PrefixReuse,
                  stats: EngineStats) -> int:
     """Copy a longer prefix of the prompt from another slot of the context, when that beats prefilling it.
 
@@ -55,7 +72,8 @@ def _copy_prefix(seq: Sequence, context: Context, keep: int, running: list[Seque
     (eight clients sharing a system prompt, say). With a KV stream per sequence llama.cpp
     copies the source's whole stream (`llama_memory_seq_cp` must take all positions), a cost
     fixed by n_ctx; prefilling grows with the prompt. So a copy is made only when it saves at
-    least `copy_min_tokens` (bench/bench_prefix_copy.py). Returns the tokens now reused.
+    least `reuse.copy_min_tokens` (bench/bench_prefix_copy.py), from a slot that still holds it
+    (`PrefixReuse.holds`). Returns the tokens now reused.
     """
     key = seq.request.adapters.key
     holders = [(slot, cached[1]) for slot, cached in context.slot_cache.items() if cached[0] == key]
@@ -65,9 +83,9 @@ def _copy_prefix(seq: Sequence, context: Context, keep: int, running: list[Seque
         if slot == seq.seq_id:
             continue
         n = min(common_prefix(tokens, seq.prompt), len(seq.prompt) - 1)
-        if n > best_len:
+        if n > best_len and reuse.holds(context, slot, n):
             best_src, best_len = slot, n
-    if best_src is None or best_len - keep < copy_min_tokens:
+    if best_src is None or best_len - keep < reuse.copy_min_tokens:
         return keep
     # The whole stream comes over (its data at the next decode, before anything is computed);
     # the caller trims what follows the shared prefix.
