@@ -16,7 +16,7 @@ import httpx
 import pytest
 from support.fake_hub import FakeHub
 from support.gguf_files import V, tiny_model
-from support.process import ServerProcess, run_nomoat
+from support.process import ServerProcess, free_port, run_nomoat
 from wire import NO_EOS
 
 from nomoat import config
@@ -215,7 +215,9 @@ def nomoat(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def hub_env(fake_hub: FakeHub, tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOMOAT_", "HF_"))}
     return {**clean, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HF_ENDPOINT": fake_hub.url,
-            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", "NOMOAT_STATE_DIR": str(tmp_path / "state")}
+            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", "NOMOAT_STATE_DIR": str(tmp_path / "state"),
+            # No server there: pull, ls and rm work on this disk (a server on the default port would be asked).
+            "NOMOAT_PORT": str(free_port())}
 
 
 def test_pull_serve_ls_rm(hub_env: dict[str, str], tmp_path: Path):
