@@ -125,16 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Download OWNER/REPO[:QUANT] into the Hugging Face cache (resumable; HF_TOKEN, HF_ENDPOINT and "
             "HF_HUB_OFFLINE apply). QUANT picks the file by quantisation (any case, e.g. Q4_K_M); without it, "
-            "Q4_K_M if the repo has one, else its smallest GGUF. The server then serves it under that name."
+            "Q4_K_M if the repo has one, else its smallest GGUF. The server then serves it under that name. "
+            "When a server answers at --host/--port (NOMOAT_HOST), it pulls into its own cache and state dir "
+            "with the admin key and serves the model at once; else the pull is local, and says so."
         ),
     )
     pull.add_argument("name", metavar="OWNER/REPO[:QUANT]")
     _add_settings_flags(pull, _PULL_FLAGS, _MODEL_STORE_HELPS)
     ls = sub.add_parser("ls", help="list the models a server would serve: models.toml, models dir, pulled",
-                        description="List available models with their source, size on disk and path.")
+                        description="List available models with their source, size on disk and path: the running "
+                                    "server's (admin key), else what a server started here would serve.")
     _add_settings_flags(ls, _MODEL_STORE_FLAGS, _MODEL_STORE_HELPS)
     rm = sub.add_parser("rm", help="remove a pulled model and its files",
-                        description="Forget a model pulled with `nomoat pull` and delete its files from the cache.")
+                        description="Forget a model pulled with `nomoat pull` and delete its files from the cache: "
+                                    "the running server's (admin key; it stops serving it), else this user's.")
     rm.add_argument("name", metavar="NAME", help="the name it was pulled as")
     _add_settings_flags(rm, _MODEL_STORE_FLAGS, _MODEL_STORE_HELPS)
     for store_command in (pull, ls, rm):
