@@ -6,7 +6,6 @@ import contextlib
 import difflib
 import os
 import typing
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from .addresses import split_host
 from .errors import ConfigError
 from .quantities import parse_duration, parse_size, system_memory
 
@@ -27,13 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOMOAT_", extra="forbid", validate_default=True)
     _scheme: str = PrivateAttr("http")  # from a host given as a URL: the scheme the client commands use
 
-    host: str = Field(
-        "127.0.0.1",
-        description=(
-            "Address to listen on; the client commands (ps, run, pull, ls, rm) ask the server there. As Ollama's "
-            "OLLAMA_HOST, it may carry a port (HOST:PORT) or be a URL (http://HOST:PORT); --port still wins."
-        ),
-    )
+    host: str = Field("127.0.0.1", description=(
+        "Address to listen on; the client commands (ps, run, pull, ls, rm) ask the server there. As Ollama's "
+        "OLLAMA_HOST, it may carry a port (HOST:PORT) or be a URL (http://HOST:PORT); --port still wins."))
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     config: Path | None = Field(
         None,
@@ -325,7 +321,10 @@ class Settings(BaseSettings):
         env_values = EnvSettingsSource(cls)()
         merged = {k: v for k, v in file_values.items() if k not in env_values}
         merged.update({k: v for k, v in cli.items() if v is not None})
-        if _rank("host", cli, env_values, merged) > _rank("port", cli, env_values, merged):
+        def rank(key: str) -> int:  # where a setting came from: 3 a flag, 2 the environment, 1 the file
+            return 3 if key in cli else 2 if key in env_values else 1 if key in merged else 0
+
+        if rank("host") > rank("port"):
             with contextlib.suppress(ValueError):  # a bad host is reported by validation, below
                 port = split_host(str(cli.get("host", env_values.get("host", merged.get("host")))))[1]
                 if port is not None:
@@ -365,32 +364,6 @@ def format_validation_error(exc: ValidationError, source: str,
         shown = "" if quiet else f" (got {got!r})"
         lines.append(f"{where}: {key}: {msg}{shown}")
     return "\n".join(lines)
-
-
-def _rank(key: str, cli: dict[str, Any], env: dict[str, Any], merged: dict[str, Any]) -> int:
-    """Where a setting came from: 3 a flag, 2 the environment, 1 the file, 0 not given."""
-    return 3 if key in cli else 2 if key in env else 1 if key in merged else 0
-
-
-def split_host(value: str) -> tuple[str, int | None, str]:
-    """HOST, HOST:PORT, [V6]:PORT or SCHEME://HOST[:PORT] as (host, port or None, scheme); a bare IPv6 stays whole."""
-    if "://" in value or value.startswith("["):
-        parts = urllib.parse.urlsplit(value if "://" in value else "//" + value)
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"host {value!r}: the port is not a number from 0 to 65535") from None
-        if parts.scheme not in ("", "http", "https") or not parts.hostname:
-            raise ValueError(f"host {value!r}: expected HOST, HOST:PORT or http://HOST:PORT")
-        if port is None and parts.scheme:  # as Ollama reads OLLAMA_HOST: a URL without a port has its scheme's
-            port = 443 if parts.scheme == "https" else 80
-        return parts.hostname, port, parts.scheme or "http"
-    name, sep, port_text = value.rpartition(":")
-    if sep and ":" not in name:
-        if not port_text.isdigit() or int(port_text) > 65535:
-            raise ValueError(f"host {value!r}: the port is not a number from 0 to 65535")
-        return name, int(port_text), "http"
-    return value, None, "http"
 
 
 def _known_keys(schema: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:

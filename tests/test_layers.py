@@ -25,13 +25,13 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("loading",),
     ("residency", "adapters", "config"),
     ("child",),  # a split model's child process: built from models.toml and Settings
-    ("store",),
+    ("store", "client"),  # client: the HTTP client the CLI's client commands ask a running server with
     ("metrics", "settings", "models_toml"),
     ("gateway_metrics",),
     ("engine",),
     ("formats",),  # each model family's chat format: tool-call and reasoning markers, detected from its template
     ("rpc",),
-    ("errors", "quantities", "logs", "sdnotify", "tasks", "nomoat"),
+    ("errors", "quantities", "logs", "sdnotify", "tasks", "addresses", "nomoat"),
 )
 
 # Arrows allowed to run up, each (importing module, imported module) with its reason: none today. The test fails
