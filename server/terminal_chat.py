@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import config
+from .client import ServerClient, ServerRefused, sse_events
 from .errors import ConfigError
 from .settings import Settings
 
@@ -24,8 +22,6 @@ HELP = """Available commands:
   /?, /help      this help
 Use \"\"\" to begin and end a message of several lines."""
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
-# How long a server that answers at all may take to say so; none answering at once means none is running.
-_PROBE_SECONDS = 3.0
 # A reply may queue behind other requests and run long on a CPU: the stream's silence limit, not its length.
 _READ_SECONDS = 600.0
 
@@ -48,19 +44,19 @@ def run_chat(cli: dict[str, Any], model: str, prompt: str | None, options: ChatO
     except ConfigError as exc:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    url = settings.client_url()
+    client = ServerClient(settings)
     local: InProcessServer | None = None
-    if not _answers(url):
-        print(f"nomoat run: no server answers at {url}; starting one in this process for this session",
+    if not client.answers():
+        print(f"nomoat run: no server answers at {client.url}; starting one in this process for this session",
               file=sys.stderr, flush=True)
         try:
             local = InProcessServer.start(cli)
         except ConfigError as exc:
             print(f"nomoat run: cannot start a server:\n{exc}", file=sys.stderr)
             return 2
-        url = local.url
+        client.url = local.url
     try:
-        chat = Chat(url, _key(settings), model, options, sys.stdout)
+        chat = Chat(client, model, options, sys.stdout)
         if prompt is None and not options.interactive and not sys.stdin.isatty():
             prompt = sys.stdin.read()  # a script piping its prompt in: one answer, as with PROMPT
         if prompt is not None:
@@ -71,27 +67,11 @@ def run_chat(cli: dict[str, Any], model: str, prompt: str | None, options: ChatO
             local.stop()
 
 
-def _key(settings: Settings) -> str | None:
-    key = settings.admin_key or settings.api_key
-    return key.get_secret_value().split(",")[0].strip() if key is not None else None
-
-
-def _answers(url: str) -> bool:
-    """Whether any server answers at `url` (any HTTP status counts: a 401 is a server that wants a key)."""
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=_PROBE_SECONDS):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 class Chat:
     """One conversation: the messages so far, sent whole with each new one, the reply streamed as it comes."""
 
-    def __init__(self, url: str, key: str | None, model: str, options: ChatOptions, out: TextIO) -> None:
-        self.url, self.key, self.model, self.out = url, key, model, out
+    def __init__(self, client: ServerClient, model: str, options: ChatOptions, out: TextIO) -> None:
+        self.client, self.model, self.out = client, model, out
         self.system, self.max_tokens = options.system, options.max_tokens
         self.messages: list[dict[str, str]] = []
         self.dim = out.isatty()  # reasoning is shown dimmed on a terminal, plain where captured
@@ -153,7 +133,7 @@ class Chat:
         reply: list[str] = []
         thinking = False
         with self._request("POST", "/v1/chat/completions", body) as answer:
-            for chunk in _events(answer):
+            for chunk in sse_events(answer):
                 if "error" in chunk:
                     raise ChatError(chunk["error"].get("message", "the stream ended with an error"))
                 delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
@@ -174,40 +154,11 @@ class Chat:
         self.messages = [*asked, {"role": "assistant", "content": "".join(reply)}]
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        request = urllib.request.Request(self.url + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode())
-        request.add_header("Content-Type", "application/json")
-        if self.key is not None:
-            request.add_header("Authorization", "Bearer " + self.key)
         try:
-            return urllib.request.urlopen(request, timeout=_READ_SECONDS)
-        except urllib.error.HTTPError as exc:
-            raise ChatError(_error_message(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ChatError(f"no answer from {self.url} ({exc})") from None
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    """The server's own message (OpenAI's error shape), else the status; a 401 says which key to give."""
-    try:
-        message = str(json.load(exc)["error"]["message"])
-    except (ValueError, KeyError, TypeError, OSError):
-        message = f"{exc.code}: {exc.reason}"
-    if exc.code == 401:
-        message += " (pass --api-key, or set NOMOAT_API_KEY)"
-    return message
-
-
-def _events(answer: Any) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a server-sent event stream, until [DONE]."""
-    for raw in answer:
-        line = raw.decode().strip()
-        if not line.startswith("data:"):
-            continue
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
+            return self.client.open(method, path, body, timeout=_READ_SECONDS)
+        except ServerRefused as exc:
+            hint = " (pass --api-key, or set NOMOAT_API_KEY)" if exc.status == 401 else ""
+            raise ChatError(exc.message + hint) from None
 
 
 def _messages(source: TextIO, prompt: str) -> Iterator[str]:

@@ -14,6 +14,8 @@ from typing import Any
 from conftest import models_toml
 from support.process import free_port, run_nomoat
 
+from nomoat.client import ServerClient
+from nomoat.settings import Settings
 from nomoat.terminal_chat import Chat, ChatOptions
 
 
@@ -63,7 +65,7 @@ class _Recorder(Chat):
     """A Chat whose server is a stand-in: each request is recorded, each reply one streamed word."""
 
     def __init__(self, system: str | None = None) -> None:
-        super().__init__("http://unused", None, "m", ChatOptions(system=system), io.StringIO())
+        super().__init__(ServerClient(Settings()), "m", ChatOptions(system=system), io.StringIO())
         self.sent: list[list[dict[str, str]]] = []
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
+from ..client import ServerClient, ServerRefused
 from ..quantities import format_size
 from ..settings import Settings
 
@@ -16,11 +15,7 @@ _HEADER = ("MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS")
 
 def fetch_models(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]:
     """GET /models of the server these settings describe, with its admin key, else its first API key."""
-    request = urllib.request.Request(settings.client_url() + "/models")
-    key = settings.admin_key or settings.api_key
-    if key is not None:
-        request.add_header("Authorization", "Bearer " + key.get_secret_value().split(",")[0].strip())
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
+    with ServerClient(settings).open("GET", "/models", timeout=timeout) as answer:
         return list(json.load(answer)["data"])
 
 
@@ -53,12 +48,10 @@ def ps(settings: Settings) -> tuple[int, str]:
     """The exit code and what to print."""
     try:
         cards = fetch_models(settings)
-    except urllib.error.HTTPError as exc:
-        hint = ""
-        if exc.code in (401, 403):
-            hint = (" (it wants a key: pass --api-key or --admin-key, or set NOMOAT_API_KEY or NOMOAT_ADMIN_KEY, "
-                    "as the server was started with)") if exc.code == 401 else " (the key given is not an admin key)"
-        return 1, f"nomoat ps: the server at {settings.client_url()} answered {exc.code}: {exc.reason}{hint}"
-    except (urllib.error.URLError, OSError) as exc:
-        return 1, f"nomoat ps: no server answers at {settings.client_url()} ({exc})"
+    except ServerRefused as exc:
+        if exc.status == 0:
+            return 1, f"nomoat ps: {exc.message}"
+        hint = {401: " (it wants a key: pass --api-key or --admin-key, or set NOMOAT_API_KEY or NOMOAT_ADMIN_KEY, "
+                     "as the server was started with)", 403: " (the key given is not an admin key)"}.get(exc.status, "")
+        return 1, f"nomoat ps: the server at {settings.client_url()} answered {exc.status}: {exc.message}{hint}"
     return 0, render(cards)
