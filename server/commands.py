@@ -5,79 +5,32 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from . import config
+from .client import ServerClient, ServerRefused, error_message, sse_events
 from .errors import ConfigError
 from .models_toml import EMBEDDED, HF_PREFIX, ModelsFile
 from .settings import Settings, format_validation_error
-from .store.available import AvailableModel, discovered_models
+from .store.available import AvailableModel, Source, discovered_models
 
-# How long `pull`, `ls` and `rm` wait for a server to answer GET /health before working on the local disk.
-_PROBE_SECONDS = 3.0
 # A pull's stream is pinged every 15 s (http/pull.py): a read that waits this long has lost the server.
 _STREAM_READ_SECONDS = 120.0
-
-
-class _Server:
-    """The running server the settings point at (as `nomoat ps` finds it), asked with the admin key (else the
-    first API key)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.url = settings.client_url()
-        key = settings.admin_key or settings.api_key
-        self._key = key.get_secret_value().split(",")[0].strip() if key is not None else None
-
-    def answers(self) -> bool:
-        """Whether anything answers HTTP there (a loading server's 503 too)."""
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=_PROBE_SECONDS):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def open(self, method: str, path: str, body: dict[str, Any] | None = None,
-             timeout: float = 60.0) -> IO[bytes]:
-        """The answer to METHOD PATH; a refusal raises _Refused with the server's own message."""
-        request = urllib.request.Request(self.url + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode())
-        request.add_header("Content-Type", "application/json")
-        if self._key is not None:
-            request.add_header("Authorization", "Bearer " + self._key)
-        try:
-            answer: IO[bytes] = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            raise _Refused(f"the server at {self.url} answered {exc.code}: {_error_message(exc.read())}"
-                           f"{_KEY_HINT if exc.code in (401, 403) else ''}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise _Refused(f"the server at {self.url} stopped answering ({exc})") from None
-        return answer
-
-
 _KEY_HINT = " (pull, ls and rm through a server need its admin key: --admin-key or NOMOAT_ADMIN_KEY)"
 
 
-class _Refused(Exception):
-    """The server answered with an error, or went away mid-answer: the message says which, in its words."""
+def _refused(server: ServerClient, exc: ServerRefused) -> str:
+    """What a refusal says: the server's own words, and which key it wants when it wants one."""
+    if exc.status == 0:
+        return f"the server at {server.url} stopped answering ({exc.message})"
+    return f"the server at {server.url} answered {exc.status}: {exc.message}{_KEY_HINT if exc.status in (401, 403) else ''}"
 
 
-def _error_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")[:200]
-
-
-def _reachable(settings: Settings, doing: str) -> _Server | None:
+def _reachable(settings: Settings, doing: str) -> ServerClient | None:
     """The server to ask, or None after saying in one line that the local disk is used instead."""
-    server = _Server(settings)
+    server = ServerClient(settings)
     if server.answers():
         return server
     print(f"nomoat: no server at {server.url}: {doing}", file=sys.stderr)
@@ -112,16 +65,16 @@ def pull(cli: dict[str, Any], name: str) -> int:
     return 0
 
 
-def _pull_through(server: _Server, name: str) -> int:
+def _pull_through(server: ServerClient, name: str) -> int:
     """POST /models/pull, its progress drawn as a bar on a terminal (plain lines otherwise), then the result."""
     bar = _ProgressBar(sys.stderr)
     try:
         print(f"pulling {name} through the server at {server.url}", file=sys.stderr)
         with server.open("POST", "/models/pull", {"model": name}, timeout=_STREAM_READ_SECONDS) as answer:
-            for event in _sse_events(answer):
+            for event in sse_events(answer):
                 if "error" in event:
                     bar.end()
-                    print(f"nomoat: cannot pull {name}: {_error_message(json.dumps(event).encode())}",
+                    print(f"nomoat: cannot pull {name}: {error_message(json.dumps(event).encode())}",
                           file=sys.stderr)
                     return 1
                 if event.get("object") == "model.pull.progress":
@@ -133,26 +86,18 @@ def _pull_through(server: _Server, name: str) -> int:
                     print(f"pulled {event['model']} ({', '.join(event['files'])}, {_size(int(event['size']))}) "
                           f"into the server at {server.url} ({event['path']}): {served}")
                     return 0
-    except (_Refused, OSError) as exc:
+    except ServerRefused as exc:
         bar.end()
-        print(f"nomoat: cannot pull {name}: {exc}", file=sys.stderr)
+        print(f"nomoat: cannot pull {name}: {_refused(server, exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        bar.end()
+        print(f"nomoat: cannot pull {name}: the server at {server.url} stopped answering ({exc})", file=sys.stderr)
         return 1
     bar.end()
     print(f"nomoat: cannot pull {name}: the server at {server.url} ended the stream without a result",
           file=sys.stderr)
     return 1
-
-
-def _sse_events(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent event stream's `data:` lines; pings (comments) are skipped."""
-    for raw in stream:
-        line = raw.decode(errors="replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
 
 
 class _ProgressBar:
@@ -204,8 +149,11 @@ def rm(cli: dict[str, Any], name: str) -> int:
         else:
             entry, files = forget(state_dir, name)
             freed = Hub().remove(entry.repo, entry.commit, files)
-    except (ConfigError, _Refused) as exc:
+    except ConfigError as exc:
         print(f"nomoat: {exc}", file=sys.stderr)
+        return 1
+    except ServerRefused as exc:
+        print(f"nomoat: {_refused(server, exc) if server is not None else exc}", file=sys.stderr)
         return 1
     print(f"removed {name} ({_size(freed)} freed)")
     return 0
@@ -224,8 +172,8 @@ def ls(cli: dict[str, Any]) -> int:
         try:
             with server.open("GET", "/admin/store") as answer:
                 listed = json.load(answer)["data"]
-        except _Refused as exc:
-            print(f"nomoat: {exc}", file=sys.stderr)
+        except ServerRefused as exc:
+            print(f"nomoat: {_refused(server, exc)}", file=sys.stderr)
             return 1
         _print_table([(r["name"], r["source"], _size(r["size"]), r["path"]) for r in listed])
         return 0
@@ -260,22 +208,19 @@ def _configured(settings: Settings, config_path: Path | None, data: dict[str, An
     """models.toml's models (or --model's), located without downloading anything."""
     from pydantic import ValidationError
 
-    if config_path is None:
+    if config_path is None:  # no models.toml: the built-in model, or --model's file
         given = str(settings.model) if settings.model is not None else EMBEDDED
         name = settings.model_name or (config.EMBEDDED_NAME if settings.model is None else config.single_model_name(given))
-        entries = [(name, given)]
-        base = Path.cwd()
+        return [_locate(name, given, Path.cwd(), "built-in" if settings.model is None else "--model")]
     else:
         try:
             models = ModelsFile.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, str(config_path))) from None
-        entries = [(m.name, m.path) for m in models.models]
-        base = config_path.parent
-    return [_locate(name, path, base) for name, path in entries]
+    return [_locate(m.name, m.path, config_path.parent) for m in models.models]
 
 
-def _locate(name: str, path: str, base: Path) -> AvailableModel | tuple[str, str, str, str]:
+def _locate(name: str, path: str, base: Path, source: Source = "models.toml") -> AvailableModel | tuple[str, str, str, str]:
     if path.startswith(HF_PREFIX):
         from .store.hub import Hub, HubError, parse_ref
 
@@ -284,12 +229,12 @@ def _locate(name: str, path: str, base: Path) -> AvailableModel | tuple[str, str
         except HubError:
             cached = None
         if cached is None:
-            return (name, "models.toml", "-", f"{path} (not downloaded yet)")
-        return AvailableModel(name, "models.toml", cached.paths)
+            return (name, source, "-", f"{path} (not downloaded yet)")
+        return AvailableModel(name, source, cached.paths)
     try:
-        return AvailableModel(name, "models.toml", (config.resolve_model_path(path, base, name),))
+        return AvailableModel(name, source, (config.resolve_model_path(path, base, name),))
     except ConfigError:
-        return (name, "models.toml", "-", f"{path} (missing)")
+        return (name, source, "-", f"{path} (missing)")
 
 
 def _size(n: int) -> str:

@@ -22,6 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..config import find_config_file
 from ..core.fields import parse
 from ..errors import (
     ConfigError,
@@ -223,6 +224,9 @@ def _data(payload: dict[str, Any]) -> dict[str, str]:
 def _store_rows(registry: ModelRegistry, settings: Settings) -> list[dict[str, Any]]:
     """What `nomoat ls` prints, as this server sees it: each base model's source, size on disk and path."""
     found = {m.name: m for m in discovered_models(settings)}
+    # As config.load reads them: --model's file, else models.toml's models, else the built-in model.
+    configured = "--model" if settings.model is not None else \
+        "models.toml" if find_config_file(settings.config) is not None else "built-in"
     rows = []
     for name, resident in registry.residency.residents.items():
         path = resident.config.path
@@ -230,5 +234,5 @@ def _store_rows(registry: ModelRegistry, settings: Settings) -> list[dict[str, A
         if available is not None and str(available.path) == path:
             rows.append({"name": name, "source": available.source, "size": available.size, "path": path})
         else:  # models.toml's own (or --model's): a name it holds is never taken by a discovered model
-            rows.append({"name": name, "source": "models.toml", "size": files_size((Path(path),)), "path": path})
+            rows.append({"name": name, "source": configured, "size": files_size((Path(path),)), "path": path})
     return rows

@@ -13,7 +13,8 @@ from .pulled import PulledManifest
 
 log = logging.getLogger(__name__)
 
-Source = Literal["models.toml", "models-dir", "pulled"]
+# models.toml's; "built-in" and "--model" where no models.toml was read; the models dir's; pulled ones.
+Source = Literal["models.toml", "built-in", "--model", "models-dir", "pulled"]
 
 
 @dataclass(frozen=True)
