@@ -337,3 +337,14 @@ def test_pull_from_a_hostile_hub_fails_cleanly_and_writes_nothing_outside_the_ca
     assert [p for p in written if not p.is_relative_to(cache)] == [], "nothing written outside the cache"
     assert [p for p in written if "blobs" in p.parts or "snapshots" in p.parts] == [], "nothing of it kept"
     assert list(outside.iterdir()) == [] and not (tmp_path / "escape-Q4_K_M.gguf").exists()
+
+
+def test_ls_without_models_toml_names_the_built_in_model(hub_env: dict[str, str]):
+    """With no models.toml anywhere (and no server), `nomoat ls` lists the embedded model as built-in, not as a
+    models.toml model that does not exist; a --model file (NOMOAT_MODEL) as --model."""
+    listed = nomoat(hub_env, "ls")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split(None, 4) for line in listed.stdout.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("smollm2-135m", "built-in")]
+    single = nomoat({**hub_env, "NOMOAT_MODEL": rows[0][4]}, "ls")
+    assert [line.split()[1] for line in single.stdout.splitlines()[1:]] == ["--model"], single.stdout + single.stderr
