@@ -136,6 +136,9 @@ POST_ENDPOINTS = {endpoint.name: endpoint.paths() for endpoint in ENDPOINTS if e
 
 
 VALID_BODIES = {name: bodies(model, junk=False) for name, model in REQUEST_MODELS.items()}
+# The request models of routes the in-process app serves: POST /models/pull needs a reloader, which only the daemon
+# builds (it is a 404 saying it is off here); tests/test_pull_service.py sends it bodies through a real server.
+SERVED_HERE = sorted(set(REQUEST_MODELS) - {"pull_model"})
 NEAR_VALID_BODIES = {name: bodies(model, junk=True) for name, model in REQUEST_MODELS.items()}
 
 
@@ -185,7 +188,7 @@ def app(fake_factory: Any, tmp_path: Path) -> Iterator[FakeServer]:
 
 # --- properties ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(REQUEST_MODELS))
+@pytest.mark.parametrize("name", SERVED_HERE)
 def test_bodies_the_schema_accepts_are_served_or_refused_cleanly(app: FakeServer, name: str) -> None:
     @FUZZ
     @given(path=st.sampled_from(POST_ENDPOINTS[name]), body=VALID_BODIES[name])
@@ -232,7 +235,7 @@ def containers(value: Any) -> list[Any]:
     return []
 
 
-@pytest.mark.parametrize("name", sorted(REQUEST_MODELS))
+@pytest.mark.parametrize("name", SERVED_HERE)
 def test_non_finite_numbers_and_deep_nesting_anywhere_are_the_same_400(app: FakeServer, name: str) -> None:
     @FUZZ
     @given(path=st.sampled_from(POST_ENDPOINTS[name]), body=VALID_BODIES[name], raw=NOT_SERVABLE_JSON,

@@ -75,5 +75,14 @@ def test_the_table_and_the_handlers_must_agree_or_the_app_is_not_built():
     with pytest.raises(RouteWiringError, match="no route in the table is named ui_page"):
         build_routes(handlers, off=["ui_page"])
     without_page = {name: h for name, h in handlers.items() if not name.startswith("ui_")}
-    served = {route.path for route in build_routes(without_page, off=["ui_index", "ui_file"])}
-    assert "/" not in served and "/v1/models" in served
+    routes = {route.path: route for route in build_routes(without_page, off=["ui_index", "ui_file"])}
+    assert routes["/"].endpoint is not _handler and routes["/v1/models"].endpoint is _handler  # "/" says it is off
+
+
+def test_a_route_turned_off_is_a_404_that_says_so_even_where_another_pattern_matches(fake):
+    """The fake app has no reloader: /admin/reload and POST /models/pull are off. Pull's path also matches GET
+    /models/{id}, which made it a 405 while it was simply unmounted."""
+    for path in ("/admin/reload", "/models/pull"):
+        r = fake.client.post(path, json={"model": "x"})
+        assert r.status_code == 404, r.text
+        assert "turned off in this server's configuration" in r.json()["error"]["message"]

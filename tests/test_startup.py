@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import models_toml
+from streams import wait_for
 from support.process import run_nomoat
 
 from nomoat import __version__, config
@@ -54,10 +55,11 @@ def test_the_sockets_listen_at_once_and_an_unknown_host_is_said_plainly() -> Non
 def test_the_log_says_where_everything_is(start_server, tmp_path: Path) -> None:
     hf_home = tmp_path / "hf"
     srv = start_server(models_toml(), env={"HF_HOME": str(hf_home)})
-    log = srv.log()
+    serving = f"on {srv.base_url}/v1 (loaded: smollm2-135m); the page: {srv.base_url}/\n"
+    # The line comes once uvicorn serves, which may be a moment after the first /health answered.
+    log = wait_for(lambda: serving in srv.log() and srv.log(), what="the serving line")
     assert f"models.toml: {srv.config}\n" in log
     assert f"state: {srv.config.parent / 'state'}; model cache (Hugging Face): {hf_home / 'hub'}\n" in log
-    assert f"on {srv.base_url}/v1 (loaded: smollm2-135m); the page: {srv.base_url}/\n" in log
 
 
 def test_without_models_toml_the_places_searched_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

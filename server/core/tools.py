@@ -179,7 +179,7 @@ def call_syntax(info: ModelInfo) -> ToolSyntax:
     renders none (DeepSeek's), the tools are described in <tool_call> terms (system_text), and both that and
     the family's own syntax are read; a family with no syntax of its own gets the <tool_call> blocks alone."""
     fmt = info.chat_format
-    if not fmt.native_tools:
+    if not fmt.native_tools or fmt.tools is GENERIC.tools:
         return GENERIC.tools
     return fmt.tools if info.supports_tools else EitherSyntax(fmt.tools, GENERIC.tools)
 

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, compile_path
 
+from ..errors import NotFoundError
+
 Handler = Callable[[Request], Awaitable[Response]]
 # The wire protocol a route's errors speak (wire/errors.py renders each): OpenAI's or Anthropic's shape.
 Dialect = Literal["openai", "anthropic"]
@@ -128,11 +130,11 @@ def match(method: str, path: str) -> Match:
 
 
 def _below(path: str) -> Endpoint | None:
-    """The endpoint an unknown path lies below (/v1/messages/batches: /v1/messages), for its 404's dialect."""
-    for _, template, endpoint in _COMPILED:
-        if path.startswith(template.rstrip("/") + "/"):
-            return endpoint
-    return None
+    """The endpoint an unknown path lies deepest below (/v1/messages/batches: /v1/messages, not /v1), for its
+    404's dialect."""
+    below = [(len(template), endpoint) for _, template, endpoint in _COMPILED
+             if path.startswith(template.rstrip("/") + "/")]
+    return max(below, key=lambda b: b[0])[1] if below else None
 
 
 class RouteWiringError(RuntimeError):
@@ -143,7 +145,8 @@ def build_routes(handlers: Mapping[str, Handler], off: Collection[str] = ()) -> 
     """Starlette routes for every endpoint, each served by the handler of its name.
 
     `off` names the endpoints the configuration turns off (the web page, /admin/reload without a reloader):
-    those alone go unmounted. A table name with neither a handler nor a place in `off`, or a handler or
+    those answer a 404 saying so (unmounted, a path another route's pattern also matches, as POST /models/pull
+    and GET /models/{id}, would answer 405). A table name with neither a handler nor a place in `off`, or a handler or
     `off` name the table does not hold, raises: a route renamed in one place must not silently vanish.
     """
     names = {endpoint.name for endpoint in ENDPOINTS}
@@ -158,9 +161,13 @@ def build_routes(handlers: Mapping[str, Handler], off: Collection[str] = ()) -> 
         raise RouteWiringError(f"routes without a handler: {', '.join(missing)}")
     routes = []
     for endpoint in ENDPOINTS:
-        if endpoint.name in off:
-            continue
+        handler = _turned_off(endpoint) if endpoint.name in off else handlers[endpoint.name]
         for path in endpoint.paths():
-            routes.append(Route(path, handlers[endpoint.name], methods=[endpoint.method],
-                                name=f"{endpoint.name}:{path}"))
+            routes.append(Route(path, handler, methods=[endpoint.method], name=f"{endpoint.name}:{path}"))
     return routes
+
+
+def _turned_off(endpoint: Endpoint) -> Handler:
+    async def off(request: Request) -> Response:
+        raise NotFoundError(f"{endpoint.method} {endpoint.path} is turned off in this server's configuration")
+    return off
