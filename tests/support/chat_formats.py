@@ -24,7 +24,6 @@ HERMES = '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n<
 
 # (model id, template file, the format detected, what the family's model writes: reasoning first where it thinks)
 FAMILIES: list[tuple[str, str, str, str]] = [
-    ("qwen3", "Qwen-Qwen3-0.6B", "qwen3", f"<think>\n{THOUGHT}\n</think>\n\n{HERMES}"),
     ("qwen3-coder", "Qwen3-Coder", "qwen3-coder", QWEN_XML),
     ("qwen35", "Qwen3.5-4B", "qwen3.5", f"{THOUGHT}\n</think>\n\n{QWEN_XML}"),  # the template opens <think>
     ("llama33", "meta-llama-Llama-3.3-70B-Instruct", "llama3", '{"name": "special_function", "parameters": {"arg1": 1}}'),
@@ -62,10 +61,12 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("seed-oss", "ByteDance-Seed-OSS", "seed-oss",
      f"<seed:think>{THOUGHT}</seed:think><seed:tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n"
      "</parameter>\n</function>\n</seed:tool_call>"),
-    ("phi35", "microsoft-Phi-3.5-mini-instruct", "phi-3.5", HERMES),  # no tool syntax: nomoat's system message
 ]
-# More families, read over the fake engine only (their syntaxes' real-model runs are the ones above, or alike).
+# More families, read over the fake engine only: their syntaxes' real-model runs are the ones above or alike (Qwen3's
+# and Phi 3.5's <tool_call> blocks are tests/test_tools.py's, forced and streamed on SmolLM2).
 MORE_FAMILIES: list[tuple[str, str, str, str]] = [
+    ("qwen3", "Qwen-Qwen3-0.6B", "qwen3", f"<think>\n{THOUGHT}\n</think>\n\n{HERMES}"),
+    ("phi35", "microsoft-Phi-3.5-mini-instruct", "phi-3.5", HERMES),  # no tool syntax: nomoat's system message
     ("qwen25", "Qwen-Qwen2.5-7B-Instruct", "qwen2.5", HERMES),
     ("hermes3", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "hermes-2-pro", HERMES),
     ("qwq", "Qwen-QwQ-32B", "qwq", f"{THOUGHT}\n</think>\n\n{HERMES}"),
