@@ -16,7 +16,7 @@ Each wire protocol shows the two parts its own way: chat `reasoning_content`, a 
 from __future__ import annotations
 
 from ..formats import GENERIC, ChatFormat
-from ..formats.base import Kind, Splitter, partial_suffix
+from ..formats.base import Kind, Splitter, add_piece, partial_suffix
 
 __all__ = ["Kind", "ReasoningSplitter", "Splitter", "split_reasoning", "splitter"]
 
@@ -64,7 +64,7 @@ class ReasoningSplitter:
                     return out
                 self._state = "content"
             else:
-                _emit(out, "content", self._content.feed(self._buf))
+                add_piece(out, "content", self._content.feed(self._buf))
                 self._buf = ""
                 return out
 
@@ -74,14 +74,14 @@ class ReasoningSplitter:
         found = [(i, m) for m in (self._close, *self._ends) if (i := self._buf.find(m)) >= 0]
         if found:
             at, marker = min(found)
-            _emit(out, "reasoning", self._buf[:at].rstrip())
+            add_piece(out, "reasoning", self._buf[:at].rstrip())
             closed = marker == self._close
             self._buf = self._buf[at + len(marker):] if closed else self._buf[at:]
             self._state = "after" if closed else "content"
             return True
         keep = max(partial_suffix(self._buf, m) for m in (self._close, *self._ends))
         ready = self._buf[:len(self._buf) - keep].rstrip()
-        _emit(out, "reasoning", ready)
+        add_piece(out, "reasoning", ready)
         self._buf = self._buf[len(ready):]
         return False
 
@@ -89,11 +89,11 @@ class ReasoningSplitter:
         """What was held back, at the end of the output."""
         out: list[tuple[Kind, str]] = []
         if self._state == "reasoning":
-            _emit(out, "reasoning", self._buf.rstrip())
+            add_piece(out, "reasoning", self._buf.rstrip())
         elif self._state in ("start", "content"):
-            _emit(out, "content", self._content.feed(self._buf))
+            add_piece(out, "content", self._content.feed(self._buf))
         self._buf = ""
-        _emit(out, "content", self._content.finish())
+        add_piece(out, "content", self._content.finish())
         return out
 
 
@@ -117,15 +117,6 @@ class _Unwrap:
     def finish(self) -> str:
         rest, self._buf = self._buf, ""
         return rest
-
-
-def _emit(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
-    if not text:
-        return
-    if out and out[-1][0] == kind:
-        out[-1] = (kind, out[-1][1] + text)
-    else:
-        out.append((kind, text))
 
 
 def splitter(started: bool | None, fmt: ChatFormat = GENERIC) -> Splitter:

@@ -180,6 +180,16 @@ class Splitter(Protocol):
     def finish(self) -> list[tuple[Kind, str]]: ...
 
 
+def add_piece(out: list[tuple[Kind, str]], kind: Kind, text: str) -> None:
+    """Append a splitter's piece, merged into the last one when it is of the same kind."""
+    if not text:
+        return
+    if out and out[-1][0] == kind:
+        out[-1] = (kind, out[-1][1] + text)
+    else:
+        out.append((kind, text))
+
+
 @dataclass(frozen=True)
 class Reasoning:
     """How a family marks its thinking: a block from `open` to `close` at the start of the output."""

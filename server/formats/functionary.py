@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 from .base import (
     NOT_JSON,
     ChatFormat,
+    Kind,
     RuleBuilder,
     ToolCall,
     ToolRule,
@@ -128,7 +128,7 @@ class V32Syntax(ToolSyntax):
         return _repeated(b, first, again, max_calls)
 
 
-Piece = tuple[Literal["reasoning", "content"], str]
+Piece = tuple[Kind, str]
 
 
 class RecipientSplitter:

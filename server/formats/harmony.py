@@ -18,7 +18,19 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from .base import NOT_JSON, ChatFormat, Reasoning, RuleBuilder, ToolCall, ToolRule, ToolSyntax, literal, partial_suffix
+from .base import (
+    NOT_JSON,
+    ChatFormat,
+    Kind,
+    Reasoning,
+    RuleBuilder,
+    ToolCall,
+    ToolRule,
+    ToolSyntax,
+    add_piece,
+    literal,
+    partial_suffix,
+)
 
 START, CHANNEL, MESSAGE, CONSTRAIN = "<|start|>", "<|channel|>", "<|message|>", "<|constrain|>"
 END, CALL, RETURN = "<|end|>", "<|call|>", "<|return|>"
@@ -35,7 +47,6 @@ _CHANNEL = re.compile(r"<\|channel\|>([\w-]+)")
 _CALL = re.compile(r"<\|channel\|>commentary to=functions\.([^\s<]+)[^<]*(?:<\|constrain\|>[\w-]*\s*)?"
                    r"<\|message\|>(.*?)(?:<\|call\|>)?\s*\Z", re.S)
 
-Kind = Literal["reasoning", "content"]
 # What a message's body is: thinking, the answer (or a preamble), a call's arguments, the analysis kept as
 # text (reasoning_format none), or a message to a built-in tool nomoat does not run (dropped, as llama.cpp).
 Body = Literal["reasoning", "content", "call", "raw_analysis", "drop"]
@@ -155,12 +166,7 @@ class ChannelSplitter:
             self._emit("content", text)
 
     def _emit(self, kind: Kind, text: str) -> None:
-        if not text:
-            return
-        if self._out and self._out[-1][0] == kind:
-            self._out[-1] = (kind, self._out[-1][1] + text)
-        else:
-            self._out.append((kind, text))
+        add_piece(self._out, kind, text)
 
     def _take(self) -> list[tuple[Kind, str]]:
         out, self._out = self._out, []

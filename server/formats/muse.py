@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from .base import ChatFormat, Kind, Reasoning, RuleBuilder, ToolCall, ToolRule, ToolSyntax, literal, partial_suffix
+from .base import ChatFormat, Kind, Reasoning, RuleBuilder, ToolCall, ToolRule, ToolSyntax, add_piece, literal, partial_suffix
 from .minimax import InvokeSyntax, params_rule
 
 START, MESSAGE, EOM, EOT = "<|start|>", "<|message|>", "<|eom|>", "<|eot|>"
@@ -115,12 +115,7 @@ class MessageSplitter:
         self._emit("reasoning" if self._body == "reasoning" and not self._raw else "content", text)
 
     def _emit(self, kind: Kind, text: str) -> None:
-        if not text:
-            return
-        if self._out and self._out[-1][0] == kind:
-            self._out[-1] = (kind, self._out[-1][1] + text)
-        else:
-            self._out.append((kind, text))
+        add_piece(self._out, kind, text)
 
     def _take(self) -> list[tuple[Kind, str]]:
         out, self._out = self._out, []
