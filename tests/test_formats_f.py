@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.chat_formats import read_both
 
 from nomoat.core.gbnf_rules import Parser
 from nomoat.core.grammar_stacks import _Machine
-from nomoat.core.reading import Reading
 from nomoat.core.structured import Grammar
-from nomoat.core.tool_calls import ToolStream
 from nomoat.core.tools import Tool, ToolPlan
 from nomoat.engine.chat_template import ChatTemplate
 from nomoat.formats import ChatFormat, ToolRule, detect
@@ -89,24 +88,7 @@ def test_rwkv_has_no_tool_syntax() -> None:
 
 
 def read(fmt: ChatFormat, started: bool | None, output: str) -> tuple[str, str, list[Any]]:
-    """Reasoning, content and calls as the generation core reads them (core/reading.py's Reading): the output
-    whole, and streamed a character at a time, which must agree."""
-    reading = Reading(started, fmt, fmt.tools)
-    reasoning, rest = reading.split(output)
-    content, calls = reading.parse(rest, PLAN)
-    whole = (reasoning or "", content, [(c.name, json.loads(c.arguments)) for c in calls])
-    splitter, stream = reading.splitter(), ToolStream(PLAN, fmt.tools)
-    streamed, deltas = "", []
-    for piece in [*(splitter.feed(ch) for ch in output), splitter.finish()]:
-        for kind, text in piece:
-            if kind == "reasoning":
-                streamed += text
-            else:
-                deltas += stream.feed(text)
-    deltas += stream.finish()
-    text = "".join(d.get("content", "") for d in deltas).strip()
-    assert (streamed, text, [(c.name, json.loads(c.arguments)) for c in stream.calls]) == whole
-    return whole
+    return read_both(fmt, started, output, PLAN)
 
 
 def hermes(name: str, args: str, nl: str = "") -> str:

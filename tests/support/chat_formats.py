@@ -9,7 +9,10 @@ from typing import Any
 
 import httpx
 
+from nomoat.core.reading import Reading
 from nomoat.core.structured import Grammar
+from nomoat.core.tool_calls import ToolStream
+from nomoat.core.tools import ToolPlan
 from nomoat.formats import ChatFormat, ToolRule
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "data" / "templates"
@@ -234,3 +237,25 @@ def forced_grammar(fmt: ChatFormat, schemas: dict[str, Any], max_calls: int) -> 
                               lambda s, k, d=doc: g.property_rule(s, doc_id=d, path=f"/properties/{k}")))
     text: str = g.text(fmt.tools.calls_rule(g, rules, max_calls))
     return text
+
+
+def read_both(fmt: ChatFormat, started: bool | None, output: str, plan: ToolPlan,
+              strip: bool = False) -> tuple[str, str, list[Any]]:
+    """Reasoning, content and calls as the generation core reads them (core/reading.py's Reading): the output
+    whole, and streamed a character at a time, which must agree (`strip`: the whole content stripped too)."""
+    reading = Reading(started, fmt, fmt.tools)
+    reasoning, rest = reading.split(output)
+    content, calls = reading.parse(rest, plan)
+    whole = (reasoning or "", content.strip() if strip else content, [(c.name, json.loads(c.arguments)) for c in calls])
+    splitter, stream = reading.splitter(), ToolStream(plan, fmt.tools)
+    streamed, deltas = "", []
+    for piece in [*(splitter.feed(ch) for ch in output), splitter.finish()]:
+        for kind, text in piece:
+            if kind == "reasoning":
+                streamed += text
+            else:
+                deltas += stream.feed(text)
+    deltas += stream.finish()
+    text = "".join(d.get("content", "") for d in deltas).strip()
+    assert (streamed, text, [(c.name, json.loads(c.arguments)) for c in stream.calls]) == whole
+    return whole
