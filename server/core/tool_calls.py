@@ -13,12 +13,9 @@ import json
 from typing import Any
 
 from ..formats import GENERIC, ToolCall, ToolSyntax
-from ..formats.base import as_call, json_value_end, partial_suffix
+from ..formats.base import NOT_JSON, as_call, json_value_end, partial_suffix
 from ..formats.hermes import ARGS_START, CLOSE, OPEN
 from .tools import ToolPlan
-
-# Output nested past the interpreter's limit (a grammar can make a model write it) is text, not a call: no 500.
-_NOT_JSON = (json.JSONDecodeError, RecursionError)
 
 __all__ = ["ToolCall", "ToolStream", "parse_output"]
 
@@ -45,7 +42,7 @@ def _bare_calls(text: str, names: set[str]) -> list[ToolCall]:
         return []
     try:
         obj = json.loads(text)
-    except _NOT_JSON:
+    except NOT_JSON:  # output nested past the interpreter's limit is text, not a call: no 500
         return []
     items = obj if isinstance(obj, list) else [obj]
     calls = [as_call(o, names) for o in items]

@@ -130,10 +130,6 @@ def partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-def partial_object(text: str) -> str:
-    """The arguments a cut call wrote so far: the JSON text as it stands, stripped."""
-    return text.strip()
-
 
 class ToolSyntax:
     """How a family writes calls. A section is the text from one of `starts` to the end of the calls
