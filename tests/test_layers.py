@@ -23,7 +23,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("wire",),  # what handlers share below the app: body, limits, routes, error table, keys
     ("registry",),
     ("loading",),
-    ("residency", "adapters", "config"),
+    ("tuning",),  # fine-tuning jobs: their records, the trainer child process, the adapters they register
+    ("residency", "adapters", "config", "files"),  # files: the Files API's store (uploads, owned by a key)
     ("child",),  # a split model's child process: built from models.toml and Settings
     ("store", "client"),  # client: the HTTP client the CLI's client commands ask a running server with
     ("metrics", "settings", "models_toml"),

@@ -1,0 +1,1 @@
+"""Files uploaded through the Files API: stored under the state dir, owned by the key that sent them."""
