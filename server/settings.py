@@ -190,6 +190,18 @@ class Settings(BaseSettings):
         5.0, gt=0,
         description="Longest a request waits for the response store (another process's lock included); past it: 503.",
     )
+    # The Files API (server/files/): uploads under <state_dir>/files, one file's size and all files' size capped.
+    max_file_bytes: int = Field(
+        512 * 1024**2, ge=1,
+        description="Largest file POST /v1/files accepts: bytes or a size like '512MiB'; past it: 413.",
+    )
+    files_max_total_bytes: int = Field(
+        8 * 1024**3, ge=1,
+        description=(
+            "Most bytes of uploaded files kept together (every key's): bytes or a size like '8GiB'; an upload "
+            "past it: 413 (delete files to make room)."
+        ),
+    )
     max_tokens_limit: int = Field(
         4096, ge=1,
         description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",
@@ -281,6 +293,11 @@ class Settings(BaseSettings):
         if value is not None:
             parse_size(value, system_memory())
         return value
+
+    @field_validator("max_file_bytes", "files_max_total_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     def keep_alive_seconds(self) -> float:
         return parse_duration(self.keep_alive)
