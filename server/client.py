@@ -43,9 +43,13 @@ class ServerClient:
 
     def open(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> IO[bytes]:
         """The answer to METHOD PATH; ServerRefused with the server's own message where it refuses."""
-        request = urllib.request.Request(self.url + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode())
-        request.add_header("Content-Type", "application/json")
+        data = None if body is None else json.dumps(body).encode()
+        return self.send(method, path, data, "application/json", timeout)
+
+    def send(self, method: str, path: str, data: bytes | None, content_type: str, timeout: float = 60.0) -> IO[bytes]:
+        """As open(), with a body already encoded (a multipart upload: POST /v1/files)."""
+        request = urllib.request.Request(self.url + path, method=method, data=data)
+        request.add_header("Content-Type", content_type)
         if self.key is not None:
             request.add_header("Authorization", "Bearer " + self.key)
         try:
