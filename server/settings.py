@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         64, ge=0, description="Requests that may wait per model beyond the running ones; past it: 429."
     )
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="Most documents per /v1/rerank request, and pairs per /v1/score (Cohere's bound); past it: 400."
+    )
     keep_alive: str | float = Field(
         "5m",
         description=(
