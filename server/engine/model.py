@@ -13,8 +13,9 @@ import llama_cpp
 
 from ..formats import ChatFormat
 from ..formats import detect as detect_format
+from . import vocab_file
 from .base_info import BaseModelInfo
-from .chat_template import CHATML, ChatTemplate
+from .chat_template import ChatTemplate
 from .draft import DraftModel
 from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .heap import return_free_memory
@@ -211,15 +212,7 @@ class LoadedModel:
         )
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        buf = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
-        if n < 0:
-            size = -n
-            buf = (llama_cpp.llama_token * size)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
-        return list(buf[:n])
+        return vocab_file.tokenize(self.vocab, text, add_bos=add_bos, special=special)
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for when generated (special tokens render as nothing)."""
@@ -230,12 +223,7 @@ class LoadedModel:
 
     def token_bytes(self, token: int, *, special: bool) -> bytes:
         """A token's bytes; `special` renders control tokens as their text (`<|im_end|>`)."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[: max(n, 0)]
+        return vocab_file.token_bytes(self.vocab, token, special=special)
 
     def check_tokens(self, tokens: list[int], subject: str = "prompt") -> None:
         bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
@@ -279,13 +267,8 @@ class LoadedModel:
 
     def _load_chat_template(self, override: str | None) -> tuple[ChatTemplate, ChatFormat]:
         """The model's template (models.toml's, the GGUF's, or ChatML) and the family format it marks."""
-        source = override
-        if source is None:
-            raw = llama_cpp.llama_model_chat_template(self.model, None)
-            source = raw.decode("utf-8") if raw else CHATML
-        bos = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
-        eos = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
-        return ChatTemplate(source, bos_token=bos, eos_token=eos), detect_format(source)
+        source = vocab_file.template_source(self.model, override)
+        return vocab_file.chat_template_for(self.model, source), detect_format(source)
 
     def _control_tokens(self, markers: tuple[str, ...]) -> frozenset[int]:
         """The ids of those markers that are one special token here (a marker the vocabulary spells in
@@ -296,11 +279,6 @@ class LoadedModel:
             if len(tokens) == 1 and not self.token_bytes(tokens[0], special=False):
                 ids.add(tokens[0])
         return frozenset(ids)
-
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.token_bytes(token, special=True).decode("utf-8", "replace")
 
     # --- lifecycle ---------------------------------------------------------------
 
