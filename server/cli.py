@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-i", "--interactive", action="store_true",
                      help="chat even when stdin is not a terminal (a script typing lines and /commands)")
     _add_client_flags(run)
+    _add_tune_parser(sub)
     worker = sub.add_parser(
         "worker",
         help="lend this machine's CPU to another nomoat's `rpc` models (llama.cpp's RPC server)",
@@ -181,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--cache-dir", default=None,
                         help="keep tensors sent here in this folder, so a reload sends only their hashes")
     return parser
+
+
+def _add_tune_parser(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="fine-tune a model on a JSONL file through the running server, showing its progress",
+        description=(
+            "Upload FILE to the running server (found as `nomoat ps` finds it), start a fine-tuning job of MODEL on "
+            "it (OpenAI's fine-tuning API: a LoRA trained on this machine) and show a line per training step, its "
+            "train and validation loss, until the job ends with the fine-tuned model's id, ft:MODEL:SUFFIX:JOB. "
+            "Ctrl+C stops watching and leaves the job running; --watch JOB and --cancel JOB find it again."
+        ),
+    )
+    tune.add_argument("model", metavar="MODEL", nargs="?", help="the base model id (as GET /v1/models lists it)")
+    tune.add_argument("file", metavar="FILE", nargs="?",
+                      help='the training data: JSONL, one {"messages": [...]} conversation per line, as OpenAI takes')
+    tune.add_argument("--suffix", help="a name for the fine-tune, shown in its id ft:MODEL:SUFFIX:JOB")
+    tune.add_argument("--epochs", type=int, metavar="N", help="passes over the training data [default: the server's]")
+    tune.add_argument("--validation-file", metavar="FILE", help="held-out examples whose loss is reported as it trains")
+    tune.add_argument("--batch-size", type=int, metavar="N", help="examples per training step [default: the server's]")
+    tune.add_argument("--learning-rate-multiplier", type=float, metavar="X",
+                      help="scales the server's learning rate [default: the server's]")
+    tune.add_argument("--detach", action="store_true", help="start the job and exit without watching it")
+    tune.add_argument("--watch", metavar="JOB", help="show a started job's progress until it ends")
+    tune.add_argument("--cancel", metavar="JOB", help="cancel a started job")
+    _add_client_flags(tune)
 
 
 def _add_client_flags(parser: argparse.ArgumentParser, names: Sequence[str] = tuple(_CLIENT_HELPS)) -> None:
@@ -218,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_chat({k: v for k, v in cli.items() if k in _CLIENT_HELPS}, args.model, args.prompt,
                         ChatOptions(args.system, args.max_tokens, args.interactive))
+    if args.command == "tune":
+        return tune(args, parser, {k: v for k, v in cli.items() if k in _CLIENT_HELPS})
     if args.command == "worker":
         return worker(args, parser)
     parser.error(f"unknown command {args.command}")  # exits
@@ -253,6 +282,19 @@ def serve(cli: dict[str, Any]) -> int:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return 2
     return daemon.run()
+
+
+def tune(args: argparse.Namespace, parser: argparse.ArgumentParser, cli: dict[str, Any]) -> int:
+    from . import tune_command
+
+    if args.watch or args.cancel:
+        if args.model or (args.watch and args.cancel):
+            parser.error("tune: --watch JOB and --cancel JOB take a job id alone")
+        return tune_command.watch(cli, args.watch) if args.watch else tune_command.cancel(cli, args.cancel)
+    if not (args.model and args.file):
+        parser.error("tune: MODEL and FILE are required (or --watch JOB, --cancel JOB)")
+    return tune_command.tune(cli, args.model, args.file, tune_command.TuneOptions(
+        args.suffix, args.epochs, args.validation_file, args.batch_size, args.learning_rate_multiplier, args.detach))
 
 
 def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

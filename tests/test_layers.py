@@ -15,7 +15,8 @@ SERVER = Path(__file__).resolve().parent.parent / "server"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
-    ("commands", "terminal_chat"),  # `nomoat pull/ls/rm`; `nomoat run` (a server in process when none runs)
+    ("commands", "terminal_chat", "tune_command"),  # `nomoat pull/ls/rm`; `nomoat run` (a server in process when
+    # none runs); `nomoat tune` (a fine-tuning job through the running server)
     ("daemon",),
     ("http",),  # composition (app.py) and middleware
     ("openai", "anthropic"),  # the wire protocols

@@ -20,11 +20,13 @@ from starlette.responses import JSONResponse, Response
 from ..anthropic.messages import Messages
 from ..core.generate import GenerationCore
 from ..errors import ConfigError, InvalidConfigError
+from ..files.store import FileStore
 from ..metrics import Metrics
 from ..openai.adapters import adapter_handlers
 from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
+from ..openai.files import file_handlers
 from ..openai.index import api_index_handler
 from ..openai.models import model_handlers
 from ..openai.response_store import ResponseStore
@@ -61,10 +63,12 @@ def build_app(
     auth: Authenticator | None = None,
     reload: Reloader | None = None,
 ) -> Starlette:
+    files: FileStore | None = None,
     """The whole HTTP surface over a registry someone else loads and closes.
 
     `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
     """
+    `files` is the Files API's store (by default under the settings' state dir).
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
@@ -110,6 +114,7 @@ def build_app(
     }
     handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
     handlers["status"] = ServerStatus(registry, metrics, auth, runtime_adapters=bool(settings.adapter_dirs)).handle
+        **file_handlers(files or FileStore.from_settings(settings), settings.body_timeout_seconds),
     # Routes the configuration turns off answer 404; any other route without a handler fails the build.
     off: list[str] = []
     if reload is not None:

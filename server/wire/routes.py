@@ -73,6 +73,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/messages/count_tokens", "count_tokens", dialect="anthropic"),
     Endpoint("POST", "/v1/tokenize", "tokenize"),
     Endpoint("POST", "/v1/detokenize", "detokenize"),
+    # OpenAI's Files API (#32): uploads kept under the state dir, each its key's (openai/files.py).
+    Endpoint("POST", "/v1/files", "create_file"),
+    Endpoint("GET", "/v1/files", "list_files"),
+    Endpoint("GET", "/v1/files/{file_id}", "get_file"),
+    Endpoint("GET", "/v1/files/{file_id}/content", "file_content"),
+    Endpoint("DELETE", "/v1/files/{file_id}", "delete_file"),
     Endpoint("POST", "/v1/apply-template", "apply_template"),
     Endpoint("GET", "/v1/adapters", "list_adapters"),
     Endpoint("POST", "/v1/adapters", "load_adapter", Access.ADMIN),
