@@ -62,13 +62,13 @@ def build_app(
     *,
     auth: Authenticator | None = None,
     reload: Reloader | None = None,
-) -> Starlette:
     files: FileStore | None = None,
+) -> Starlette:
     """The whole HTTP surface over a registry someone else loads and closes.
 
     `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
-    """
     `files` is the Files API's store (by default under the settings' state dir).
+    """
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
@@ -111,10 +111,10 @@ def build_app(
         "detokenize": tokenizer.detokenize,
         "apply_template": tokenizer.apply_template,
         **adapter_handlers(registry, settings.adapter_dirs, settings.max_body_bytes, settings.body_timeout_seconds),
+        **file_handlers(files or FileStore.from_settings(settings), settings.body_timeout_seconds),
     }
     handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
     handlers["status"] = ServerStatus(registry, metrics, auth, runtime_adapters=bool(settings.adapter_dirs)).handle
-        **file_handlers(files or FileStore.from_settings(settings), settings.body_timeout_seconds),
     # Routes the configuration turns off answer 404; any other route without a handler fails the build.
     off: list[str] = []
     if reload is not None:
