@@ -205,6 +205,12 @@ class Settings(BaseSettings):
             "past it: 413 (delete files to make room)."
         ),
     )
+    # Fine-tuning jobs (server/tuning/): each trains in a child process at idle priority.
+    train_threads: int | None = Field(
+        None, ge=1,
+        description="Threads a fine-tuning job's trainer uses; unset: one fewer than the CPU cores (serving keeps one).",
+    )
+    max_training_jobs: int = Field(1, ge=1, description="Fine-tuning jobs training at once; the others wait, queued.")
     max_tokens_limit: int = Field(
         4096, ge=1,
         description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",
