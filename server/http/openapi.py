@@ -62,6 +62,13 @@ SUMMARIES: dict[str, str] = {
                                  "(cursor pages: after, before, limit 1-100, order asc|desc, default desc)",
     "count_response_tokens": "Count a Responses request's prompt tokens: {\"object\": \"response.input_tokens\", "
                              "\"input_tokens\": N}",
+    "create_file": "Upload a file (OpenAI's Files API): multipart/form-data with the parts file and purpose (fine-tune, "
+                   "batch, user_data, assistants, vision, evals); at most max_file_bytes (413); a fine-tune file is "
+                   "checked line by line first (400 naming the line)",
+    "list_files": "The caller's files, newest first (cursor pages: after, limit 1-10000, order asc|desc, purpose)",
+    "get_file": "One of the caller's files (another key's file: 404)",
+    "file_content": "A file's bytes (application/octet-stream)",
+    "delete_file": "Delete one of the caller's files: {\"id\", \"object\": \"file\", \"deleted\": true}",
     "messages": "Create a message, as Anthropic's Messages API (stream: true answers its server-sent events)",
     "count_tokens": "Count a message request's prompt tokens, as Anthropic's Messages API",
     "tokenize": "Tokenize text with a model's vocabulary (llama.cpp's server route): {\"tokens\": [...]}",
