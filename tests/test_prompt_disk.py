@@ -74,6 +74,9 @@ def test_the_longest_prefix_wins_and_a_short_one_is_no_hit(tiers: Callable[..., 
     hit = tier.best("m", TOKENS[:250])
     assert hit is not None and (hit.n_tokens, hit.matched) == (200, 200)
     assert tier.load(hit) == state(seed=2)
+    assert tier.stats().entries == 2  # the 100 tokens' state is superseded by the 200's, which continues it
+    saved(tier, ("m", TOKENS[:120], state(seed=4)))  # already covered: not written again
+    assert tier.stats().entries == 2 and len(list(tier.root.iterdir())) == 2
     # A partial match: the state covers 300 tokens, 160 of them agree; the caller trims the rest.
     hit = tier.best("m", TOKENS[:150] + [7] * 10 + [9] * 5)
     assert hit is not None and (hit.n_tokens, hit.matched) == (300, 160)
@@ -119,7 +122,7 @@ def test_a_damaged_file_is_skipped_with_a_log_line_and_removed(
 
 def test_at_startup_truncated_garbage_and_foreign_files_are_removed(
         tiers: Callable[..., DiskTier], caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    tier = saved(tiers(), ("m", TOKENS[:100], state(seed=1)), ("m", TOKENS[:300], state(seed=2)))
+    tier = saved(tiers(), ("m", TOKENS[:100], state(seed=1)), ("m", [1, *TOKENS[:300]], state(seed=2)))
     tier.close()
     root = tmp_path / "prompt-cache"
     first, second = sorted(root.iterdir(), key=lambda p: p.stat().st_size)

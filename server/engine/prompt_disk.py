@@ -32,8 +32,9 @@ SUFFIX = ".state"
 _TEMP_PREFIX = ".tmp-"
 # Below this a prefix prefills in about as long as a file takes to open, read and check: not worth a file.
 MIN_TOKENS = 64
-# Saves waiting for the writer: a state is tens to hundreds of MB, so the queue is bounded in count and bytes.
-QUEUE_SIZE = 4
+# Saves waiting for the writer, bounded in count and bytes (a state is tens to hundreds of MB, held alive while
+# queued): room for a default RAM tier (256 MiB) drained whole at an unload.
+QUEUE_SIZE = 64
 QUEUE_BYTES = 512 * 1024**2
 CLOSE_TIMEOUT = 10.0
 
@@ -57,7 +58,7 @@ class DiskStats:
     hits: int
     misses: int
     dropped: int  # saves refused: the queue full, the state past the budget, or the tier closed
-    saved: int
+    saved: int  # written, or already held by a stored state that continues it
     evicted: int
     rejected: int  # files found corrupt, truncated or foreign, and removed
     write_seconds: float
@@ -286,6 +287,14 @@ class DiskTier:
                     self._pending -= len(item.state)
 
     def _write(self, item: _Save) -> None:
+        with self._lock:
+            covered = [e for e in self._entries.values()
+                       if e.identity == item.identity and e.tokens.startswith(item.tokens)]
+            for entry in covered:
+                entry.used = self._now()
+            self._counts["saved"] += bool(covered)
+        if covered:
+            return  # a state already stored continues this one: it serves every prompt this one would
         started = time.perf_counter()
         name = hashlib.sha256(item.identity.encode() + b"\0" + item.tokens).hexdigest()[:40] + SUFFIX
         path = self.root / name
@@ -308,6 +317,11 @@ class DiskTier:
             self._total += size
             self._counts["saved"] += 1
             self._write_s += time.perf_counter() - started
+            # States this one continues are superseded: a prompt they matched matches this one as far.
+            superseded = [self._entries.pop(e.path) for e in list(self._entries.values())
+                          if e.identity == item.identity and e.path != path and item.tokens.startswith(e.tokens)]
+            self._total -= sum(e.size for e in superseded)
+        self._unlink([e.path for e in superseded])
         self._evict(keep=path)
 
     def _evict(self, keep: Path | None = None) -> None:
@@ -321,9 +335,13 @@ class DiskTier:
                     victims.append(self._entries.pop(entry.path))
                     self._total -= entry.size
                     self._counts["evicted"] += 1
-        for entry in victims:
+        self._unlink([e.path for e in victims])
+
+    @staticmethod
+    def _unlink(paths: list[Path]) -> None:
+        for path in paths:
             with contextlib.suppress(OSError):
-                entry.path.unlink()
+                path.unlink()
 
     def _scan(self) -> None:
         """Index the folder's files from their headers (no state read); remove what a crash or another build
@@ -344,8 +362,7 @@ class DiskTier:
                 continue
             if header.build != self.build:
                 foreign += 1
-                with contextlib.suppress(OSError):
-                    path.unlink()
+                self._unlink([path])
                 continue
             entry = _Entry(header.identity, path, tokens, stat.st_size, header.state_bytes, stat.st_mtime)
             self._entries[path] = entry
@@ -355,16 +372,13 @@ class DiskTier:
             log.info("prompt cache: removed %d states written by another llama.cpp build", foreign)
 
     def _remove_stale_temp(self, path: Path) -> None:
-        pid = path.name[len(_TEMP_PREFIX):].split("-", 1)[0]
+        """A temp file whose writer died mid-write goes; a live writer's (another server here) stays."""
         try:
-            os.kill(int(pid), 0)
-            return  # its writer is alive (another server on the same state dir)
+            os.kill(int(path.name[len(_TEMP_PREFIX):].split("-", 1)[0]), 0)
         except (ValueError, ProcessLookupError):
-            pass
+            self._unlink([path])
         except PermissionError:
-            return
-        with contextlib.suppress(OSError):
-            path.unlink()
+            pass  # alive, another user's
 
     def _now(self) -> float:
         """The wall clock, strictly increasing, so two uses in one clock tick still order for LRU (under the lock)."""
@@ -381,5 +395,4 @@ class DiskTier:
         self._forget(path)
         with self._lock:
             self._counts["rejected"] += 1
-        with contextlib.suppress(OSError):
-            path.unlink()
+        self._unlink([path])
