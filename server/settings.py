@@ -160,6 +160,13 @@ class Settings(BaseSettings):
             "(default: $XDG_STATE_HOME/nomoat or ~/.local/state/nomoat)."
         ),
     )
+    prompt_cache_disk: str | int = Field(
+        "2GiB",
+        description=(
+            "Disk for prompt KV states (state_dir/prompt-cache), kept across unloads and restarts: what a model's "
+            "prompt_cache_ram lets go is written there (docs/prompt-cache.md). Bytes or '2GiB'; 0 = off."
+        ),
+    )
     responses_max_age: float = Field(
         30 * 24 * 3600.0, gt=0,
         description=(
@@ -316,6 +323,15 @@ class Settings(BaseSettings):
 
     def gpu_memory_budget_bytes(self) -> int | None:
         return None if self.gpu_memory_budget is None else parse_size(self.gpu_memory_budget, None, "GPU memory")
+
+    @field_validator("prompt_cache_disk")
+    @classmethod
+    def _disk_size(cls, value: str | int) -> str | int:
+        parse_size(value, None, "disk")
+        return value
+
+    def prompt_cache_disk_bytes(self) -> int:
+        return parse_size(self.prompt_cache_disk, None, "disk")
 
     @field_validator("adapter_dirs", "lora", mode="before")
     @classmethod
