@@ -45,6 +45,7 @@ class StreamTiming:
     times: list[float] = field(default_factory=list)  # each content chunk, from `started`
     started: float = 0.0  # time.perf_counter() at the request
     evaluated: int = 0  # prompt tokens computed (not served from a cache)
+    text: str = ""  # the content streamed, for a client that sends the answer back in its next turn
 
     @property
     def decode_tps(self) -> float:
@@ -61,6 +62,7 @@ def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> Str
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     times: list[float] = []
+    pieces: list[str] = []
     tokens = evaluated = 0
     with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -78,9 +80,10 @@ def stream_chat(url: str, body: dict, client: httpx.Client | None = None) -> Str
             for choice in chunk.get("choices", []):
                 if choice["delta"].get("content"):
                     times.append(time.perf_counter() - start)
+                    pieces.append(choice["delta"]["content"])
     times = times or [time.perf_counter() - start]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    return StreamTiming(times[0], times[-1], tokens, gaps, times, start, evaluated)
+    return StreamTiming(times[0], times[-1], tokens, gaps, times, start, evaluated, "".join(pieces))
 
 
 def models_toml(parallel: int = 4, n_ctx: int = 4096, threads: int = 2, extra: str = "") -> str:
