@@ -93,6 +93,11 @@ def test_too_big_says_the_cap(server: Any) -> None:
     assert "4096" in message and "max_file_bytes" in message
     framed = error_of(upload(server.client, b"x" * 80000, purpose="batch"), 413, "file")  # past the body's own bound
     assert "4096" in framed
+    # No Content-Length (chunked): counted while it arrives.
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+    chunked = server.client.post("/v1/files", content=iter([head, *[b"x" * 16384] * 8]),
+                                 headers={**auth(KEYS[0]), "content-type": "multipart/form-data; boundary=b"})
+    assert "4096" in error_of(chunked, 413, "file")
     assert server.client.get("/v1/files", headers=auth(KEYS[0])).json()["data"] == []
     root = server.settings.resolved_state_dir() / "files"
     assert not root.exists() or list(root.iterdir()) == []
