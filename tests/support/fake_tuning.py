@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -93,8 +94,20 @@ class FakeTuning:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"].startswith(FAKED)) or self.app is None:
             await self.router(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/v1/models" and scope["method"] == "GET":
+            await self.models(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's model list with each succeeded job's model added, as an adapter of its base."""
+        assert self.app is not None
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://app") as inner:
+            listed = (await inner.get("/v1/models", headers={k.decode(): v.decode() for k, v in scope["headers"]})).json()
+        listed["data"] += [{"id": job.fine_tuned_model, "object": "model", "created": 0, "owned_by": "user",
+                            "parent": job.model, "root": job.model}
+                           for job in self.jobs.values() if job.fine_tuned_model]
+        await JSONResponse(listed)(scope, receive, send)
 
     async def upload(self, request: Request) -> JSONResponse:
         form = await request.form()

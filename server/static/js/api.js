@@ -21,7 +21,9 @@ export class Api {
       const headers = {};
       if (sent) headers.Authorization = `Bearer ${sent}`;
       const init = { method, headers, signal };
-      if (body !== undefined) {
+      if (body instanceof FormData) {
+        init.body = body; // multipart (an upload): the browser writes its Content-Type and boundary
+      } else if (body !== undefined) {
         headers["Content-Type"] = "application/json";
         init.body = JSON.stringify(body);
       }

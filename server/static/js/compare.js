@@ -4,7 +4,8 @@ import { renderMarkdown } from "./markdown.js";
 import { describeRun, runState, streamChat } from "./stream.js";
 
 export class CompareView {
-  // options() as the chat's; sets() lists [{key, title, lora}] the columns may choose from;
+  // options() as the chat's; sets() lists [{key, title, lora, model}] the columns may choose from (`model`, where
+  // given, is asked instead of the picker's: a fine-tuned model beside its base);
   // onBusy(busy) when a comparison starts or ends.
   constructor({ api, options, sets, onBusy, columns }) {
     Object.assign(this, { api, options, sets, onBusy, columns });
@@ -35,6 +36,14 @@ export class CompareView {
     });
   }
 
+  // Each column's set by key, where it is one of sets() (after refresh()).
+  choose(...keys) {
+    this.columns.forEach((column, side) => {
+      const select = column.querySelector(".set-select");
+      if ([...select.options].some((o) => o.value === keys[side])) select.value = keys[side];
+    });
+  }
+
   async send(text) {
     if (this.busy) return;
     const options = this.options();
@@ -46,7 +55,7 @@ export class CompareView {
     await Promise.all(this.columns.map((column) => {
       const key = column.querySelector(".set-select").value;
       const set = sets.find((s) => s.key === key) || sets[0];
-      return this.stream(column, { ...options, lora: set.lora }, messages);
+      return this.stream(column, { ...options, lora: set.lora, model: set.model || options.model }, messages);
     }));
     this.controller = null;
     this.onBusy(false);

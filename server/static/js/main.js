@@ -1,4 +1,4 @@
-// The page's wiring: settings, model picker, mixer, chat, side by side and the server panel.
+// The page's wiring: settings, model picker, mixer, chat, side by side, fine-tuning and the server panel.
 
 import { Api } from "./api.js";
 import { ChatView } from "./chat.js";
@@ -7,9 +7,10 @@ import { Composer } from "./composer.js";
 import { ConversationList } from "./conversations.js";
 import { KeyDialog } from "./keydialog.js";
 import { Mixer } from "./mixer.js";
-import { Catalog, fillPicker } from "./models.js";
+import { Catalog, fillPicker, isFineTune } from "./models.js";
 import { ServerPanel } from "./panel.js";
 import { newConversation, Store } from "./store.js";
+import { TuneView } from "./tune.js";
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -43,6 +44,7 @@ function adapterSets() {
     { key: "base", title: "Base model (no adapters)", lora: [] },
     ...catalog.adaptersOf(base).map((a) => ({ key: `adapter:${a.id}`, title: `${a.id} @ 1`, lora: [{ name: a.id, scale: 1 }] })),
     ...catalog.stacksOf(base).map((s) => ({ key: `stack:${s.id}`, title: `stack ${s.id}`, lora: s.adapters })),
+    ...catalog.fineTunesOf(base).map((f) => ({ key: `model:${f.id}`, title: `${f.id} (fine-tuned)`, model: f.id })),
   ];
 }
 
@@ -77,6 +79,30 @@ const panel = new ServerPanel({
   api, catalog, details: $("#server-panel"), container: $("#server-status"), admin: $("#admin"),
   adapterForm: $("#adapter-load"), currentModel: () => picker.value, changed: refreshModels,
 });
+
+const tune = new TuneView({
+  api, root: $("#tune-view"),
+  bases: () => catalog.bases().map((c) => c.id).filter((id) => !isFineTune(id)),
+  modelsChanged: refreshModels,
+  chatWith: async (model) => {
+    await pickModel(model);
+    openConversation(newConversation());
+    selectView("chat");
+  },
+  compareWithBase: async (model, base) => {
+    await pickModel(base);
+    compare.choose(`model:${model}`, "base");
+    selectView("compare");
+  },
+});
+
+// The picker set to `id`, the model list asked again first when it does not list it yet (a model just made).
+async function pickModel(id) {
+  if (!catalog.cards.some((c) => c.id === id)) await refreshModels();
+  settings.model = id;
+  fillPicker(picker, catalog, id);
+  showModel();
+}
 
 function openConversation(conversation) {
   chat.open(conversation);
@@ -144,20 +170,26 @@ function bindSettings() {
   });
 }
 
+// Shows one view (chat, compare or tune); the prompt box serves the first two, the conversations the chat.
+function selectView(name) {
+  for (const tab of document.querySelectorAll(".tabs [data-view]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.view === name));
+  }
+  const chatShown = name === "chat";
+  $("#chat-view").hidden = !chatShown;
+  $("#compare-view").hidden = name !== "compare";
+  $("#tune-view").hidden = name !== "tune";
+  $("#composer").hidden = name === "tune";
+  document.querySelector(".conversations").hidden = !chatShown;
+  $("#toggle-conversations").hidden = !chatShown;
+  showDrawer("");
+  if (name !== "tune") composer.attach(chatShown ? chat : compare, chatShown ? "Send" : "Compare");
+  tune.show(name === "tune");
+}
+
 function bindTabs() {
   for (const tab of document.querySelectorAll(".tabs [data-view]")) {
-    tab.addEventListener("click", () => {
-      for (const other of document.querySelectorAll(".tabs [data-view]")) {
-        other.setAttribute("aria-selected", String(other === tab));
-      }
-      const chatShown = tab.dataset.view === "chat";
-      $("#chat-view").hidden = !chatShown;
-      $("#compare-view").hidden = chatShown;
-      document.querySelector(".conversations").hidden = !chatShown;
-      $("#toggle-conversations").hidden = !chatShown;
-      showDrawer("");
-      composer.attach(chatShown ? chat : compare, chatShown ? "Send" : "Compare");
-    });
+    tab.addEventListener("click", () => selectView(tab.dataset.view));
   }
 }
 

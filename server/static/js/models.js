@@ -11,9 +11,14 @@ export class Catalog {
     this.cards = Array.isArray(body.data) ? body.data : [];
   }
 
-  // Models proper: no parent, and not an alias of another model.
+  // Models proper: no parent, and not an alias of another model; and fine-tuned models (ft:BASE:SUFFIX:JOB),
+  // which answer by their own name, as OpenAI's do, whatever the server lists as their parent.
   bases() {
-    return this.cards.filter((c) => !c.parent && (!c.root || c.root === c.id));
+    return this.cards.filter((c) => isFineTune(c.id) || (!c.parent && (!c.root || c.root === c.id)));
+  }
+
+  fineTunesOf(base) {
+    return this.cards.filter((c) => c.id.startsWith(`ft:${base}:`));
   }
 
   adaptersOf(base) {
@@ -29,6 +34,10 @@ export class Catalog {
     const card = this.cards.find((c) => c.id === id);
     return (card && card.status) || "loaded";
   }
+}
+
+export function isFineTune(id) {
+  return typeof id === "string" && id.startsWith("ft:");
 }
 
 // Fills the model <select>: one option per base, with its status; keeps `wanted` when it is listed.
