@@ -75,6 +75,10 @@ def plan_step(active: list[Sequence], n_batch: int, contexts: list[Context],
     chunk_cap = chunk_while_decoding if decoding else budget
     for seq in prefilling:
         take = min(budget, chunk_cap, len(seq.todo))
+        if seq.media is not None:  # text up to the next image: its placeholders are evaluated apart (engine/vision.py)
+            take = next((i for i, t in enumerate(seq.todo[:take]) if t < 0), take)
+            if take == 0:
+                continue
         if take <= 0:
             break
         work.append((seq, seq.todo[:take]))

@@ -127,7 +127,9 @@ class Engine:
             max_new=max_new,
             sampler=sampler,
             assembler=TextAssembler(request.stop),
-            drafter=drafter_for(speculation, self.model.draft),
+            # Drafts are text: a prompt with images (placeholders, no vocabulary ids) is decoded without them.
+            drafter=None if rendered.media else drafter_for(speculation, self.model.draft),
+            media=rendered.media,
         )
         with self._cv:
             del self._admission.admitting[id(request)]
@@ -275,6 +277,8 @@ class Engine:
             self._finish(seq, "cancelled", "", events)
         # The draft model's decodes count in the step's time, so prefill pacing leaves room for them.
         started = time.perf_counter()
+        if self.model.vision is not None:
+            self._evaluate_images(events)
         chunk = self._pacer.chunk()
         propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, chunk)
         calls = plan_step(self._active, self.model.n_batch, self._contexts, chunk)
@@ -286,6 +290,14 @@ class Engine:
             self._decode_group(context, work, events)
         self._pacer.record(prompt_tokens, time.perf_counter() - started)
         self._emit(events)
+
+    def _evaluate_images(self, events: list[tuple[Generation, TokenEvent]]) -> None:
+        """Images next in a prompt are evaluated before the step's batch, each in a decode of its own."""
+        assert self.model.vision is not None
+        for seq in [s for s in self._active if s.media is not None and s.todo and s.todo[0] < 0]:
+            problem = self.model.vision.evaluate(seq, self.model.n_batch)
+            if problem is not None:
+                self._finish(seq, None, "", events, error=EngineError(problem))
 
     def _decode_group(self, context: Context, items: Work, events: list[tuple[Generation, TokenEvent]]) -> None:
         if context.apply(items[0][0].request.adapters):

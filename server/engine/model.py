@@ -21,6 +21,7 @@ from .errors import InvalidInput, ModelFileError, PromptTooLong
 from .heap import return_free_memory
 from .kv import KVCacheTypes
 from .types import ChatPrompt, Prompt, RenderedPrompt, Speculation, TextPrompt, TokenPrompt
+from .vision import PromptMedia, Vision, load_vision
 
 if TYPE_CHECKING:
     from ..rpc.ggml import Offload
@@ -79,6 +80,8 @@ class ModelSpec:
     # Keep every position of sliding-window layers (llama.cpp's swa_full), so a cached prefix of any length can be
     # continued; False keeps only the window's (less KV memory), and prefix reuse then takes only what it still holds.
     swa_full: bool = True
+    # A vision projector (llama.cpp's mmproj GGUF) paired with this model: chat messages may then hold images.
+    mmproj: Path | None = None
 
     @property
     def speculation(self) -> Speculation:
@@ -162,6 +165,12 @@ class LoadedModel:
         self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_batch = cparams.n_batch
         self.draft = self._load_draft(mparams)
+        self.vision: Vision | None = None
+        try:
+            self.vision = load_vision(spec.mmproj, self.model, n_threads=spec.n_threads, use_gpu=spec.n_gpu_layers != 0)
+        except ModelFileError:
+            self.close()
+            raise
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
         self._pieces: dict[int, bytes] = {}
@@ -245,14 +254,17 @@ class LoadedModel:
     def render(self, prompt: Prompt) -> RenderedPrompt:
         """A prompt's tokens, and for a chat prompt the text its template rendered; only chat
         prompts go through the chat template."""
-        text = ""
+        text, media = "", None
         if isinstance(prompt, TokenPrompt):
             self.check_tokens(prompt.tokens)
             tokens = list(prompt.tokens)
         elif isinstance(prompt, ChatPrompt):
             text = self.chat_text(prompt)
             bos_in_text = self.chat_template.bos_token and text.startswith(self.chat_template.bos_token)
-            tokens = self.tokenize(text, add_bos=self.add_bos and not bos_in_text, special=True)
+            if prompt.images:
+                tokens, media = self._with_images(text, prompt.images, add_bos=self.add_bos and not bos_in_text)
+            else:
+                tokens = self.tokenize(text, add_bos=self.add_bos and not bos_in_text, special=True)
         else:
             assert isinstance(prompt, TextPrompt)
             tokens = self.tokenize(prompt.text, add_bos=self.add_bos, special=True)
@@ -263,7 +275,14 @@ class LoadedModel:
                 f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
                 f"{len(tokens)} tokens, leaving no room to generate.",
             )
-        return RenderedPrompt(tokens, text)
+        return RenderedPrompt(tokens, text, media)
+
+    def _with_images(self, text: str, images: tuple[bytes, ...], *, add_bos: bool) -> tuple[list[int], PromptMedia]:
+        if self.vision is None:
+            raise InvalidInput(f"model {self.spec.name!r} reads text only: it has no vision projector (mmproj in "
+                               "models.toml, or an mmproj-*.gguf beside its file), so it cannot take images",
+                               subject="images")
+        return self.vision.tokenize(text, images, add_special=add_bos)
 
     def _load_chat_template(self, override: str | None) -> tuple[ChatTemplate, ChatFormat]:
         """The model's template (models.toml's, the GGUF's, or ChatML) and the family format it marks."""
@@ -306,6 +325,9 @@ class LoadedModel:
         return ctx
 
     def close(self) -> None:
+        if self.vision is not None:
+            self.vision.close()
+            self.vision = None
         if self.draft is not None:
             self.draft.close()
             self.draft = None

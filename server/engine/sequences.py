@@ -47,6 +47,7 @@ class Sequence:
     evaluated: list[int] = field(default_factory=list)  # every token now in this sequence's KV
     n_generated: int = 0
     draft: list[int] = field(default_factory=list)  # evaluated after `todo` this step, verified when sampled
+    media: Any = None  # a prompt with images: its PromptMedia; engine/vision.py evaluates its images' placeholders
 
     @property
     def request(self) -> GenerationRequest:

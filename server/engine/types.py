@@ -103,6 +103,8 @@ class ChatPrompt:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    # Image files (PNG, JPEG...) in the order the messages' text holds engine/vision.py's MEDIA_MARKER for them.
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class RenderedPrompt:
 
     tokens: list[int]
     text: str = ""
+    media: Any = None  # a prompt with images: its engine/vision.py PromptMedia (its tokens hold placeholders)
 
 
 @dataclass
