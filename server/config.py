@@ -99,6 +99,8 @@ def parse_models(data: dict[str, Any], source: str, base_dir: Path) -> ModelsFil
         model.path = str(resolve_model_path(model.path, base_dir, f"{source}: models.{i}.path"))
         if model.draft_model is not None:
             model.draft_model = str(resolve_model_path(model.draft_model, base_dir, f"{source}: models.{i}.draft_model"))
+        if model.mmproj is not None:
+            model.mmproj = str(resolve_model_path(model.mmproj, base_dir, f"{source}: models.{i}.mmproj"))
     for i, adapter in enumerate(models_file.adapters):
         adapter.path = str(resolve_adapter_path(adapter.path, base_dir, f"{source}: adapters.{i}.path"))
     return models_file

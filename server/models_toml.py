@@ -107,6 +107,13 @@ class ModelConfig(BaseModel):
             f"{HF_PREFIX}OWNER/REPO[:QUANT]. Loaded beside the model, with its own KV cache of the same size."
         ),
     )
+    mmproj: str | None = Field(
+        None,
+        description=(
+            "A vision projector GGUF (llama.cpp's mmproj file) made for this model: chat messages may then hold "
+            "images (docs/images.md). A file, relative to models.toml."
+        ),
+    )
 
     @model_validator(mode="after")
     def _draft_needs_a_model(self) -> ModelConfig:
@@ -154,7 +161,8 @@ class ModelConfig(BaseModel):
         """The ModelSpec fields that are plain copies of this config's (the registry passes them on)."""
         return {"cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "speculative": self.speculative, "speculative_n_max": self.speculative_n_max,
-                "draft_model": Path(self.draft_model) if self.draft_model else None}
+                "draft_model": Path(self.draft_model) if self.draft_model else None,
+                "mmproj": Path(self.mmproj) if self.mmproj else None}
     # Sampling defaults: what a request that leaves the field out gets. Flat keys like every other knob here (and
     # like Ollama's PARAMETER lines), each named as the request field it fills in; None: the GGUF's
     # general.sampling.* value, else llama.cpp's server default (engine/sampling_defaults.py).

@@ -225,6 +225,18 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(
         0, ge=0, description="Most prompt tokens per request; past it: 400 context_length_exceeded (0: the model's context)."
     )
+    allow_remote_images: bool = Field(
+        False, description="Fetch http(s) image URLs in chat requests (off: images must be data URLs; a URL gets 400)."
+    )
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest image file a request may hold or have fetched; past it: 400."
+    )
+    max_image_pixels: int = Field(
+        33_554_432, ge=1, description="Most pixels (width x height) in one image, read from its header; past it: 400."
+    )
+    remote_image_timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds to fetch one remote image (allow_remote_images); past it: 400."
+    )
     max_concurrent_streams: int = Field(
         128, ge=0, description="Generation requests (streaming or not) running at once, all callers; past it: 429 (0: no limit)."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.fields import parse, speculation
 from ..core.generate import Choice, GenerationCore, Run, event_stream
+from ..core.images import load_images
 from ..core.reading import Reading
 from ..core.reasoning import Kind
 from ..core.structured import Grammar
@@ -36,6 +38,9 @@ class ChatCompletions:
         grammar = await asyncio.to_thread(chat_grammar, req, plan, target.info) if _server_grammar(req, plan) else None
         grammar = grammar or await request_grammar(req)
         prompt = chat_prompt(req, plan, target.info)
+        refs = req.image_refs()
+        if refs:
+            prompt = dataclasses.replace(prompt, images=await load_images(refs, self.core.limits.images))
         max_tokens = self.core.limits.completion_tokens(
             req.token_limit, "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens",
             target.sampling.max_tokens,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..core.fields import KeepAlive, Lenient, LoraRef, SpeculativeOptions
+from ..core.images import MEDIA_MARKER, ImageRef
 from ..engine.chat_template import RESERVED_VARIABLES
 from ..errors import InvalidRequestError
 
@@ -20,9 +21,17 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
+class ImageURL(Lenient):
+    url: str
+    detail: str | None = None  # OpenAI's resolution hint: libmtmd sizes images by the projector's own rules
+
+
 class TextPart(Lenient):
+    """A content part: `text`, or `image_url` (docs/images.md)."""
+
     type: str
     text: str | None = None
+    image_url: ImageURL | str | None = None  # a bare string as some clients send it
 
 
 class ChatMessage(Lenient):
@@ -42,6 +51,9 @@ class ChatMessage(Lenient):
         for j, part in enumerate(self.content):
             if part.type == "text" and part.text is None:
                 raise InvalidRequestError("a text content part needs 'text'", param=f"messages[{index}].content[{j}].text")
+            if part.type == "image_url":  # the model's vision projector reads it there (engine/vision.py)
+                texts.append(MEDIA_MARKER)
+                continue
             if part.type != "text":
                 raise InvalidRequestError(
                     f"content part type {part.type!r} is not supported: this model reads text only",
@@ -49,6 +61,19 @@ class ChatMessage(Lenient):
                 )
             texts.append(part.text or "")
         return "".join(texts)
+
+    def image_refs(self, index: int) -> list[ImageRef]:
+        """The message's images, in the order text() marks them."""
+        refs = []
+        for j, part in enumerate(self.content if isinstance(self.content, list) else ()):
+            if part.type != "image_url":
+                continue
+            param = f"messages[{index}].content[{j}].image_url"
+            if part.image_url is None:
+                raise InvalidRequestError("an image_url content part needs 'image_url': {\"url\": ...}", param=param)
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            refs.append(ImageRef(url, param))
+        return refs
 
 
 class _SamplingFields(KeepAlive):
@@ -218,6 +243,10 @@ class ChatCompletionRequest(_SamplingFields):
     def token_limit(self) -> int | None:
         # LangChain sends max_completion_tokens; older clients max_tokens. The newer name wins.
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def image_refs(self) -> list[ImageRef]:
+        """Every image of the conversation, in order."""
+        return [ref for i, m in enumerate(self.messages) for ref in m.image_refs(i)]
 
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as the chat template wants them: `developer` is a system message, content is text."""

@@ -9,6 +9,16 @@ from ..settings import Settings
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """What an image in a request may be (core/images.py applies them)."""
+
+    allow_remote: bool = False
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 33_554_432
+    remote_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     """What one completion request may ask for; built from Settings, applied by the serving code."""
 
@@ -17,6 +27,7 @@ class RequestLimits:
     send_timeout: float  # seconds a stream waits on a client that stopped reading
     max_tokens: int
     timeout: float | None
+    images: ImageLimits = ImageLimits()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
@@ -26,6 +37,8 @@ class RequestLimits:
             send_timeout=settings.send_timeout_seconds,
             max_tokens=settings.max_tokens_limit,
             timeout=settings.request_timeout_seconds or None,
+            images=ImageLimits(settings.allow_remote_images, settings.max_image_bytes, settings.max_image_pixels,
+                               settings.remote_image_timeout_seconds),
         )
 
     def completion_tokens(self, asked: int | None, param: str, default: int | None = None) -> int:
