@@ -296,11 +296,12 @@ def test_content_as_text_parts_equals_the_string(fake):
     assert by_parts == submitted(fake, chat_body(**fields))
 
 
-def test_image_part_is_refused_with_400(fake):
+def test_an_image_part_that_is_no_image_is_refused_with_400(fake):
+    """Images are checked before any engine sees them (tests/test_images.py serves real ones)."""
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     r = fake.client.post(CHAT, json=chat_body(max_tokens=4) | {"messages": [{"role": "user", "content": parts}]})
-    assert_error(r, 400, param="messages[0].content[1].type")
-    assert "image_url" in r.json()["error"]["message"]
+    assert_error(r, 400, param="messages[0].content[1].image_url")
+    assert "not a PNG, JPEG, GIF or BMP" in r.json()["error"]["message"]
     assert not fake.engine.submitted
     assert_serves(fake.client)
 
