@@ -9,7 +9,7 @@ from typing import Literal
 from ..engine.adapters import LoraAdapter
 from ..models_toml import ModelsFile
 
-Origin = Literal["config", "api", "watch"]
+Origin = Literal["config", "api", "watch", "tune"]
 
 
 @dataclass
@@ -20,7 +20,9 @@ class AdapterEntry:
     base: str
     scale: float
     adapter: LoraAdapter
-    origin: Origin  # "config" (models.toml or --lora), "api" (POST /v1/adapters) or "watch" (a watched directory)
+    # "config" (models.toml or --lora), "api" (POST /v1/adapters), "watch" (a watched directory) or "tune" (a
+    # fine-tuning job's result: server/tuning/, removed with DELETE /v1/models/{id})
+    origin: Origin
     created: int = field(default_factory=lambda: int(time.time()))
     path: str | None = None  # as models.toml gave it, to tell a changed entry on reload
 

@@ -63,6 +63,7 @@ class Residency:
         self._closing: list[Closing] = []
         self._room = Wakeup()  # a lease released, a load ended, a close returned: a waiting load looks again
         self._reload: asyncio.Future[None] | None = None  # set while a reload runs
+        self.memory_room = (self._budget, self._closing, self._room)  # for memory held outside models: reservation.py
         self.on_change: Callable[[], None] | None = None  # a model loaded or unloaded (sd_notify's STATUS)
         self._loop: asyncio.AbstractEventLoop | None = None  # where a child process's exit is handled
         if metrics is not None:
@@ -114,8 +115,7 @@ class Residency:
         return self.hold(name)
 
     def hold(self, name: str) -> Lease:
-        """Keep a loaded model busy until the lease is released (a request, or work outside one: an adapter
-        load)."""
+        """Keep a loaded model busy until the lease is released (a request, or work outside one: an adapter load)."""
         resident = self.residents[name]
         assert resident.served is not None, f"{name} is not loaded"
         resident.leases += 1

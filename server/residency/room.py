@@ -48,6 +48,7 @@ class Budget:
         self.cpu = settings.memory_budget_bytes()
         self.gpu = settings.gpu_memory_budget_bytes()
         self.max_loaded = settings.max_loaded_models
+        self.outside: dict[str, int] = {}  # memory held outside any model: a trainer's child (reservation.py)
 
     def room(self, resident: Resident, footprint: Footprint, residents: Iterable[Resident],
              closing: Iterable[Closing]) -> Room:
@@ -78,12 +79,12 @@ class Budget:
                 f"model {resident.name!r} cannot be loaded: max_loaded_models ({self.max_loaded}) is reached by "
                 f"pinned models ({', '.join(r.name for r in pinned)}), which never unload; raise "
                 "max_loaded_models or pin fewer models", param="model"))
-        if not self._fits(pinned, [], need, gpu_need):
+        if not self._fits(pinned, [], need, gpu_need, outside=False):  # a trainer's memory comes back: it waits
             return Room(evict, refusal=ModelTooLargeError(
                 f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
                 f"{format_size(self.cpu)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
                 f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model"))
-        return Room(evict, holders=[r.name for r in kept if not r.config.pinned])
+        return Room(evict, holders=[r.name for r in kept if not r.config.pinned] + list(self.outside))
 
     def gpu_room(self, resident: Resident | None, residents: Iterable[Resident], closing: Iterable[Closing]) -> GpuRoom:
         """What the other models hold of the GPU, for `resident`'s "auto" plan: the loads under way (reserved, not
@@ -96,13 +97,23 @@ class Budget:
             return GpuRoom(pending)
         return GpuRoom(pending, self.gpu - sum(r.memory("gpu") for r in holders) - sum(c.gpu for c in closing))
 
-    def _fits(self, holders: list[Resident], closing: list[Closing], need: int, gpu_need: int) -> bool:
+    def _fits(self, holders: list[Resident], closing: list[Closing], need: int, gpu_need: int, *,
+              outside: bool = True) -> bool:
         if self.max_loaded and len(holders) + len(closing) >= self.max_loaded:
             return False
-        if sum(r.memory("cpu") for r in holders) + sum(h.cpu for h in closing) + need > self.cpu:
+        if sum(r.memory("cpu") for r in holders) + sum(h.cpu for h in closing) + need > self.cpu - self.held(outside):
             return False
         gpu_used = sum(r.memory("gpu") for r in holders) + sum(h.gpu for h in closing)
         return self.gpu is None or gpu_used + gpu_need <= self.gpu
+
+
+    def held(self, outside: bool = True) -> int:
+        return sum(self.outside.values()) if outside else 0
+
+    def fits_outside(self, need: int, residents: Iterable[Resident], closing: Iterable[Closing]) -> bool:
+        """Whether `need` bytes held outside any model (a trainer) fit beside what is loaded, loading and closing."""
+        holders = [r for r in residents if r.holds_memory]
+        return sum(r.memory("cpu") for r in holders) + sum(c.cpu for c in closing) + self.held() + need <= self.cpu
 
 
 class Wakeup:
