@@ -20,11 +20,13 @@ from . import config
 from .adapters.watch import AdapterWatcher
 from .engine.errors import EngineError
 from .errors import ConfigError, NomoatError
+from .files.store import FileStore
 from .http.app import build_app
 from .http.connections import AcceptFailureHandler, ConnectionLimits, guarded_protocol
 from .http.listen import CannotListen, close_all, listening_sockets
 from .metrics import EventLoopMonitor, Metrics
 from .models_toml import ModelsFile
+from .openai.fine_tuning import tuner_for
 from .registry import ModelRegistry, ReloadResult
 from .sdnotify import Notifier, watchdog_interval
 from .settings import Settings
@@ -107,7 +109,10 @@ class Daemon:
         self.registry = ModelRegistry(models, settings, self.metrics)
         self.notifier = Notifier(settings.notify_socket)
         self.auth = Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
-        self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload)
+        self.files = FileStore.from_settings(settings)
+        self.tuner = tuner_for(settings, self.registry, self.files)  # started once the models load, closed before them
+        self.app = build_app(settings, self.registry, self.metrics, auth=self.auth, reload=self.reload,
+                             files=self.files, tuner=self.tuner)
         self.registry.residency.on_change = self._residency_changed
         self._load_config = load_config
         self._server: _Server | None = None
@@ -147,6 +152,7 @@ class Daemon:
             if self._stopping:
                 return 0
             self.tasks.spawn(EventLoopMonitor(self.metrics).run(), name="event loop monitor")
+            await self.tuner.start()  # its jobs' adapters on their bases; jobs cut by the last shutdown queued again
             watcher = (AdapterWatcher(self.registry.catalogue, self.settings.adapter_dirs)
                        if self.settings.watch_adapters else None)
             if watcher is not None:
@@ -160,6 +166,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.tasks.aclose()
+            await self.tuner.aclose()  # a running trainer checkpoints and exits: the next start resumes it
             if self.registry.ready:
                 await self.registry.aclose()
             close_all(self._listeners)  # uvicorn closed them if it served; not if the load failed

@@ -27,6 +27,7 @@ from ..openai.chat import ChatCompletions
 from ..openai.completions import Completions
 from ..openai.embeddings import Embeddings
 from ..openai.files import file_handlers
+from ..openai.fine_tuning import fine_tuning_handlers, model_delete_handler, tuner_for
 from ..openai.index import api_index_handler
 from ..openai.models import model_handlers
 from ..openai.response_store import ResponseStore
@@ -34,6 +35,7 @@ from ..openai.responses import Responses
 from ..openai.tokenize import TokenizerRoutes
 from ..registry import ModelRegistry, ReloadResult
 from ..settings import Settings
+from ..tuning.tuner import Tuner
 from ..wire.auth import Authenticator, KeyRing
 from ..wire.body import ClientDisconnected
 from ..wire.errors import answer_for, dialect_body
@@ -63,16 +65,20 @@ def build_app(
     auth: Authenticator | None = None,
     reload: Reloader | None = None,
     files: FileStore | None = None,
+    tuner: Tuner | None = None,
 ) -> Starlette:
     """The whole HTTP surface over a registry someone else loads and closes.
 
     `reload` is what SIGHUP does (the Daemon's); without it POST /admin/reload answers 404.
-    `files` is the Files API's store (by default under the settings' state dir).
+    `files` is the Files API's store (by default under the settings' state dir). `tuner` runs the fine-tuning
+    jobs (by default one over the registry and the file store; its owner starts and closes it: the Daemon).
     """
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
     metrics.watch_engines(registry.engines)
     limits = RequestLimits.from_settings(settings)
+    files = files or FileStore.from_settings(settings)
+    tuner = tuner or tuner_for(settings, registry, files)
     core = GenerationCore(registry, metrics, limits)
     responses = Responses(core, ResponseStore.from_settings(settings))
     limiter = ConcurrencyLimiter(settings.max_concurrent_streams, settings.max_streams_per_key)
@@ -111,7 +117,8 @@ def build_app(
         "detokenize": tokenizer.detokenize,
         "apply_template": tokenizer.apply_template,
         **adapter_handlers(registry, settings.adapter_dirs, settings.max_body_bytes, settings.body_timeout_seconds),
-        **file_handlers(files or FileStore.from_settings(settings), settings.body_timeout_seconds),
+        **file_handlers(files, settings.body_timeout_seconds),
+        **fine_tuning_handlers(tuner, settings.max_body_bytes, settings.body_timeout_seconds),
     }
     handlers.update(lifecycle_handlers(registry, settings.max_body_bytes, settings.body_timeout_seconds))
     handlers["status"] = ServerStatus(registry, metrics, auth, runtime_adapters=bool(settings.adapter_dirs)).handle
@@ -121,7 +128,9 @@ def build_app(
         handlers["reload"] = admin_reload
         handlers.update(store_handlers(registry, settings, reload))  # a pull or removal ends with a reload
     else:
-        off += ["reload", "pull_model", "list_store", "remove_model"]
+        off += ["reload", "pull_model", "list_store"]
+    # An `ft:` model is deleted by its job's key; any other, a pulled one, only where pulls are served.
+    handlers["remove_model"] = model_delete_handler(tuner, auth, handlers.get("remove_model"))
     if settings.ui:
         handlers.update(StaticPage().handlers())
     else:

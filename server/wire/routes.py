@@ -58,8 +58,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1", "api_index", Access.PUBLIC, slash=True),
     Endpoint("GET", "/v1/models", "list_models"),
     Endpoint("GET", "/v1/models/{model_id:path}", "get_model"),
-    # OpenAI's own delete: here a pulled model, forgotten and its files removed (`nomoat rm` through a server).
-    Endpoint("DELETE", "/v1/models/{model_id:path}", "remove_model", Access.ADMIN),
+    # OpenAI's own delete: a fine-tuned `ft:` model, by the key whose job made it (openai/fine_tuning.py); any other
+    # model is a pulled one, forgotten and its files removed (`nomoat rm` through a server), with the admin key alone.
+    Endpoint("DELETE", "/v1/models/{model_id:path}", "remove_model"),
     Endpoint("POST", "/v1/chat/completions", "chat", generates=True),
     Endpoint("POST", "/v1/completions", "completions", generates=True),
     Endpoint("POST", "/v1/embeddings", "embeddings", generates=True),
@@ -75,6 +76,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/files/{file_id}", "get_file"),
     Endpoint("GET", "/v1/files/{file_id}/content", "file_content"),
     Endpoint("DELETE", "/v1/files/{file_id}", "delete_file"),
+    # OpenAI's fine-tuning jobs (#32): a LoRA trained in a child process, each job its key's (openai/fine_tuning.py).
+    Endpoint("POST", "/v1/fine_tuning/jobs", "create_fine_tuning_job"),
+    Endpoint("GET", "/v1/fine_tuning/jobs", "list_fine_tuning_jobs"),
+    Endpoint("GET", "/v1/fine_tuning/jobs/{job_id}", "get_fine_tuning_job"),
+    Endpoint("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", "cancel_fine_tuning_job"),
+    Endpoint("POST", "/v1/fine_tuning/jobs/{job_id}/pause", "pause_fine_tuning_job"),
+    Endpoint("POST", "/v1/fine_tuning/jobs/{job_id}/resume", "resume_fine_tuning_job"),
+    Endpoint("GET", "/v1/fine_tuning/jobs/{job_id}/events", "list_fine_tuning_events"),
+    Endpoint("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints", "list_fine_tuning_checkpoints"),
     Endpoint("POST", "/v1/messages", "messages", generates=True, dialect="anthropic"),
     Endpoint("POST", "/v1/messages/count_tokens", "count_tokens", dialect="anthropic"),
     Endpoint("POST", "/v1/tokenize", "tokenize"),

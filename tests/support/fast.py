@@ -23,6 +23,7 @@ REAL_NAMES = frozenset({
     "ServerProcess", "run_nomoat", "wait_healthy", "ForkServer", "run_python", "run_against",
     "Engine", "Embedder", "Llama", "oracle", "real_engine",
     "subprocess", "Popen", "fork", "multiprocessing", "webdriver",
+    "FAKE_TRAINER",  # tests/support/fake_trainer.py, a fine-tuning job's child (test_tuning_jobs.py)
 })
 REAL_MODULES = ("support.real_engine", "support.speculation", "support.forkserver", "oracle", "subprocess",
                 "multiprocessing")
