@@ -119,3 +119,18 @@ def test_tune_has_help_of_its_own():
                   "Ctrl+C"):
         assert shown in text
     assert "tune" in parser.format_help()
+
+
+def test_against_the_real_server_a_job_is_started_detached_cancelled_and_watched_to_its_end(server, data, capsys,
+                                                                                              monkeypatch):
+    """The real Files and fine-tuning routes take what the command sends; cancelling stops the trainer at once."""
+    for name in ("NOMOAT_HOST", "NOMOAT_API_KEY", "NOMOAT_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    real = ["--port", str(server.port)]
+    assert main(["tune", MODEL, str(data), "--suffix", "zorbia", "--epochs", "1", "--detach", *real]) == 0
+    out = capsys.readouterr().out
+    job = out.split("started fine-tuning job ")[1].split(":")[0]
+    assert job.startswith("ftjob-") and f"nomoat tune --watch {job}" in out
+    assert main(["tune", "--cancel", job, *real]) == 0
+    assert main(["tune", "--watch", job, *real]) == 1
+    assert f"nomoat tune: job {job} cancelled" in capsys.readouterr().err
