@@ -44,9 +44,9 @@ export function drawCurve(container, points) {
     const line = points.filter((p) => Number.isFinite(p[key])).map((p) => `${x(p.step).toFixed(1)},${y(p[key]).toFixed(1)}`);
     if (!line.length) continue;
     svg.append(node("polyline", { points: line.join(" "), class: `curve-${key}` }));
-    const legendX = PAD.left + 10 + (key === "valid" ? 130 : 0);
-    svg.append(node("line", { x1: legendX, y1: PAD.top + 6, x2: legendX + 18, y2: PAD.top + 6, class: `curve-${key}` }),
-      node("text", { x: legendX + 22, y: PAD.top + 10, class: "curve-label" }, label));
+    const legendX = PAD.left + (key === "valid" ? 130 : 0); // under the axis, clear of the lines
+    svg.append(node("line", { x1: legendX, y1: HEIGHT - 12, x2: legendX + 18, y2: HEIGHT - 12, class: `curve-${key}` }),
+      node("text", { x: legendX + 22, y: HEIGHT - 8, class: "curve-label" }, label));
     if (Number.isFinite(last[key])) title.push(`${label} ${last[key].toFixed(4)}`);
   }
   svg.setAttribute("aria-label", `Loss curve: ${title.join(", ")}`);
