@@ -137,6 +137,7 @@ class Tuner:
 
     async def cancel(self, owner: str | None, job_id: str) -> Job:
         job = self.get(owner, job_id)
+        training = job.status is Status.RUNNING  # its child runs, or starts and is killed at once (_train)
         job.cancel(int(time.time()))
         self._dir(job).add_event("Fine-tuning job cancelled")
         self._dir(job).save(job)
@@ -144,7 +145,7 @@ class Tuner:
         if child is not None:
             await child.kill()  # its memory freed before the answer; the run's end releases the reservation
         task = self._tasks.get(job.id)
-        if task is not None and child is None:
+        if task is not None and not training:
             task.cancel()  # still waiting for memory
         with contextlib.suppress(asyncio.CancelledError):
             if task is not None:
@@ -267,6 +268,10 @@ class Tuner:
         await child.start()
         self._children[job.id] = child
         try:
+            if job.status is Status.PAUSED:  # paused or cancelled while its child started
+                child.pause()
+            elif job.status is Status.CANCELLED:
+                await child.kill()
             status = await child.wait()
         finally:
             self._children.pop(job.id, None)
