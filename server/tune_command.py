@@ -73,7 +73,10 @@ def _tuner(cli: dict[str, Any]) -> Tuner | None:
     except ConfigError as exc:
         print(f"nomoat: configuration error:\n{exc}", file=sys.stderr)
         return None
-    return Tuner(ServerClient(settings), sys.stdout, sys.stderr)
+    client = ServerClient(settings)
+    if settings.api_key is not None:  # a job is the key's that made it: the API key's, as the page's and the SDK's
+        client.key = settings.api_key.get_secret_value().split(",")[0].strip()
+    return Tuner(client, sys.stdout, sys.stderr)
 
 
 class Tuner:

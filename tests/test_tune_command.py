@@ -71,11 +71,14 @@ def test_a_failed_job_exits_1_with_its_error(fake, data, capsys):
     assert "method" not in fake.jobs["ftjob-0"].body  # no hyperparameters given: none sent, the server's "auto"
 
 
-def test_detach_starts_the_job_and_says_how_to_follow_it(fake, data, capsys):
+def test_detach_starts_the_job_and_says_how_to_follow_it(fake, data, capsys, monkeypatch):
+    monkeypatch.setenv("NOMOAT_API_KEY", "user-a,user-b")
+    monkeypatch.setenv("NOMOAT_ADMIN_KEY", "admin")
     assert nomoat_tune(fake, MODEL, str(data), "--detach") == 0
     out = capsys.readouterr().out
     assert "started fine-tuning job ftjob-0" in out and "nomoat tune --watch ftjob-0" in out
     assert fake.jobs["ftjob-0"].status == "validating_files"  # never looked at again
+    assert fake.keys == ["Bearer user-a"]  # the job is the API key's (as the page's), not the admin key's
 
 
 def test_ctrl_c_leaves_the_job_running_then_watch_and_cancel_find_it(fake, data, capsys):

@@ -82,6 +82,7 @@ class FakeTuning:
         self.url = ""  # where it is served, once it is
         self.uploads: dict[str, tuple[str, bytes]] = {}  # id → (purpose, content)
         self.jobs: dict[str, FakeJob] = {}
+        self.keys: list[str | None] = []  # each job's creator's Authorization header
         self.router = Starlette(routes=[
             Route("/v1/files", self.upload, methods=["POST"]),
             Route("/v1/fine_tuning/jobs", self.create, methods=["POST"]),
@@ -126,6 +127,7 @@ class FakeTuning:
             return _error(400, f"invalid training_file: {body.get('training_file')}", "invalid_training_file",
                           "training_file")
         job = FakeJob(f"ftjob-{len(self.jobs)}", body["model"], body, self.steps, self.outcome)
+        self.keys.append(request.headers.get("authorization"))
         self.jobs[job.id] = job
         return JSONResponse(job.card())
 
