@@ -26,6 +26,7 @@ from nomoat.engine.adapters import LoraAdapter
 from nomoat.engine.base_info import BaseModelInfo
 from nomoat.files.store import FileStore
 from nomoat.http.app import build_app
+from nomoat.models_toml import ModelConfig, ModelsFile
 from nomoat.openai.fine_tuning import tuner_for
 from nomoat.registry import ModelRegistry
 from nomoat.settings import Settings
@@ -102,9 +103,9 @@ def open_box(tmp_path: Path, peft: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Opens the app over `tmp_path`'s state dir (again, for a restart); each is closed as the daemon closes it."""
     opened: list[tuple[TestClient, Tuner]] = []
 
-    def open_one(mode: str = "ok", **settings: Any) -> Box:
+    def open_one(mode: str = "ok", models: ModelsFile | None = None, **settings: Any) -> Box:
         built = Settings(state_dir=tmp_path, api_key=f"{OWNER},{OTHER}", admin_key=ADMIN, **settings)
-        registry = fake_registry(built, monkeypatch, load_model=lambda config: AdapterFakeEngine(config.name))
+        registry = fake_registry(built, monkeypatch, models, load_model=lambda config: AdapterFakeEngine(config.name))
         store = FileStore.from_settings(built)
         tuner = tuner_for(built, registry, store)
         modes = {"mode": mode}
@@ -306,6 +307,21 @@ def test_a_trainer_that_fits_only_alone_waits_queued_for_the_other(open_box: Ope
     assert box.sdk().fine_tuning.jobs.retrieve(second.id).status == "queued"
     box.sdk().fine_tuning.jobs.cancel(first.id)
     box.wait(second.id, "running")
+
+
+def test_a_model_load_waits_for_a_trainers_memory_and_then_503s_naming_it(open_box: OpenBox,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    fixed_trainer(monkeypatch, 8 * 1024**3 - 32 * 1024**2)  # leaves less than the model needs
+    monkeypatch.setattr("nomoat.residency.manager.EVICT_WAIT_SECONDS", 0.2)
+    box = open_box("wait", ModelsFile(models=[ModelConfig(name=MODEL, path=str(model_path()))]), memory_budget="8GiB")
+    job = create(box)
+    running_child(box, job.id)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(openai.APIStatusError) as busy:
+        box.sdk().chat.completions.create(**chat)
+    assert busy.value.status_code == 503 and f"fine-tuning job {job.id}" in busy.value.message
+    box.sdk().fine_tuning.jobs.cancel(job.id)
+    assert box.sdk().chat.completions.create(**chat).choices
 
 
 def test_the_trainer_estimate_covers_the_dequantised_weights():
