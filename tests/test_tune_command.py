@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.fake_tuning import FakeTuning, ServedInThread
+from support.fake_tuning import FakeTuning
+from support.threaded import ServedInThread
 
 from nomoat import tune_command
 from nomoat.cli import build_parser, main

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import test_ui_browser
-from support.fake_tuning import FakeTuning, ServedInThread
+from support.fake_tuning import FakeTuning
 from support.inprocess import MODEL, fake_registry
+from support.threaded import ServedInThread
 from test_ui_browser import (
     CHROMIUM,
     DRIVER,

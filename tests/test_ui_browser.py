@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from conftest import ROOT, ServerProcess, free_port, models_toml
+from conftest import ROOT, ServerProcess, models_toml
 from lora_factory import write_lora
 from support.fake_engine import FakeEngine
 from support.inprocess import MODEL, fake_registry
+from support.threaded import ServedInThread
 
 from nomoat.config import ModelConfig, ModelsFile, embedded_model_path
 from nomoat.http.app import build_app
@@ -77,24 +77,15 @@ class ThreadServer:
         self.monkeypatch = pytest.MonkeyPatch()
         built = Settings(state_dir=tmp / "state", **settings)
         self.registry: ModelRegistry = fake_registry(built, self.monkeypatch, models)
-        self.base_url = f"http://127.0.0.1:{free_port()}"
-        config = uvicorn.Config(build_app(built, self.registry), host="127.0.0.1", port=int(self.base_url.rsplit(":", 1)[1]),
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="ui-fake-server", daemon=True)
-        self.thread.start()
-        started = threading.Event()
-        while not self.server.started and self.thread.is_alive():
-            started.wait(0.02)
-        assert self.server.started, "the fake server did not start"
+        self.served = ServedInThread(build_app(built, self.registry))
+        self.base_url = self.served.url
 
     @property
     def engine(self) -> FakeEngine:
         return self.registry.engines()[MODEL]  # type: ignore[return-value]
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.served.stop()
         self.registry.close()
         self.monkeypatch.undo()
 

@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from .process import free_port
 
 FAKED = ("/v1/files", "/v1/fine_tuning")
 
@@ -165,22 +161,3 @@ class FakeTuning:
             return _error(404, "no such route")
         job.status = changes[action]
         return JSONResponse(job.card())
-
-
-class ServedInThread:
-    """An ASGI app served by uvicorn on a free port from a thread of this process (the CLI needs a real socket)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, name="fake-tuning-server", daemon=True)
-        self.thread.start()
-        ready = threading.Event()
-        while not self.server.started and self.thread.is_alive():
-            ready.wait(0.02)
-        assert self.server.started, "the fake server did not start"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
