@@ -188,14 +188,11 @@ class DiskTier:
         packed = _token_bytes(tokens)
         with self._lock:
             room = self._pending == 0 or self._pending + len(state) <= self._queue_bytes_max
-            if self._closed or not room or len(state) > self.budget:
+            # Only savers put, under this lock (close() marks the tier closed first): not full stays not full.
+            if self._closed or not room or len(state) > self.budget or self._queue.full():
                 self._counts["dropped"] += 1
                 return
-            try:
-                self._queue.put_nowait(_Save(identity, packed, state))
-            except queue.Full:
-                self._counts["dropped"] += 1
-                return
+            self._queue.put_nowait(_Save(identity, packed, state))
             self._pending += len(state)
 
     def best(self, identity: str, tokens: Sequence[int]) -> DiskHit | None:
@@ -303,13 +300,15 @@ class DiskTier:
                              "crc32": zlib.crc32(item.state, zlib.crc32(item.tokens))}).encode()
         temp = self.root / f"{_TEMP_PREFIX}{os.getpid()}-{name}"
         # No fsync: a file cut short by a power loss fails its length or checksum on load and is removed.
-        with open(temp, "wb") as f:
-            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)))
-            f.write(header)
-            f.write(item.tokens)
-            f.write(item.state)
-            size = f.tell()
-        os.replace(temp, path)
+        try:
+            with open(temp, "wb") as f:
+                for part in (_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)), header, item.tokens, item.state):
+                    f.write(part)
+                size = f.tell()
+            os.replace(temp, path)
+        except OSError:
+            self._unlink([temp])  # a full disk leaves no half file behind either
+            raise
         with self._lock:
             old = self._entries.pop(path, None)
             self._total -= old.size if old else 0
