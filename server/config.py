@@ -214,7 +214,8 @@ def add_discovered_models(models: ModelsFile, settings: Settings) -> None:
             log.info("%s model %s (%s) not added: the name is already taken", found.source, found.name, found.path)
             continue
         try:
-            models.models.append(ModelConfig(name=found.name, path=str(found.path)))
+            models.models.append(ModelConfig(name=found.name, path=str(found.path),
+                                             mmproj=str(found.mmproj) if found.mmproj else None))
         except ValidationError as exc:
             log.warning("%s model %s not added: %s", found.source, found.path, format_validation_error(exc, "name"))
             continue

@@ -192,10 +192,13 @@ def test_an_engine_error_mid_stream_is_an_error_event(fake):
 @pytest.mark.parametrize(("payload", "needles"), [
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, ["max_tokens", "required"]),
     (body([{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]),
-     ["messages[0].content[0].type", "'image'", "text only"]),
-    (body([{"type": "document", "source": {"type": "text", "data": "x"}}]), ["'document'", "text only"]),
+     ["messages[0].content[0].source.data", "not a PNG, JPEG, GIF or BMP"]),
+    (body([{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]),
+     ["messages[0].content[0].source.url", "allow_remote_images"]),
+    (body([{"type": "image", "source": {"type": "file", "file_id": "f"}}]), ["messages[0].content[0].source.type"]),
+    (body([{"type": "document", "source": {"type": "text", "data": "x"}}]), ["'document'", "text and images only"]),
     (body([{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]),
-     ["messages[0].content[0].content[0].type", "text only"]),
+     ["messages[0].content[0].content[0].type", "user turn"]),
     (body([{"type": "tool_use", "id": "t", "name": "x"}]), ["messages[0].content[0].input"]),
     (body([{"text": "no type"}]), ["messages[0].content[0]", "'type'"]),
     (body([{"type": "tool_use", "id": "t", "name": "x", "input": {}}]), ["tool_use", "user message"]),
@@ -226,7 +229,7 @@ def test_count_tokens_takes_no_max_tokens_and_refuses_what_messages_refuses(fake
     r = fake.client.post(COUNT, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200 and set(r.json()) == {"input_tokens"}, r.text
     assert_error(fake.client.post(COUNT, json={"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {}}]}]}), 400, "invalid_request_error", "text only")
+        {"type": "document", "source": {}}]}]}), 400, "invalid_request_error", "text and images only")
     assert_error(fake.client.post(COUNT, content=b"{not json"), 400, "invalid_request_error", "JSON")
 
 

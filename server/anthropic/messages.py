@@ -4,12 +4,14 @@ generation core, engine events into Anthropic messages and SSE events (server/an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, event_stream
+from ..core.images import load_images
 from ..core.structured import Grammar
 from ..core.tools import Tool, ToolPlan, call_syntax, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest, SamplingParams
@@ -69,7 +71,11 @@ class Messages:
     async def _prompt(self, request: Request, req: CountTokensRequest) -> tuple[Target, ToolPlan, ChatPrompt]:
         target = await self.core.route(request, req.model, req.lora_pairs(), req.keep_alive)
         plan = tool_plan(req)
-        return target, plan, tool_prompt(req.template_messages(), plan, target.info)
+        prompt = tool_prompt(req.template_messages(), plan, target.info)
+        refs = req.image_refs()
+        if refs:
+            prompt = dataclasses.replace(prompt, images=await load_images(refs, self.core.limits.images))
+        return target, plan, prompt
 
 
 def tool_plan(req: CountTokensRequest) -> ToolPlan:

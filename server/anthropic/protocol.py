@@ -22,19 +22,44 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from ..core.fields import KeepAlive, Lenient, LoraRef, SpeculativeOptions
+from ..core.images import MEDIA_MARKER, ImageRef
 from ..errors import InvalidRequestError, UnsupportedFeatureError
 
 __all__ = ["CountTokensRequest", "MessagesRequest"]
 
 # The content blocks a text model can read; a thinking block sent back is dropped, as Anthropic drops
 # earlier turns' thinking.
-_READABLE = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+_READABLE = {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 _MEDIA = {"image", "document", "file", "container_upload", "search_result"}
 
 
 class TextBlock(Lenient):
     type: Literal["text"]
     text: str
+
+
+class ImageSource(Lenient):
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(Lenient):
+    """An image for the model's vision projector (docs/images.md)."""
+
+    type: Literal["image"]
+    source: ImageSource
+
+    def ref(self, param: str) -> ImageRef:
+        source = self.source
+        if source.type == "url":
+            if not source.url:
+                raise InvalidRequestError("an image source of type 'url' needs 'url'", param=f"{param}.source.url")
+            return ImageRef(source.url, f"{param}.source.url")
+        if source.data is None or not source.media_type:
+            raise InvalidRequestError("a base64 image source needs 'media_type' and 'data'", param=f"{param}.source")
+        return ImageRef(f"data:{source.media_type};base64,{source.data}", f"{param}.source.data")
 
 
 class ToolUseBlock(Lenient):
@@ -65,13 +90,13 @@ def _block_tag(value: Any) -> str | None:
 
 
 # Tags capitalised, so that a 400's field path leaves them out (messages[0].content[1].id).
-_TAGS = {"text": "Text", "tool_use": "ToolUse", "tool_result": "ToolResult", "thinking": "Thinking",
+_TAGS = {"text": "Text", "image": "Image", "tool_use": "ToolUse", "tool_result": "ToolResult", "thinking": "Thinking",
          "redacted_thinking": "Thinking"}
 Block = Annotated[
-    Annotated[TextBlock, Tag("Text")] | Annotated[ToolUseBlock, Tag("ToolUse")]
+    Annotated[TextBlock, Tag("Text")] | Annotated[ImageBlock, Tag("Image")] | Annotated[ToolUseBlock, Tag("ToolUse")]
     | Annotated[ToolResultBlock, Tag("ToolResult")] | Annotated[ThinkingBlock, Tag("Thinking")],
     Discriminator(_block_tag, custom_error_type="invalid_block",
-                  custom_error_message="each content block needs a 'type': text, tool_use or tool_result"),
+                  custom_error_message="each content block needs a 'type': text, image, tool_use or tool_result"),
 ]
 
 
@@ -188,6 +213,11 @@ class CountTokensRequest(KeepAlive):
         fmt = self.output_config.format if self.output_config and self.output_config.format else self.output_format
         return fmt.schema_ if fmt else None
 
+    def image_refs(self) -> list[ImageRef]:
+        """Every image block of the conversation, in order."""
+        return [b.ref(f"messages[{i}].content[{j}]") for i, m in enumerate(self.messages)
+                if not isinstance(m.content, str) for j, b in enumerate(m.content) if isinstance(b, ImageBlock)]
+
     def template_messages(self) -> list[dict[str, Any]]:
         """The conversation as OpenAI-shaped messages: `system` first, tool uses as `tool_calls`, each tool
         result a `tool` message (before the text of its user turn, as Anthropic orders them)."""
@@ -199,7 +229,9 @@ class CountTokensRequest(KeepAlive):
             if isinstance(m.content, str):
                 out.append({"role": m.role, "content": m.content})
                 continue
-            text = "".join(b.text for b in m.content if isinstance(b, TextBlock))
+            # An image stands where its block is, in the order image_refs() lists them.
+            text = "".join(b.text if isinstance(b, TextBlock) else MEDIA_MARKER
+                           for b in m.content if isinstance(b, TextBlock | ImageBlock))
             calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
                      for b in m.content if isinstance(b, ToolUseBlock)]
             results = [{"role": "tool", "tool_call_id": b.tool_use_id, "content": b.text()}
@@ -234,5 +266,8 @@ def _check_block(block: Any, param: str, readable: set[str] = _READABLE) -> None
     kind = block.get("type") if isinstance(block, dict) else None
     if not isinstance(kind, str) or kind in readable:
         return  # a missing or mistyped type is the model validation's to report
-    why = "this model reads text only" if kind in _MEDIA else "it is not a block a client sends to this server"
+    if kind == "image":
+        why = "an image in a tool_result is not read here; send it as an image block of the user turn"
+    else:
+        why = "this server reads text and images only" if kind in _MEDIA else "it is not a block a client sends to this server"
     raise InvalidRequestError(f"content block type {kind!r} is not supported: {why}", param=f"{param}.type")

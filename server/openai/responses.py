@@ -10,6 +10,7 @@ response belongs to the key that made it: any other (but an admin key) gets the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.fields import parse, speculation
 from ..core.generate import GenerationCore, Run, Totals, event_stream
+from ..core.images import load_images
 from ..core.structured import Grammar
 from ..core.tools import ToolPlan, call_syntax, make_plan, output_grammar, tool_prompt
 from ..engine.types import ChatPrompt, GenerationRequest
@@ -33,7 +35,7 @@ from .response_db import Viewer
 from .response_items import PageQuery, page, stored_items
 from .response_store import Conversation, ResponseStore
 from .responses_events import Event, OutputWriter, Sequencer, item_id
-from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages
+from .responses_protocol import FunctionChoice, ResponsesRequest, chat_messages, image_refs
 from .sampling import grammar_refusal, request_grammar, sampling_params
 
 
@@ -189,7 +191,7 @@ class Responses:
         """The prompt tokens a request would have: the same conversation through the same template."""
         req, _, target, plan, earlier = await self._read(request)
         items = (earlier.items() if earlier else []) + stored_items(req.items())
-        count = await target.engine.count_tokens(conversation_prompt(req, target, plan, items))
+        count = await target.engine.count_tokens(await conversation_prompt(req, target, plan, items, self.core.limits))
         return JSONResponse({"object": "response.input_tokens", "input_tokens": count},
                             headers={"x-nomoat-adapters": target.adapters.label()})
 
@@ -221,7 +223,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         raise InvalidRequestError("'grammar' and a JSON 'text.format' or a forced tool call both constrain the "
                                   "output: send one of them", param="grammar")
     grammar = grammar or await request_grammar(req)
-    prompt = conversation_prompt(req, target, plan, items)
+    prompt = await conversation_prompt(req, target, plan, items, limits)
     asked = req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens
     return GenerationRequest(
         prompt=prompt, sampling=sampling_params(req, target.info.n_vocab, 0, grammar, target.sampling),
@@ -231,9 +233,12 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
     )
 
 
-def conversation_prompt(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]]) -> ChatPrompt:
-    """The conversation as the chat template reads it, tools included."""
-    return tool_prompt(chat_messages(req.instructions, items), plan, target.info)
+async def conversation_prompt(req: ResponsesRequest, target: Target, plan: ToolPlan, items: list[dict[str, Any]],
+                              limits: RequestLimits) -> ChatPrompt:
+    """The conversation as the chat template reads it, tools and images included."""
+    prompt = tool_prompt(chat_messages(req.instructions, items), plan, target.info)
+    refs = image_refs(items)
+    return dataclasses.replace(prompt, images=await load_images(refs, limits.images)) if refs else prompt
 
 
 def tool_plan(req: ResponsesRequest) -> ToolPlan:

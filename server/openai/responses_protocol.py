@@ -12,11 +12,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..core.fields import Lenient
+from ..core.images import MEDIA_MARKER, ImageRef
 from ..core.tools import Tool
 from ..errors import InvalidRequestError
 from .protocol import JsonSchemaFormat, _SamplingFields
 
-# Content part types read as text; everything else (input_image, input_file, input_audio) is refused.
+# Content part types read as text; input_image goes to the model's vision projector; the rest (input_file,
+# input_audio) is refused.
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 
 
@@ -24,6 +26,8 @@ class ContentPart(Lenient):
     type: str
     text: str | None = None
     refusal: str | None = None
+    image_url: str | None = None  # input_image: a data URL, or an http(s) one (allow_remote_images)
+    file_id: str | None = None
 
 
 class InputItem(Lenient):
@@ -76,6 +80,9 @@ def _text(content: str | list[ContentPart] | None, where: str) -> str:
     for j, part in enumerate(content):
         if part.type == "refusal":
             texts.append(part.refusal or "")
+            continue
+        if part.type == "input_image":  # where the image stands; image_refs() lists them in the same order
+            texts.append(MEDIA_MARKER)
             continue
         if part.type not in _TEXT_PARTS:
             raise InvalidRequestError(f"content part type {part.type!r} is not supported: this model reads text only",
@@ -175,6 +182,23 @@ class ResponsesRequest(_SamplingFields):
         if isinstance(self.tool_choice, FunctionChoice):
             return "function", self.tool_choice.name
         return self.tool_choice, None
+
+
+def image_refs(items: list[dict[str, Any]]) -> list[ImageRef]:
+    """Every input_image of the conversation, in the order chat_messages() marks them."""
+    refs = []
+    for i, raw in enumerate(items):
+        item = InputItem.model_validate(raw)
+        content = item.content if item.kind == "message" else item.output if item.kind == "function_call_output" else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if part.type != "input_image":
+                continue
+            param = f"input[{i}].{'content' if item.kind == 'message' else 'output'}[{j}]"
+            if part.image_url is None:
+                raise InvalidRequestError("an input_image needs 'image_url' (a data URL); file_id images are not "
+                                          "supported", param=f"{param}.image_url", code="missing_required_parameter")
+            refs.append(ImageRef(part.image_url, f"{param}.image_url"))
+    return refs
 
 
 def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..settings import Settings
-from .models_dir import files_size, scan_models_dir
+from .models_dir import files_size, scan_models_dir, scan_projectors
 from .pulled import PulledManifest
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class AvailableModel:
     name: str
     source: Source
     files: tuple[Path, ...]
+    mmproj: Path | None = None  # its vision projector, when one was found with it (docs/images.md)
 
     @property
     def path(self) -> Path:
@@ -38,7 +39,9 @@ def discovered_models(settings: Settings) -> list[AvailableModel]:
     """The models directory's models (by name), then pulled ones (in pull order) whose files are still cached."""
     found: list[AvailableModel] = []
     if settings.models_dir is not None:
-        found += [AvailableModel(name, "models-dir", files) for name, files in scan_models_dir(settings.models_dir).items()]
+        models = scan_models_dir(settings.models_dir)
+        projectors = scan_projectors(settings.models_dir, list(models))
+        found += [AvailableModel(name, "models-dir", files, projectors.get(name)) for name, files in models.items()]
     found += pulled_models(settings)
     return found
 

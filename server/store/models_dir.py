@@ -98,3 +98,40 @@ def scan_models_dir(directory: Path) -> dict[str, tuple[Path, ...]]:
             continue
         found[stem] = tuple(by_index[i] for i in sorted(by_index))
     return dict(sorted(found.items()))
+
+
+_MMPROJ = re.compile(r"[-_.]?mmproj[-_.]?", re.IGNORECASE)
+# A quant at the end of a file's stem (Q8_0, Q4_K_M, IQ3_XXS, F16, BF16...): a projector is often published in
+# another precision than the model it belongs to (mmproj-NAME-f16.gguf beside NAME-Q4_K_M.gguf).
+_QUANT = re.compile(r"[-_.](?:UD-)?(?:I?Q\d\w*|B?F16|F32)$", re.IGNORECASE)
+
+
+def pair_projectors(models: list[str], projectors: list[Path]) -> dict[str, Path]:
+    """Which model each projector (`mmproj-*.gguf`) belongs to, by name: `mmproj-NAME.gguf`, `NAME-mmproj.gguf` or
+    `NAME.mmproj.gguf` pair with model NAME, or, quants aside, with the one model of that name; one projector
+    beside one model pairs with it. Anything else is left unpaired (logged): a projector made for another model
+    would fail its load."""
+    paired: dict[str, Path] = {}
+    for projector in projectors:
+        name = _MMPROJ.sub("", model_stem(projector.name), count=1)
+        chosen = [m for m in models if m.lower() == name.lower()]
+        if not chosen:
+            base = _QUANT.sub("", name).lower()
+            chosen = [m for m in models if base and _QUANT.sub("", m).lower() == base]
+        if not chosen and len(models) == 1 and len(projectors) == 1:
+            chosen = models
+        if len(chosen) != 1 or chosen[0] in paired:
+            log.info("projector %s pairs with no single model (by name); name it mmproj-MODEL.gguf or set mmproj "
+                     "in models.toml", projector)
+            continue
+        paired[chosen[0]] = projector
+    return paired
+
+
+def scan_projectors(directory: Path, models: list[str]) -> dict[str, Path]:
+    """The projectors in `directory` paired with its models (pair_projectors): model name → projector file."""
+    try:
+        projectors = sorted(p for p in directory.iterdir() if is_gguf(p.name) and is_projector(p.name) and _regular_file(p))
+    except OSError:
+        return {}
+    return pair_projectors(models, projectors)
