@@ -26,11 +26,11 @@ export class ChatView {
     this.render();
   }
 
-  async send(text) {
+  async send(text, images = []) {
     if (this.busy) return;
     const messages = this.conversation.messages;
-    if (!messages.some((m) => m.role === "user")) this.conversation.title = text.slice(0, 60);
-    messages.push({ role: "user", content: text });
+    if (!messages.some((m) => m.role === "user")) this.conversation.title = (text || "Image").slice(0, 60);
+    messages.push(images.length ? { role: "user", content: text, images } : { role: "user", content: text });
     await this.answer();
   }
 
@@ -49,7 +49,7 @@ export class ChatView {
   async answer() {
     const conversation = this.conversation;
     const options = this.options();
-    const history = conversation.messages.map(({ role, content }) => ({ role, content }));
+    const history = conversation.messages.map(({ role, content, images }) => ({ role, content: parts(content, images) }));
     const message = { role: "assistant", content: "", meta: "", state: "streaming" };
     conversation.messages.push(message);
     this.save();
@@ -103,6 +103,13 @@ export class ChatView {
       node.dataset.state = message.state || "done";
     } else {
       body.textContent = message.content;
+      for (const url of message.images || []) {
+        const img = document.createElement("img");
+        img.className = "attached";
+        img.src = url; // a data URL the composer read: never HTML
+        img.alt = "attached image";
+        body.append(img);
+      }
     }
     node.append(role, body);
     if (message.role === "assistant") {
@@ -130,4 +137,11 @@ export class ChatView {
   follow() {
     this.messages.scrollTop = this.messages.scrollHeight;
   }
+}
+
+// A message's content as chat completions takes it: its text, then its images as image_url parts.
+function parts(content, images) {
+  if (!images || !images.length) return content;
+  return [...(content ? [{ type: "text", text: content }] : []),
+    ...images.map((url) => ({ type: "image_url", image_url: { url } }))];
 }

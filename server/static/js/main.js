@@ -54,7 +54,8 @@ const mixer = new Mixer($("#mixer"), (scales) => {
   compare.refresh();
 });
 
-const composer = new Composer({ form: $("#composer"), prompt: $("#prompt"), send: $("#send"), stop: $("#stop") });
+const composer = new Composer({ form: $("#composer"), prompt: $("#prompt"), send: $("#send"), stop: $("#stop"),
+  attach: $("#attach"), file: $("#attach-file"), attachments: $("#attachments") });
 
 const chat = new ChatView({
   api, store, options, messages: $("#messages"), onBusy: () => composer.update(),
