@@ -14,6 +14,7 @@ from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.face import EngineFace
+from .engine.reranker import Reranker, file_kind
 from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, read_gguf_sampling, resolve_defaults
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
@@ -73,6 +74,7 @@ class ServedId:
     adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
     sampling: SamplingDefaults | None = None  # models and aliases
     chat_format: str | None = None  # models and aliases, once loaded: the family format its template marks
+    model_kind: str | None = None  # models and aliases: "chat", or "reranker" (rank pooling; /v1/rerank)
 
 
 ModelLoader = Callable[[ModelConfig], Engine]
@@ -96,6 +98,7 @@ class ModelRegistry:
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
         self._file_sampling: dict[str, dict[str, float | int]] = {}  # GGUF path → its sampling defaults
+        self._file_kinds: dict[str, str | None] = {}  # GGUF path → "reranker" or "chat" from its header
         # One supervisor for the background work of the models' lives: retirements, unloads, adapter unloads.
         self._supervisor = supervisor if supervisor is not None else Supervisor()
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics,
@@ -284,9 +287,11 @@ class ModelRegistry:
         lease = await self.residency.acquire(base, keep_alive)
         served = lease.served
         try:
-            if served.embedder is None:
-                served.embedder = Embedder(served.local_engine().model, queue_size=self._settings.queue_size,
-                                           max_input_tokens=self._settings.max_prompt_tokens or None)
+            if served.embedder is None:  # a reranker scores pairs: the handlers tell the two apart
+                engine = served.local_engine()
+                kind = Reranker if engine.info.kind == "reranker" else Embedder
+                served.embedder = kind(engine.model, queue_size=self._settings.queue_size,
+                                       max_input_tokens=self._settings.max_prompt_tokens or None)
         except BaseException:
             lease.release()
             raise
@@ -330,7 +335,8 @@ class ModelRegistry:
             sampling = resolve_defaults(gguf, config.sampling_overrides())
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
                              max_model_len=info.n_ctx if info else config.n_ctx, state=state, model_adapters=adapters,
-                             sampling=sampling, chat_format=info.chat_format.name if info else None)
+                             sampling=sampling, chat_format=info.chat_format.name if info else None,
+                             model_kind=info.kind if info else self._file_kinds.get(config.path))
                     for model_id in config.ids()]
         created = {r.name: r.created for r in self.residency.residents.values()}
         out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]
@@ -342,6 +348,7 @@ class ModelRegistry:
         """Each model file's sampling defaults from its header, for the listings (off the loop; cached per version)."""
         for path in {r.config.path for r in self.residency.residents.values()}:
             self._file_sampling[path] = await asyncio.to_thread(read_gguf_sampling, Path(path))
+            self._file_kinds[path] = await asyncio.to_thread(file_kind, Path(path))
 
     def served_id(self, model_id: str) -> ServedId:
         """One served id; ModelNotFoundError lists the ids there are."""

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..engine.generation import Generation
 from ..engine.types import GenerationRequest, TokenEvent, Usage
+from ..errors import InvalidRequestError
 from ..metrics import GenerationTimer, Metrics
 from ..registry import EmbeddingTarget, ModelRegistry, Target
 from ..wire.body import ClientDisconnected, race_disconnect, read_json
@@ -90,6 +91,11 @@ class GenerationCore:
         context = RequestContext.of(request)
         context.hold(target.lease)
         label(context, target.model_id, target.base_id, adapter_label(target))
+        if target.info.kind == "reranker":  # its context pools every sequence to a score: there is nothing to sample
+            raise InvalidRequestError(
+                f"model {target.model_id!r} is a reranker: it scores documents at /v1/rerank and /v1/score, "
+                "and cannot chat, complete or tokenize", param="model", code="model_not_supported",
+            )
         return target
 
     async def embedding_target(self, request: Request, model: str | None, keep_alive: float | None) -> EmbeddingTarget:

@@ -7,10 +7,10 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import llama_cpp
 import numpy as np
@@ -24,6 +24,7 @@ from .worker import Job, Worker
 log = logging.getLogger(__name__)
 
 EmbeddingInput = TextPrompt | TokenPrompt
+_T = TypeVar("_T")
 
 # Inputs decoded together in one llama_decode call (each is one sequence of the batch).
 SEQUENCES_PER_BATCH = 64
@@ -34,6 +35,7 @@ _POOLING_NAMES = {
     llama_cpp.LLAMA_POOLING_TYPE_MEAN: "mean",
     llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
     llama_cpp.LLAMA_POOLING_TYPE_LAST: "last",
+    llama_cpp.LLAMA_POOLING_TYPE_RANK: "rank",
 }
 
 
@@ -70,9 +72,12 @@ class Embedder:
     model sees each input whole, as it must.
     """
 
+    # The pooling the context itself does: none, since _pool pools (a reranker's context pools by rank).
+    context_pooling = llama_cpp.LLAMA_POOLING_TYPE_NONE
+
     def __init__(self, model: LoadedModel, *, queue_size: int, max_input_tokens: int | None = None) -> None:
         self.model = model
-        self.pooling = _pooling_type(model)
+        self.pooling = self._read_pooling(model)
         self.n_embd = llama_cpp.llama_model_n_embd_out(model.model)
         self.n_ctx = model.n_ctx
         self.max_input_tokens = max_input_tokens
@@ -98,16 +103,20 @@ class Embedder:
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
         """Embed every input, in order. Cancelling the awaiting task stops the work at its next decode."""
+        job = _Job(list(inputs))
+        return await self._call(job, partial(self._embed, job))
+
+    async def _call(self, job: _Job, work: Callable[[], _T]) -> _T:
+        """Run `work` (one request, for `job`) on the worker, refused past capacity; cancelling stops it."""
         if self._in_flight.count >= self.capacity:
             raise Busy(
-                f"embeddings for model {self.model.spec.name!r} are at capacity ({self._in_flight.count} "
+                f"model {self.model.spec.name!r} is at capacity ({self._in_flight.count} "
                 "requests running or queued); retry shortly", retry_after=1,
             )
         # Counted before the first await, so a reload that retires this model waits for it.
         self._in_flight.count += 1
-        job = _Job(list(inputs))
         try:
-            return await asyncio.wrap_future(self._worker.call(partial(self._embed, job)))
+            return await asyncio.wrap_future(self._worker.call(work))
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
@@ -206,7 +215,7 @@ class Embedder:
         spec = self.model.spec
         cparams = llama_cpp.llama_context_default_params()
         cparams.embeddings = True
-        cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE  # pooled in _pool, see the class docstring
+        cparams.pooling_type = self.context_pooling
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = SEQUENCES_PER_BATCH
@@ -235,6 +244,13 @@ class Embedder:
 
     def _decode(self, pieces: list[tuple[int, list[int], int]], job: _Job) -> np.ndarray:
         """One llama_decode of (sequence, tokens, first position) pieces; the states of every token, in order."""
+        n = self._decode_pieces(pieces, job)
+        states = llama_cpp.llama_get_embeddings(self._ctx)
+        copied: np.ndarray = np.ctypeslib.as_array(states, shape=(n, self.n_embd)).copy()
+        return copied
+
+    def _decode_pieces(self, pieces: list[tuple[int, list[int], int]], job: _Job) -> int:
+        """One llama_decode of (sequence, tokens, first position) pieces; the number of tokens decoded."""
         self._check_wanted(job)
         batch = self._batch
         assert batch is not None, "made with the context"
@@ -251,9 +267,10 @@ class Embedder:
         rc = llama_cpp.llama_decode(self._ctx, batch)
         if rc != 0:
             raise EngineError(f"llama_decode failed while computing embeddings (code {rc})")
-        states = llama_cpp.llama_get_embeddings(self._ctx)
-        copied: np.ndarray = np.ctypeslib.as_array(states, shape=(n, self.n_embd)).copy()
-        return copied
+        return n
+
+    def _read_pooling(self, model: LoadedModel) -> int:
+        return _pooling_type(model)
 
     def _pool(self, rows: np.ndarray) -> np.ndarray:
         pooled: np.ndarray
@@ -278,7 +295,8 @@ def _pooling_type(model: LoadedModel) -> int:
     value = int(declared) if declared is not None and declared.isdigit() else llama_cpp.LLAMA_POOLING_TYPE_NONE
     if value == llama_cpp.LLAMA_POOLING_TYPE_RANK:
         raise InvalidInput(
-            f"model {model.spec.name!r} is a reranker (rank pooling): it has no embeddings", subject="model",
+            f"model {model.spec.name!r} is a reranker (rank pooling): it has no embeddings; "
+            "it scores pairs at /v1/rerank and /v1/score", subject="model",
         )
     return value if value in _POOLING_NAMES else llama_cpp.LLAMA_POOLING_TYPE_MEAN
 

@@ -23,6 +23,7 @@ from .generation import EngineStats, Generation, Occupancy, OpenGenerations, ada
 from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
 from .placement import PrefixReuse, place
+from .reranker import pools_by_rank
 from .sampling import log_softmax_row, token_event
 from .sampling_defaults import gguf_sampling
 from .sequences import Phase, Sequence
@@ -49,7 +50,8 @@ class Engine:
         self.model = model
         self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
                               model.chat_template.supports_tools, model.spec.reasoning_format,
-                              chat_format=model.chat_format, gguf_sampling=gguf_sampling(model.metadata))
+                              chat_format=model.chat_format, gguf_sampling=gguf_sampling(model.metadata),
+                              kind="reranker" if pools_by_rank(model.metadata) else "chat")
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx, model.n_swa)
         self.stats = EngineStats()
         self.parallel = model.spec.parallel

@@ -24,6 +24,8 @@ class ModelInfo:
     chat_format: ChatFormat = GENERIC
     # The file's general.sampling.* values (engine/sampling_defaults.py), under models.toml's per request.
     gguf_sampling: Mapping[str, float | int] = field(default_factory=dict)
+    # "reranker" for a model with rank pooling (it scores pairs at /v1/rerank, never generates), else "chat".
+    kind: str = "chat"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from ..openai.files import file_handlers
 from ..openai.fine_tuning import fine_tuning_handlers, model_delete_handler, tuner_for
 from ..openai.index import api_index_handler
 from ..openai.models import model_handlers
+from ..openai.rerank import Rerank
 from ..openai.response_store import ResponseStore
 from ..openai.responses import Responses
 from ..openai.tokenize import TokenizerRoutes
@@ -101,6 +102,7 @@ def build_app(
         return JSONResponse({"object": "reload", "loaded": result.loaded, "removed": result.removed,
                              "unchanged": result.unchanged, "reconfigured": result.reconfigured})
 
+    rerank = Rerank(core, settings.max_rerank_documents)
     handlers: dict[str, Handler] = {
         "health": health,
         "metrics": metrics_endpoint,
@@ -110,6 +112,7 @@ def build_app(
         "chat": ChatCompletions(core).handle,
         "completions": Completions(core).handle,
         "embeddings": Embeddings(core).handle,
+        "rerank": rerank.rerank, "score": rerank.score,
         **responses.handlers(),
         "messages": (messages := Messages(core)).handle,
         "count_tokens": messages.count_tokens,

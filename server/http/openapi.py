@@ -19,6 +19,7 @@ from ..core.fields import ModelRef
 from ..openai.adapters import LoadAdapterRequest
 from ..openai.embeddings import EmbeddingRequest
 from ..openai.protocol import ChatCompletionRequest, CompletionRequest
+from ..openai.rerank import RerankRequest, ScoreRequest
 from ..openai.responses_protocol import ResponsesRequest
 from ..openai.tokenize import DetokenizeRequest, TokenizeRequest
 from ..wire.routes import ENDPOINTS, Access, Endpoint
@@ -32,6 +33,8 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
+    "rerank": RerankRequest,
+    "score": ScoreRequest,
     "create_response": ResponsesRequest,
     "count_response_tokens": ResponsesRequest,
     "messages": MessagesRequest,
@@ -55,6 +58,9 @@ SUMMARIES: dict[str, str] = {
     "chat": "Create a chat completion (stream: true answers server-sent events)",
     "completions": "Create a text completion (stream: true answers server-sent events)",
     "embeddings": "Create embeddings",
+    "rerank": "Rerank documents against a query with a reranker model (Jina's and Cohere's shape, as llama.cpp's "
+              "and vLLM's servers answer it): results sorted by relevance_score, cut to top_n",
+    "score": "Score text pairs with a reranker model (vLLM's /score): one text_1 against each text_2, or pair by pair",
     "create_response": "Create a response (Responses API; stream: true answers semantic server-sent events)",
     "get_response": "A stored response by id",
     "delete_response": "Delete a stored response",
@@ -210,7 +216,7 @@ def _responses(endpoint: Endpoint, has_body: bool) -> dict[str, Any]:
     elif endpoint.name.startswith("ui_"):
         success["content"] = {"text/html": {"schema": {"type": "string"}}} if endpoint.name == "ui_index" \
             else {"*/*": {"schema": {"type": "string"}}}
-    elif endpoint.generates and endpoint.name != "embeddings":
+    elif endpoint.generates and endpoint.name not in ("embeddings", "rerank", "score"):
         success["content"]["text/event-stream"] = {"schema": {
             "type": "string", "description": "With stream: true, `data: {chunk}` events, then `data: [DONE]`"
             if endpoint.dialect == "openai" else "With stream: true, `event: <type>` and `data: {event}` lines",

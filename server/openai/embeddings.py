@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from ..core.fields import KeepAlive, parse
 from ..core.generate import GenerationCore, Totals, count_tokens
 from ..engine.embedder import EmbeddingInput
+from ..engine.reranker import Reranker
 from ..engine.types import TextPrompt, TokenPrompt
 from ..errors import InvalidRequestError
 from ..wire.body import race_disconnect
@@ -71,6 +72,11 @@ class Embeddings:
         if req.lora:
             raise InvalidRequestError("LoRA adapters are not applied to embeddings; leave out 'lora'", param="lora")
         target = await self.core.embedding_target(request, req.model, req.keep_alive)
+        if isinstance(target.embedder, Reranker):
+            raise InvalidRequestError(
+                f"model {target.model_id!r} is a reranker: it has no embeddings; it scores documents at /v1/rerank "
+                "and /v1/score", param="model", code="model_not_supported",
+            )
         n_embd = target.embedder.n_embd
         if req.dimensions is not None and req.dimensions > n_embd:
             raise InvalidRequestError(

@@ -20,7 +20,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
     and for models and aliases: `status` (unloaded, loading, loaded, failed), `memory_bytes` (estimated),
     `loaded_at`, `expires_at` (unix seconds or null), `sampling_defaults` (each value a request that leaves it out
     gets, and its source: models.toml, gguf or server), `chat_format` once loaded (the family whose tool calls
-    and reasoning markers it is read with: docs/chat-formats.md), `pinned`, `busy`, `adapters` (names on it), `error` when failed
+    and reasoning markers it is read with: docs/chat-formats.md),
+    `kind` ("chat", or "reranker": docs/rerank.md), `pinned`, `busy`, `adapters` (names on it), `error` when failed
     (through `hide_paths` for a caller who may not see the server's files)."""
     card: dict[str, Any] = {
         "id": served.id, "object": "model", "created": served.created, "owned_by": "nomoat",
@@ -32,6 +33,8 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
         card["sampling_defaults"] = served.sampling.as_json()
     if served.chat_format is not None:
         card["chat_format"] = served.chat_format
+    if served.model_kind is not None:  # "reranker": it answers /v1/rerank and /v1/score, never chat
+        card["kind"] = served.model_kind
     if served.state is not None:
         state = served.state
         card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,

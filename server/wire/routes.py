@@ -64,6 +64,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/chat/completions", "chat", generates=True),
     Endpoint("POST", "/v1/completions", "completions", generates=True),
     Endpoint("POST", "/v1/embeddings", "embeddings", generates=True),
+    # Jina's and Cohere's rerank (llama.cpp's and vLLM's servers answer it), /rerank too; Cohere's v2 path; vLLM's score.
+    Endpoint("POST", "/v1/rerank", "rerank", generates=True),
+    Endpoint("POST", "/v2/rerank", "rerank", generates=True),
+    Endpoint("POST", "/v1/score", "score", generates=True),
     Endpoint("POST", "/v1/responses", "create_response", generates=True),
     # Before /v1/responses/{response_id}, whose pattern would take "input_tokens" for an id.
     Endpoint("POST", "/v1/responses/input_tokens", "count_response_tokens"),
