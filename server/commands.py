@@ -14,7 +14,7 @@ from .client import ServerClient, ServerRefused, error_message, sse_events
 from .errors import ConfigError
 from .models_toml import EMBEDDED, HF_PREFIX, ModelsFile
 from .settings import Settings, format_validation_error
-from .store.available import AvailableModel, Source, discovered_models
+from .store.available import AvailableModel, Source, discovered_models, with_projector
 
 # A pull's stream is pinged every 15 s (http/pull.py): a read that waits this long has lost the server.
 _STREAM_READ_SECONDS = 120.0
@@ -230,7 +230,7 @@ def _locate(name: str, path: str, base: Path, source: Source = "models.toml") ->
             cached = None
         if cached is None:
             return (name, source, "-", f"{path} (not downloaded yet)")
-        return AvailableModel(name, source, cached.paths)
+        return with_projector(name, source, cached.paths)
     try:
         return AvailableModel(name, source, (config.resolve_model_path(path, base, name),))
     except ConfigError:

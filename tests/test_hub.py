@@ -115,9 +115,9 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fake_hub(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Iterator[FakeHub]:
     src = tmp_path_factory.mktemp("hub-files")
     blobs = {}
-    for name, size in [("q8", 3000), ("q2", 2000), ("p1", 1600), ("p2", 1700)]:
+    for name, size in [("q8", 3000), ("q2", 2000), ("p1", 1600), ("p2", 1700), ("mm", 1650)]:
         blobs[name] = gguf_of_size(src / name, size)
-    for name, size in [("mm", 5), ("readme", 10)]:
+    for name, size in [("readme", 10)]:
         blobs[name] = src / name
         blobs[name].write_bytes(os.urandom(size))
     # Big enough that a cut half way leaves a whole 10 MB download chunk on disk to resume after.
@@ -142,13 +142,12 @@ def hub(fake_hub: FakeHub, tmp_path: Path) -> Hub:
 
 def test_fetch_by_name_and_by_quant(hub: Hub, fake_hub: FakeHub):
     default = hub.fetch(parse_ref(TINY))
-    assert default.files == ("tiny-Q2_K.gguf",)
+    assert default.files == ("tiny-Q2_K.gguf", "mmproj-tiny-f16.gguf")  # its vision projector beside it
     assert default.paths[0].read_bytes() == fake_hub.repos[TINY]["tiny-Q2_K.gguf"].source.read_bytes()
     assert default.commit == fake_hub.commits[TINY]
     split = hub.fetch(parse_ref(f"{TINY}:q3_k_s"))
     assert [p.name for p in split.paths] == ["tiny-Q3_K_S-00001-of-00002.gguf", "tiny-Q3_K_S-00002-of-00002.gguf"]
-    assert [p.stat().st_size for p in split.paths] == [1600, 1700]
-    assert not fake_hub.requests_for("mmproj-tiny-f16.gguf")
+    assert [p.stat().st_size for p in split.paths] == [1600, 1700]  # in a folder of their own: no projector
 
 
 def test_resume_after_a_cut_connection(hub: Hub, fake_hub: FakeHub):
@@ -174,14 +173,15 @@ def test_offline_uses_the_cache_and_names_what_is_not_there(hub: Hub, fake_hub: 
     hub.fetch(parse_ref(f"{TINY}:Q8_0"))
     asked = len(fake_hub.requests)
     offline = Hub(endpoint=fake_hub.url, cache_dir=hub.cache_dir, offline=True)
-    assert offline.fetch(parse_ref(f"{TINY}:q8_0")).files == ("tiny-Q8_0.gguf",)
-    assert offline.fetch(parse_ref(TINY)).files == ("tiny-Q8_0.gguf",)  # no name asked: what the cache has
+    with_projector = ("tiny-Q8_0.gguf", "mmproj-tiny-f16.gguf")
+    assert offline.fetch(parse_ref(f"{TINY}:q8_0")).files == with_projector
+    assert offline.fetch(parse_ref(TINY)).files == with_projector  # no name asked: what the cache has
     with pytest.raises(HubError, match=r"nomoat-test/tiny:Q2_K: not in the Hugging Face cache .*offline mode"):
         offline.fetch(parse_ref(f"{TINY}:Q2_K"))
     assert len(fake_hub.requests) == asked
     # The Hub out of reach: the cached copy serves, an uncached one is a clear error.
     gone = Hub(endpoint="http://127.0.0.1:9", cache_dir=hub.cache_dir, offline=False)
-    assert gone.fetch(parse_ref(TINY)).files == ("tiny-Q8_0.gguf",)
+    assert gone.fetch(parse_ref(TINY)).files == with_projector
     with pytest.raises(HubError, match=r"nomoat-test/other: cannot reach the Hub at http://127\.0\.0\.1:9"):
         gone.fetch(parse_ref("nomoat-test/other"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..settings import Settings
-from .models_dir import files_size, scan_models_dir, scan_projectors
+from .models_dir import files_size, is_projector, scan_models_dir, scan_projectors
 from .pulled import PulledManifest
 
 log = logging.getLogger(__name__)
@@ -60,5 +60,12 @@ def pulled_models(settings: Settings) -> list[AvailableModel]:
             log.warning("pulled model %s: its files are gone from the Hugging Face cache (%s); pull it again",
                         entry.name, hub.cache_dir)
             continue
-        found.append(AvailableModel(entry.name, "pulled", paths))
+        found.append(with_projector(entry.name, "pulled", paths))
     return found
+
+
+def with_projector(name: str, source: Source, paths: tuple[Path, ...]) -> AvailableModel:
+    """A pulled model from its files in the Hub cache: the model's parts, and its vision projector if one came."""
+    projectors = [p for p in paths if is_projector(p.name)]
+    return AvailableModel(name, source, tuple(p for p in paths if not is_projector(p.name)),
+                          projectors[0] if projectors else None)

@@ -127,6 +127,20 @@ def group_ggufs(files: Iterable[tuple[str, int | None]]) -> list[GgufChoice]:
     return sorted(whole, key=lambda c: c.files)
 
 
+def pick_projector(files: Iterable[str], model_file: str) -> str | None:
+    """The vision projector (`mmproj*.gguf`) beside `model_file` in a repo, as `llama-server -hf` fetches one: of the
+    model's quant when there is one, else F16, else the first by name; None for a text-only repo."""
+    folder = model_file[: len(model_file) - len(model_file.rsplit("/", 1)[-1])]
+    found = sorted(f for f in files if f.startswith(folder) and "/" not in f[len(folder):]
+                   and is_gguf(f) and is_projector(f))
+    quant = (quant_of(model_file.rsplit("/", 1)[-1]) or "").upper()
+    for wanted in (quant, "F16"):
+        matching = [f for f in found if wanted and wanted in f.upper()]
+        if matching:
+            return matching[0]
+    return found[0] if found else None
+
+
 def pick(choices: list[GgufChoice], ref: ModelRef, where: str) -> GgufChoice:
     """The file `ref` names among `choices`: its quant (any case); without one, Q4_K_M, else the smallest."""
     if not choices:
@@ -151,7 +165,7 @@ class PulledFiles:
 
     ref: ModelRef
     commit: str
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # the model's, then its vision projector's when the repo has one (pick_projector)
     paths: tuple[Path, ...]
 
 
@@ -195,7 +209,9 @@ class Hub:
             with DownloadLimits(self.timeout).scope() as limits:
                 choices, sizes = self._remote_choices(ref.repo)
                 choice = pick(choices, ref, f"{ref.repo} on {self.endpoint}")
-                paths = tuple(Path(self._download(ref.repo, f, sizes[f], limits)) for f in choice.files)
+                projector = pick_projector(sizes, choice.files[0])
+                files = choice.files + ((projector,) if projector else ())
+                paths = tuple(Path(self._download(ref.repo, f, sizes[f], limits)) for f in files)
         except _Unreachable as exc:
             cached = self.cached(ref, exact=False)
             if cached is None:
@@ -203,7 +219,7 @@ class Hub:
                                f"not in the Hugging Face cache ({self.cache_dir})") from None
             log.warning("%s: the Hub is out of reach (%s); using the cached %s", ref.name, exc, cached.paths[0])
             return self._checked(cached)
-        return self._checked(PulledFiles(ref, _commit_of(paths[0], choice.files[0]), choice.files, paths))
+        return self._checked(PulledFiles(ref, _commit_of(paths[0], choice.files[0]), files, paths))
 
     def _checked(self, files: PulledFiles) -> PulledFiles:
         """`files` if they hold a GGUF model whose header passes the bounded walk; else removed from the cache.
@@ -237,7 +253,9 @@ class Hub:
             return None
         if exact and ref.quant is None and (choice.quant or "").upper() != DEFAULT_QUANT:
             return None  # the Hub may hold a Q4_K_M the cache does not: ask it
-        return PulledFiles(ref, snapshot.name, choice.files, tuple(snapshot / f for f in choice.files))
+        projector = pick_projector((f for f, _ in files), choice.files[0])
+        chosen = choice.files + ((projector,) if projector else ())
+        return PulledFiles(ref, snapshot.name, chosen, tuple(snapshot / f for f in chosen))
 
     def files_at(self, repo: str, commit: str, files: Iterable[str]) -> tuple[Path, ...] | None:
         """The cached paths of `files` at `commit`, or None when any is missing."""
