@@ -74,6 +74,7 @@ class ServedId:
     adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
     sampling: SamplingDefaults | None = None  # models and aliases
     chat_format: str | None = None  # models and aliases, once loaded: the family format its template marks
+    vision: bool = False  # models and aliases: a vision projector (mmproj) is paired with it, so it takes images
     model_kind: str | None = None  # models and aliases: "chat", or "reranker" (rank pooling; /v1/rerank)
 
 
@@ -336,7 +337,8 @@ class ModelRegistry:
             out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
                              max_model_len=info.n_ctx if info else config.n_ctx, state=state, model_adapters=adapters,
                              sampling=sampling, chat_format=info.chat_format.name if info else None,
-                             model_kind=info.kind if info else self._file_kinds.get(config.path))
+                             model_kind=info.kind if info else self._file_kinds.get(config.path),
+                             vision=config.mmproj is not None)
                     for model_id in config.ids()]
         created = {r.name: r.created for r in self.residency.residents.values()}
         out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]

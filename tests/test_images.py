@@ -107,11 +107,19 @@ def rendered(client: httpx.Client, body: dict[str, object]) -> str:
     return re.sub(r"<__nomoat_image_[0-9a-f]+__>", mtmd.mtmd_default_marker().decode(), prompt)
 
 
-def test_greedy_image_answers_are_llama_cpps_own_streamed_or_not_alone_or_beside_text(server, projector):
-    image = png(48, 40, seed=1)
-    body = image_chat(image)
+IMAGE = png(48, 40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def expected(server, projector) -> str:
+    """llama.cpp's greedy answer to QUESTION about IMAGE, as the chat body renders it."""
     with httpx.Client(base_url=server.base_url, timeout=300.0) as client:
-        expected = llama_cpp_greedy(projector, rendered(client, body), [image])
+        return llama_cpp_greedy(projector, rendered(client, image_chat(IMAGE)), [IMAGE])
+
+
+def test_greedy_image_answers_are_llama_cpps_own_streamed_or_not_alone_or_beside_text(server, expected):
+    body = image_chat(IMAGE)
+    with httpx.Client(base_url=server.base_url, timeout=300.0) as client:
         answer = post_ok(client, "/v1/chat/completions", body)
         assert answer["choices"][0]["message"]["content"] == expected
         usage = answer["usage"]
@@ -119,12 +127,34 @@ def test_greedy_image_answers_are_llama_cpps_own_streamed_or_not_alone_or_beside
         assert chat_text(stream(client, "/v1/chat/completions", {**body, "stream": True})) == expected
 
         text_body = {"model": "vision", "messages": [{"role": "user", "content": "Count from one to forty in words."}],
-                     "temperature": 0, "max_tokens": 48}
+                     "temperature": 0, "max_tokens": 24}
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             text_future = pool.submit(post_ok, client, "/v1/chat/completions", text_body)
             image_future = pool.submit(post_ok, client, "/v1/chat/completions", {**body, "cache_prompt": False})
             assert image_future.result()["choices"][0]["message"]["content"] == expected
             assert text_future.result()["choices"][0]["message"]["content"]
+
+
+def test_the_responses_api_and_anthropics_messages_see_the_same_image_through_their_sdks(server, expected):
+    """Each API's own image part, sent by its own SDK, renders to the chat's prompt: the same greedy answer."""
+    import anthropic
+    import openai
+
+    url = data_url(IMAGE)
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    response = oai.responses.create(model="vision", temperature=0, max_output_tokens=MAX_TOKENS, store=False, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": QUESTION}, {"type": "input_image", "image_url": url,
+                                                                               "detail": "auto"}]}])
+    assert response.output_text == expected
+    claude = anthropic.Anthropic(base_url=server.base_url, api_key="none", max_retries=0)
+    # The SDK (2.x) takes temperature as extra_body (tests/test_anthropic.py).
+    message = claude.messages.create(model="vision", max_tokens=MAX_TOKENS, extra_body={"temperature": 0}, messages=[
+        {"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}]}])
+    assert message.content[0].type == "text" and message.content[0].text == expected
+    counted = claude.messages.count_tokens(model="vision", messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}]}])
+    assert counted.input_tokens > 4  # the image's positions count
 
 
 def test_the_prefix_cache_reuses_an_image_only_when_it_is_the_same_image(server):
@@ -159,3 +189,5 @@ def test_bad_images_and_a_text_only_model_get_400s_naming_the_part(server):
         assert "allow_remote_images" in error["message"]
         error = assert_error(post({**image_chat(good), "model": "text"}), 400)
         assert "mmproj" in error["message"] and "text only" in error["message"], error
+        cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert cards["vision"]["vision"] is True and cards["text"]["vision"] is False

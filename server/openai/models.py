@@ -29,6 +29,7 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
     }
     if served.kind in ("model", "alias"):
         card["max_model_len"] = served.max_model_len
+        card["vision"] = served.vision  # takes images: a projector is paired with it (docs/images.md)
     if served.sampling is not None:
         card["sampling_defaults"] = served.sampling.as_json()
     if served.chat_format is not None:
