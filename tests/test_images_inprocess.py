@@ -115,3 +115,41 @@ def test_projectors_pair_with_their_model_by_name():
     assert paired("mmproj-model-f16.gguf") == {}  # no model of that name, and not one model alone
     assert {m: p.name for m, p in pair_projectors(["only"], [Path("mmproj-model-f16.gguf")]).items()} == {
         "only": "mmproj-model-f16.gguf"}
+
+
+@pytest.fixture()
+def image_host() -> Any:
+    """A local HTTP server with a picture, a file past the byte cap and a missing path."""
+    import http.server
+    import threading
+
+    files = {"/a.png": PICTURE, "/big.png": png(64, 64, seed=1)}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = files.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_images_are_fetched_only_when_allowed_and_within_the_cap(fake_factory, image_host):
+    fake = fake_factory(allow_remote_images=True, max_image_bytes=2048)
+    fake.client.post("/v1/chat/completions", json=chat(f"{image_host}/a.png")).raise_for_status()
+    assert fake.engine.submitted[-1].prompt.images == (PICTURE,)
+    error = assert_error(fake.client.post("/v1/chat/completions", json=chat(f"{image_host}/big.png")), 400, param=PART)
+    assert "2048 bytes (max_image_bytes)" in error["message"]
+    error = assert_error(fake.client.post("/v1/chat/completions", json=chat(f"{image_host}/missing.png")), 400,
+                         param=PART)
+    assert "HTTP 404" in error["message"]
