@@ -197,7 +197,7 @@ class Embedder:
 
     def _create_context(self) -> None:
         started = time.perf_counter()
-        n_batch = self.n_ctx if self._whole_inputs else min(self.n_ctx, self.model.spec.n_batch)
+        n_batch = self._context_batch()
         ctx = self._new_context(n_batch)
         if not self._whole_inputs and not llama_cpp.llama_get_memory(ctx):
             # No KV cache (an encoder such as BERT): chunks cannot build on each other.
@@ -210,6 +210,9 @@ class Embedder:
         log.info("embeddings context for %s in %.2fs (n_ctx=%d, n_batch=%d, pooling=%s, dims=%d)",
                  self.model.spec.name, time.perf_counter() - started, self.n_ctx, n_batch,
                  _POOLING_NAMES[self.pooling], self.n_embd)
+
+    def _context_batch(self) -> int:
+        return int(self.n_ctx if self._whole_inputs else min(self.n_ctx, self.model.spec.n_batch))
 
     def _new_context(self, n_batch: int) -> llama_cpp.llama_context_p:
         spec = self.model.spec

@@ -62,7 +62,9 @@ class Reranker(Embedder):
     """Scores (query, document) pairs for a model with rank pooling, on a llama.cpp context of its own.
 
     Its context pools by rank inside the graph (the classifier head, or a Qwen3 reranker's yes/no
-    softmax), which needs each pair whole in one micro-batch: n_batch is the context. Each
+    softmax), which needs each pair whole in one micro-batch: a pair holds at most the model's n_batch tokens
+    (llama-server's n_ubatch, 512 by default; an encoder's attention over a whole 8k context would
+    need gigabytes of compute buffer), and a batch of pairs shares that many. Each
     pair's score is the first value llama.cpp pools for its sequence, as llama-server's
     `send_rerank` reads it (a raw logit for a BERT-style head; no sigmoid applied). Pairs are
     formatted as llama-server's `format_prompt_rerank` does.
@@ -83,6 +85,9 @@ class Reranker(Embedder):
 
     def _read_pooling(self, model: LoadedModel) -> int:
         return int(RANK)
+
+    def _context_batch(self) -> int:
+        return int(min(self.n_ctx, self.model.spec.n_batch))
 
     async def score(self, queries: Sequence[str], documents: Sequence[str], *, field: str = "documents") -> Scores:
         """Score each document against its query (one query: against that one), in order. Cancelling the awaiting
@@ -111,7 +116,7 @@ class Reranker(Embedder):
 
     def _score(self, queries: list[str], job: _Job, field: str) -> Scores:
         self._check_wanted(job)
-        limit = min(self.n_ctx, self.max_input_tokens or self.n_ctx)
+        limit = min(self._context_batch(), self.max_input_tokens or self.n_ctx)
         pairs = []
         for i, item in enumerate(job.inputs):
             assert isinstance(item, TextPrompt), "rank() makes text inputs"
@@ -121,7 +126,7 @@ class Reranker(Embedder):
             if len(tokens) > limit:
                 raise PromptTooLong(
                     f"{field}[{i}] makes {len(tokens)} tokens with its query; this model scores at most {limit} "
-                    "tokens per query and document together: shorten or split the document",
+                    "tokens per query and document together (its n_batch and n_ctx): shorten or split the document",
                     subject=f"{field}[{i}]",
                 )
             pairs.append(tokens)
