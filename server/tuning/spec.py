@@ -62,7 +62,7 @@ class TrainSpec(BaseModel):
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Linear warmup over this part of the steps, "
                                                                 "then a linear decay to 0.")
     rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
+    alpha: float = Field(16.0, gt=0, description="LoRA's alpha: the update is scaled by alpha / rank.")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     seed: int = 0
