@@ -11,6 +11,7 @@ from .child import ChildModel
 from .engine.engine import Engine
 from .engine.errors import ModelFileError
 from .engine.model import LoadedModel, ModelSpec
+from .engine.prompt_cache import PromptCache
 from .errors import ConfigError
 from .metrics import Metrics
 from .models_toml import ModelConfig
@@ -50,7 +51,8 @@ def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None
     except ModelFileError as exc:
         raise ConfigError(str(exc)) from None
     engine = Engine(model, queue_size=settings.queue_size, prefix_cache=config.prefix_cache,
-                    max_prompt_tokens=settings.max_prompt_tokens or None)
+                    max_prompt_tokens=settings.max_prompt_tokens or None,
+                    prompt_cache=PromptCache(config.prompt_cache_bytes()))
     if metrics is not None:
         metrics.model_load.labels(config.name).observe(model.load_seconds)
     log.info(

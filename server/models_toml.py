@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from .engine.chat_template import ChatTemplate
 from .engine.errors import TemplateError
-from .quantities import parse_duration
+from .quantities import parse_duration, parse_size
 
 EMBEDDED = "embedded:smollm2-135m"
 HF_PREFIX = "hf:"  # a model on the Hugging Face Hub: hf:OWNER/REPO[:QUANT], fetched into its cache
@@ -60,6 +60,13 @@ class ModelConfig(BaseModel):
         ),
     )
     prefix_cache: bool = Field(True, description="Reuse the KV of a prompt prefix a sequence slot still holds.")
+    prompt_cache_ram: int | str = Field(
+        "256MiB",
+        description=(
+            "RAM for KV states of prompts whose slot went to another prompt, restored when they return "
+            "(docs/prompt-cache.md); counted in memory_budget with the model. 0 = off."
+        ),
+    )
     adapter_contexts: int = Field(
         3,
         ge=1,
@@ -190,6 +197,15 @@ class ModelConfig(BaseModel):
         None,
         description="How long the model stays loaded when idle: '5m', seconds, 0, negative for ever (default: the server's).",
     )
+
+    @field_validator("prompt_cache_ram")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        parse_size(value, None, "prompt cache")
+        return value
+
+    def prompt_cache_bytes(self) -> int:
+        return parse_size(self.prompt_cache_ram, None, "prompt cache")
 
     @field_validator("keep_alive")
     @classmethod

@@ -389,7 +389,7 @@ def test_ps_renders_the_loaded_models_and_when_each_unloads(serve):
     listed = list(cards(srv).values())
     now = time.time()
     table = render(listed, now).splitlines()
-    assert table[0].split() == ["MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS"]
+    assert table[0].split() == ["MODEL", "STATUS", "MEMORY", "CACHE", "ADAPTERS", "UNLOADS"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert set(rows) == {"a", "c"}, "unloaded models are not listed"
     assert "in 4m" in rows["a"] and "MiB" in rows["a"] and "never (pinned)" in rows["c"]
@@ -403,7 +403,7 @@ def test_the_estimate_splits_ram_and_gpu_by_offloaded_layers():
     full = estimate(ModelConfig(name="x", path=PATH, n_gpu_layers=-1))
     assert cpu_only.gpu() == 0 and cpu_only.cpu() == cpu_only.total() == FOOTPRINT
     assert half.gpu() == (cpu_only.weights + cpu_only.kv_per_context) // 2
-    assert full.cpu() == cpu_only.compute_per_context and full.total() == FOOTPRINT
+    assert full.cpu() == cpu_only.compute_per_context + cpu_only.prompt_cache and full.total() == FOOTPRINT
     two = estimate(ModelConfig(name="x", path=PATH, parallel=8))
     assert two.kv_per_context == 2 * cpu_only.kv_per_context, "KV grows with n_ctx × parallel"
 

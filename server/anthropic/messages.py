@@ -54,6 +54,7 @@ class Messages:
             stop=list(req.stop_sequences or []),
             adapters=target.adapters,
             speculative=speculation(req.speculative),
+            cache_prompt=req.cache_prompt,
         )])
         reading = run.reading(None, constrained)
         if req.stream:

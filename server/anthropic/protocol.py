@@ -260,6 +260,8 @@ class MessagesRequest(CountTokensRequest):
     stream: bool = False
     # nomoat: speculative decoding, as chat completions has it ({"type": "ngram", "n_max": 8}).
     speculative: SpeculativeOptions | None = None
+    # llama.cpp's server: false keeps this request's prompt out of the prompt cache (neither saved nor restored).
+    cache_prompt: bool = True
 
 
 def _check_block(block: Any, param: str, readable: set[str] = _READABLE) -> None:

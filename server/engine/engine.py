@@ -23,10 +23,12 @@ from .generation import EngineStats, Generation, Occupancy, OpenGenerations, ada
 from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
 from .placement import PrefixReuse, place
+from .prompt_cache import PromptCache, model_identity
 from .reranker import pools_by_rank
 from .sampling import log_softmax_row, token_event
 from .sampling_defaults import gguf_sampling
 from .sequences import Phase, Sequence
+from .slot_states import SlotStates, kv_layout
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
 from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, TokenEvent, Usage
@@ -46,7 +48,7 @@ class Engine:
     """
 
     def __init__(self, model: LoadedModel, *, queue_size: int, prefix_cache: bool = True,
-                 max_prompt_tokens: int | None = None) -> None:
+                 max_prompt_tokens: int | None = None, prompt_cache: PromptCache | None = None) -> None:
         self.model = model
         self.info = ModelInfo(model.spec.name, model.n_vocab, model.n_ctx, model.spec.parallel,
                               model.chat_template.supports_tools, model.spec.reasoning_format,
@@ -55,6 +57,11 @@ class Engine:
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx, model.n_swa)
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
+        self.prompt_cache = prompt_cache if prompt_cache is not None and prompt_cache.enabled else None
+        self._states = None if self.prompt_cache is None else SlotStates(
+            self.prompt_cache, model_identity(model.spec.path),
+            kv_layout(model.spec.cache_type_k, model.spec.cache_type_v, model.spec.flash_attn, model.n_ctx,
+                      model.n_swa, model.spec.swa_full), self.stats)
         self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Sequence] = collections.deque()
@@ -210,6 +217,8 @@ class Engine:
             return
         llama_cpp.llama_batch_free(self._batch)
         self.model.close()
+        if self.prompt_cache is not None:
+            self.prompt_cache.drain()  # to the disk tier, when there is one: the RAM goes with the model
 
     # --- worker thread -----------------------------------------------------------
 
@@ -226,6 +235,8 @@ class Engine:
             starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
         for adapter in unused:
             free_lora(adapter, self._contexts, self.model.spec.name)
+        if self._states is not None and starting:
+            self._states.begin_turn()
         for seq in starting:
             try:
                 self._start(seq)
@@ -255,7 +266,8 @@ class Engine:
 
     def _start(self, seq: Sequence) -> None:
         """Give a waiting sequence a context and a slot in it (placement.place), and make it active."""
-        place(seq, self._context_for(seq.request.adapters.key), self._active, self.prefix_reuse, self.stats)
+        place(seq, self._context_for(seq.request.adapters.key), self._active, self.prefix_reuse, self.stats,
+              self._states)
         self._active.append(seq)
 
     def _context_for(self, key: AdapterKey) -> Context:
@@ -360,6 +372,8 @@ class Engine:
 
     def _release(self, seq: Sequence, keep_cache: bool) -> None:
         self._active.remove(seq)
+        if self._states is not None:
+            self._states.finished(seq)
         seq.finish(keep_cache=keep_cache and self.prefix_reuse.enabled)
 
     def _abandon(self, seq: Sequence, exc: Exception) -> None:

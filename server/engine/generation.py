@@ -25,6 +25,13 @@ class EngineStats:
     contexts: int = 1  # llama.cpp contexts open (one per concurrently running adapter set, bounded)
     drafted_tokens: int = 0  # speculative drafts evaluated
     accepted_tokens: int = 0  # drafts the sequence's sampler then picked: tokens gained without a step of their own
+    # The prompt cache (engine/prompt_cache.py): states restored and not found, saved, and the seconds spent.
+    prompt_cache_hits: int = 0
+    prompt_cache_misses: int = 0
+    prompt_cache_saves: int = 0
+    prompt_cache_restored_tokens: int = 0
+    prompt_cache_save_seconds: float = 0.0
+    prompt_cache_restore_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import llama_cpp
 from .contexts import Context, common_prefix
 from .generation import EngineStats
 from .sequences import Sequence
+from .slot_states import SlotStates
 
 # Prompt tokens whose prefill costs as much as copying a 4096-cell KV stream between sequences
 # (bench/bench_prefix_copy.py); the copy cost scales with the cells per sequence.
@@ -44,18 +45,25 @@ class PrefixReuse:
         return oldest <= max(0, n - max(1, self.n_swa))
 
 
-def place(seq: Sequence, context: Context, running: list[Sequence], reuse: PrefixReuse, stats: EngineStats) -> None:
+def place(seq: Sequence, context: Context, running: list[Sequence], reuse: PrefixReuse, stats: EngineStats,
+          states: SlotStates | None = None) -> None:
     """Give `seq` a slot of `context`, reusing the longest cached prefix of its prompt.
 
     A request takes the slot sharing its longest prefix under the same adapter set, as
-    llama.cpp's server does, and evaluates only the rest.
+    llama.cpp's server does, and evaluates only the rest. With a prompt cache (`states`), what the slot
+    held is saved first when the new prompt throws it away, and a longer prefix saved there is restored.
     """
+    held = context.slot_cache.get  # read before take_slot forgets the slot's content
+    before = {slot: held(slot) for slot in context.free_ids} if states is not None else {}
     slot, cached = context.take_slot(seq.request.adapters.key, seq.prompt)
     seq.place(context, slot)
     # At least the last prompt token is evaluated again: its logits start the generation.
     keep = min(cached, len(seq.prompt) - 1) if reuse.enabled else 0
     if not reuse.holds(context, slot, keep):
         keep = 0  # evaluated again from the start, as llama.cpp's server does
+    if states is not None:
+        states.save_displaced(context, slot, before.get(slot), keep)
+        keep = states.restore(seq, context, slot, keep, reuse.holds)
     if reuse.enabled:
         keep = _copy_prefix(seq, context, keep, running, reuse, stats)
     llama_cpp.llama_memory_seq_rm(context.memory, slot, keep, -1)

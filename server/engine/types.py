@@ -143,6 +143,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     speculative: Speculation | None = None  # None: the model's default
+    cache_prompt: bool = True  # llama.cpp's field: False neither saves nor restores a prompt cache state
 
 
 @dataclass(frozen=True)

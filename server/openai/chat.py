@@ -57,6 +57,7 @@ class ChatCompletions:
                     logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs or 0,
                     speculative=speculation(req.speculative),
+                    cache_prompt=req.cache_prompt,
                 )
                 for i in range(req.n)
             ])

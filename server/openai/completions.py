@@ -43,6 +43,7 @@ class Completions:
                     logprobs=logprobs,
                     top_logprobs=req.logprobs or 0,
                     speculative=speculation(req.speculative),
+                    cache_prompt=req.cache_prompt,
                 )
                 for i, p in enumerate(prompts)
                 for j in range(req.n)

@@ -99,6 +99,8 @@ class _SamplingFields(KeepAlive):
     # llama.cpp's server: a GBNF grammar (root rule `root`) every answer must follow.
     grammar: str | None = None
     speculative: SpeculativeOptions | None = None
+    # llama.cpp's server: false keeps this request's prompt out of the prompt cache (neither saved nor restored).
+    cache_prompt: bool = True
 
     def lora_pairs(self) -> list[tuple[str, float]] | None:
         if self.lora is None:

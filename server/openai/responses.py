@@ -229,7 +229,7 @@ async def generation(req: ResponsesRequest, target: Target, plan: ToolPlan, item
         prompt=prompt, sampling=sampling_params(req, target.info.n_vocab, 0, grammar, target.sampling),
         max_tokens=limits.completion_tokens(asked, "max_output_tokens", target.sampling.max_tokens),
         stop=req.stop_list(), adapters=target.adapters,
-        speculative=speculation(req.speculative),
+        speculative=speculation(req.speculative), cache_prompt=req.cache_prompt,
     )
 
 

@@ -43,6 +43,7 @@ class Footprint:
     gpu_layers: int = 0  # n_gpu_layers as the load gets it ("auto" resolved; -1: all)
     draft: Footprint | None = None  # the draft model's, with its one context (however many the model opens)
     planned: GpuRoom | None = None  # the GPU room "auto" was decided in; None when nothing was planned on a GPU
+    prompt_cache: int = 0  # the prompt cache's RAM budget (engine/prompt_cache.py): host memory, whatever the layers
 
     @property
     def per_context(self) -> int:
@@ -50,7 +51,7 @@ class Footprint:
 
     def total(self, contexts: int = 1) -> int:
         draft = self.draft.total() if self.draft else 0
-        return self.weights + max(1, contexts) * self.per_context + draft
+        return self.weights + max(1, contexts) * self.per_context + draft + self.prompt_cache
 
     def gpu(self, contexts: int = 1) -> int:
         draft = self.draft.gpu() if self.draft else 0
@@ -86,7 +87,8 @@ def estimate(config: ModelConfig, others: GpuRoom = ALONE) -> Footprint:
     draft = None
     own = others
     if config.draft_model is not None:  # loaded with the model's settings (engine/model.py), placed before it
-        draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None}), others)
+        draft = estimate(config.model_copy(update={"path": config.draft_model, "draft_model": None,
+                                                   "prompt_cache_ram": 0}), others)  # the target's cache alone
         own = beside(others, draft)
     path = Path(config.path)
     try:
@@ -123,7 +125,7 @@ def estimate(config: ModelConfig, others: GpuRoom = ALONE) -> Footprint:
         # never offloads the input layer) and its compute buffer, so only those count against memory_budget.
         input_layer = tensors.get("token_embd.weight")
         return Footprint(weights=input_layer[0] if input_layer is not None else 0, kv_per_context=0,
-                         compute_per_context=compute, gpu_layers=-1)
+                         compute_per_context=compute, gpu_layers=-1, prompt_cache=config.prompt_cache_bytes())
     weights = sum(size for size, _ in tensors.values())
     gpu_layers = config.n_gpu_layers
     planned = None
@@ -134,7 +136,7 @@ def estimate(config: ModelConfig, others: GpuRoom = ALONE) -> Footprint:
     offloaded = n_layer if gpu_layers < 0 else min(gpu_layers, n_layer)
     share = offloaded / n_layer if n_layer else 0.0
     return Footprint(weights=weights, kv_per_context=kv, compute_per_context=compute, gpu_share=share,
-                     gpu_layers=gpu_layers, draft=draft, planned=planned)
+                     gpu_layers=gpu_layers, draft=draft, planned=planned, prompt_cache=config.prompt_cache_bytes())
 
 
 def _auto_layers(name: str, n_layer: int, per_layer: int, fixed: int, others: GpuRoom) -> tuple[int, bool]:

@@ -1,0 +1,120 @@
+"""The llama.cpp side of the prompt cache: a slot's KV state saved before another prompt takes the slot, and a saved
+state restored into a starting sequence's slot (llama_state_seq_get_data / set_data), on the engine thread."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Callable
+
+import llama_cpp
+
+from .contexts import Context
+from .generation import EngineStats
+from .prompt_cache import CachedState, PromptCache, state_identity
+from .sequences import Sequence
+from .types import AdapterKey
+
+log = logging.getLogger(__name__)
+
+Holds = Callable[[Context, int, int], bool]  # PrefixReuse.holds: whether a slot still holds a prefix's KV
+
+
+class SlotStates:
+    """Saves displaced slots into `cache` and restores from it, for one model (`model_identity`) with one KV layout.
+
+    A sequence that asked `cache_prompt: false` is neither saved once its slot goes to another prompt nor
+    restored when it starts.
+    """
+
+    def __init__(self, cache: PromptCache, model_identity: str, layout: str, stats: EngineStats) -> None:
+        self.cache = cache
+        self._model = model_identity
+        self._layout = layout
+        self._stats = stats
+        self._identities: dict[AdapterKey, str] = {}
+        self._opted_out: set[tuple[int, int]] = set()  # (context index, slot) whose last request opted out
+        self._copies_at_turn = 0
+
+    def identity(self, key: AdapterKey) -> str:
+        if key not in self._identities:
+            self._identities[key] = state_identity(self._model, self._layout, key)
+        return self._identities[key]
+
+    def begin_turn(self) -> None:
+        """Called before a turn starts its sequences (see `restore`)."""
+        self._copies_at_turn = self._stats.prefix_copies
+
+    def finished(self, seq: Sequence) -> None:
+        """`seq` gave its slot back; remember whether what it leaves there may be saved."""
+        if seq.context is None or seq.seq_id < 0:
+            return
+        where = (seq.context.index, seq.seq_id)
+        if seq.request.cache_prompt:
+            self._opted_out.discard(where)
+        else:
+            self._opted_out.add(where)
+
+    def save_displaced(self, context: Context, slot: int, held: tuple[AdapterKey, list[int]] | None, keep: int) -> None:
+        """Save what `slot` held before its new sequence keeps only `keep` tokens of it, when that throws away
+        at least the cache's minimum (a conversation continuing in its own slot loses a few tokens: not saved)."""
+        if held is None or (context.index, slot) in self._opted_out or not self.cache.enabled:
+            return
+        key, tokens = held
+        if len(tokens) - keep < self.cache.min_tokens:
+            return
+        identity = self.identity(key)
+        if not self.cache.worth_saving(identity, tokens):
+            return
+        started = time.perf_counter()
+        size = llama_cpp.llama_state_seq_get_size(context.ptr, slot)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(context.ptr, buffer, size, slot)
+        if written != size:
+            log.warning("prompt cache: llama.cpp wrote %d of %d bytes of slot %d's state; not saved", written, size, slot)
+            return
+        self.cache.put(CachedState(identity, tuple(tokens), bytes(buffer)))
+        self._stats.prompt_cache_saves += 1
+        self._stats.prompt_cache_save_seconds += time.perf_counter() - started
+
+    def restore(self, seq: Sequence, context: Context, slot: int, keep: int, holds: Holds) -> int:
+        """Restore into `slot` the saved state sharing the longest prefix with `seq`'s prompt, when it is longer
+        than the `keep` tokens the slot offers; returns the prompt tokens now in the slot (the caller trims the
+        rest). The last prompt token is always evaluated again: its logits start the generation."""
+        prompt = seq.prompt
+        if not self.cache.enabled or not seq.request.cache_prompt or len(prompt) <= self.cache.min_tokens:
+            return keep
+        if self._stats.prefix_copies != self._copies_at_turn:
+            # A copy made this turn reads its source's cells at the next decode; a restore writes cells now.
+            # Another slot may be that source, so nothing is restored until the turn's decode made the copy.
+            return keep
+        found = self.cache.best(self.identity(seq.request.adapters.key), prompt, longer_than=keep)
+        n = min(found[1], len(prompt) - 1) if found else 0
+        if found is None or n <= keep:
+            self._stats.prompt_cache_misses += 1
+            return keep
+        entry = found[0]
+        started = time.perf_counter()
+        buffer = (ctypes.c_uint8 * entry.size).from_buffer_copy(entry.state)
+        if llama_cpp.llama_state_seq_set_data(context.ptr, buffer, entry.size, slot) == 0:
+            # set_data cleared the slot before it refused: what it held is gone.
+            log.warning("prompt cache: llama.cpp refused a saved %d-token state; dropped", len(entry.tokens))
+            self.cache.discard(entry)
+            llama_cpp.llama_memory_seq_rm(context.memory, slot, -1, -1)
+            self._stats.prompt_cache_misses += 1
+            return 0
+        if not holds(context, slot, n):
+            llama_cpp.llama_memory_seq_rm(context.memory, slot, -1, -1)
+            self._stats.prompt_cache_misses += 1
+            return 0
+        self._stats.prompt_cache_hits += 1
+        self._stats.prompt_cache_restored_tokens += n
+        self._stats.prompt_cache_restore_seconds += time.perf_counter() - started
+        return n
+
+
+def kv_layout(type_k: str, type_v: str, flash_attn: str, n_ctx: int, n_swa: int, swa_full: bool) -> str:
+    """What changes a sequence state's layout: llama.cpp refuses a state read into another (and says so in the
+    log); keyed apart, it is never tried."""
+    return f"k={type_k};v={type_v};fa={flash_attn};n_ctx={n_ctx};n_swa={n_swa};swa_full={swa_full}"
