@@ -248,13 +248,39 @@ class _EngineCollector(Collector):
             "accepted_tokens": (
                 "nomoat_speculative_accepted_tokens_total", "Speculative draft tokens accepted (generated without a step)."
             ),
+            "prompt_cache_hits": ("nomoat_prompt_cache_hits_total", "Sequences started from a restored prompt cache state."),
+            "prompt_cache_misses": (
+                "nomoat_prompt_cache_misses_total", "Sequences whose prompt no cached state offered more of than the slot."
+            ),
+            "prompt_cache_saves": ("nomoat_prompt_cache_saves_total", "Slot states saved when another prompt took the slot."),
+            "prompt_cache_restored_tokens": (
+                "nomoat_prompt_cache_restored_tokens_total", "Prompt tokens restored from the prompt cache."
+            ),
+            "prompt_cache_save_seconds": (
+                "nomoat_prompt_cache_save_seconds_total", "Seconds the engine thread spent saving slot states."
+            ),
+            "prompt_cache_restore_seconds": (
+                "nomoat_prompt_cache_restore_seconds_total", "Seconds the engine thread spent restoring slot states."
+            ),
         }
         for attr, (name, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=["model"])
             for model, engine in self._engines().items():
                 family.add_metric([model], getattr(engine.stats, attr))
             yield family
+        cache_bytes = GaugeMetricFamily("nomoat_prompt_cache_bytes", "Bytes of KV states the prompt cache holds.",
+                                        labels=["model", "tier"])
+        for model, engine in engines.items():
+            for tier, size in prompt_cache_sizes(engine).items():
+                cache_bytes.add_metric([model, tier], size)
+        yield cache_bytes
         yield GaugeMetricFamily("nomoat_models_loaded", "Models loaded and served.", value=len(engines))
+
+
+def prompt_cache_sizes(engine: Any) -> dict[str, int]:
+    """Bytes each tier of an engine's prompt cache holds ({} when it has none): for metrics, ps and the page."""
+    cache = getattr(engine, "prompt_cache", None)
+    return {} if cache is None else {"ram": cache.bytes}
 
 
 class _MemoryCollector(Collector):

@@ -142,7 +142,7 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
     reg = registry(loras, tmp_path)
     cards = {s.id: model_object(s) for s in reg.served_ids()}
     assert list(cards) == ["base", "default", "cfg", "mix"]
-    residency = {"status", "pinned", "busy", "memory_bytes", "loaded_at", "expires_at", "adapters"}
+    residency = {"status", "pinned", "busy", "memory_bytes", "loaded_at", "expires_at", "adapters", "prompt_cache_bytes"}
     assert {k: v for k, v in cards["base"].items() if k not in residency} == {
         "id": "base", "object": "model", "created": cards["base"]["created"],
         "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256,

@@ -81,6 +81,7 @@ class ServerStatus:
                 "status": state.status,
                 "pinned": state.pinned,
                 "memory_bytes": state.memory,
+                "prompt_cache_bytes": state.prompt_cache_bytes,
                 "expires_at": None if state.expires_at is None else int(state.expires_at),
                 "error": state.error if admin or state.error is None
                 else without_paths(state.error, str(self.registry.base_path(served.id))),

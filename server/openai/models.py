@@ -40,7 +40,7 @@ def model_object(served: ServedId, hide_paths: Callable[[str], str] | None = Non
         state = served.state
         card.update(status=state.status, pinned=state.pinned, busy=state.busy, memory_bytes=state.memory,
                     loaded_at=_seconds(state.loaded_at), expires_at=_seconds(state.expires_at),
-                    adapters=list(served.model_adapters))
+                    adapters=list(served.model_adapters), prompt_cache_bytes=state.prompt_cache_bytes)
         if state.error is not None:
             card["error"] = state.error if hide_paths is None else hide_paths(state.error)
     if served.kind == "stack":

@@ -361,8 +361,11 @@ class Residency:
     # --- views ---------------------------------------------------------------------------
 
     def state(self, resident: Resident) -> ModelState:
+        engine = resident.served.engine if resident.served is not None else None
+        cache = getattr(engine, "prompt_cache", None)  # None also for the tests' stand-in engines
         return ModelState(resident.status, resident.config.pinned, resident.memory() or None, resident.loaded_at,
-                          self.keep_alive.expires_at(resident), resident.busy, resident.error)
+                          self.keep_alive.expires_at(resident), resident.busy, resident.error,
+                          cache.bytes if cache is not None else 0)
 
     async def estimate_all(self) -> None:
         """Estimate the footprint of every model that has none yet (a header read each, off the loop); one whose

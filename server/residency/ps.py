@@ -10,7 +10,7 @@ from ..client import ServerClient, ServerRefused
 from ..quantities import format_size
 from ..settings import Settings
 
-_HEADER = ("MODEL", "STATUS", "MEMORY", "ADAPTERS", "UNLOADS")
+_HEADER = ("MODEL", "STATUS", "MEMORY", "CACHE", "ADAPTERS", "UNLOADS")
 
 
 def fetch_models(settings: Settings, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -20,13 +20,15 @@ def fetch_models(settings: Settings, timeout: float = 10.0) -> list[dict[str, An
 
 
 def render(cards: list[dict[str, Any]], now: float | None = None) -> str:
-    """One row per loaded (or loading) model: its memory estimate, adapters and when it unloads."""
+    """One row per loaded (or loading) model: its memory estimate, its prompt cache's RAM, adapters and when it
+    unloads."""
     now = time.time() if now is None else now
     rows = [_HEADER]
     for card in cards:
         if card.get("id") != card.get("root") or card.get("status") not in ("loaded", "loading"):
             continue  # aliases, adapters and stacks; models not loaded
         rows.append((card["id"], card["status"], format_size(card["memory_bytes"] or 0),
+                     format_size(card.get("prompt_cache_bytes") or 0),
                      ", ".join(card.get("adapters") or []) or "-", _unloads(card, now)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -100,6 +100,7 @@ class ModelState:
     expires_at: float | None  # when it unloads if it stays idle; None while busy, unloaded, or never
     busy: bool = False  # a request runs on it or waits for it
     error: str | None = None
+    prompt_cache_bytes: int = 0  # KV states its prompt cache holds in RAM now (engine/prompt_cache.py)
 
 
 @dataclass(eq=False)

@@ -23,6 +23,7 @@ from nomoat.engine.errors import Busy, InvalidInput, PromptTooLong, ShuttingDown
 from nomoat.engine.face import Vocabulary
 from nomoat.engine.generation import EngineStats, Generation, Occupancy, adapter_names
 from nomoat.engine.in_flight import InFlight
+from nomoat.engine.prompt_cache import PromptCache
 from nomoat.engine.types import ChatPrompt, GenerationRequest, ModelInfo, TextPrompt, TokenEvent, TokenPrompt, TopLogprob, Usage
 from nomoat.formats import GENERIC, ChatFormat
 
@@ -104,6 +105,7 @@ class FakeEngine:
     hold: threading.Event | None = None
     running: dict[int, GenerationRequest] = field(default_factory=dict)  # by id(Generation)
     cached_tokens: int = 0  # prompt tokens each generation reports as reused from the prefix cache
+    prompt_cache: PromptCache | None = None  # the RAM tier of the prompt cache, as the engine's (None: off)
     chat_format: ChatFormat = GENERIC  # the family format a test gives the fake (server/formats/)
 
     @property

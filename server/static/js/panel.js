@@ -82,6 +82,7 @@ export class ServerPanel {
       `${m.active_sequences}/${m.parallel} active`,
       `${m.queue_depth} queued`,
       `memory ${m.memory_bytes !== null ? bytes(m.memory_bytes) : "unknown"}`,
+      `prompt cache ${bytes(m.prompt_cache_bytes || 0)}`,
       `unloads ${m.pinned ? "never (pinned)" : expires(m.expires_at)}`,
     ];
     const adapters = document.createElement("div");
