@@ -28,6 +28,7 @@ from .jobs import FINISHED, Hyperparameters, Job, JobDir, LoraShape, Status, new
 from .plan import Planned, TrainBase, check_request, plan
 from .runner import PAUSE_WAIT_SECONDS, TrainerProcess, trainer_command
 from .spec import Checkpoint, Done, Error, Event, Paused, Step, Validated
+from .train import training_available
 
 log = logging.getLogger(__name__)
 
@@ -373,14 +374,3 @@ class Tuner:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-
-def training_available() -> str | None:
-    """None when torch, transformers and peft import; else how to install them (the CPU build of torch)."""
-    from importlib.util import find_spec
-
-    missing = [name for name in ("torch", "transformers", "peft") if find_spec(name) is None]
-    if not missing:
-        return None
-    return (f"fine-tuning needs {', '.join(missing)}, not installed on this server: install the train extra, "
-            "with torch's CPU build, as pip install 'nomoat[train]' --extra-index-url "
-            "https://download.pytorch.org/whl/cpu (or uv pip install, the same arguments); then restart nomoat")
