@@ -11,7 +11,8 @@ from .child import ChildModel
 from .engine.engine import Engine
 from .engine.errors import ModelFileError
 from .engine.model import LoadedModel, ModelSpec
-from .engine.prompt_cache import PromptCache
+from .engine.prompt_cache import CachedState, PromptCache
+from .engine.prompt_disk import DiskTier
 from .errors import ConfigError
 from .metrics import Metrics
 from .models_toml import ModelConfig
@@ -43,8 +44,10 @@ def model_spec(config: ModelConfig, settings: Settings) -> ModelSpec:
     )
 
 
-def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None) -> Engine:
-    """Load the model's GGUF and start its engine (blocking); a file llama.cpp cannot serve is a ConfigError."""
+def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None,
+                prompt_disk: DiskTier | None = None) -> Engine:
+    """Load the model's GGUF and start its engine (blocking); a file llama.cpp cannot serve is a ConfigError.
+    The prompt cache's disk tier, when given, is the server's, shared by every model (their keys differ)."""
     spec = model_spec(config, settings)
     try:
         model = LoadedModel(spec)
@@ -52,7 +55,7 @@ def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None
         raise ConfigError(str(exc)) from None
     engine = Engine(model, queue_size=settings.queue_size, prefix_cache=config.prefix_cache,
                     max_prompt_tokens=settings.max_prompt_tokens or None,
-                    prompt_cache=PromptCache(config.prompt_cache_bytes()))
+                    prompt_cache=PromptCache(config.prompt_cache_bytes(), spill=_spill_to(prompt_disk), disk=prompt_disk))
     if metrics is not None:
         metrics.model_load.labels(config.name).observe(model.load_seconds)
     log.info(
@@ -61,6 +64,13 @@ def load_engine(config: ModelConfig, settings: Settings, metrics: Metrics | None
         spec.n_gpu_layers,
     )
     return engine
+
+
+def _spill_to(disk: DiskTier | None) -> Callable[[CachedState], None] | None:
+    """What the RAM tier lets go (evicted, or everything at an unload) is queued for the disk tier's writer."""
+    if disk is None:
+        return None
+    return lambda entry: disk.save(entry.identity, entry.tokens, entry.state)
 
 
 def open_all(configs: list[ModelConfig],

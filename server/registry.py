@@ -14,6 +14,7 @@ from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.face import EngineFace
+from .engine.prompt_disk import DiskTier, llama_build
 from .engine.reranker import Reranker, file_kind
 from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, read_gguf_sampling, resolve_defaults
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
@@ -95,7 +96,10 @@ class ModelRegistry:
         self._file = models_file
         self._settings = settings
         self._metrics = metrics
-        self._load_model = load_model or (lambda config: load_engine(config, settings, metrics))
+        # The prompt cache's disk tier: one per server, for real loads only (docs/prompt-cache.md).
+        self._prompt_disk = None if load_model is not None or not settings.prompt_cache_disk_bytes() else DiskTier(
+            settings.resolved_state_dir() / "prompt-cache", settings.prompt_cache_disk_bytes(), llama_build())
+        self._load_model = load_model or (lambda config: load_engine(config, settings, metrics, self._prompt_disk))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
         self._file_sampling: dict[str, dict[str, float | int]] = {}  # GGUF path → its sampling defaults
@@ -385,6 +389,8 @@ class ModelRegistry:
         self.residency.close()
         for served in retiring:
             served.close()
+        if self._prompt_disk is not None:
+            self._prompt_disk.close()  # after the engines: their unloads queue the RAM tiers' states first
         self.ready = False
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from support.real_engine import run, spec, text
 from nomoat.engine.engine import Engine
 from nomoat.engine.model import LoadedModel
 from nomoat.engine.prompt_cache import CachedState, PromptCache, model_identity, state_identity
+from nomoat.engine.prompt_disk import DiskTier, llama_build
 from nomoat.engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
 
 TOPICS = ("lighthouses", "glaciers", "orchards")
@@ -125,7 +126,7 @@ def test_the_budget_holds_under_a_burst_of_distinct_prompts():
     cache = PromptCache(budget, min_tokens=16)
     eng = engine(cache, parallel=1)
     try:
-        for i in range(6):
+        for i in range(4):
             run(eng, prompt(f"topic{i}"))
             assert cache.bytes <= budget
         assert cache.evictions > 0 and len(cache) >= 1
@@ -143,6 +144,29 @@ def test_the_sliding_window_model_restores_a_returning_prompt():
         assert text(run(eng, prompt(TOPICS[0]))[0]) == again[0][0]
     finally:
         eng.close()
+
+
+def test_states_go_to_disk_at_an_unload_and_a_new_engine_restores_them(tmp_path):
+    def tier() -> DiskTier:
+        return DiskTier(tmp_path / "prompt-cache", 64 << 20, llama_build(), min_tokens=16)
+
+    disk = tier()
+    eng = engine(PromptCache(64 << 20, min_tokens=16, spill=lambda e: disk.save(e.identity, e.tokens, e.state),
+                             disk=disk), parallel=1)
+    try:
+        round_robin(eng, [prompt(TOPICS[0]), prompt(TOPICS[1])], rounds=1)
+    finally:
+        eng.close()  # the unload: the RAM tier's states are queued for the disk tier
+        disk.close()
+    disk = tier()  # as after a restart: the index is read back from the files
+    eng = engine(PromptCache(64 << 20, min_tokens=16, disk=disk), parallel=1)
+    try:
+        [(answer, cached)] = round_robin(eng, [prompt(TOPICS[0])], rounds=1)[0]
+        assert cached > 16 and eng.stats.prompt_cache_hits == 1
+        assert text(run(eng, prompt(TOPICS[0]))[0]) == answer, "as its own slot answers"
+    finally:
+        eng.close()
+        disk.close()
 
 
 # --- the RAM tier alone -------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from .generation import EngineStats, Generation, Occupancy, OpenGenerations, ada
 from .grammar_guard import GrammarTooCostly
 from .model import LoadedModel
 from .placement import PrefixReuse, place
-from .prompt_cache import PromptCache, model_identity
+from .prompt_cache import PromptCache
 from .reranker import pools_by_rank
 from .sampling import log_softmax_row, token_event
 from .sampling_defaults import gguf_sampling
 from .sequences import Phase, Sequence
-from .slot_states import SlotStates, kv_layout
+from .slot_states import SlotStates
 from .speculative import drafter_for, propose_drafts, verify
 from .stops import TextAssembler
 from .types import AdapterKey, GenerationRequest, ModelInfo, Prompt, TokenEvent, Usage
@@ -57,11 +57,8 @@ class Engine:
         self.prefix_reuse = PrefixReuse.for_context(prefix_cache, model.n_ctx, model.n_swa)
         self.stats = EngineStats()
         self.parallel = model.spec.parallel
-        self.prompt_cache = prompt_cache if prompt_cache is not None and prompt_cache.enabled else None
-        self._states = None if self.prompt_cache is None else SlotStates(
-            self.prompt_cache, model_identity(model.spec.path),
-            kv_layout(model.spec.cache_type_k, model.spec.cache_type_v, model.spec.flash_attn, model.n_ctx,
-                      model.n_swa, model.spec.swa_full), self.stats)
+        self._states = SlotStates.for_model(prompt_cache, model, self.stats)
+        self.prompt_cache = None if self._states is None else self._states.cache
         self._generations = OpenGenerations()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Sequence] = collections.deque()

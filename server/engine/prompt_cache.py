@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contexts import common_prefix
+from .prompt_disk import DiskTier
 from .types import AdapterKey
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,12 @@ def state_identity(model: str, layout: str, adapters: AdapterKey) -> str:
 
 class PromptCache:
     """States in RAM, least recently used first, under `budget` bytes; `spill` receives what is evicted (the disk
-    tier, when there is one)."""
+    tier, when there is one); `disk` is that tier, where a restore looks when RAM has no match."""
 
     def __init__(self, budget: int, *, min_tokens: int = MIN_TOKENS,
-                 spill: Callable[[CachedState], None] | None = None) -> None:
+                 spill: Callable[[CachedState], None] | None = None, disk: DiskTier | None = None) -> None:
         self.budget = budget
+        self.disk = disk
         self.min_tokens = min_tokens
         self._spill = spill
         self._entries: collections.OrderedDict[int, CachedState] = collections.OrderedDict()

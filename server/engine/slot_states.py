@@ -12,7 +12,9 @@ import llama_cpp
 
 from .contexts import Context
 from .generation import EngineStats
-from .prompt_cache import CachedState, PromptCache, state_identity
+from .model import LoadedModel
+from .prompt_cache import CachedState, PromptCache, model_identity, state_identity
+from .prompt_disk import DiskTier
 from .sequences import Sequence
 from .types import AdapterKey
 
@@ -28,14 +30,25 @@ class SlotStates:
     restored when it starts.
     """
 
-    def __init__(self, cache: PromptCache, model_identity: str, layout: str, stats: EngineStats) -> None:
+    def __init__(self, cache: PromptCache, model_identity: str, layout: str, stats: EngineStats,
+                 disk: DiskTier | None = None) -> None:
         self.cache = cache
+        self.disk = disk
         self._model = model_identity
         self._layout = layout
         self._stats = stats
         self._identities: dict[AdapterKey, str] = {}
         self._opted_out: set[tuple[int, int]] = set()  # (context index, slot) whose last request opted out
         self._copies_at_turn = 0
+
+    @classmethod
+    def for_model(cls, cache: PromptCache | None, model: LoadedModel, stats: EngineStats) -> SlotStates | None:
+        """The prompt cache of `model`'s engine, None when it has none (or its budget is 0)."""
+        if cache is None or not cache.enabled:
+            return None
+        spec = model.spec
+        layout = kv_layout(spec.cache_type_k, spec.cache_type_v, spec.flash_attn, model.n_ctx, model.n_swa, spec.swa_full)
+        return cls(cache, model_identity(spec.path), layout, stats, cache.disk)
 
     def identity(self, key: AdapterKey) -> str:
         if key not in self._identities:
@@ -89,13 +102,16 @@ class SlotStates:
             # A copy made this turn reads its source's cells at the next decode; a restore writes cells now.
             # Another slot may be that source, so nothing is restored until the turn's decode made the copy.
             return keep
-        found = self.cache.best(self.identity(seq.request.adapters.key), prompt, longer_than=keep)
+        identity = self.identity(seq.request.adapters.key)
+        started = time.perf_counter()
+        found = self.cache.best(identity, prompt, longer_than=keep)
+        if found is None:
+            found = self._from_disk(identity, prompt, keep)
         n = min(found[1], len(prompt) - 1) if found else 0
         if found is None or n <= keep:
             self._stats.prompt_cache_misses += 1
             return keep
         entry = found[0]
-        started = time.perf_counter()
         buffer = (ctypes.c_uint8 * entry.size).from_buffer_copy(entry.state)
         if llama_cpp.llama_state_seq_set_data(context.ptr, buffer, entry.size, slot) == 0:
             # set_data cleared the slot before it refused: what it held is gone.
@@ -112,6 +128,19 @@ class SlotStates:
         self._stats.prompt_cache_restored_tokens += n
         self._stats.prompt_cache_restore_seconds += time.perf_counter() - started
         return n
+
+    def _from_disk(self, identity: str, prompt: list[int], keep: int) -> tuple[CachedState, int] | None:
+        """The disk tier's longest match beyond `keep`, read back into the RAM tier (a later return finds it there)."""
+        hit = self.disk.best(identity, prompt) if self.disk is not None else None
+        if hit is None or hit.matched <= keep:
+            return None
+        state = self.disk.load(hit) if self.disk is not None else None
+        if state is None:
+            return None
+        entry = CachedState(identity, tuple(prompt[:hit.matched]) if hit.matched == hit.n_tokens else (), state)
+        if entry.tokens:  # its tokens past the match are not known here: kept in RAM only when it matched whole
+            self.cache.put(entry)
+        return entry, hit.matched
 
 
 def kv_layout(type_k: str, type_v: str, flash_attn: str, n_ctx: int, n_swa: int, swa_full: bool) -> str:
