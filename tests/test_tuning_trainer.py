@@ -105,6 +105,8 @@ def write_spec(tmp_path: Path, **overrides: object) -> Path:
         "base_gguf": model_path(), "chat_template": resolve_chat_template(model_path()), "training_file": train,
         "validation_file": train, "job_dir": tmp_path / "job", "n_epochs": 5, "batch_size": 1,
         "learning_rate": 1e-3, "warmup_fraction": 0.0, "checkpoint_every": 3, "keep_checkpoints": 2,
+        # One thread: on a loaded 2-core box two were measured 10x slower (bench/bench_train.py).
+        "threads": 1,
     }
     return TrainSpec(**{**fields, **overrides}).write()  # type: ignore[arg-type]
 
