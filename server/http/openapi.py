@@ -18,6 +18,7 @@ from ..anthropic.protocol import CountTokensRequest, MessagesRequest
 from ..core.fields import ModelRef
 from ..openai.adapters import LoadAdapterRequest
 from ..openai.embeddings import EmbeddingRequest
+from ..openai.fine_tuning import CreateJobRequest
 from ..openai.protocol import ChatCompletionRequest, CompletionRequest
 from ..openai.rerank import RerankRequest, ScoreRequest
 from ..openai.responses_protocol import ResponsesRequest
@@ -46,6 +47,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "load_model": ModelRef,
     "unload_model": ModelRef,
     "pull_model": PullBody,
+    "create_fine_tuning_job": CreateJobRequest,
 }
 
 SUMMARIES: dict[str, str] = {
@@ -94,8 +96,19 @@ SUMMARIES: dict[str, str] = {
                   "(admin key): server-sent events, each file's progress, then the model's name and path, or an error",
     "list_store": "Every model the server serves with its source (models.toml, models-dir, pulled), size and path "
                   "(admin key; `nomoat ls`)",
-    "remove_model": "Forget a pulled model and delete its files (admin key; `nomoat rm`); other models are "
-                    "removed by editing models.toml or the models dir (404)",
+    "remove_model": "Delete a fine-tuned ft: model (the key whose job made it, or the admin key), or forget a pulled "
+                    "model and delete its files (admin key; `nomoat rm`); other models are removed by editing "
+                    "models.toml or the models dir (404)",
+    "create_fine_tuning_job": "Create a fine-tuning job (OpenAI's shape): a LoRA trained on this box from a fine-tune "
+                              "file, served as ft:<model>:<suffix>:<job-id> once it succeeds",
+    "list_fine_tuning_jobs": "The caller's fine-tuning jobs, newest first (after, limit 1-100, metadata[k]=v)",
+    "get_fine_tuning_job": "One of the caller's fine-tuning jobs (another key's: 404)",
+    "cancel_fine_tuning_job": "Cancel a job: its trainer is stopped and its memory freed",
+    "pause_fine_tuning_job": "Pause a running job at its next step, with a checkpoint to resume from",
+    "resume_fine_tuning_job": "Resume a paused job from its last checkpoint",
+    "list_fine_tuning_events": "A job's events, newest first (after, limit): messages, and metrics per step "
+                               "(train_loss, valid_loss, train_mean_token_accuracy)",
+    "list_fine_tuning_checkpoints": "A job's kept checkpoints, each servable as ft:...:ckpt-step-N once the job succeeds",
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -152,9 +165,14 @@ def openapi_document() -> dict[str, Any]:
     schemas = {**defs.get("$defs", {}), "Error": ERROR_SCHEMA, "AnthropicError": ANTHROPIC_ERROR_SCHEMA}
     bodies = {name: model_refs[(model, "validation")] for name, model in REQUEST_MODELS.items()}
     paths: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     for endpoint in ENDPOINTS:
         template = _PATH_PARAM.sub(r"{\1}", endpoint.path)
-        paths.setdefault(template, {})[endpoint.method.lower()] = _operation(endpoint, bodies.get(endpoint.name))
+        operation = _operation(endpoint, bodies.get(endpoint.name))
+        if endpoint.name in seen:  # a second path for one handler (/v2/rerank): operation ids must be unique
+            operation["operationId"] = f"{endpoint.name}_{template.strip('/').split('/')[0]}"
+        seen.add(endpoint.name)
+        paths.setdefault(template, {})[endpoint.method.lower()] = operation
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
