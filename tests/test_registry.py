@@ -146,7 +146,7 @@ def test_served_ids_render_as_the_openai_model_list(loras, tmp_path):
     assert {k: v for k, v in cards["base"].items() if k not in residency} == {
         "id": "base", "object": "model", "created": cards["base"]["created"],
         "owned_by": "nomoat", "root": "base", "parent": None, "max_model_len": 256,
-        "sampling_defaults": SERVER_DEFAULTS.as_json(), "chat_format": "generic", "vision": False}
+        "sampling_defaults": SERVER_DEFAULTS.as_json(), "chat_format": "generic", "vision": False, "kind": "chat"}
     assert cards["base"]["status"] == "loaded" and cards["base"]["adapters"] == ["cfg", "mix"]
     assert cards["default"]["root"] == "base" and cards["default"]["max_model_len"] == 256
     assert cards["cfg"]["parent"] == "base" and "max_model_len" not in cards["cfg"]
