@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, NomoatError
-from .settings import Settings, format_validation_error
+from .settings import Settings
+from .validation import format_validation_error
 
 if TYPE_CHECKING:
     from .models_toml import ModelsFile
@@ -298,8 +299,8 @@ def tune(args: argparse.Namespace, parser: argparse.ArgumentParser, cli: dict[st
 
 
 def worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .quantities import default_threads
     from .rpc.worker import run_worker
-    from .settings import default_threads
 
     if not 0 < args.port < 65536:
         parser.error("--port must be 1 to 65535")

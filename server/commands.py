@@ -13,8 +13,9 @@ from . import config
 from .client import ServerClient, ServerRefused, error_message, sse_events
 from .errors import ConfigError
 from .models_toml import EMBEDDED, HF_PREFIX, ModelsFile
-from .settings import Settings, format_validation_error
+from .settings import Settings
 from .store.available import AvailableModel, Source, discovered_models, with_projector
+from .validation import format_validation_error
 
 # A pull's stream is pinged every 15 s (http/pull.py): a read that waits this long has lost the server.
 _STREAM_READ_SECONDS = 120.0

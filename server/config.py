@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from .errors import ConfigError
 from .models_toml import EMBEDDED, HF_PREFIX, AdapterConfig, ModelConfig, ModelsFile
-from .settings import Settings, format_validation_error
+from .settings import Settings
 from .store.available import discovered_models
 from .store.models_dir import is_gguf, model_stem
+from .validation import format_validation_error
 
 log = logging.getLogger(__name__)
 

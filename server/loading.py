@@ -16,9 +16,10 @@ from .engine.prompt_disk import DiskTier
 from .errors import ConfigError
 from .metrics import Metrics
 from .models_toml import ModelConfig
+from .quantities import default_threads
 from .residency.footprint import estimate_or_size
 from .residency.resident import ServedModel
-from .settings import Settings, default_threads
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

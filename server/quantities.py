@@ -1,4 +1,5 @@
-"""Durations ("5m", "1h30m", seconds) and memory sizes ("12GiB", "75%", bytes) as settings and requests write them."""
+"""Durations ("5m", "1h30m", seconds) and memory sizes ("12GiB", "75%", bytes) as settings and requests write them,
+and what this machine has: its memory (for "75%") and its cores (the default thread count)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,11 @@ def system_memory() -> int | None:
     except OSError:
         return total
     return min(total, int(limit)) if limit.isdigit() else total
+
+
+def default_threads() -> int:
+    """All cores this process may run on; llama.cpp decode scales with physical cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)

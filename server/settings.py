@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
-import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .addresses import split_host
 from .errors import ConfigError
 from .quantities import parse_duration, parse_size, system_memory
+from .validation import format_validation_error
 
 # A 40 GB model over a 10 Mbit/s link takes about 9 hours; a Hub that dribbles bytes for ever is stopped after this.
 DEFAULT_PULL_TIMEOUT_SECONDS = 12 * 3600.0
@@ -396,57 +394,3 @@ class Settings(BaseSettings):
 
             raise ConfigError(format_validation_error(exc, source, origin, cls)) from None
 
-
-def format_validation_error(exc: ValidationError, source: str,
-                            origin: Callable[[str], str] | None = None,
-                            schema: type[BaseModel] | None = None) -> str:
-    """One line per problem: `source: key.path: message (got value)`; `origin` names a key's source; `schema`,
-    the model validated, lets an unknown key suggest the known one it is closest to."""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        where = origin(str(err["loc"][0])) if origin is not None and err["loc"] else source
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(schema, err["loc"]), n=1)
-            if close:
-                msg += f" (did you mean {close[0]!r}?)"
-        got = err.get("input")
-        # A check across a whole table (loc empty) has the table as its input: its message says what is wrong.
-        quiet = err["type"] in ("missing", "extra_forbidden") or not err["loc"]
-        shown = "" if quiet else f" (got {got!r})"
-        lines.append(f"{where}: {key}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def _known_keys(schema: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the table holding `loc`'s last key accepts, found by walking `schema` down `loc`."""
-    model = schema
-    for part in loc[:-1]:
-        if model is None:
-            return []
-        if isinstance(part, int):
-            continue  # an index into a list: the list's items are the model already found
-        field = model.model_fields.get(part)
-        model = _model_in(field.annotation) if field is not None else None
-    return list(model.model_fields) if model is not None else []
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds, directly or in a list or an optional."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def default_threads() -> int:
-    """All cores this process may run on; llama.cpp decode scales with physical cores."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)

@@ -33,7 +33,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("engine",),
     ("formats",),  # each model family's chat format: tool-call and reasoning markers, detected from its template
     ("rpc",),
-    ("errors", "quantities", "logs", "sdnotify", "tasks", "addresses", "nomoat"),
+    ("errors", "quantities", "logs", "sdnotify", "tasks", "addresses", "validation", "nomoat"),  # validation: how a
+    # pydantic ValidationError reads to a user (settings, models.toml, --lora, --model)
 )
 
 # Arrows allowed to run up, each (importing module, imported module) with its reason: none today. The test fails
