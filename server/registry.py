@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .adapters.catalogue import AdapterCatalogue
 from .child import ChildModel, start_child
@@ -15,10 +14,11 @@ from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.face import EngineFace
 from .engine.prompt_disk import DiskTier, llama_build
-from .engine.reranker import Reranker, file_kind
-from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, read_gguf_sampling, resolve_defaults
+from .engine.reranker import Reranker
+from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, resolve_defaults
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .listing import Listing, ServedId
 from .loading import load_engine, open_all
 from .metrics import Metrics
 from .models_toml import ModelConfig, ModelsFile
@@ -26,7 +26,7 @@ from .residency.lease import Lease
 from .residency.manager import Residency
 from .residency.reload import apply as apply_reload
 from .residency.reload import plan_reload
-from .residency.resident import ModelState, ServedModel, Status
+from .residency.resident import ServedModel, Status
 from .settings import Settings
 from .tasks import Supervisor
 
@@ -60,25 +60,6 @@ class EmbeddingTarget:
     lease: Lease  # keeps the model loaded until released: the request's end
 
 
-@dataclass(frozen=True)
-class ServedId:
-    """One id the server answers to, as /v1/models lists it: a model, an alias, an adapter or a stack."""
-
-    id: str
-    kind: Literal["model", "alias", "adapter", "stack"]
-    created: int
-    root: str  # the model the id runs on
-    parent: str | None = None  # the base model of an adapter or stack
-    max_model_len: int | None = None  # models and aliases: tokens per sequence
-    state: ModelState | None = None  # models and aliases: loaded or not, memory, when it unloads
-    model_adapters: tuple[str, ...] = ()  # models: the adapters registered on it
-    adapters: tuple[tuple[str, float], ...] = ()  # stacks: adapter name and scale
-    sampling: SamplingDefaults | None = None  # models and aliases
-    chat_format: str | None = None  # models and aliases, once loaded: the family format its template marks
-    vision: bool = False  # models and aliases: a vision projector (mmproj) is paired with it, so it takes images
-    model_kind: str | None = None  # models and aliases: "chat", or "reranker" (rank pooling; /v1/rerank)
-
-
 ModelLoader = Callable[[ModelConfig], Engine]
 ChildLoader = Callable[[ModelConfig, ModelsFile], ChildModel]  # a model and the file its adapters come from
 
@@ -102,13 +83,12 @@ class ModelRegistry:
         self._load_model = load_model or (lambda config: load_engine(config, settings, metrics, self._prompt_disk))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
-        self._file_sampling: dict[str, dict[str, float | int]] = {}  # GGUF path → its sampling defaults
-        self._file_kinds: dict[str, str | None] = {}  # GGUF path → "reranker" or "chat" from its header
         # One supervisor for the background work of the models' lives: retirements, unloads, adapter unloads.
         self._supervisor = supervisor if supervisor is not None else Supervisor()
         self.catalogue = AdapterCatalogue(self, settings.resolved_state_dir() / "adapters", metrics,
                                           supervisor=self._supervisor)
         self.residency = Residency(settings, self._open, metrics, self.catalogue, self._supervisor)
+        self._listing = Listing(self.residency, self.catalogue)
         self._retiring: set[ServedModel] = set()
         self.ready = False
         if metrics is not None:
@@ -330,31 +310,12 @@ class ModelRegistry:
         )
 
     def served_ids(self) -> list[ServedId]:
-        """Every id served, for /v1/models: each model's ids (name, then aliases), adapters, stacks."""
-        out = []
-        for resident in self.residency.residents.values():
-            config, served = resident.config, resident.served
-            info = served.engine.info if served is not None and served.engine is not None else None
-            state, adapters = self.residency.state(resident), tuple(self.catalogue.names_on(config.name))
-            gguf = info.gguf_sampling if info else self._file_sampling.get(config.path, {})
-            sampling = resolve_defaults(gguf, config.sampling_overrides())
-            out += [ServedId(model_id, "model" if model_id == config.name else "alias", resident.created, config.name,
-                             max_model_len=info.n_ctx if info else config.n_ctx, state=state, model_adapters=adapters,
-                             sampling=sampling, chat_format=info.chat_format.name if info else None,
-                             model_kind=info.kind if info else self._file_kinds.get(config.path),
-                             vision=config.mmproj is not None)
-                    for model_id in config.ids()]
-        created = {r.name: r.created for r in self.residency.residents.values()}
-        out += [ServedId(e.name, "adapter", e.created, e.base, e.base) for e in self.catalogue.entries()]
-        out += [ServedId(s.name, "stack", created[s.base], s.base, s.base, adapters=s.adapters)
-                for s in self.catalogue.stacks()]
-        return out
+        """Every id served, for /v1/models: each model's ids (name, then aliases), adapters, stacks (listing.py)."""
+        return self._listing.served_ids()
 
     async def read_sampling(self) -> None:
-        """Each model file's sampling defaults from its header, for the listings (off the loop; cached per version)."""
-        for path in {r.config.path for r in self.residency.residents.values()}:
-            self._file_sampling[path] = await asyncio.to_thread(read_gguf_sampling, Path(path))
-            self._file_kinds[path] = await asyncio.to_thread(file_kind, Path(path))
+        """Each model file's header, for the listings (off the loop; cached per version)."""
+        await self._listing.read_headers()
 
     def served_id(self, model_id: str) -> ServedId:
         """One served id; ModelNotFoundError lists the ids there are."""

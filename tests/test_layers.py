@@ -23,7 +23,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("core",),  # the generation core and the fields every protocol shares
     ("wire",),  # what handlers share below the app: body, limits, routes, error table, keys
     ("registry",),
-    ("loading",),
+    ("loading", "listing"),  # listing: the ids /v1/models lists, from the residency and the adapter catalogue
     ("tuning",),  # fine-tuning jobs: their records, the trainer child process, the adapters they register
     ("residency", "adapters", "config", "files"),  # files: the Files API's store (uploads, owned by a key)
     ("child",),  # a split model's child process: built from models.toml and Settings

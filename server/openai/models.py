@@ -9,7 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..registry import ModelRegistry, ServedId
+from ..listing import ServedId
+from ..registry import ModelRegistry
 from ..wire.auth import Authenticator, is_admin
 from ..wire.redact import without_paths
 from ..wire.routes import Handler
