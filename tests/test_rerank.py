@@ -1,6 +1,6 @@
 """/v1/rerank and /v1/score through the real server, with tests/support/reranker.py's small rerankers: scores against
 llama.cpp's own rank pooling, ordering, top_n, documents back, long documents, the chat-vs-reranker refusals, and
-llama-index's Jina reranker unchanged."""
+llama-index's Jina and LangChain's Cohere rerankers unchanged."""
 
 from __future__ import annotations
 
@@ -156,3 +156,20 @@ def test_llama_index_jina_reranker_unchanged(server):
         expected = rerank(client, top_n=2)["results"]
     assert [n.node.get_content() for n in ranked] == [DOCS[r["index"]] for r in expected]
     assert [n.score for n in ranked] == pytest.approx([r["relevance_score"] for r in expected], abs=1e-3)
+
+
+def test_langchain_cohere_reranker_unchanged(server):
+    """langchain-cohere's CohereRerank through Cohere's own SDK (ClientV2, base_url settable): it posts Cohere's v2
+    body to /v2/rerank and reads results[].index and relevance_score back."""
+    import cohere
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    client = cohere.ClientV2(api_key="unused", base_url=server.base_url, timeout=120)
+    reranker = CohereRerank(client=client, model="reranker", top_n=2)
+    ranked = reranker.compress_documents([Document(page_content=d) for d in DOCS], QUERY)
+    with httpx.Client(base_url=server.base_url, timeout=120.0) as http:
+        expected = rerank(http, top_n=2)["results"]
+    assert [d.page_content for d in ranked] == [DOCS[r["index"]] for r in expected]
+    assert [d.metadata["relevance_score"] for d in ranked] == pytest.approx([r["relevance_score"] for r in expected],
+                                                                            abs=1e-3)
