@@ -4,11 +4,18 @@ measured tolerance well below the adapter's own effect; and the trainer's exampl
 as the server does.
 
 Tolerance, measured (2 threads, the tests' Q8_0 SmolLM2-135M, three prompts, max over the served top 20 of the
-next token): served vs transformers differ by up to 0.73 nats on the base alone and 0.37 with the adapter
-(llama.cpp computes with quantised activations and an f16 KV cache, transformers in fp32 on the dequantised
-weights; the base's gap was not traced further); the adapter (random A, B ~ N(0, 0.1)) moves those logprobs by
-up to 3.9 nats. TOLERANCE sits above both gaps and MIN_EFFECT three times above it: an adapter served as a
-no-op, or far from what peft computes, fails.
+next token): served vs transformers differ by up to 0.73 nats on the base alone and 0.37 with the adapter; the
+adapter (random A, B ~ N(0, 0.1)) moves those logprobs by up to 3.9 nats. TOLERANCE sits above both gaps and
+MIN_EFFECT three times above it: an adapter served as a no-op, or far from what peft computes, fails.
+
+The base's gap is llama.cpp's Q8_0 arithmetic, not nomoat (traced 2026-12-07, llama.cpp in process through the
+low-level API, the same tokens, top 20 of the next token, against transformers' fp32): the Q8_0 file gives 0.57
+(flash attention off) and 0.73 (on, as the server runs: the same 0.73 the server serves), while an F32 copy of
+the same file (llama-quantize --allow-requantize Q8_0 -> F32: the very weights transformers dequantises) gives
+0.000 with an f32 KV cache and 0.006 with f16 and flash attention, and an F16 copy 0.01. The weights being equal,
+what remains is the Q8_0 matmul quantising its activations to 8 bits; the worst tokens sit at logprob -4 to -6
+(the top token moves by at most 0.10, KL(transformers || llama.cpp) at most 0.017). nomoat's logprobs are the
+raw logits' log_softmax, taken before any sampler (engine.sampling.log_softmax_row).
 """
 
 from __future__ import annotations
