@@ -16,11 +16,15 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import pytest
 from support.model import q8_model_path
-from support.process import THREADS, ServerProcess
+from support.process import ServerProcess
 from support.projector import data_url, png, write_projector
 from wire import assert_error, chat_text, post_ok, stream
 
 N_CTX = 1024
+# One llama.cpp thread, in the server and the oracle alike: the model is 135M and the prompts ~55 tokens, and two
+# threads on a busy 2-core box stall at every op's barrier (an image request measured 0.4 s on one thread, 2 to 16 s
+# on two, with other tests running). The thread count does not change CPU results, so greedy answers still match.
+THREADS = 1
 MAX_TOKENS = 12
 QUESTION = "Describe this picture in one sentence."
 
@@ -135,10 +139,16 @@ def test_greedy_image_answers_are_llama_cpps_own_streamed_or_not_alone_or_beside
             assert text_future.result()["choices"][0]["message"]["content"]
 
 
-def test_the_responses_api_and_anthropics_messages_see_the_same_image_through_their_sdks(server, expected):
-    """Each API's own image part, sent by its own SDK, renders to the chat's prompt: the same greedy answer."""
+def test_the_responses_api_anthropics_messages_langchain_and_llama_index_see_the_same_image(server, expected):
+    """Each API's own image part, sent by its own SDK or framework, renders to the chat's prompt: the same greedy
+    answer. LangChain's ChatOpenAI sends a HumanMessage's image_url part as is; llama-index's OpenAILike turns an
+    ImageBlock's bytes into a data URL of its own."""
     import anthropic
     import openai
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+    from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
+    from llama_index.llms.openai_like import OpenAILike
 
     url = data_url(IMAGE)
     oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
@@ -155,6 +165,17 @@ def test_the_responses_api_and_anthropics_messages_see_the_same_image_through_th
     counted = claude.messages.count_tokens(model="vision", messages=[{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}]}])
     assert counted.input_tokens > 4  # the image's positions count
+
+    chat = ChatOpenAI(base_url=f"{server.base_url}/v1", api_key="none", model="vision", temperature=0,
+                      max_tokens=MAX_TOKENS, max_retries=0)
+    answer = chat.invoke([HumanMessage(content=[{"type": "text", "text": QUESTION},
+                                                {"type": "image_url", "image_url": {"url": url}}])])
+    assert answer.content == expected
+    llm = OpenAILike(model="vision", api_base=f"{server.base_url}/v1", api_key="none", is_chat_model=True,
+                     temperature=0, max_tokens=MAX_TOKENS, max_retries=0, timeout=300)
+    reply = llm.chat([ChatMessage(role="user", blocks=[TextBlock(text=QUESTION),
+                                                       ImageBlock(image=IMAGE, image_mimetype="image/png")])])
+    assert reply.message.content == expected
 
 
 def test_the_prefix_cache_reuses_an_image_only_when_it_is_the_same_image(server):
