@@ -2,8 +2,9 @@
 idle models are unloaded, least recently used first, to make room; a reservation that must wait for busy models
 waits (for a lease released, a load ended, a close returned) with no deadline, its caller's task cancelling it.
 
-While it is held, model loads count it (room.py's `Budget.outside`): a load that cannot fit beside it waits as it
-waits for a busy model, and is answered 503 naming the reservation when it does not end in time.
+While it is held, model loads count it (room.py's `Budget.outside`): a load that cannot fit beside it waits while
+busy models may still free enough, and is answered 503 at once, naming the reservation, when only the reservation
+stands in its way (a trainer holds its memory for minutes or hours).
 """
 
 from __future__ import annotations

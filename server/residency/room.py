@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..engine.offload import GpuRoom
-from ..errors import MaxLoadedModelsError, ModelTooLargeError, NomoatError
+from ..errors import MaxLoadedModelsError, ModelBusyError, ModelTooLargeError, NomoatError
 from ..quantities import format_size
 from ..settings import Settings
 from .footprint import Footprint
@@ -84,7 +84,14 @@ class Budget:
                 f"model {resident.name!r} needs an estimated {format_size(need)}; memory_budget is "
                 f"{format_size(self.cpu)}, of which pinned models ({', '.join(r.name for r in pinned)}) "
                 f"use {format_size(sum(r.memory('cpu') for r in pinned))}", param="model"))
-        return Room(evict, holders=[r.name for r in kept if not r.config.pinned] + list(self.outside))
+        busy = [r.name for r in kept if not r.config.pinned]
+        if self.outside and not busy and not freeing:  # only a trainer holds it, for minutes or hours: waiting
+            # the load's EVICT_WAIT_SECONDS would only delay the same 503
+            return Room(evict, refusal=ModelBusyError(
+                f"model {resident.name!r} needs an estimated {format_size(need)}; the memory is held by "
+                f"{', '.join(self.outside)} ({format_size(self.held())} of memory_budget {format_size(self.cpu)}): "
+                "retry once it finishes, or cancel it", retry_after=30))
+        return Room(evict, holders=busy + list(self.outside))
 
     def gpu_room(self, resident: Resident | None, residents: Iterable[Resident], closing: Iterable[Closing]) -> GpuRoom:
         """What the other models hold of the GPU, for `resident`'s "auto" plan: the loads under way (reserved, not
