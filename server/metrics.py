@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .engine.prompt_disk import DiskStats
 from .gateway_metrics import GatewayCollector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -95,10 +96,12 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
-    def watch_engines(self, engines: Callable[[], Mapping[str, Any]]) -> None:
+    def watch_engines(self, engines: Callable[[], Mapping[str, Any]],
+                      prompt_disk: Callable[[], DiskStats | None] = lambda: None) -> None:
         """Export queue depth, active sequences and loaded models, read from the engines at scrape time, under
-        nomoat's names and under the vLLM names inference gateways route by (gateway_metrics.py)."""
-        self.registry.register(_EngineCollector(engines))
+        nomoat's names and under the vLLM names inference gateways route by (gateway_metrics.py); and the
+        server's prompt-cache disk tier, when it has one."""
+        self.registry.register(_EngineCollector(engines, prompt_disk))
         self.registry.register(GatewayCollector(engines))
 
     def watch_memory(self, estimates: Callable[[], Mapping[str, int]]) -> None:
@@ -210,8 +213,9 @@ class GenerationTimer:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engines: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, engines: Callable[[], Mapping[str, Any]], prompt_disk: Callable[[], DiskStats | None]) -> None:
         self._engines = engines
+        self._prompt_disk = prompt_disk
 
     def collect(self) -> Iterable[Metric]:
         waiting = GaugeMetricFamily("nomoat_queue_depth", "Requests admitted and waiting for a sequence slot.", labels=["model"])
@@ -270,10 +274,20 @@ class _EngineCollector(Collector):
             yield family
         cache_bytes = GaugeMetricFamily("nomoat_prompt_cache_bytes", "Bytes of KV states the prompt cache holds.",
                                         labels=["model", "tier"])
+        cache_entries = GaugeMetricFamily("nomoat_prompt_cache_entries", "KV states the prompt cache holds.",
+                                          labels=["model", "tier"])
         for model, engine in engines.items():
             for tier, size in prompt_cache_sizes(engine).items():
                 cache_bytes.add_metric([model, tier], size)
+            if getattr(engine, "prompt_cache", None) is not None:
+                cache_entries.add_metric([model, "ram"], len(engine.prompt_cache))
+        disk = self._prompt_disk()
+        if disk is not None:
+            # One disk tier serves every model and outlives their unloads: its series has model="".
+            cache_bytes.add_metric(["", "disk"], disk.bytes)
+            cache_entries.add_metric(["", "disk"], disk.entries)
         yield cache_bytes
+        yield cache_entries
         yield GaugeMetricFamily("nomoat_models_loaded", "Models loaded and served.", value=len(engines))
 
 

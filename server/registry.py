@@ -13,7 +13,7 @@ from .child import ChildModel, start_child
 from .engine.embedder import Embedder
 from .engine.engine import Engine
 from .engine.face import EngineFace
-from .engine.prompt_disk import DiskTier, llama_build
+from .engine.prompt_disk import DiskStats, DiskTier, llama_build
 from .engine.reranker import Reranker
 from .engine.sampling_defaults import SERVER_DEFAULTS, SamplingDefaults, resolve_defaults
 from .engine.types import NO_ADAPTERS, AdapterSet, AppliedAdapter, ModelInfo
@@ -343,6 +343,10 @@ class ModelRegistry:
     def engines(self) -> dict[str, Engine]:
         """The loaded models' engines."""
         return {name: served.engine for name, served in self.residency.loaded().items() if served.engine is not None}
+
+    def prompt_disk_stats(self) -> DiskStats | None:
+        """The prompt cache's disk tier's counts (for /metrics), None when the server has none."""
+        return None if self._prompt_disk is None else self._prompt_disk.stats()
 
     def close(self) -> None:
         """Close every engine (blocking). Engines still retiring after a reload close here too."""

@@ -1,14 +1,19 @@
 """The prompt cache's RAM tier: a slot's state saved when another prompt takes the slot, restored when its prompt
-returns, keyed by model, adapter set and KV layout, under a byte budget; `cache_prompt: false` opts out."""
+returns, keyed by model, adapter set and KV layout, under a byte budget; `cache_prompt: false` opts out. The disk
+tier across a real server's restart, seen through HTTP (usage and /metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 
+import httpx
 import pytest
+from conftest import models_toml
 from lora_factory import write_lora
+from prometheus_client.parser import text_string_to_metric_families
 from support.model import gemma_model_path
+from support.process import ServerProcess
 from support.real_engine import run, spec, text
 
 from nomoat.engine.engine import Engine
@@ -167,6 +172,74 @@ def test_states_go_to_disk_at_an_unload_and_a_new_engine_restores_them(tmp_path)
     finally:
         eng.close()
         disk.close()
+
+
+# --- a real server, restarted ------------------------------------------------------------------------------
+
+
+def conversation(topic: str) -> str:
+    """A ~110-token message: its state is past the 64-token floor of both tiers."""
+    return f"Notes on {topic}. " + " ".join(f"{topic} fact {i} is worth noting." for i in range(12)) + " In short,"
+
+
+def chat(base: str, topic: str) -> tuple[str, int]:
+    r = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+        "model": "default", "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": conversation(topic)}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def message(base: str, topic: str) -> tuple[str, int]:
+    """Anthropic's protocol, whose usage names the restored tokens cache_read_input_tokens."""
+    r = httpx.post(f"{base}/v1/messages", timeout=120, headers={"anthropic-version": "2023-06-01"}, json={
+        "model": "default", "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": conversation(topic)}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["content"][0]["text"], body["usage"]["cache_read_input_tokens"]
+
+
+def cache_gauges(base: str) -> dict[tuple[str, str], float]:
+    """(metric, tier) → value of nomoat_prompt_cache_bytes and _entries."""
+    families = text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=30).text)
+    return {(s.name, s.labels["tier"]): s.value for f in families for s in f.samples
+            if s.name in ("nomoat_prompt_cache_bytes", "nomoat_prompt_cache_entries")}
+
+
+def test_a_restarted_server_restores_a_returning_conversation_from_disk(tmp_path):
+    config = models_toml(parallel=1)  # one slot: each conversation takes it from the other
+    state = tmp_path / "state"
+
+    def start(run: str) -> ServerProcess:
+        (tmp_path / run).mkdir()
+        return ServerProcess(config, tmp_path / run, "--state-dir", str(state)).wait_ready()
+
+    server = start("before")
+    try:
+        chat(server.base_url, "lighthouses")
+        in_its_slot, cached = chat(server.base_url, "lighthouses")  # the oracle: continued in its own slot
+        assert cached > 64
+        message(server.base_url, "glaciers")
+        glaciers, _ = message(server.base_url, "glaciers")  # took the slot: the lighthouses' state is saved
+        assert chat(server.base_url, "lighthouses") == (in_its_slot, cached), "restored from RAM"
+        gauges = cache_gauges(server.base_url)
+        assert gauges[("nomoat_prompt_cache_bytes", "ram")] > 0 and gauges[("nomoat_prompt_cache_entries", "ram")] >= 1
+        assert ("nomoat_prompt_cache_bytes", "disk") in gauges
+        assert server.stop() == 0, server.log()[-3000:]  # the unload: the RAM tier goes to disk
+    finally:
+        server.close()
+    server = start("after")
+    try:
+        gauges = cache_gauges(server.base_url)
+        assert gauges[("nomoat_prompt_cache_bytes", "disk")] > 0 and gauges[("nomoat_prompt_cache_entries", "disk")] >= 2
+        answer, cached_after = chat(server.base_url, "lighthouses")
+        assert cached_after > 64 and answer == in_its_slot, "restored from disk, as its own slot answered"
+        answer, cached_after = message(server.base_url, "glaciers")
+        assert cached_after > 64 and answer == glaciers
+    finally:
+        server.close()
 
 
 # --- the RAM tier alone -------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def build_app(
     """
     metrics = metrics or Metrics()
     auth = auth or Authenticator(KeyRing.from_settings(settings), metrics_require_key=settings.metrics_require_key)
-    metrics.watch_engines(registry.engines)
+    metrics.watch_engines(registry.engines, registry.prompt_disk_stats)
     limits = RequestLimits.from_settings(settings)
     files = files or FileStore.from_settings(settings)
     tuner = tuner or tuner_for(settings, registry, files)
