@@ -173,7 +173,7 @@ def report(name: str, rows: dict[str, list[StreamTiming]]) -> None:
     for label, ts in (row for row in shown if row[1]):
         ttft = statistics.median(t.ttft for t in ts)
         print(f"| {name} | {label} | {ttft * 1000:.0f} ms | {ttft / cold:.2f} | "
-              f"{statistics.median(t.evaluated for t in ts):.0f} |")
+              f"{statistics.median(t.evaluated for t in ts):.0f} |", flush=True)
 
 
 def save_cost(args: argparse.Namespace) -> None:
@@ -215,7 +215,7 @@ def save_cost(args: argparse.Namespace) -> None:
     for name, ts in timings.items():
         total = statistics.median(t.total for t in ts)
         print(f"| {name} | {ms([t.ttft for t in ts])} | {total * 1000:.0f} ms | {(total / base_total - 1) * 100:+.1f} % "
-              f"(TTFT {(statistics.median(t.ttft for t in ts) / base_ttft - 1) * 100:+.1f} %) |")
+              f"(TTFT {(statistics.median(t.ttft for t in ts) / base_ttft - 1) * 100:+.1f} %) |", flush=True)
 
 
 def main() -> None:
@@ -235,21 +235,21 @@ def main() -> None:
     if not HAS_PROMPT_CACHE:
         print("this nomoat has no prompt cache (no prompt_cache_ram in models.toml): its rows show the slots alone",
               file=sys.stderr)
-    results = {"nomoat": nomoat_run(args)}
+    # Each table's rows are printed as soon as their run ends: a run cut short keeps what it measured.
+    nomoat = nomoat_run(args)
+    print(f"\n{args.conversations} conversations of ~{args.context_tokens} context tokens, parallel={args.parallel}, "
+          f"{args.rounds} rounds round-robin, one request at a time, {args.tokens}-token answers, "
+          f"{args.threads} threads; prompt tokens evaluated in round 1, p50: "
+          f"{statistics.median(t.evaluated for t in nomoat['round 1']):.0f}")
+    print("| server | requests | TTFT p50 | vs its round 1 | prompt tokens evaluated p50 |")
+    print("|---|---|---|---|---|")
+    report("nomoat", nomoat)
     if not args.no_llama:
         binary = args.llama_server or subprocess.run(
             [str(ROOT / "bench" / "build_llama_server.sh")], check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]
-        results["llama-server --cache-ram 0"] = llama_run(args, binary, 0)
-        results["llama-server --cache-ram 8192"] = llama_run(args, binary, 8192)
-    print(f"\n{args.conversations} conversations of ~{args.context_tokens} context tokens, parallel={args.parallel}, "
-          f"{args.rounds} rounds round-robin, one request at a time, {args.tokens}-token answers, "
-          f"{args.threads} threads; prompt tokens evaluated in round 1, p50: "
-          f"{statistics.median(t.evaluated for t in results['nomoat']['round 1']):.0f}")
-    print("| server | requests | TTFT p50 | vs its round 1 | prompt tokens evaluated p50 |")
-    print("|---|---|---|---|---|")
-    for name, rows in results.items():
-        report(name, rows)
+        for cache_ram_mib in (0, 8192):
+            report(f"llama-server --cache-ram {cache_ram_mib}", llama_run(args, binary, cache_ram_mib))
     save_cost(args)
 
 
