@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nomoat.engine.adapters import LoraAdapter
+from nomoat.engine.adapters import LoraAdapter, Unloads
 from nomoat.engine.engine import Engine
 from nomoat.engine.errors import ShuttingDown
 from nomoat.engine.types import AdapterSet, AppliedAdapter, GenerationRequest, SamplingParams, TextPrompt
@@ -94,7 +94,8 @@ def test_an_adapter_held_by_a_request_being_tokenized_is_not_work() -> None:
     request = GenerationRequest(prompt=TextPrompt("hi"), sampling=SamplingParams(),
                                 adapters=AdapterSet((AppliedAdapter("a", 1.0, adapter.content_hash, adapter),)))
     engine = object.__new__(Engine)  # only the queues `_has_work` reads: no model, no thread
-    engine._inbox, engine._active, engine._to_free = collections.deque(), [], [adapter]
+    engine._inbox, engine._active, engine._unloads = collections.deque(), [], Unloads()
+    engine._unloads.marked.append(adapter)
     engine._admission = SimpleNamespace(admitting={id(request): request})  # type: ignore[assignment]
     assert not engine._has_work()
     engine._admission.admitting.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,27 @@ def load_lora(model: Any, model_name: str, name: str, source: Path, gguf_path: P
     return LoraAdapter(name=name, source=source, gguf_path=gguf_path, content_hash=content_hash, ptr=ptr)
 
 
-def split_unused(to_free: list[LoraAdapter], requests: list[GenerationRequest]) -> tuple[list[LoraAdapter], list[LoraAdapter]]:
+class Unloads:
+    """The adapters marked for unloading on one engine, each freed once no admitted request uses it: the event loop
+    marks (`marked.append`), the worker takes the unused ones; both under the engine's lock."""
+
+    def __init__(self) -> None:
+        self.marked: list[LoraAdapter] = []
+
+    # `requests` (every admitted request) is asked only while some adapter is marked: most turns mark none.
+    def any_unused(self, requests: Callable[[], list[GenerationRequest]]) -> bool:
+        """Some marked adapter no request uses: work for the worker (one still used is not: it would spin)."""
+        return bool(self.marked and _split_unused(self.marked, requests())[0])
+
+    def take_unused(self, requests: Callable[[], list[GenerationRequest]]) -> list[LoraAdapter]:
+        """Take the marked adapters no request uses, to be freed."""
+        if not self.marked:
+            return []
+        unused, self.marked = _split_unused(self.marked, requests())
+        return unused
+
+
+def _split_unused(to_free: list[LoraAdapter], requests: list[GenerationRequest]) -> tuple[list[LoraAdapter], list[LoraAdapter]]:
     """The adapters marked for unloading that none of `requests` uses, and those still in use."""
     in_use = {id(a.handle) for r in requests for a in r.adapters.adapters}
     return [a for a in to_free if id(a) not in in_use], [a for a in to_free if id(a) in in_use]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import llama_cpp
 
-from .adapters import LoraAdapter, free_lora, load_lora, split_unused
+from .adapters import LoraAdapter, Unloads, free_lora, load_lora
 from .admission import Admission
 from .batching import PrefillPacer, Work, fill_batch, plan_step
 from .contexts import Context, choose_context
@@ -67,7 +67,7 @@ class Engine:
         # run at once, so each keeps its set applied (a change re-reserves llama.cpp's graph).
         self.max_contexts = max(1, model.spec.adapter_contexts)
         self._contexts = [Context.open(0, model.ctx, self.parallel)]
-        self._to_free: list[LoraAdapter] = []
+        self._unloads = Unloads()
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
         self._pacer = PrefillPacer()
         # Its thread reads everything above; the admission below is first read once a request arrives.
@@ -166,7 +166,7 @@ class Engine:
         """Stop admitting requests for `adapter`; it is freed once no sequence uses it."""
         adapter.unloading = True
         with self._cv:
-            self._to_free.append(adapter)
+            self._unloads.marked.append(adapter)
             self._cv.notify()
 
     async def vocabulary(self, fn: Callable[..., T], *args: Any) -> T:
@@ -222,13 +222,12 @@ class Engine:
     def _has_work(self) -> bool:
         """(Lock held.) An adapter still used by a request being tokenized is not work: the worker would spin on
         it; the admission that lets it go notifies the condition."""
-        return bool(self._inbox or self._active) or bool(self._to_free and split_unused(self._to_free,
-                                                                                         self._requests())[0])
+        return bool(self._inbox or self._active) or self._unloads.any_unused(self._requests)
 
     def _turn(self, jobs: list[Job]) -> None:
         # Under the lock only moves between the deques; every llama.cpp call follows it.
         with self._cv:
-            unused = self._take_unused_adapters()
+            unused = self._unloads.take_unused(self._requests)
             starting = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.parallel - len(self._active)))]
         for adapter in unused:
             free_lora(adapter, self._contexts, self.model.spec.name)
@@ -289,7 +288,8 @@ class Engine:
         # The draft model's decodes count in the step's time, so prefill pacing leaves room for them.
         started = time.perf_counter()
         if self.model.vision is not None:
-            self._evaluate_images(events)
+            for seq, problem in self.model.vision.evaluate_due(self._active, self.model.n_batch):
+                self._finish(seq, None, "", events, error=EngineError(problem))
         chunk = self._pacer.chunk()
         propose_drafts(self._active, self.model.n_batch, self.model.n_ctx, chunk)
         calls = plan_step(self._active, self.model.n_batch, self._contexts, chunk)
@@ -301,14 +301,6 @@ class Engine:
             self._decode_group(context, work, events)
         self._pacer.record(prompt_tokens, time.perf_counter() - started)
         self._emit(events)
-
-    def _evaluate_images(self, events: list[tuple[Generation, TokenEvent]]) -> None:
-        """Images next in a prompt are evaluated before the step's batch, each in a decode of its own."""
-        assert self.model.vision is not None
-        for seq in [s for s in self._active if s.media is not None and s.todo and s.todo[0] < 0]:
-            problem = self.model.vision.evaluate(seq, self.model.n_batch)
-            if problem is not None:
-                self._finish(seq, None, "", events, error=EngineError(problem))
 
     def _decode_group(self, context: Context, items: Work, events: list[tuple[Generation, TokenEvent]]) -> None:
         if context.apply(items[0][0].request.adapters):
@@ -385,13 +377,6 @@ class Engine:
         for seq in list(self._active):
             self._finish(seq, None, "", events, error=error)
         self._emit(events)
-
-    def _take_unused_adapters(self) -> list[LoraAdapter]:
-        """Take the adapters marked for unloading that no admitted request uses (lock held)."""
-        if not self._to_free:
-            return []
-        unused, self._to_free = split_unused(self._to_free, self._requests())
-        return unused
 
     def _requests(self) -> list[GenerationRequest]:
         """Every admitted request: running, waiting, or being tokenized (lock held)."""

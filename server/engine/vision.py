@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import threading
 import weakref
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,14 @@ class Vision:
                 return f"evaluating an image failed (code {rc})"
             seq.decoded(n)
         return None
+
+    def evaluate_due(self, active: Seq[Sequence], n_batch: int) -> Iterator[tuple[Sequence, str]]:
+        """(Worker thread.) Before a step's batch: the images next in each active prompt, evaluated one sequence at a
+        time (`evaluate`); yields each sequence that failed, with why, before the next is evaluated."""
+        for seq in [s for s in active if s.media is not None and s.todo and s.todo[0] < 0]:
+            problem = self.evaluate(seq, n_batch)
+            if problem is not None:
+                yield seq, problem
 
     def close(self) -> None:
         mtmd.mtmd_free(self.ctx)
