@@ -78,8 +78,7 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         # The prompt cache's disk tier: one per server, for real loads only (docs/prompt-cache.md).
-        self._prompt_disk = None if load_model is not None or not settings.prompt_cache_disk_bytes() else DiskTier(
-            settings.resolved_state_dir() / "prompt-cache", settings.prompt_cache_disk_bytes(), llama_build())
+        self._prompt_disk = None if load_model is not None else _disk_tier(settings)
         self._load_model = load_model or (lambda config: load_engine(config, settings, metrics, self._prompt_disk))
         self._start_child = start_child or self._child
         self._ids: dict[str, str] = {}
@@ -378,3 +377,15 @@ class ReloadResult:
 
 def _id_map(models_file: ModelsFile) -> dict[str, str]:
     return {model_id: config.name for config in models_file.models for model_id in config.ids()}
+
+
+def _disk_tier(settings: Settings) -> DiskTier | None:
+    """The prompt cache's disk tier, or None: turned off, or its folder cannot be made (the Daemon's state-dir check
+    then says why, with the setting to change, before anything loads)."""
+    if not settings.prompt_cache_disk_bytes():
+        return None
+    try:
+        return DiskTier(settings.resolved_state_dir() / "prompt-cache", settings.prompt_cache_disk_bytes(), llama_build())
+    except (OSError, ConfigError) as exc:
+        log.warning("the prompt cache's disk tier is off: %s", exc)
+        return None

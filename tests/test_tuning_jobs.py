@@ -102,6 +102,9 @@ OpenBox = Callable[..., Box]
 def open_box(tmp_path: Path, peft: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenBox]:
     """Opens the app over `tmp_path`'s state dir (again, for a restart); each is closed as the daemon closes it."""
     opened: list[tuple[TestClient, Tuner]] = []
+    # The fake trainer at the tests' own priority: at idle priority (the real trainer's) it starves whenever the
+    # suite's other workers keep both cores busy, and a job's steps then wait on the load, not on the tuner.
+    monkeypatch.setattr("nomoat.tuning.runner._lower_priority", lambda: None)
 
     def open_one(mode: str = "ok", models: ModelsFile | None = None, **settings: Any) -> Box:
         built = Settings(state_dir=tmp_path, api_key=f"{OWNER},{OTHER}", admin_key=ADMIN, **settings)

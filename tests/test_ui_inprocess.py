@@ -147,7 +147,7 @@ def test_status_has_the_panel_figures(fake):
                                 "completion_tokens": 12}
     assert model == {
         "id": MODEL, "status": "loaded", "pinned": True, "expires_at": None, "error": None, "active_sequences": 0,
-        "queue_depth": 0, "parallel": 4, "max_model_len": 4096, "adapters": [], "stacks": [],
+        "queue_depth": 0, "parallel": 4, "max_model_len": 4096, "adapters": [], "stacks": [], "prompt_cache_bytes": 0,
     }
 
 

@@ -155,6 +155,7 @@ class LoadedModel:
         self._cparams = cparams
         self.contexts: list[llama_cpp.llama_context_p] = []
         self.draft: DraftModel | None = None
+        self.vision: Vision | None = None  # before anything that may fail: close() reads both
         self.ctx = self.new_context()
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -165,7 +166,6 @@ class LoadedModel:
         self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_batch = cparams.n_batch
         self.draft = self._load_draft(mparams)
-        self.vision: Vision | None = None
         try:
             self.vision = load_vision(spec.mmproj, self.model, n_threads=spec.n_threads, use_gpu=spec.n_gpu_layers != 0)
         except ModelFileError:

@@ -322,9 +322,10 @@ class Tuner:
         except NomoatError as exc:
             job.fail("training_failed", f"the trained adapter could not be served: {exc.message}", int(time.time()))
             return
+        # Its checkpoints serve before the job says succeeded: a client that sees "succeeded" finds every model.
+        await self._register_checkpoints(job)
         job.succeed(job.model_id(), done.trained_tokens, int(time.time()))
         where.add_event(f"New fine-tuned model created: {job.fine_tuned_model}")
-        await self._register_checkpoints(job)
         where.add_event("The job has successfully completed")
 
     async def _register(self, job: Job, folder: Path, name: str) -> None:
