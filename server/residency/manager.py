@@ -25,6 +25,7 @@ from ..settings import Settings
 from ..tasks import Supervisor
 from .footprint import Footprint, as_placed, estimate_or_size
 from .footprint import estimate as estimate_footprint
+from .gate import ReloadGate
 from .keepalive import KeepAlive
 from .lease import Lease
 from .resident import Hooks, ModelState, Resident, ServedModel, Status, file_key
@@ -62,7 +63,7 @@ class Residency:
         self.keep_alive = KeepAlive(settings, self._supervisor, self._expire)
         self._closing: list[Closing] = []
         self._room = Wakeup()  # a lease released, a load ended, a close returned: a waiting load looks again
-        self._reload: asyncio.Future[None] | None = None  # set while a reload runs
+        self._gate = ReloadGate()
         self.memory_room = (self._budget, self._closing, self._room)  # for memory held outside models: reservation.py
         self.on_change: Callable[[], None] | None = None  # a model loaded or unloaded (sd_notify's STATUS)
         self._loop: asyncio.AbstractEventLoop | None = None  # where a child process's exit is handled
@@ -168,8 +169,7 @@ class Residency:
         replaced the model or loaded it meanwhile."""
         deadline = time.monotonic() + EVICT_WAIT_SECONDS
         while True:
-            while self._reload is not None:  # a reload counts the budget with no load opening beside it
-                await asyncio.shield(self._reload)
+            await self._gate.clear()  # a reload counts the budget with no load opening beside it
             if self.residents.get(resident.name) is not resident or resident.status is Status.LOADED:
                 return False
             room = self._budget.room(resident, footprint, self.residents.values(), self._closing)
@@ -328,23 +328,14 @@ class Residency:
     async def reloading(self) -> AsyncIterator[None]:
         """One reload at a time, with no load opening beside it: waits for the reload before it and for the
         loads already opening; a load that comes later waits for this one to end before it reserves room."""
-        while self._reload is not None:
-            await asyncio.shield(self._reload)
-        reload = self._reload = asyncio.get_running_loop().create_future()
-        try:
-            opening = [r.loading for r in self.residents.values() if r.reserved and r.loading is not None]
-            if opening:
-                await asyncio.wait(opening)
+        async with self._gate.hold(r.loading for r in self.residents.values() if r.reserved and r.loading is not None):
             yield
-        finally:
-            self._reload = None
-            reload.set_result(None)
 
     def swap_in(self, residents: dict[str, Resident], opened: Mapping[str, tuple[ServedModel, Footprint]]) -> \
             list[ServedModel]:
         """A reload's commit (inside `reloading()`, one step on the loop): `residents` serve from now on, the
         `opened` models loaded. Returns the engines it retires: loaded before, reached by nobody now."""
-        assert self._reload is not None, "a reload's swap runs inside reloading()"
+        assert self._gate.held, "a reload's swap runs inside reloading()"
         for name, (served, footprint) in opened.items():
             residents[name].mark_loaded(served, footprint, time.time(), time.monotonic())
         retired = []
