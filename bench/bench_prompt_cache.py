@@ -250,7 +250,8 @@ def main() -> None:
         ).stdout.strip().splitlines()[-1]
         for cache_ram_mib in (0, 8192):
             report(f"llama-server --cache-ram {cache_ram_mib}", llama_run(args, binary, cache_ram_mib))
-    save_cost(args)
+    if args.save_runs > 0:  # 0: the rounds alone
+        save_cost(args)
 
 
 if __name__ == "__main__":
