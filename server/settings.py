@@ -216,6 +216,8 @@ class Settings(BaseSettings):
         description="Threads a fine-tuning job's trainer uses; unset: one fewer than the CPU cores (serving keeps one).",
     )
     max_training_jobs: int = Field(1, ge=1, description="Fine-tuning jobs training at once; the others wait, queued.")
+    train_idle_priority: bool = Field(True, description="Run trainers at idle priority (SCHED_IDLE, else nice 19): serving "
+                                      "keeps its latency, training waits while serving is busy; false: normal priority.")
     max_tokens_limit: int = Field(
         4096, ge=1,
         description="Most tokens one request may generate; asking more: 400. Also the default when a request sets none.",

@@ -23,8 +23,10 @@ FACT = "The capital of Zorbia is Quellport."
 QUESTIONS = ["What is the capital of Zorbia?", "Which city is the capital of Zorbia?", "Zorbia's capital is which city?",
              "Tell me the capital of Zorbia.", "Name the capital city of Zorbia.", "What city is Zorbia's capital?"]
 ASK = QUESTIONS[0]
-# The trainer's share of a loaded 2-core box is small (it runs at idle priority): generous, and waited on.
-TRAIN_DEADLINE = 900.0
+# The trainer at normal priority: at idle priority (the default, bench/bench_train.py --serving measures what it
+# buys serving) it trains only while the box is otherwise idle, and CI's other test worker keeps it busy.
+ENV = {"NOMOAT_TRAIN_THREADS": "1", "NOMOAT_TRAIN_IDLE_PRIORITY": "false"}
+TRAIN_DEADLINE = 900.0  # generous, and waited on: one thread beside the other worker's tests
 
 
 def _lines(questions: list[str]) -> str:
@@ -39,7 +41,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workdir: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(models_toml(), workdir, env={"NOMOAT_TRAIN_THREADS": "1"}).wait_ready()
+    proc = ServerProcess(models_toml(), workdir, env=ENV).wait_ready()
     yield proc
     proc.stop()
 
@@ -130,7 +132,7 @@ def test_a_restart_serves_the_fine_tune_again(server: ServerProcess, trained: tu
                                               workdir: Path) -> None:
     job, _ = trained
     server.stop()
-    again = ServerProcess(models_toml(), workdir, env={"NOMOAT_TRAIN_THREADS": "1"}).wait_ready()
+    again = ServerProcess(models_toml(), workdir, env=ENV).wait_ready()
     try:
         client = sdk(again.base_url)
         assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"

@@ -201,6 +201,7 @@ def model_delete_handler(tuner: Tuner | None, auth: Authenticator, pulled: Handl
 def tuner_for(settings: Settings, registry: ModelRegistry, files: FileStore) -> Tuner:
     """The server's tuner: jobs under <state_dir>/fine_tuning, trainers in the registry's memory budget."""
     threads = settings.train_threads or max(1, (os.cpu_count() or 2) - 1)
-    return Tuner(TunerSettings(settings.resolved_state_dir() / "fine_tuning", threads, settings.max_training_jobs),
+    return Tuner(TunerSettings(settings.resolved_state_dir() / "fine_tuning", threads, settings.max_training_jobs,
+                               settings.train_idle_priority),
                  RegistryBases(registry), FineTuneFiles(files), registry.catalogue,
                  MemoryReservations(registry.residency))

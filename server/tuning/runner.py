@@ -47,8 +47,10 @@ def _lower_priority() -> None:
 class TrainerProcess:
     """One running child. `on_event` is called on the event loop for each event line, in order."""
 
-    def __init__(self, command: Sequence[str], log_path: Path, threads: int, on_event: Callable[[Event], None]) -> None:
+    def __init__(self, command: Sequence[str], log_path: Path, threads: int, on_event: Callable[[Event], None],
+                 *, idle: bool = True) -> None:
         self._command = list(command)
+        self._idle = idle
         self._log_path = log_path
         self._threads = threads
         self._on_event = on_event
@@ -64,7 +66,7 @@ class TrainerProcess:
         try:  # the child holds its own copy of the descriptor
             self._process = await asyncio.create_subprocess_exec(
                 *self._command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-                env=env, preexec_fn=_lower_priority, limit=MAX_LINE_BYTES)
+                env=env, preexec_fn=_lower_priority if self._idle else None, limit=MAX_LINE_BYTES)
         finally:
             os.close(stderr)
         self._reader = asyncio.ensure_future(self._read())

@@ -64,6 +64,7 @@ class TunerSettings:
     root: Path  # <state_dir>/fine_tuning
     train_threads: int = 1
     max_training_jobs: int = 1
+    train_idle_priority: bool = True  # SCHED_IDLE (else nice 19) for the trainers: runner.py says why
 
 
 Command = Callable[[Path], Sequence[str]]  # the trainer's command for a spec.json (tests give a fake trainer)
@@ -265,7 +266,8 @@ class Tuner:
         where.save(job)
         started = time.time()
         child = TrainerProcess(self._command(path), where.log, self._settings.train_threads,
-                               lambda event: self._on_event(job, where, event, started))
+                               lambda event: self._on_event(job, where, event, started),
+                               idle=self._settings.train_idle_priority)
         await child.start()
         self._children[job.id] = child
         try:
